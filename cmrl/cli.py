@@ -14,7 +14,7 @@ __all__ = ['COMMANDS', 'main']
 # %% ../nbs/60_cli.ipynb #d9b70c6b
 COMMANDS = {  # sub-command -> (module, function, one-line help)
     'data': ('cmrl.data.loaders', 'data_cli', 'summarise a data source (tuxpaint, synth, or a manifest path) as JSON'),
-    'train': ('cmrl.demo', 'train_cli', 'train a model and write checkpoint, config, metrics.json and plots'),
+    'train': ('cmrl.train', 'train_cli', 'train a model and write checkpoint, config, metrics.json and plots'),
     'eval': ('cmrl.eval.cli', 'eval_cli', 'evaluate a checkpoint: retrieval, cross-modal generalisation, codes'),
     'retrieve': ('cmrl.eval.cli', 'retrieve_cli', 'top-k gallery items for a query file or text'),
 }

@@ -1,0 +1,37 @@
+"""Shared pytest set-up: `--runslow` for `@pytest.mark.slow` tests, `gpu` tests skipped without CUDA,
+and torch limited to 2 threads (override with CMRL_TEST_THREADS) so the suite behaves on small CPUs."""
+import os
+import pytest
+
+
+def pytest_addoption(parser):
+    parser.addoption('--runslow', action='store_true', default=False, help='also run tests marked slow')
+
+
+def pytest_configure(config):
+    # the markers are also declared in pyproject.toml; declaring them here keeps `--strict-markers` happy
+    config.addinivalue_line('markers', 'slow: long tests, skipped unless --runslow')
+    config.addinivalue_line('markers', 'gpu: needs a CUDA device')
+    try:
+        import torch
+        torch.set_num_threads(int(os.environ.get('CMRL_TEST_THREADS', '2')))
+    except ImportError: pass
+
+
+def _has_cuda() -> bool:
+    try:
+        import torch
+        return torch.cuda.is_available()
+    except ImportError: return False
+
+
+def pytest_collection_modifyitems(config, items):
+    runslow = config.getoption('--runslow')
+    skip_slow = pytest.mark.skip(reason='slow: run with --runslow')
+    skip_gpu = pytest.mark.skip(reason='gpu: no CUDA device')
+    cuda = None
+    for item in items:
+        if 'slow' in item.keywords and not runslow: item.add_marker(skip_slow)
+        if 'gpu' in item.keywords:
+            if cuda is None: cuda = _has_cuda()
+            if not cuda: item.add_marker(skip_gpu)
