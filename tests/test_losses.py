@@ -4,7 +4,6 @@ import pytest
 import torch
 from cmrl.losses import *
 
-torch.set_num_threads(1)
 sp = lambda x: math.log1p(math.exp(x))  # -log(e^a / (e^a + e^b)) = softplus(b - a)
 
 
