@@ -441,3 +441,41 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match='cross_commit'): SharedCodebook(8, 4, cross_commit='both')
     with pytest.raises(ValueError, match='init'): SharedCodebook(8, 4, init='zeros')
     with pytest.raises(ValueError, match='decay'): SharedCodebook(8, 4, decay=1.)
+
+
+def test_backward_after_update_with_probs():
+    "P_m's graph holds the codes of the forward pass; the in-place EMA update must not break backward"
+    cb = SharedCodebook(8, 4, init='data', tau=0.5).train()
+    z = torch.randn(3, 5, 4, requires_grad=True)
+    cb({'a': z.detach()})  # initialised
+    codes = cb.embed.clone()
+    out = cb({'a': z}, probs=True)  # updates the codes in place after building the graph
+    assert not torch.equal(cb.embed, codes)
+    loss = out.loss + (out.probs['a'] * torch.arange(8.)).sum()
+    loss.backward()
+    ref = z.detach().clone().requires_grad_()
+    P = torch.softmax(-(torch.cdist(ref, codes[None].expand(3, 8, 4)) ** 2) / 0.5, -1).mean(1)
+    q = F.embedding(out.indices['a'], codes)
+    (0.25 * F.mse_loss(ref, q) + (P * torch.arange(8.)).sum()).backward()
+    assert torch.allclose(z.grad, ref.grad, atol=1e-5)
+
+
+@pytest.mark.parametrize('cosine', [False, True])
+@pytest.mark.parametrize('mm_ema', [None, 'paper', 'reference'])
+@pytest.mark.parametrize('cross_commit', [None, 'reference', 'paper', (1.5, 0.25)])
+@pytest.mark.parametrize('init', ['kmeans', 'data', 'random'])
+def test_option_matrix(cosine, mm_ema, cross_commit, init):
+    g = torch.Generator().manual_seed(7)
+    z = {'audio': torch.randn(3, 6, 8, generator=g, requires_grad=True), 'video': torch.randn(3, 6, 8, generator=g, requires_grad=True)}
+    mask = {'audio': torch.arange(6)[None] < torch.tensor([[6], [2], [4]])}
+    present = {'video': torch.tensor([True, False, True])}
+    cb = SharedCodebook(16, 8, cosine=cosine, mm_ema=mm_ema, cross_commit=cross_commit, init=init, dead_after=2).train()
+    for _ in range(3): out = cb(z, mask, present)
+    out.loss.backward()
+    assert torch.isfinite(cb.embed).all() and torch.isfinite(out.loss)
+    assert torch.isclose(out.loss, sum(out.losses.values()))
+    assert (out.indices['audio'][1, 2:] == -1).all() and (out.indices['video'][1] == -1).all()
+    assert float(z['video'].grad[1].abs().sum()) == 0 and float(z['audio'].grad[1, 2:].abs().sum()) == 0
+    assert ('cross_commit/audio' in out.losses) == (cross_commit is not None)
+    assert torch.allclose(out.probs['audio'].sum(1), torch.ones(3))
+    if cosine: assert torch.allclose(cb.embed.norm(dim=-1), torch.ones(16), atol=1e-5)

@@ -45,22 +45,30 @@ def _shard(d, r):
     return None if d is None else {k: v[r * B:(r + 1) * B] for k, v in d.items()}
 
 
-def _run(rank: int, port: int, multi: bool, out_dir: str):
+def _run(rank: int, port: int, out_dir: str):
     os.environ.update(MASTER_ADDR='127.0.0.1', MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group('gloo', rank=rank, world_size=WORLD)
     try:
-        cb = _make(multi)
-        for z, mask, present in _batches(multi): cb(_shard(z, rank), _shard(mask, rank), _shard(present, rank))
-        torch.save({'state': cb.state_dict()}, os.path.join(out_dir, f'rank{rank}.pt'))
+        for multi in (False, True):
+            cb = _make(multi)
+            for z, mask, present in _batches(multi): cb(_shard(z, rank), _shard(mask, rank), _shard(present, rank))
+            torch.save(cb.state_dict(), os.path.join(out_dir, f'multi{int(multi)}-rank{rank}.pt'))
     finally:
         dist.destroy_process_group()
 
 
+@pytest.fixture(scope='module')
+def ddp_states(tmp_path_factory):
+    "Both scenarios run once in 2 spawned processes (spawning and importing dominate the time)"
+    d = tmp_path_factory.mktemp('ddp')
+    mp.spawn(_run, args=(_free_port(), str(d)), nprocs=WORLD, join=True)
+    return {multi: [torch.load(d / f'multi{int(multi)}-rank{r}.pt') for r in range(WORLD)] for multi in (False, True)}
+
+
 @pytest.mark.parametrize('multi', [False, True], ids=['one-modality+resets', 'two-modalities+mm-ema'])
-def test_ddp_ranks_agree_with_one_process(tmp_path, multi):
-    mp.spawn(_run, args=(_free_port(), multi, str(tmp_path)), nprocs=WORLD, join=True)
-    states = [torch.load(tmp_path / f'rank{r}.pt')['state'] for r in range(WORLD)]
+def test_ddp_ranks_agree_with_one_process(ddp_states, multi):
+    states = ddp_states[multi]
     for k in states[0]: assert torch.equal(states[0][k], states[1][k]), f"ranks differ in {k}"
     torch.set_num_threads(1)
     ref = _make(multi)

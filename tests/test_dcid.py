@@ -9,6 +9,15 @@ from cmrl.dcid import *
 sp = lambda x: math.log1p(math.exp(x))
 
 
+@pytest.fixture(autouse=True, scope='module')
+def _one_thread():
+    "Tiny tensors: one torch thread is several times faster than two on a loaded 2-core machine; restored afterwards"
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def rnd(*shape, seed=0, dtype=torch.float64):
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
 
@@ -318,3 +327,34 @@ def test_cross_cpc_beats_chance_on_synth_events():
     # items of the same class in the same phase of their event are indistinguishable, so perfect accuracy is
     # impossible; 2 batches x 2 directions x 32 items x 17 (t, k) terms: at chance the standard error is ~0.004
     assert acc > 3 / B
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
+def test_cuda_matches_cpu_and_autocast_runs():
+    torch.manual_seed(0)
+    club, cpc = CLUB(3, 2, hidden=8, mode='pairwise'), CrossCPC(['v', 'a'], dim=4, context_dim=8, n_steps=2, num_layers=1)
+    x, y = torch.randn(4, 5, 3), torch.randn(4, 5, 2)
+    z = {'v': torch.randn(4, 5, 4), 'a': torch.randn(4, 5, 4)}
+    mask = {'v': torch.arange(5)[None] < torch.tensor([5, 4, 3, 5])[:, None]}
+    cpu = (club(x, y, mask['v']).item(), cpc(z, mask).loss.item())
+    club.cuda(); cpc.cuda()
+    zc, mc = {m: v.cuda() for m, v in z.items()}, {m: v.cuda() for m, v in mask.items()}
+    gpu = (club(x.cuda(), y.cuda(), mc['v']).item(), cpc(zc, mc).loss.item())
+    assert gpu == pytest.approx(cpu, abs=1e-4)
+    opt = club_optimizer(club)
+    assert math.isfinite(club_step(club, opt, x.cuda(), y.cuda(), mc['v']))
+    with torch.autocast('cuda', dtype=torch.bfloat16):
+        out = cpc(zc, mc); est = club(x.cuda(), y.cuda(), mc['v'])
+    assert math.isfinite(out.loss.item()) and math.isfinite(est.item())
+    (out.loss + est).backward()
+
+
+def test_club_empty_mask_is_attached_zero():
+    club = CLUB(3, 2, hidden=4)
+    x = torch.randn(2, 3, 3, requires_grad=True)
+    est = club(x, torch.randn(2, 3, 2), torch.zeros(2, 3, dtype=torch.bool))
+    assert est.item() == 0. and est.requires_grad
+    est.backward()
+    ll = club.learning_loss(x, torch.randn(2, 3, 2), torch.zeros(2, 3, dtype=torch.bool))
+    assert ll.item() == 0. and ll.requires_grad

@@ -7,8 +7,9 @@ Committed notebooks carry no outputs (`clear_all = true`), so the build first EX
 (all cells, `#| slow` ones included; cells flagged `#| notest` are skipped), in `--workers` parallel
 fresh interpreters, with the notebook's own folder as working directory (as `nbdev-test` does).
 Executed copies go to `build/docs/` (ignored), never into `nbs/`. A notebook that fails to execute
-fails the build, named with its traceback. Executed copies are reused while the notebook, the `cmrl`
-sources and `pyproject.toml` are unchanged.
+(or that nbdev's processing rejects) fails the build, named with its traceback: the site is still
+rendered from the others, so their pages can be checked, and the build exits 1. Executed copies
+are reused while the notebook, the `cmrl` sources and `pyproject.toml` are unchanged.
 
 Then the steps `nbdev-docs` runs before calling Quarto (`nbdev.quarto`): `nbdev.yml` from
 `pyproject.toml`, `_build_modidx`, the sidebar (here `tools/sidebar.py`: grouped by area), and
@@ -27,6 +28,7 @@ NBS = ROOT / 'nbs'
 BUILD = ROOT / 'build' / 'docs'  # `build/` is git-ignored
 EXEC = BUILD / 'exec'  # executed notebooks (cache)
 STAGE = BUILD / 'nbs'  # copy of nbs/ with executed notebooks: what nbdev processes
+DOCS = ROOT / '_docs'  # the site (`doc_path` of nbdev's config)
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sidebar import sidebar_yml, pages  # noqa: E402
 
@@ -127,32 +129,38 @@ def stage(nbs: list[Path]):
     (STAGE / 'sidebar.yml').write_text(sidebar_yml(STAGE))
 
 
-def process_and_render(workers: int = 2):
-    "nbdev's pre-processing of `STAGE` into `_proc/`, then smalldocs into `_docs/`"
+_PROC_HINT = ("nbdev runs only the import, exported and show_doc cells when it processes a notebook: a cell that "
+              "imports AND uses names defined in other cells fails there; put the import in its own cell")
+
+
+def process_and_render(workers: int = 2) -> tuple[Path, list[str]]:
+    "nbdev's pre-processing of `STAGE` into `_proc/`, then smalldocs into `_docs/`; returns the site and the notebooks left out"
     import nbdev.doclinks
     from nbdev.quarto import _def_file_re
     from nbdev.serve import proc_nbs
     os.chdir(ROOT)
     nbdev.doclinks._build_modidx()
     proc = ROOT / '_proc'
-    if proc.exists(): shutil.rmtree(proc)
-    try: proc_nbs(str(STAGE), n_workers=workers, force=True, file_re=_def_file_re)
-    except Exception as e:
-        bad = diagnose_processing(workers)
-        names = ', '.join(bad) or '(could not tell which)'
-        raise SystemExit(f'build_docs: nbdev processing failed ({type(e).__name__}: {str(e)[:2000]})\n'
-                         f'notebooks that fail nbdev processing: {names}\n'
-                         "(nbdev runs only the imports, exported and show_doc cells when processing: "
-                         "a cell that imports AND uses names defined elsewhere in the notebook fails; put imports in their own cell)")
+    bad = []
+    for attempt in range(2):
+        if proc.exists(): shutil.rmtree(proc)
+        try:
+            proc_nbs(str(STAGE), n_workers=workers, force=True, file_re=_def_file_re); break
+        except Exception as e:
+            _log(f'nbdev processing failed ({type(e).__name__}: {str(e)[:300]}); finding the notebooks that fail')
+            new = [r for r in diagnose_processing(workers) if r not in bad]
+            if attempt or not new: raise SystemExit(f'build_docs: nbdev processing failed: {e}')
+            bad += new
+            sys.stderr.write(f'\nbuild_docs: nbdev processing fails on {", ".join(new)}: left out of the site.\n({_PROC_HINT})\n')
+            for r in new: (STAGE / r).unlink()
+            (STAGE / 'sidebar.yml').write_text(sidebar_yml(STAGE))
     res = subprocess.run([str(Path(sys.executable).with_name('smalldocs')), 'render', '-q', str(proc)], text=True, capture_output=True)
     out = [l for l in (res.stdout + res.stderr).splitlines() if l.strip() and not any(n in l for n in _SMALLDOCS_NOISE)]
     if out: print('\n'.join(out))
     if res.returncode: raise SystemExit(f'smalldocs render failed (exit {res.returncode})')
-    from nbdev.config import get_config
-    docs = get_config(ROOT).doc_path
-    if docs.exists(): shutil.rmtree(docs)
+    docs = DOCS
     shutil.move(str(proc / docs.name), str(docs))
-    return docs
+    return docs, bad
 
 
 def _proc_one(job) -> tuple[str, str]:
@@ -228,19 +236,28 @@ def main(argv=None) -> int:
     nbs = notebooks()
     if a.only: nbs = [r for r in nbs if any(fnmatch(r.as_posix(), g) for g in a.only)]
     if not nbs: raise SystemExit(f'no notebooks found in {NBS}' + (f' matching {a.only}' if a.only else ''))
+    # a failed build leaves no site behind, so the page tests never check a stale one
+    (BUILD / 'manifest.json').unlink(missing_ok=True)
+    if DOCS.exists(): shutil.rmtree(DOCS)
     failed = execute_all(force=a.force, workers=a.workers, cell_timeout=a.cell_timeout, only=nbs)
-    if failed:
-        sys.stderr.write(f'\nbuild_docs: {len(failed)} notebook(s) failed to execute: {", ".join(failed)}\n')
-        return 1
     _log(f'executed in {time.time() - t0:.0f} s')
-    if a.execute_only: return 0
+    if a.execute_only or len(failed) == len(nbs): return 1 if failed else 0
     t1 = time.time()
-    stage(nbs)
-    docs = process_and_render(a.workers)
-    write_manifest(nbs, docs)
+    ok = [r for r in nbs if str(r) not in failed]
+    stage(ok)
+    docs, bad = process_and_render(a.workers)
+    built = [r for r in ok if r.as_posix() not in bad]
+    write_manifest(built, docs)
     html = sorted(p.relative_to(docs).as_posix() for p in docs.rglob('*.html') if 'site_libs' not in p.parts)
     _log(f'processed and rendered in {time.time() - t1:.0f} s: {len(html)} pages in {docs.relative_to(ROOT)}/: {", ".join(html)}')
+    if failed or bad:
+        sys.stderr.write(f'\nbuild_docs: FAILED: the site lacks {len(failed) + len(bad)} notebook(s)'
+                         + (f'; failed to execute: {", ".join(failed)}' if failed else '')
+                         + (f'; failed nbdev processing: {", ".join(bad)}' if bad else '') + '\n')
+        return 1
     return 0
 
 
-if __name__ == '__main__': sys.exit(main())
+if __name__ == '__main__':
+    import build_docs  # run as the importable module, so spawned workers find its functions by name
+    sys.exit(build_docs.main())

@@ -1,0 +1,86 @@
+"Encoders: shapes, masks, padding invariance, resampling numerics and gradients, bad input."
+import pytest, torch
+from cmrl.core import collate_items, VIDEO, AUDIO, TEXT, IMAGE, SPEECH
+from cmrl.encoders import resample_steps, masked_mean, make_encoder, input_dims, AudioStem, ImageStem, TextStem, VideoStem
+
+torch.set_num_threads(1)
+
+def _inputs(m, B=3, L=12):
+    g = torch.Generator().manual_seed(0)
+    if m in (AUDIO, SPEECH): return torch.randn(B, 40, 16, generator=g), dict(n_mels=16)
+    if m == IMAGE: return torch.rand(B, 1, 3, 24, 24, generator=g), dict(in_ch=3)
+    if m == VIDEO: return torch.rand(B, 6, 3, 16, 16, generator=g), dict(in_ch=3)
+    return torch.randint(1, 20, (B, L), generator=g), dict(vocab=20)
+
+@pytest.mark.parametrize('m', [AUDIO, SPEECH, IMAGE, VIDEO, TEXT])
+@pytest.mark.parametrize('steps', [4, None])
+def test_shapes_and_masks(m, steps):
+    torch.manual_seed(0)
+    x, kw = _inputs(m)
+    enc = make_encoder(m, d=16, steps=steps, n_layers=1, **kw)
+    mask = torch.ones(x.shape[:2], dtype=torch.bool)
+    o = enc(x, mask)
+    B = x.shape[0]
+    assert o.sem.shape[:1] == (B,) and o.sem.shape[-1] == 16 and o.sem.shape == o.spec.shape
+    assert o.mask.shape == o.sem.shape[:2] and o.target.shape[:2] == o.sem.shape[:2]
+    if steps: assert o.sem.shape[1] == steps
+    assert o.target.shape[-1] == enc.target_dim
+    assert torch.isfinite(o.sem).all() and o.mask.all()
+    mask0 = mask.clone(); mask0[1] = False  # item 1 lacks the modality
+    o0 = enc(x, mask0)
+    assert not o0.mask[1].any() and o0.sem[1].abs().sum() == 0 and o0.spec[1].abs().sum() == 0
+    assert torch.allclose(o0.sem[0], o.sem[0], atol=1e-5)  # other items unchanged
+
+@pytest.mark.parametrize('m', [AUDIO, TEXT, VIDEO])
+def test_padding_invariance(m):
+    "Extra padding at the end changes nothing for the real positions"
+    torch.manual_seed(0)
+    x, kw = _inputs(m, B=2)
+    enc = make_encoder(m, d=16, steps=5, n_layers=2, **kw).eval()
+    mask = torch.ones(x.shape[:2], dtype=torch.bool)
+    pad = torch.zeros(x.shape[0], 8, *x.shape[2:], dtype=x.dtype)
+    xp, mp = torch.cat([x, pad + (7 if not x.is_floating_point() else 3.)], 1), torch.cat([mask, torch.zeros(x.shape[0], 8, dtype=torch.bool)], 1)
+    a, b = enc(x, mask), enc(xp, mp)
+    if m == AUDIO:  # conv subsampling sees the zeroed padding at the boundary: only the interior is exact
+        assert torch.allclose(a.target, b.target[:, :a.target.shape[1]], atol=1e-5)
+    else:
+        assert torch.allclose(a.sem, b.sem, atol=1e-5) and torch.allclose(a.target, b.target, atol=1e-5)
+
+def test_resample_values_and_gradcheck():
+    x = torch.tensor([[1., 2, 3, 0]])[..., None]; mask = torch.tensor([[1, 1, 1, 0]]).bool()
+    y, m = resample_steps(x, mask, 2)
+    assert torch.allclose(y[0, :, 0], torch.tensor([4 / 3, 8 / 3])) and m.all()
+    y, _ = resample_steps(torch.tensor([[5., 7]])[..., None], torch.ones(1, 2).bool(), 3)
+    assert torch.allclose(y[0, :, 0], torch.tensor([5., 6, 7]))  # middle bin straddles both positions
+    xd = torch.randn(2, 7, 3, dtype=torch.float64, requires_grad=True)
+    md = torch.tensor([[1] * 7, [1] * 4 + [0] * 3]).bool()
+    assert torch.autograd.gradcheck(lambda t: resample_steps(t, md, 5)[0], (xd,))
+    # averaging is linear and preserves the mean for n divisible by T
+    z = torch.randn(1, 10, 2); assert torch.allclose(resample_steps(z, torch.ones(1, 10).bool(), 5)[0].mean(1), z.mean(1), atol=1e-6)
+
+def test_masked_mean_empty():
+    assert torch.equal(masked_mean(torch.ones(2, 3, 4), torch.zeros(2, 3).bool()), torch.zeros(2, 4))
+
+def test_pinned_param_counts():
+    counts = {m: sum(p.numel() for p in make_encoder(m, d=16, steps=4, n_layers=1, **_inputs(m)[1]).parameters()) for m in (AUDIO, IMAGE, VIDEO, TEXT)}
+    assert counts == {AUDIO: 14816, IMAGE: 14168, VIDEO: 14168, TEXT: 13568}, counts
+
+def test_bad_inputs():
+    with pytest.raises(ValueError, match='log-mel'): AudioStem(64, 16)(torch.randn(2, 10, 32), torch.ones(2, 10).bool())
+    with pytest.raises(ValueError, match='images'): ImageStem(16)(torch.randn(2, 10, 32), torch.ones(2, 10).bool())
+    with pytest.raises(ValueError, match='frames'): VideoStem(16)(torch.randn(2, 3, 16, 16), torch.ones(2, 3).bool())
+    with pytest.raises(ValueError, match='token ids'): TextStem(16, vocab=10)(torch.randn(2, 5), torch.ones(2, 5).bool())
+    with pytest.raises(ValueError, match='exactly one'): TextStem(16)
+    with pytest.raises(ValueError, match='max_len'): make_encoder(TEXT, d=16, vocab=5).__class__(TextStem(16, vocab=5), 16, max_len=4)(torch.ones(1, 9).long(), torch.ones(1, 9).bool())
+
+def test_frozen_text_features():
+    enc = make_encoder(TEXT, d=16, steps=3, n_layers=1, in_dim=24)
+    o = enc(torch.randn(2, 5, 24), torch.ones(2, 5).bool())
+    assert o.sem.shape == (2, 3, 16) and o.target.shape == (2, 3, 24)
+
+def test_input_dims():
+    from cmrl.data.synth import SynthEvents
+    ds = SynthEvents(2)
+    b = collate_items([ds[0], ds[1]])
+    d = input_dims(b, vocab=len(ds.vocab))
+    assert d == {VIDEO: dict(in_ch=3, size=32), AUDIO: dict(n_mels=64), TEXT: dict(vocab=len(ds.vocab))}

@@ -1,0 +1,155 @@
+"Training loop: exact resume, NaN/Inf guard, the `cmrl train` command, mixed precision and devices."
+import json, math, warnings
+from pathlib import Path
+import pytest, torch
+from fastai.callback.core import Callback, CancelFitException
+from cmrl.core import set_seed, modality_dls, collate_items, AUDIO
+from cmrl.data.synth import SynthEvents
+from cmrl.encoders import input_dims
+from cmrl.models.unicode import unicode_model
+from cmrl.models.baselines import continuous_baseline
+from cmrl.learner import cmrl_learner
+from cmrl.callbacks import load_checkpoint, read_checkpoint
+from cmrl.train import train, train_cli, TrainConfig
+
+torch.set_num_threads(1)
+TINY = dict(data='synth', model='unicode', epochs=3, n_train=32, n_valid=16, bs=8, d=16, steps=5, n_layers=1, n_codes=16,
+            mi_steps=2, lr=3e-3)
+
+class _Interrupt(Callback):
+    "Stop the run after `n` epochs, as a crash or Ctrl-C would (the checkpoint of that epoch is written first)"
+    order = 95
+    def __init__(self, n): self.n = n
+    def after_epoch(self):
+        if self.epoch + 1 >= self.n: raise CancelFitException()
+
+def _state(path):
+    ck = read_checkpoint(path)
+    return ck['model'], ck
+
+def test_exact_resume(tmp_path):
+    "Interrupting after epoch 1 and resuming from the checkpoint gives the same parameters and codebook as an uninterrupted run"
+    a, b = tmp_path / 'straight', tmp_path / 'resumed'
+    train(TrainConfig(**TINY, out=str(a)), quiet=True)
+    train(TrainConfig(**TINY, out=str(b)), quiet=True, cbs=[_Interrupt(1)])
+    assert read_checkpoint(b)['epoch'] == 0
+    s = train(TrainConfig(**TINY, out=str(b), resume=True), quiet=True)
+    sa, ca = _state(a); sb, cb = _state(b)
+    assert ca['epoch'] == cb['epoch'] == 2
+    assert sa.keys() == sb.keys()
+    diff = {k: (sa[k].float() - sb[k].float()).abs().max().item() for k in sa if not torch.equal(sa[k], sb[k])}
+    assert not diff, diff
+    assert int(sa['codebook.steps']) == int(sb['codebook.steps']) > 0
+    assert ca['callbacks']['MIEstimatorSteps']['opt'] is not None
+    assert ca['callbacks']['LossBreakdown']['history'] == cb['callbacks']['LossBreakdown']['history']  # the history continues
+    assert len(s['loss_history']) == 3
+
+class _Poison(Callback):
+    "Put NaN into the audio of training batch `i` (input corruption)"
+    order = -60
+    def __init__(self, i): self.i = i
+    def before_batch(self):
+        if self.training and self.iter == self.i:
+            b = self.learn.xb[0]; b.x[AUDIO][0, :3] = float('nan')
+
+class _BadLoss(Callback):
+    "Make the loss of training batch `i` non-finite after the forward pass (after the codebook's EMA update)"
+    order = 12
+    def __init__(self, i): self.i = i
+    def after_pred(self):
+        if self.training and self.iter == self.i: self.learn.pred = self.learn.pred._replace(loss=self.learn.pred.loss * float('inf'))
+
+def _learner(cbs):
+    set_seed(0)
+    trn, val = SynthEvents(32, seed=0), SynthEvents(16, seed=1)
+    dls = modality_dls([trn[i] for i in range(32)], [val[i] for i in range(16)], bs=8, device='cpu')
+    xb, = dls.one_batch()
+    model = unicode_model(xb.modalities, input_dims(xb, vocab=len(trn.vocab)), d=16, steps=5, n_layers=1, n_codes=16)
+    return cmrl_learner(dls, model, lr=3e-3, mi_steps=1, cbs=cbs)
+
+def test_nan_guard_skips_and_keeps_weights_finite():
+    learn = _learner([_Poison(1), _BadLoss(2)])
+    with pytest.warns(UserWarning, match='skipped a batch'):
+        with learn.no_bar(), learn.no_logging(): learn.fit(2, 3e-3)
+    assert learn.nan_skipped == 4  # 2 epochs x (1 poisoned input + 1 non-finite loss)
+    nanguard = next(cb for cb in learn.cbs if type(cb).__name__ == 'NaNGuard')
+    assert nanguard.reasons == {'non-finite inputs': 2, 'a non-finite loss': 2}
+    for n, t in list(learn.model.named_parameters()) + list(learn.model.named_buffers()):
+        if t.is_floating_point(): assert torch.isfinite(t).all(), n
+    assert all(math.isfinite(v) for r in learn.loss_history for s in ('train', 'valid') for v in r[s].values())
+    assert all(math.isfinite(l) for l in learn.recorder.losses)
+
+def test_nan_guard_restores_codebook():
+    "A non-finite loss puts the codebook's EMA state back to what it was before the batch"
+    learn = _learner([_BadLoss(0)])
+    cb = learn.model.codebook
+    snap = {}
+    class _Snap(Callback):
+        order = -70
+        def before_batch(self):
+            if self.training and self.iter == 0: snap.update({k: v.clone() for k, v in cb.state_dict().items()})
+    class _Check(Callback):
+        order = 99
+        def after_cancel_batch(self):
+            for k, v in cb.state_dict().items(): assert torch.equal(v, snap[k]), k
+            snap['checked'] = True
+    learn.add_cbs([_Snap(), _Check()])
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        with learn.no_bar(), learn.no_logging(): learn.fit(1, 3e-3)
+    assert snap.get('checked')
+
+def test_nan_guard_stops_when_most_batches_bad():
+    class _AllBad(_BadLoss):
+        def after_pred(self):
+            if self.training: self.learn.pred = self.learn.pred._replace(loss=self.learn.pred.loss * float('nan'))
+    learn = _learner([_AllBad(0)])
+    with warnings.catch_warnings(), pytest.raises(RuntimeError, match='non-finite'):
+        warnings.simplefilter('ignore')
+        with learn.no_bar(), learn.no_logging(): learn.fit(1, 3e-3)
+
+def test_cli_synth_writes_outputs(tmp_path, capsys):
+    rc = train_cli(['--data', 'synth', '--epochs', '1', '--n-train', '32', '--n-valid', '16', '--bs', '8', '--d', '16', '--steps', '5',
+                    '--n-layers', '1', '--n-codes', '16', '--out', str(tmp_path), '--quiet'])
+    assert rc == 0
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == ['checkpoint.pt', 'codebook.png', 'config.json', 'losses.png', 'metrics.json']
+    m = json.loads((tmp_path / 'metrics.json').read_text())
+    assert m['model'] == 'unicode' and m['epochs'] == 1 and math.isfinite(m['train_loss']) and m['codebook'][0]['epoch'] == 0
+    cfg = json.loads((tmp_path / 'config.json').read_text())
+    assert cfg['model_config']['n_codes'] == 16 and cfg['modalities'] == ['video', 'audio', 'text']
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[0].startswith('cmrl train: unicode on synth') and json.loads(out[-1])['n_params'] == m['n_params']
+    # the checkpoint rebuilds the model
+    ck = read_checkpoint(tmp_path)
+    from cmrl.train import make_model
+    mc = dict(ck['model_config']); name = mc.pop('model'); mods = mc.pop('modalities'); dims = mc.pop('dims')
+    model = make_model({'unicode': 'unicode'}[name], mods, dims, **mc)
+    model.load_state_dict(ck['model'])
+
+@pytest.mark.parametrize('name', ['continuous', 'liu2022', 'opt', 'plain_codebook'])
+def test_cli_other_models(tmp_path, name):
+    s = train(TrainConfig(**{**TINY, 'model': name, 'epochs': 1}, out=str(tmp_path)), quiet=True)
+    assert math.isfinite(s['train_loss']) and (tmp_path / 'checkpoint.pt').exists()
+
+def test_cli_bad_arguments(tmp_path, capsys):
+    assert train_cli(['--data', 'nowhere', '--out', str(tmp_path)]) == 2
+    assert 'unknown data source' in capsys.readouterr().err
+    assert train_cli(['--data', 'synth', '--modalities', 'image', '--out', str(tmp_path)]) == 2
+    with pytest.raises(SystemExit): train_cli(['--model', 'nonsense'])
+
+def test_fp16_on_cpu_warns_and_trains_fp32(tmp_path):
+    if torch.cuda.is_available(): pytest.skip('CPU-only behaviour')
+    with pytest.warns(UserWarning, match='needs CUDA'):
+        s = train(TrainConfig(**{**TINY, 'epochs': 1, 'precision': 'fp16', 'device': 'cpu'}, out=str(tmp_path)), quiet=True)
+    assert math.isfinite(s['train_loss'])
+
+@pytest.mark.gpu
+@pytest.mark.parametrize('precision', ['fp32', 'fp16', 'bf16'])
+def test_gpu_training(tmp_path, precision):
+    if not torch.cuda.is_available(): pytest.skip('needs a CUDA device')
+    s = train(TrainConfig(**{**TINY, 'epochs': 2, 'precision': precision, 'device': 'cuda'}, out=str(tmp_path)), quiet=True)
+    assert s['device'].startswith('cuda') and math.isfinite(s['train_loss']) and s['nan_skipped'] == 0
+    ck = read_checkpoint(tmp_path)
+    assert all(torch.isfinite(v).all() for v in ck['model'].values() if v.is_floating_point())
+    assert ck['model']['codebook.embed'].dtype == torch.float32
