@@ -1,17 +1,19 @@
 """Speed of cmrl's shared codebook against vector-quantize-pytorch and against one float32 matmul.
 
 Training step = forward + backward + EMA update, one modality, N random vectors of dim 256, K = 1024 codes.
-Repetitions are interleaved (cmrl, vq-pytorch, matmul, cmrl, ...) so machine noise hits all three alike;
-the summary ratios use the minimum over repetitions (the least disturbed run: on a shared machine, longer
-candidates catch more interference, which would bias median ratios), and medians are printed too. Also times the inference path and reports peak memory (CUDA: allocator peak;
-CPU: growth of the resident set in a fresh subprocess). The last line printed is the summary:
+Repetitions are interleaved (cmrl, vq-pytorch, matmul, cmrl, ...) so machine noise hits all three alike.
+The summary ratios use the minimum over repetitions (the least disturbed run; on a shared machine the longer
+candidates catch more interference, which biases ratios of medians); medians are printed too. Also times the
+inference path (eval, no grad) and reports peak memory (CUDA: allocator peak; CPU: growth of the resident set
+over 3 steps in a fresh subprocess). cmrl runs with `probs=False` (vq-pytorch computes no code distributions either).
+The last line printed is the summary:
 
     codebook: ratio vq-pytorch/cmrl = X, ratio cmrl/matmul = Y
 
 Run: python benchmarks/codebook.py [--n 16384] [--reps 15] [--threads 2] [--device cpu]
 """
 from __future__ import annotations
-import argparse, json, resource, statistics, subprocess, sys, time, warnings
+import argparse, json, os, resource, statistics, subprocess, sys, time, warnings
 import torch
 
 D, K = 256, 1024
@@ -74,8 +76,9 @@ def peak_memory(name: str, n: int, device: str, threads: int) -> float:
         for _ in range(3): step()
         sync(device)
         return (torch.cuda.max_memory_allocated() - base) / 2**20
+    env = {**os.environ, 'MALLOC_MMAP_THRESHOLD_': '131072'}  # glibc: big blocks always mmapped, so freed memory leaves the RSS
     r = subprocess.run([sys.executable, __file__, '--child', name, '--n', str(n), '--threads', str(threads)],
-                       capture_output=True, text=True, check=True)
+                       capture_output=True, text=True, check=True, env=env)
     return json.loads(r.stdout.strip().splitlines()[-1])['mib']
 
 

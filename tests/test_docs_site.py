@@ -1,8 +1,9 @@
 """The built docs site (`_docs/`, from `tools/build_docs.py`) in headless Chromium, served over http.
 
 Opens the index and every page the site was built from (`build/docs/manifest.json`, written by the
-build), and checks: the page exists and carries its notebook's title, shows no error text, loads no
-broken image and raises no script error; the sidebar is grouped by area; the search index exists and
+build), offline (requests leaving the local server are refused), and checks: the page exists and
+carries its notebook's title, shows no error text, loads no broken image, typesets its formulas
+(KaTeX served by the site) and raises no script error; the sidebar is grouped by area; the search index exists and
 the search box finds pages; a plot from a notebook is visible. Skipped, with the reason, when the
 site was not built (`tools/test.sh` builds it before running pytest).
 """
@@ -100,6 +101,11 @@ def test_page(open_page, info):
     if info['image_outputs']:
         n_img = page.evaluate("Array.from(document.querySelectorAll('main img')).filter(i => i.naturalWidth > 0).length")
         assert n_img >= 1, f"{info['page']}: the executed notebook has {info['image_outputs']} plot(s), the page shows none"
+    html = (DOCS / info['page']).read_text(encoding='utf-8')
+    if 'katex.min.js' in html and 'cdn.jsdelivr.net/npm/katex' not in html:  # formulas, KaTeX served by the site
+        page.locator('main .katex').first.wait_for(state='attached', timeout=10_000)
+        bad = page.locator('main .katex-error').all_inner_texts()
+        assert not bad, f"{info['page']}: formulas KaTeX cannot typeset: {bad[:5]}"
     assert not page.errors, f"{info['page']}: script errors {page.errors}"
 
 

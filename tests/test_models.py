@@ -143,7 +143,7 @@ def test_model_output_survives_fastai_to_float():
 def test_bad_inputs():
     ds, b, dims = tiny_synth(4)
     with pytest.raises(ValueError, match='input settings'): unicode_model(['image'], dims)
-    with pytest.raises(ValueError, match='steps >= 2'): unicode_model([AUDIO], dims, steps=None)
+    with pytest.raises(ValueError, match='steps >= 1'): unicode_model([AUDIO], dims, steps=None)
     model = BUILDERS['continuous']([AUDIO], dims)
     with pytest.raises(ValueError, match="none of this model's modalities"): model((b.select([0]).__class__(x={'image': torch.zeros(1, 1)}, mask={'image': torch.ones(1, 1).bool()}, present={'image': torch.ones(1).bool()}),))
     with pytest.raises(ValueError, match='two audio'): opt_model(['audio', 'speech'], {'audio': dict(n_mels=64), 'speech': dict(n_mels=64)})

@@ -50,7 +50,7 @@ class _Poison(Callback):
     def __init__(self, i): self.i = i
     def before_batch(self):
         if self.training and self.iter == self.i:
-            b = self.learn.xb[0]; b.x[AUDIO][0, :3] = float('nan')
+            self.learn.xb[0]['x'][AUDIO][0, :3] = float('nan')  # fastai hands the moved batch on as a plain dict
 
 class _BadLoss(Callback):
     "Make the loss of training batch `i` non-finite after the forward pass (after the codebook's EMA update)"

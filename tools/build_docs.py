@@ -163,6 +163,30 @@ def process_and_render(workers: int = 2) -> tuple[Path, list[str]]:
     return docs, bad
 
 
+KATEX_DIR = Path(os.environ.get('CMRL_KATEX_DIR', '/usr/share/javascript/katex'))  # Debian's libjs-katex
+
+
+def vendor_katex(docs: Path) -> bool:
+    "Serve KaTeX from the site (Debian's libjs-katex) instead of smalldocs' CDN links, so formulas render offline"
+    from smalldocs.layout import KATEX
+    if not (KATEX_DIR / 'katex.min.js').exists():
+        _log(f'no KaTeX in {KATEX_DIR} (apt-get install libjs-katex): formulas load KaTeX from {KATEX}, so need internet')
+        return False
+    dst = docs / 'site_libs' / 'katex'
+    (dst / 'contrib').mkdir(parents=True, exist_ok=True)
+    for a, b in [('katex.min.js', 'katex.min.js'), ('katex.min.css', 'katex.min.css'), ('contrib/auto-render.js', 'contrib/auto-render.min.js')]:
+        shutil.copyfile(KATEX_DIR / a, dst / b)  # follows Debian's symlinks
+    shutil.copytree(KATEX_DIR / 'fonts', dst / 'fonts', dirs_exist_ok=True, ignore=shutil.ignore_patterns('*.ttf'))
+    n = 0
+    for f in docs.rglob('*.html'):
+        if 'site_libs' in f.relative_to(docs).parts: continue
+        t = f.read_text(encoding='utf-8')
+        if KATEX not in t: continue
+        f.write_text(t.replace(KATEX, '../' * (len(f.relative_to(docs).parts) - 1) + 'site_libs/katex'), encoding='utf-8'); n += 1
+    _log(f'KaTeX served from site_libs/katex on {n} page(s) with formulas')
+    return True
+
+
 def _proc_one(job) -> tuple[str, str]:
     "Run nbdev's docs processing on one staged notebook; return (name, error or '')"
     src, dst = job
@@ -246,6 +270,7 @@ def main(argv=None) -> int:
     ok = [r for r in nbs if str(r) not in failed]
     stage(ok)
     docs, bad = process_and_render(a.workers)
+    vendor_katex(docs)
     built = [r for r in ok if r.as_posix() not in bad]
     write_manifest(built, docs)
     html = sorted(p.relative_to(docs).as_posix() for p in docs.rglob('*.html') if 'site_libs' not in p.parts)

@@ -3,7 +3,8 @@
 #
 # On Debian 12 (as root, or with sudo):
 #  1. installs the system packages the project needs, only those missing:
-#     tuxpaint-stamps-default (real data), chromium + chromium-driver (docs page tests), espeak-ng (speech);
+#     tuxpaint-stamps-default (real data), chromium + chromium-driver (docs page tests), espeak-ng (speech),
+#     libjs-katex (formulas in the offline docs site), libcairo2 (cairosvg rasterises SVG stamps);
 #  2. builds the virtual environment in a cache outside the checkout, keyed by a hash of the
 #     dependency pins in pyproject.toml: ${CMRL_CACHE:-~/.cache/cmrl}/venv-<hash>, linked as .venv;
 #     installs the pinned dependencies and this checkout (editable, with the dev extras);
@@ -18,7 +19,7 @@ RUN=1
 for a in "$@"; do
   case "$a" in
     --no-run) RUN=0 ;;
-    -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "setup.sh: unknown option $a (use --no-run or --help)" >&2; exit 2 ;;
   esac
 done
@@ -26,7 +27,7 @@ log() { echo "[setup] $*" >&2; }
 T0=$SECONDS
 
 # ---------------------------------------------------------------- 1. system packages
-APT_PKGS=(tuxpaint-stamps-default chromium chromium-driver espeak-ng)
+APT_PKGS=(tuxpaint-stamps-default chromium chromium-driver espeak-ng libjs-katex libcairo2)
 PY="${PYTHON:-python3}"
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
 as_root() {

@@ -216,7 +216,7 @@ def matching_label_of(src: dict,  # modality -> `[B]` source items
     lab[~tv & ~ta & ~va & ((v == ar) | (a == ar) | (t == ar))] = 4
     return lab
 
-# %% ../../nbs/16_heads.opt.ipynb #9c3da2f4
+# %% ../../nbs/16_heads.opt.ipynb #d0722e57
 OPT_TASKS = ('mlm', 'mfr', 'mfc', 'mar', 'man', 'match')  # text: mlm; visual: mfr, mfc; audio: mar, man; sample: match
 
 class OPTOutput(NamedTuple):
@@ -308,9 +308,12 @@ class OPT(nn.Module):
             with torch.no_grad(): return self.pseudo_fn(m, tok[m].detach())
         return None
 
-    def forward(self, *args, pseudo: dict | None = None, generator: torch.Generator | None = None) -> OPTOutput:
+    def forward(self, *args,  # `(ModalityBatch,)` as fastai passes it, or the batch itself
+                pseudo: dict | None = None,  # modality -> `[B, T_m]` long pseudo-labels for `mfc`
+                generator: torch.Generator | None = None,  # CPU generator for the masking and negative draws
+               ) -> OPTOutput:
+        "Masked-modelling pass (modality dropout + token masking) and matching pass; losses per task"
         b = ModalityBatch.of(args[0] if len(args) == 1 else args)
-        dev = next(self.parameters()).device
         losses, mod_losses = {}, {}
         masked = [t for t in self.tasks if t != 'match']
         tok, valid = self.encode(b)
