@@ -18,10 +18,11 @@ def last_json(s: str) -> dict: return json.loads(s.strip().splitlines()[-1])
 
 @pytest.fixture(scope='module')
 def synth_ckpt(tmp_path_factory):
-    "A real `cmrl train --data synth` run of the default model (Uni-Code), one short epoch"
+    "A real `cmrl train --data synth --steps 10` run of the default model (Uni-Code), one short epoch"
     from cmrl.train import train_cli
     d = tmp_path_factory.mktemp('synth') / 'run'
-    rc, out, err = run(train_cli, ['--data', 'synth', '--epochs', '1', '--n-train', '32', '--n-valid', '16', '--bs', '16', '--out', str(d), '--quiet'])
+    rc, out, err = run(train_cli, ['--data', 'synth', '--steps', '10', '--epochs', '1', '--n-train', '32', '--n-valid', '16', '--bs', '16',
+                                   '--out', str(d), '--quiet'])
     assert rc == 0, err
     return d
 
@@ -75,6 +76,15 @@ def test_eval_generalization_pair_and_localization(synth_ckpt, tmp_path):
     assert (tmp_path / 'g' / 'generalization_bacc.png').is_file()
 
 
+def test_localization_needs_time_steps(cont_ckpt):
+    "A model with one step per item (the `cmrl train` default) cannot localise: said, not faked"
+    from cmrl.eval.cli import eval_cli
+    rc, out, err = run(eval_cli, ['--ckpt', str(cont_ckpt), '--task', 'generalization', '--from', 'audio', '--to', 'video', '--n-test', '8', '--out', '-'])
+    assert rc == 0, err
+    r = last_json(out)
+    assert r['localization'].startswith('skipped') and '--steps 10' in r['localization'] and r['generalization']['audio->video']['n'] == 8
+
+
 def test_eval_refuses_overlapping_fit_and_test(synth_ckpt):
     from cmrl.eval.cli import eval_cli
     rc, out, err = run(eval_cli, ['--ckpt', str(synth_ckpt), '--task', 'generalization', '--split', 'train', '--out', '-'])
@@ -108,7 +118,6 @@ def test_retrieve_text_query_finds_its_own_caption(synth_ckpt):
     assert 'query (text)' in out  # the human-readable table comes first
 
 
-@pytest.mark.slow
 def test_retrieve_image_file_query_and_errors(synth_ckpt, tmp_path):
     from PIL import Image
     from cmrl.eval.cli import retrieve_cli
@@ -125,7 +134,6 @@ def test_retrieve_image_file_query_and_errors(synth_ckpt, tmp_path):
     assert rc == 2 and 'vocabulary' in err
 
 
-@pytest.mark.slow
 def test_codes_task_and_code_retrieval(synth_ckpt):
     from cmrl.eval.cli import eval_cli, retrieve_cli
     rc, out, err = run(eval_cli, ['--ckpt', str(synth_ckpt), '--task', 'codes', '--n-test', '16'])

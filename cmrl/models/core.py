@@ -127,15 +127,8 @@ class Decoder(nn.Module):
 
 # %% ../../nbs/21_models.core.ipynb #405b1fa5
 def quantise(codebook, z: dict, mask: dict, present: dict, probs: bool = True):
-    "The codebook's output for `z` (`{m: [B, T, D]}`), with the EMA update (in training) done on detached features"
-    if not codebook.training or not probs: return codebook(z, mask, present, probs=probs)
-    if not bool(codebook.initted): codebook({m: v.detach() for m, v in z.items()}, mask, present, probs=False, update=True)  # first batch: data initialisation (and one EMA step)
-    live = codebook.embed
-    codebook.embed = live.clone()  # the backward pass keeps this copy; the update below moves the live codes
-    try: out = codebook(z, mask, present, probs=True, update=False)
-    finally: codebook.embed = live
-    codebook({m: v.detach() for m, v in z.items()}, mask, present, probs=False, update=True)
-    return out
+    "The codebook's output for `z` (`{m: [B, T, D]}`); in training it also initialises and EMA-updates the codes"
+    return codebook(z, mask, present, probs=probs)  # the code distributions keep their own copy of the codes, so the in-place EMA update leaves backward intact
 
 # %% ../../nbs/21_models.core.ipynb #b7d29c6c
 def tiny_synth(n: int = 16,  # items
