@@ -124,15 +124,15 @@ def make_model(name: str,  # a key of MODELS
 def _n_params(model) -> int: return sum(p.numel() for p in model.parameters())
 
 def _write_plots(learn, out: Path) -> list:
-    import matplotlib; matplotlib.use('Agg')
     import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # a bare Figure draws off-screen without switching the session's backend
     files = []
-    fig, axs = plt.subplots(1, 2, figsize=(12, 4))
+    fig = Figure(figsize=(12, 4)); axs = fig.subplots(1, 2)
     ls = [float(l) for l in learn.recorder.losses]
     axs[0].plot(range(len(ls)), ls, label='train (smoothed)')
     axs[0].set_xlabel('step (this session)'); axs[0].set_ylabel('loss'); axs[0].set_title('training loss per step'); axs[0].legend()
     plot_loss_history(learn.loss_history, ax=axs[1])
-    fig.tight_layout(); fig.savefig(out / 'losses.png', dpi=80); plt.close(fig); files.append('losses.png')
+    fig.tight_layout(); fig.savefig(out / 'losses.png', dpi=80); files.append('losses.png')
     cs = next((cb for cb in learn.cbs if type(cb).__name__ == 'CodebookStats'), None)
     if cs is not None and getattr(cs, 'history', None):
         fig = cs.plot(); fig.savefig(out / 'codebook.png', dpi=80); plt.close(fig); files.append('codebook.png')

@@ -7,17 +7,7 @@ from cmrl.losses import *
 sp = lambda x: math.log1p(math.exp(x))  # -log(e^a / (e^a + e^b)) = softplus(b - a)
 
 
-@pytest.fixture(autouse=True, scope='module')
-def _one_thread():
-    "Tiny tensors: one torch thread is several times faster than two on a loaded 2-core machine; restored afterwards"
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def rnd(*shape, seed=0, dtype=torch.float64):
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+from conftest import rnd
 
 
 def dist(B, K, seed=0):
