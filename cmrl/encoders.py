@@ -13,18 +13,10 @@ from torch import Tensor
 from .core import *
 
 # %% auto #0
-__all__ = ['masked_mean', 'resample_steps', 'AudioStem', 'ImageStem', 'VideoStem', 'TextStem', 'Encoded', 'ModalityEncoder',
-           'make_encoder', 'input_dims']
+__all__ = ['resample_steps', 'AudioStem', 'ImageStem', 'VideoStem', 'TextStem', 'Encoded', 'ModalityEncoder', 'make_encoder',
+           'input_dims']
 
 # %% ../nbs/20_encoders.ipynb #6b71885d
-def masked_mean(x: Tensor,  # `[B, T, ...]`
-                mask: Tensor,  # `[B, T]` bool, True = real
-                dim: int = 1,  # the time dimension
-               ) -> Tensor:  # `[B, ...]`; zeros where an item has no real position
-    "Mean of `x` over the real positions of `mask`"
-    m = mask.to(x.dtype).view(*mask.shape, *([1] * (x.ndim - mask.ndim)))
-    return (x * m).sum(dim) / m.sum(dim).clamp(min=1)
-
 def resample_steps(x: Tensor,  # `[B, L, ...]` with left-aligned real positions
                    mask: Tensor,  # `[B, L]` bool
                    steps: int,  # T, the number of output steps

@@ -13,17 +13,9 @@ import torch.nn.functional as F
 from ..core import *
 
 # %% auto #0
-__all__ = ['masked_mean', 'FusionOutput', 'FusionEncoder', 'toy_features', 'ToyEncoders']
+__all__ = ['FusionOutput', 'FusionEncoder', 'toy_features', 'ToyEncoders']
 
 # %% ../../nbs/15_heads.fusion.ipynb #04731536
-def masked_mean(x: Tensor,  # `[B, T, D]` values
-                mask: Tensor,  # `[B, T]` bool, True = include
-                dim: int = 1,  # the time dimension
-               ) -> Tensor:  # `[B, D]`; zeros for rows with no True
-    "Mean of `x` over the positions where `mask` is True"
-    w = mask.to(x.dtype).unsqueeze(-1)
-    return (x * w).sum(dim) / w.sum(dim).clamp_min(1.)
-
 class FusionOutput(NamedTuple):
     "What `FusionEncoder` returns"
     cls: Tensor  # `[B, D]` the joint [CLS] summary

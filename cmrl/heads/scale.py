@@ -12,7 +12,6 @@ import torch
 from torch import nn, Tensor
 import torch.nn.functional as F
 from ..core import *
-from .fusion import masked_mean
 
 # %% auto #0
 __all__ = ['zero_impute', 'modality_scores', 'matching_weights', 'pair_infonce', 'scale_loss', 'ScaleOutput', 'SCALEHead']
