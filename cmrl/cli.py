@@ -15,8 +15,8 @@ __all__ = ['COMMANDS', 'main']
 COMMANDS = {  # sub-command -> (module, function, one-line help)
     'data': ('cmrl.data.loaders', 'data_cli', 'summarise a data source (tuxpaint, synth, or a manifest path) as JSON'),
     'train': ('cmrl.train', 'train_cli', 'train a model and write checkpoint, config, metrics.json and plots'),
-    'eval': ('cmrl.eval.cli', 'eval_cli', 'evaluate a checkpoint: retrieval, cross-modal generalisation, codes'),
-    'retrieve': ('cmrl.eval.cli', 'retrieve_cli', 'top-k gallery items for a query file or text'),
+    'eval': ('cmrl.eval.report', 'eval_cli', 'evaluate a checkpoint: retrieval, cross-modal generalisation, codes'),
+    'retrieve': ('cmrl.retrieve', 'retrieve_cli', 'top-k gallery items for a query file or text'),
 }
 
 def _parser() -> argparse.ArgumentParser:
@@ -43,3 +43,6 @@ def main(argv: list[str] | None = None  # arguments after `cmrl`; default `sys.a
     except (ImportError, AttributeError) as e:
         print(f"cmrl {name}: not available in this installation ({e})", file=sys.stderr); return 2
     return int(f(rest) or 0)
+
+# %% ../nbs/60_cli.ipynb #c60a0005
+if __name__ == '__main__': sys.exit(main())

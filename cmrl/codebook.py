@@ -6,6 +6,7 @@ Docs: https://cmrl-dev.github.io/cmrl/codebook.html.md"""
 
 # %% ../nbs/10_codebook.ipynb #56843510
 from __future__ import annotations
+from fastcore.basics import store_attr, patch
 import math, warnings
 from typing import NamedTuple
 import torch, torch.nn as nn, torch.nn.functional as F
@@ -220,7 +221,7 @@ def usage_stats(indices: dict,  # modality -> `[B, T]` long code indices, negati
 class CodeUsage:
     "Accumulate code usage over many batches (e.g. an epoch) and report `usage_stats`-style numbers"
     def __init__(self, n_codes: int):  # K
-        self.n_codes = n_codes
+        store_attr('n_codes')
         self.reset()
 
     def reset(self):
@@ -308,7 +309,7 @@ def _split(t: Tensor, sizes: list) -> tuple:
     "`t.split(sizes)` (one gradient concatenation in backward, no zero-filled slices); `(t,)` for one part"
     return (t,) if len(sizes) == 1 else t.split(sizes)
 
-# %% ../nbs/10_codebook.ipynb #9060c469
+# %% ../nbs/10_codebook.ipynb #70291e5d
 class SharedCodebook(nn.Module):
     "One EMA vector-quantised codebook shared by any number of modalities (VQ-VAE EMA; Uni-Code MM-EMA and cross-modal commitment)"
     def __init__(self, n_codes: int = 400,  # K (Uni-Code reference: 400)
@@ -341,10 +342,10 @@ class SharedCodebook(nn.Module):
         elif cross_commit in _CROSS_COMMIT: self.commit_w = _CROSS_COMMIT[cross_commit]
         else: raise ValueError(f"SharedCodebook: cross_commit must be None, 'reference', 'paper' or (own, other), got {cross_commit!r}")
         if tau <= 0: raise ValueError(f"SharedCodebook: tau must be > 0, got {tau}")
-        self.n_codes, self.dim, self.beta, self.decay, self.eps = n_codes, dim, beta, decay, eps
-        self.init, self.kmeans_iters, self.dead_after, self.reset_dead, self.cosine = init, kmeans_iters, dead_after, reset_dead, cosine
-        self.mm_ema, self.mm_self, self.cross_commit, self.tau = mm_ema, mm_self, cross_commit, tau
-        self.probs, self.probs_sqrt, self.sync, self.seed = probs, probs_sqrt, sync, seed
+        store_attr('n_codes,dim,beta,decay,eps')
+        store_attr('init,kmeans_iters,dead_after,reset_dead,cosine')
+        store_attr('mm_ema,mm_self,cross_commit,tau')
+        store_attr('probs,probs_sqrt,sync,seed')
         g = seeded_generator(seed, 0)
         e = torch.rand(n_codes, dim, generator=g).mul_(2 / n_codes).sub_(1 / n_codes)  # U(-1/K, 1/K), as the reference code
         if cosine: e = F.normalize(torch.randn(n_codes, dim, generator=g), dim=-1)
@@ -372,205 +373,241 @@ class SharedCodebook(nn.Module):
 
     def _ddp(self) -> bool: return self.sync and _dist_on()
 
-    def _prepare(self, z: dict, mask: dict | None, present: dict | None):
-        "Check and reshape inputs: per modality `[B, T, D]` features and `[B, T]` validity (None = all valid)"
-        if not isinstance(z, dict) or not z: raise ValueError("SharedCodebook: expected a non-empty dict modality -> [B, T, D] features (or one tensor)")
-        mask, present = mask or {}, present or {}
-        xs, valids, shapes = {}, {}, {}
-        for m, x in z.items():
-            if not isinstance(x, Tensor) or not x.is_floating_point():
-                raise TypeError(f"SharedCodebook: features of {m!r} must be a float tensor, got {type(x).__name__} {getattr(x, 'dtype', '')}")
-            if x.ndim < 2 or x.shape[-1] != self.dim:
-                raise ValueError(f"SharedCodebook: features of {m!r} must be [B, T, {self.dim}] (or [N, {self.dim}]), got {tuple(x.shape)}")
-            shapes[m] = x.shape
-            x = x[:, None] if x.ndim == 2 else x.reshape(x.shape[0], -1, self.dim)
-            B, T = x.shape[:2]
-            v, mk, pr = None, mask.get(m), present.get(m)
-            if mk is not None:
-                if mk.shape[0] != B or mk[0].numel() != T:
-                    raise ValueError(f"SharedCodebook: mask of {m!r} has shape {tuple(mk.shape)} but the features are {tuple(shapes[m])}: "
-                                     f"give one bool per time step ([B, T]), downsampled like the features")
-                v = mk.reshape(B, T).to(device=x.device, dtype=torch.bool)
-            if pr is not None:
-                if pr.shape != (B,): raise ValueError(f"SharedCodebook: present of {m!r} must be [B] = [{B}], got {tuple(pr.shape)}")
-                pr = pr.to(device=x.device, dtype=torch.bool)[:, None]
-                v = pr.expand(B, T) if v is None else v & pr
-            if self.cosine: x = F.normalize(x, dim=-1)
-            xs[m], valids[m] = x, v
-        return xs, valids, shapes
 
-    @torch.no_grad()
-    def _initialise(self, zv: Tensor, names: list, counts: list):
-        "k-means or data initialisation from the valid rows `zv` (per modality: `names`, `counts`) of every process"
-        ddp, K, D = self._ddp(), self.n_codes, self.dim
-        blocks, total = _layout(names, counts, ddp)
-        if total == 0: return
-        g = seeded_generator(self.seed, int(self.steps), 1)
-        sel = torch.randperm(total, generator=g)[:K] if total >= K else torch.randint(total, (K,), generator=g)
-        C = _global_take(zv, sel, names, counts, blocks, ddp)
-        if self.init == 'kmeans':
-            for _ in range(self.kmeans_iters):
-                idx = nearest_code(zv, C, None if self.cosine else C.pow(2).sum(1).mul_(-0.5))
-                buf = zv.new_zeros(K, D + 1)
-                buf[:, :D].index_add_(0, idx, zv)
-                buf[:, D] = torch.bincount(idx, minlength=K).to(buf)
-                if ddp: _all_reduce_(buf)
-                n = buf[:, D:]
-                C = torch.where(n > 0, buf[:, :D] / n.clamp_min(1), C)
-                if self.cosine: C = F.normalize(C, dim=-1)
-        self.embed.copy_(C); self.embed_sum.copy_(C); self.cluster_size.fill_(1.)
-        self.last_used.fill_(int(self.steps) - 1); self.initted.fill_(True)
+# %% ../nbs/10_codebook.ipynb #948526d3
+@patch
+def _prepare(self: SharedCodebook, z: dict, mask: dict | None, present: dict | None):
+    "Check and reshape inputs: per modality `[B, T, D]` features and `[B, T]` validity (None = all valid)"
+    if not isinstance(z, dict) or not z: raise ValueError("SharedCodebook: expected a non-empty dict modality -> [B, T, D] features (or one tensor)")
+    mask, present = mask or {}, present or {}
+    xs, valids, shapes = {}, {}, {}
+    for m, x in z.items():
+        if not isinstance(x, Tensor) or not x.is_floating_point():
+            raise TypeError(f"SharedCodebook: features of {m!r} must be a float tensor, got {type(x).__name__} {getattr(x, 'dtype', '')}")
+        if x.ndim < 2 or x.shape[-1] != self.dim:
+            raise ValueError(f"SharedCodebook: features of {m!r} must be [B, T, {self.dim}] (or [N, {self.dim}]), got {tuple(x.shape)}")
+        shapes[m] = x.shape
+        x = x[:, None] if x.ndim == 2 else x.reshape(x.shape[0], -1, self.dim)
+        B, T = x.shape[:2]
+        v, mk, pr = None, mask.get(m), present.get(m)
+        if mk is not None:
+            if mk.shape[0] != B or mk[0].numel() != T:
+                raise ValueError(f"SharedCodebook: mask of {m!r} has shape {tuple(mk.shape)} but the features are {tuple(shapes[m])}: "
+                                 f"give one bool per time step ([B, T]), downsampled like the features")
+            v = mk.reshape(B, T).to(device=x.device, dtype=torch.bool)
+        if pr is not None:
+            if pr.shape != (B,): raise ValueError(f"SharedCodebook: present of {m!r} must be [B] = [{B}], got {tuple(pr.shape)}")
+            pr = pr.to(device=x.device, dtype=torch.bool)[:, None]
+            v = pr.expand(B, T) if v is None else v & pr
+        if self.cosine: x = F.normalize(x, dim=-1)
+        xs[m], valids[m] = x, v
+    return xs, valids, shapes
 
-    @torch.no_grad()
-    def _reset(self, dead: Tensor, zv: Tensor, names: list, counts: list) -> int:
-        "Re-seed the `dead` codes with random valid encoder outputs of this step (of every process)"
-        ddp = self._ddp()
-        blocks, total = _layout(names, counts, ddp)
-        di = dead.nonzero().squeeze(1)
-        if total == 0: return 0
-        g = seeded_generator(self.seed, int(self.steps), 2)
-        n = len(di)
-        sel = torch.randperm(total, generator=g)[:n] if total >= n else torch.randint(total, (n,), generator=g)
-        rows = _global_take(zv, sel, names, counts, blocks, ddp)
-        self.embed[di] = rows; self.embed_sum[di] = rows; self.cluster_size[di] = 1.
-        self.last_used[di] = self.steps
-        return n
 
-    def forward(self, z,  # modality -> `[B, T, D]` features (dict), or one tensor `[B, T, D]` / `[N, D]`
-                mask=None,  # modality -> `[B, T]` bool, True = real step (or one tensor); None: all valid
-                present=None,  # modality -> `[B]` bool, True = item has the modality (or one tensor); None: all present
-                probs: bool | None = None,  # compute P_m; default the module's `probs`
-                update: bool | None = None,  # EMA update, initialisation and resets; default `self.training`
-               ) -> CodebookOutput:
-        "Quantise every modality with the shared codes; in training also update them by (MM-)EMA"
-        single = isinstance(z, Tensor)
-        if single: z, mask, present = {'x': z}, None if mask is None else {'x': mask}, None if present is None else {'x': present}
-        probs = self.probs if probs is None else probs
-        update = self.training if update is None else update
-        xs, valids, shapes = self._prepare(z, mask, present)
-        mods, K, D = list(xs), self.n_codes, self.dim
-        sizes = [x.shape[0] * x.shape[1] for x in xs.values()]
-        anymask = any(v is not None for v in valids.values())
-        dev = next(iter(xs.values())).device
-        with torch.autocast(dev.type, enabled=False):  # distances, EMA and losses in float32
-            flat = [x.reshape(-1, D).float() for x in xs.values()]
-            zg = flat[0] if len(flat) == 1 else torch.cat(flat)  # every modality's rows, with gradient
-            zcat = zg.detach()
-            if anymask:
-                vsel = torch.cat([(v if v is not None else torch.ones(x.shape[:2], dtype=torch.bool, device=dev)).reshape(-1)
-                                  for x, v in zip(xs.values(), valids.values())]).nonzero().squeeze(1)
-            zv = zcat[vsel] if anymask else zcat  # the valid rows
-            vcounts = lambda: [int(v.sum()) if v is not None else n for v, n in zip(valids.values(), sizes)]  # valid rows per modality
-            if update and not bool(self.initted): self._initialise(zv, mods, vcounts())
-            # nearest codes, and P_m (with gradient) from the same scores when asked
-            P = {}
-            if probs:
-                # the graph of P_m keeps the codes for backward: a copy when the EMA update below will overwrite them
-                E = self.embed.clone() if update and zg.requires_grad else self.embed
-                if self.probs_sqrt:
-                    d = torch.addmm(E.pow(2).sum(1), zg, E.t(), alpha=-2.)
-                    idx = d.detach().argmin(1)
-                    logits = (d + zg.pow(2).sum(1, keepdim=True)).clamp_min(1e-12).sqrt().mul(-1. / self.tau)
-                else:  # (2 z·e - ||e||²)/τ = -(||z - e||² - ||z||²)/τ
-                    logits = torch.addmm(E.pow(2).sum(1).mul(-1. / self.tau), zg, E.t(), alpha=2. / self.tau)
-                    idx = logits.detach().argmax(1)
-                p = torch.softmax(logits, 1)
-                for m, pm in zip(mods, _split(p, sizes)):
-                    x = xs[m]; pm = pm.view(x.shape[0], x.shape[1], K)
-                    if valids[m] is None: P[m] = pm.mean(1)
-                    else:
-                        w = valids[m].to(pm.dtype)
-                        P[m] = torch.bmm(w[:, None], pm).squeeze(1) / w.sum(1, keepdim=True).clamp_min(1)
-            else: idx = nearest_code(zcat, self.embed, None if self.cosine else self.embed.pow(2).sum(1).mul_(-0.5))
-            if zg.requires_grad: q, se = _StraightThrough.apply(zg, idx, self.embed)
-            else: q = F.embedding(idx, self.embed); se = torch.linalg.vector_norm(zg - q, dim=1).square()
-            # straight-through outputs and commitment losses
-            quant, indices, losses, qs = {}, {}, {}, []
-            w_own, w_cross = self.commit_w
-            for m, n, qm, im, sem in zip(mods, sizes, _split(q, sizes), _split(idx, sizes), _split(se, sizes)):
-                x, v = xs[m], valids[m]
-                B, T = x.shape[:2]
-                qm, im, sem = qm.view(B, T, D), im.view(B, T), sem.view(B, T)
-                qs.append(qm.detach())
-                c = sem.sum() / (n * D) if v is None else (sem * v).sum() / (v.sum() * D).clamp_min(1)
-                losses[f'commit/{m}'] = self.beta * w_own * c
-                quant[m] = qm.to(x.dtype).reshape(shapes[m])
-                indices[m] = (im if v is None else im.masked_fill(~v, -1)).reshape(shapes[m][:-1])
-            full = lambda: [v if v is not None else torch.ones(x.shape[:2], dtype=torch.bool, device=dev) for x, v in zip(xs.values(), valids.values())]
-            if w_cross and len(mods) > 1:
-                self._check_paired(xs, 'cross-modal commitment')
-                cc = cross_commit_errors(list(xs.values()), qs, full())
-                for i, m in enumerate(mods): losses[f'cross_commit/{m}'] = self.beta * w_cross * cc[i]
-            # usage counts of this batch, per modality: one bincount
-            iv = idx[vsel] if anymask else idx
-            if len(mods) == 1: cmk = torch.bincount(iv, minlength=K)[None]
-            else:
-                mid = torch.repeat_interleave(torch.arange(len(mods), device=dev), torch.tensor(sizes, device=dev))
-                cmk = torch.bincount(iv + K * (mid[vsel] if anymask else mid), minlength=K * len(mods)).view(len(mods), K)
-            if update:
-                rows = zv
-                if self.mm_ema and len(mods) > 1:
-                    self._check_paired(xs, 'MM-EMA')
-                    mixed = mm_ema_targets([x.detach().float() for x in xs.values()], full(), self.mm_ema, self.mm_self)
-                    rows = torch.cat([mx.reshape(-1, D) for mx in mixed])
-                    if anymask: rows = rows[vsel]
-                self._update(zv, rows, iv, cmk.sum(0), mods, vcounts)
-            stats = self._stats(cmk, mods, indices)
-        loss = sum(losses.values())
-        if single:
-            return CodebookOutput(quant['x'], indices['x'], P.get('x'), loss, {k.split('/')[0]: v for k, v in losses.items()},
-                                  {k.removeprefix('x/'): v for k, v in stats.items()})
-        return CodebookOutput(quant, indices, P, loss, losses, stats)
+# %% ../nbs/10_codebook.ipynb #14809db3
+@patch
+@torch.no_grad()
+def _initialise(self: SharedCodebook, zv: Tensor, names: list, counts: list):
+    "k-means or data initialisation from the valid rows `zv` (per modality: `names`, `counts`) of every process"
+    ddp, K, D = self._ddp(), self.n_codes, self.dim
+    blocks, total = _layout(names, counts, ddp)
+    if total == 0: return
+    g = seeded_generator(self.seed, int(self.steps), 1)
+    sel = torch.randperm(total, generator=g)[:K] if total >= K else torch.randint(total, (K,), generator=g)
+    C = _global_take(zv, sel, names, counts, blocks, ddp)
+    if self.init == 'kmeans':
+        for _ in range(self.kmeans_iters):
+            idx = nearest_code(zv, C, None if self.cosine else C.pow(2).sum(1).mul_(-0.5))
+            buf = zv.new_zeros(K, D + 1)
+            buf[:, :D].index_add_(0, idx, zv)
+            buf[:, D] = torch.bincount(idx, minlength=K).to(buf)
+            if ddp: _all_reduce_(buf)
+            n = buf[:, D:]
+            C = torch.where(n > 0, buf[:, :D] / n.clamp_min(1), C)
+            if self.cosine: C = F.normalize(C, dim=-1)
+    self.embed.copy_(C); self.embed_sum.copy_(C); self.cluster_size.fill_(1.)
+    self.last_used.fill_(int(self.steps) - 1); self.initted.fill_(True)
 
-    @staticmethod
-    def _check_paired(xs: dict, what: str):
-        if len({x.shape[0] for x in xs.values()}) != 1:
-            raise ValueError(f"SharedCodebook: {what} needs paired items (one batch size), got { {m: x.shape[0] for m, x in xs.items()} }")
+@patch
+@torch.no_grad()
+def _reset(self: SharedCodebook, dead: Tensor, zv: Tensor, names: list, counts: list) -> int:
+    "Re-seed the `dead` codes with random valid encoder outputs of this step (of every process)"
+    ddp = self._ddp()
+    blocks, total = _layout(names, counts, ddp)
+    di = dead.nonzero().squeeze(1)
+    if total == 0: return 0
+    g = seeded_generator(self.seed, int(self.steps), 2)
+    n = len(di)
+    sel = torch.randperm(total, generator=g)[:n] if total >= n else torch.randint(total, (n,), generator=g)
+    rows = _global_take(zv, sel, names, counts, blocks, ddp)
+    self.embed[di] = rows; self.embed_sum[di] = rows; self.cluster_size[di] = 1.
+    self.last_used[di] = self.steps
+    return n
 
-    @torch.no_grad()
-    def _update(self, zv: Tensor, rows: Tensor, iv: Tensor, counts: Tensor, mods: list, vcounts):
-        "One (MM-)EMA step with this batch's pooled statistics (all-reduced under DDP), then dead-code bookkeeping and resets"
-        K, D = self.n_codes, self.dim
-        sums = torch.zeros(K, D, device=rows.device).index_add_(0, iv, rows)
-        counts = counts.float()
-        if self._ddp():
-            buf = _all_reduce_(torch.cat([sums, counts[:, None]], 1))
-            sums, counts = buf[:, :D], buf[:, D]
-        ema_update_(self.cluster_size, self.embed_sum, self.embed, counts, sums, self.decay, self.eps, self.cosine)
-        self.last_used.masked_fill_(counts > 0, int(self.steps))
-        if self.reset_dead and self.dead_after > 0:
-            dead = (self.steps - self.last_used) >= self.dead_after
-            if bool(dead.any()): self._reset(dead, zv, mods, vcounts())
-        self.steps += 1
 
-    @torch.no_grad()
-    def _stats(self, cmk: Tensor, mods: list, indices: dict) -> dict:
-        hs = dict(zip(mods, cmk))
-        if len(mods) > 1: hs['all'] = cmk.sum(0)
-        paired = [m for m in mods if indices[m].ndim == 2]
-        modes = {m: item_modes(indices[m], self.n_codes) for m in paired} if len(paired) > 1 else {}
-        out = _counts_stats(hs, modes)
-        out['codebook/dead'] = self.dead_count()
-        return out
+# %% ../nbs/10_codebook.ipynb #b8a43bc3
+def _check_paired(xs: dict, what: str):
+    "MM-EMA and cross-modal commitment compare modalities item by item: one batch size"
+    if len({x.shape[0] for x in xs.values()}) != 1:
+        raise ValueError(f"SharedCodebook: {what} needs paired items (one batch size), got { {m: x.shape[0] for m, x in xs.items()} }")
 
-    def dead_count(self) -> Tensor:
-        "Codes unused for at least `dead_after` training steps"
-        return ((self.steps - 1 - self.last_used) >= max(self.dead_after, 1)).sum()  # steps - 1: the last step taken
+@patch
+@torch.no_grad()
+def _update(self: SharedCodebook, zv: Tensor, rows: Tensor, iv: Tensor, counts: Tensor, mods: list, vcounts):
+    "One (MM-)EMA step with this batch's pooled statistics (all-reduced under DDP), then dead-code bookkeeping and resets"
+    K, D = self.n_codes, self.dim
+    sums = torch.zeros(K, D, device=rows.device).index_add_(0, iv, rows)
+    counts = counts.float()
+    if self._ddp():
+        buf = _all_reduce_(torch.cat([sums, counts[:, None]], 1))
+        sums, counts = buf[:, :D], buf[:, D]
+    ema_update_(self.cluster_size, self.embed_sum, self.embed, counts, sums, self.decay, self.eps, self.cosine)
+    self.last_used.masked_fill_(counts > 0, int(self.steps))
+    if self.reset_dead and self.dead_after > 0:
+        dead = (self.steps - self.last_used) >= self.dead_after
+        if bool(dead.any()): self._reset(dead, zv, mods, vcounts())
+    self.steps += 1
 
-    @torch.no_grad()
-    def encode(self, z: Tensor,  # `[..., D]` features
-               mask: Tensor | None = None,  # `[...]` bool, True = real; other positions get -1
-              ) -> Tensor:  # `[...]` long code indices
-        "Nearest code indices only (inference, retrieval): no losses, no update"
-        if z.shape[-1] != self.dim: raise ValueError(f"SharedCodebook.encode: expected [..., {self.dim}], got {tuple(z.shape)}")
-        zf = z.reshape(-1, self.dim).float()
-        if self.cosine: zf = F.normalize(zf, dim=-1)
-        with torch.autocast(z.device.type, enabled=False):
-            idx = nearest_code(zf, self.embed, None if self.cosine else self.embed.pow(2).sum(1).mul_(-0.5)).view(z.shape[:-1])
-        return idx if mask is None else idx.masked_fill(~mask.bool(), -1)
+@patch
+@torch.no_grad()
+def _stats(self: SharedCodebook, cmk: Tensor, mods: list, indices: dict) -> dict:
+    hs = dict(zip(mods, cmk))
+    if len(mods) > 1: hs['all'] = cmk.sum(0)
+    paired = [m for m in mods if indices[m].ndim == 2]
+    modes = {m: item_modes(indices[m], self.n_codes) for m in paired} if len(paired) > 1 else {}
+    out = _counts_stats(hs, modes)
+    out['codebook/dead'] = self.dead_count()
+    return out
 
-    def lookup(self, indices: Tensor  # long code indices; negative = none
-              ) -> Tensor:  # `[..., D]` codes, zeros where the index is negative
-        "The code vectors of `indices`"
-        e = F.embedding(indices.clamp_min(0), self.embed)
-        return e * (indices >= 0)[..., None].to(e.dtype)
+@patch
+def dead_count(self: SharedCodebook) -> Tensor:
+    "Codes unused for at least `dead_after` training steps"
+    return ((self.steps - 1 - self.last_used) >= max(self.dead_after, 1)).sum()  # steps - 1: the last step taken
+
+
+# %% ../nbs/10_codebook.ipynb #5f447087
+@patch
+def _codes_and_probs(self: SharedCodebook, zg: Tensor,  # `[N, D]` float32 rows of every modality (with gradient)
+                     zcat: Tensor,  # the same rows, detached
+                     xs: dict, valids: dict, sizes: list,  # from `_prepare`, and the rows per modality
+                     probs: bool, update: bool) -> tuple[Tensor, dict]:  # (`[N]` nearest codes, modality -> `[B, K]` P_m)
+    "Nearest code of every row and, when `probs`, the per-item code distributions P_m (with gradient) from the same scores"
+    if not probs: return nearest_code(zcat, self.embed, None if self.cosine else self.embed.pow(2).sum(1).mul_(-0.5)), {}
+    K, P = self.n_codes, {}
+    # the graph of P_m keeps the codes for backward: a copy when the EMA update will overwrite them
+    E = self.embed.clone() if update and zg.requires_grad else self.embed
+    if self.probs_sqrt:
+        d = torch.addmm(E.pow(2).sum(1), zg, E.t(), alpha=-2.)
+        idx = d.detach().argmin(1)
+        logits = (d + zg.pow(2).sum(1, keepdim=True)).clamp_min(1e-12).sqrt().mul(-1. / self.tau)
+    else:  # (2 z·e - ||e||²)/τ = -(||z - e||² - ||z||²)/τ
+        logits = torch.addmm(E.pow(2).sum(1).mul(-1. / self.tau), zg, E.t(), alpha=2. / self.tau)
+        idx = logits.detach().argmax(1)
+    p = torch.softmax(logits, 1)
+    for m, pm in zip(xs, _split(p, sizes)):
+        x = xs[m]; pm = pm.view(x.shape[0], x.shape[1], K)
+        if valids[m] is None: P[m] = pm.mean(1)
+        else:
+            w = valids[m].to(pm.dtype)
+            P[m] = torch.bmm(w[:, None], pm).squeeze(1) / w.sum(1, keepdim=True).clamp_min(1)
+    return idx, P
+
+@patch
+def _quantise(self: SharedCodebook, zg: Tensor, idx: Tensor,  # rows and their nearest codes
+              xs: dict, valids: dict, sizes: list, shapes: dict,  # from `_prepare`, and the rows per modality
+              full: list,  # per modality `[B, T]` validity (all True where `valids` is None)
+             ) -> tuple[dict, dict, dict]:  # (quantised, indices, losses) per modality
+    "Straight-through outputs, code indices (-1 where not valid) and the commitment losses (own and cross-modal)"
+    D = self.dim
+    if zg.requires_grad: q, se = _StraightThrough.apply(zg, idx, self.embed)
+    else: q = F.embedding(idx, self.embed); se = torch.linalg.vector_norm(zg - q, dim=1).square()
+    quant, indices, losses, qs = {}, {}, {}, []
+    w_own, w_cross = self.commit_w
+    for m, n, qm, im, sem in zip(xs, sizes, _split(q, sizes), _split(idx, sizes), _split(se, sizes)):
+        x, v = xs[m], valids[m]
+        B, T = x.shape[:2]
+        qm, im, sem = qm.view(B, T, D), im.view(B, T), sem.view(B, T)
+        qs.append(qm.detach())
+        c = sem.sum() / (n * D) if v is None else (sem * v).sum() / (v.sum() * D).clamp_min(1)
+        losses[f'commit/{m}'] = self.beta * w_own * c
+        quant[m] = qm.to(x.dtype).reshape(shapes[m])
+        indices[m] = (im if v is None else im.masked_fill(~v, -1)).reshape(shapes[m][:-1])
+    if w_cross and len(xs) > 1:
+        _check_paired(xs, 'cross-modal commitment')
+        cc = cross_commit_errors(list(xs.values()), qs, full)
+        for i, m in enumerate(xs): losses[f'cross_commit/{m}'] = self.beta * w_cross * cc[i]
+    return quant, indices, losses
+
+
+# %% ../nbs/10_codebook.ipynb #40ea184d
+@patch
+def forward(self: SharedCodebook, z,  # modality -> `[B, T, D]` features (dict), or one tensor `[B, T, D]` / `[N, D]`
+            mask=None,  # modality -> `[B, T]` bool, True = real step (or one tensor); None: all valid
+            present=None,  # modality -> `[B]` bool, True = item has the modality (or one tensor); None: all present
+            probs: bool | None = None,  # compute P_m; default the module's `probs`
+            update: bool | None = None,  # EMA update, initialisation and resets; default `self.training`
+           ) -> CodebookOutput:
+    "Quantise every modality with the shared codes; in training also update them by (MM-)EMA"
+    single = isinstance(z, Tensor)
+    if single: z, mask, present = {'x': z}, None if mask is None else {'x': mask}, None if present is None else {'x': present}
+    probs = self.probs if probs is None else probs
+    update = self.training if update is None else update
+    xs, valids, shapes = self._prepare(z, mask, present)
+    mods, K, D = list(xs), self.n_codes, self.dim
+    sizes = [x.shape[0] * x.shape[1] for x in xs.values()]
+    anymask = any(v is not None for v in valids.values())
+    dev = next(iter(xs.values())).device
+    full = [v if v is not None else torch.ones(x.shape[:2], dtype=torch.bool, device=dev) for x, v in zip(xs.values(), valids.values())]
+    with torch.autocast(dev.type, enabled=False):  # distances, EMA and losses in float32
+        flat = [x.reshape(-1, D).float() for x in xs.values()]
+        zg = flat[0] if len(flat) == 1 else torch.cat(flat)  # every modality's rows, with gradient
+        zcat = zg.detach()
+        if anymask: vsel = torch.cat([f.reshape(-1) for f in full]).nonzero().squeeze(1)
+        zv = zcat[vsel] if anymask else zcat  # the valid rows
+        vcounts = lambda: [int(v.sum()) if v is not None else n for v, n in zip(valids.values(), sizes)]  # valid rows per modality
+        if update and not bool(self.initted): self._initialise(zv, mods, vcounts())
+        idx, P = self._codes_and_probs(zg, zcat, xs, valids, sizes, probs, update)
+        quant, indices, losses = self._quantise(zg, idx, xs, valids, sizes, shapes, full)
+        # usage counts of this batch, per modality: one bincount
+        iv = idx[vsel] if anymask else idx
+        if len(mods) == 1: cmk = torch.bincount(iv, minlength=K)[None]
+        else:
+            mid = torch.repeat_interleave(torch.arange(len(mods), device=dev), torch.tensor(sizes, device=dev))
+            cmk = torch.bincount(iv + K * (mid[vsel] if anymask else mid), minlength=K * len(mods)).view(len(mods), K)
+        if update:
+            rows = zv
+            if self.mm_ema and len(mods) > 1:
+                _check_paired(xs, 'MM-EMA')
+                mixed = mm_ema_targets([x.detach().float() for x in xs.values()], full, self.mm_ema, self.mm_self)
+                rows = torch.cat([mx.reshape(-1, D) for mx in mixed])
+                if anymask: rows = rows[vsel]
+            self._update(zv, rows, iv, cmk.sum(0), mods, vcounts)
+        stats = self._stats(cmk, mods, indices)
+    loss = sum(losses.values())
+    if single:
+        return CodebookOutput(quant['x'], indices['x'], P.get('x'), loss, {k.split('/')[0]: v for k, v in losses.items()},
+                              {k.removeprefix('x/'): v for k, v in stats.items()})
+    return CodebookOutput(quant, indices, P, loss, losses, stats)
+
+
+# %% ../nbs/10_codebook.ipynb #3a54d9fe
+@patch
+@torch.no_grad()
+def encode(self: SharedCodebook, z: Tensor,  # `[..., D]` features
+           mask: Tensor | None = None,  # `[...]` bool, True = real; other positions get -1
+          ) -> Tensor:  # `[...]` long code indices
+    "Nearest code indices only (inference, retrieval): no losses, no update"
+    if z.shape[-1] != self.dim: raise ValueError(f"SharedCodebook.encode: expected [..., {self.dim}], got {tuple(z.shape)}")
+    zf = z.reshape(-1, self.dim).float()
+    if self.cosine: zf = F.normalize(zf, dim=-1)
+    with torch.autocast(z.device.type, enabled=False):
+        idx = nearest_code(zf, self.embed, None if self.cosine else self.embed.pow(2).sum(1).mul_(-0.5)).view(z.shape[:-1])
+    return idx if mask is None else idx.masked_fill(~mask.bool(), -1)
+
+@patch
+def lookup(self: SharedCodebook, indices: Tensor  # long code indices; negative = none
+          ) -> Tensor:  # `[..., D]` codes, zeros where the index is negative
+    "The code vectors of `indices`"
+    e = F.embedding(indices.clamp_min(0), self.embed)
+    return e * (indices >= 0)[..., None].to(e.dtype)
+

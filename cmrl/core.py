@@ -6,16 +6,18 @@ Docs: https://cmrl-dev.github.io/cmrl/core.html.md"""
 
 # %% ../nbs/00_core.ipynb #8d555a3d
 from __future__ import annotations
-import os, random
+from fastcore.meta import delegates
+import math, os, random
 from typing import Any, Iterable, Sequence
 import numpy as np
 import torch
 from torch import Tensor
+import torch.nn.functional as F
 
 # %% auto #0
 __all__ = ['IMAGE', 'VIDEO', 'AUDIO', 'SPEECH', 'TEXT', 'MODALITIES', 'VISUAL', 'AURAL', 'ModalityBatch', 'pad_stack',
-           'collate_items', 'masked_mean', 'set_seed', 'default_device', 'seeded_generator', 'modality_dl',
-           'modality_dls']
+           'collate_items', 'masked_mean', 'pool_steps', 'resample_steps', 'set_seed', 'default_device',
+           'seeded_generator', 'modality_dl', 'modality_dls']
 
 # %% ../nbs/00_core.ipynb #7a989974
 IMAGE, VIDEO, AUDIO, SPEECH, TEXT = 'image', 'video', 'audio', 'speech', 'text'
@@ -170,6 +172,48 @@ def masked_mean(x: Tensor,  # `[B, T, ...]`
     m = mask.to(x.dtype).view(*mask.shape, *([1] * (x.ndim - mask.ndim)))
     return (x * m).sum(dim) / m.sum(dim).clamp(min=1)
 
+def pool_steps(x: Tensor,  # `[B, T, D]` step features (a `[B, D]` input is returned as it is)
+               mask: Tensor | None = None,  # `[B, T]` bool, True = real step; default all real
+               how: str = 'mean',  # 'mean' or 'max' over the real steps
+              ) -> Tensor:  # `[B, D]` float
+    "Pool step features over the real steps (mean or max; zeros for an item with none)"
+    x = torch.as_tensor(x).float()
+    if x.ndim == 2: return x
+    if x.ndim != 3: raise ValueError(f"pool_steps: expected [B, T, D] features, got {tuple(x.shape)}")
+    m = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device) if mask is None else torch.as_tensor(mask).bool().to(x.device)
+    if m.shape != x.shape[:2]: raise ValueError(f"pool_steps: mask {tuple(m.shape)} does not match features {tuple(x.shape)}")
+    if how == 'mean': return masked_mean(x, m)
+    if how == 'max':
+        out = x.masked_fill(~m[..., None], -math.inf).max(1).values
+        return torch.where(m.any(1, keepdim=True), out, torch.zeros_like(out))
+    raise ValueError(f"how must be 'mean' or 'max', not {how!r}")
+
+# %% ../nbs/00_core.ipynb #0a87f442
+def resample_steps(x: Tensor,  # `[B, L, ...]`
+                   mask: Tensor | None,  # `[B, L]` bool, True = real; None: all real
+                   steps: int,  # T, the number of output steps
+                   by: str = 'item',  # 'item': each item's real positions onto its own T bins; 'time': the shared L positions onto T bins
+                  ) -> tuple[Tensor, Tensor]:  # (`[B, T, ...]`, `[B, T]` bool real steps)
+    "Average positions onto `steps` equal bins: of each item's own length (`'item'`) or of the shared time axis (`'time'`)"
+    if by not in ('item', 'time'): raise ValueError(f"resample_steps: by must be 'item' or 'time', got {by!r}")
+    B, L = x.shape[:2]
+    mask = torch.ones(B, L, dtype=torch.bool, device=x.device) if mask is None else mask.bool().to(x.device)
+    if mask.shape != (B, L): raise ValueError(f"resample_steps: mask {tuple(mask.shape)} does not match x {tuple(x.shape[:2])}")
+    if by == 'time' and L == steps: return x, mask
+    if by == 'item':
+        n = mask.sum(1).to(torch.float32).clamp(min=1)[:, None, None]  # [B,1,1]
+        r = (mask.long().cumsum(1) - 1).clamp(min=0).to(torch.float32)[:, None, :]  # rank of each real position [B,1,L]
+    else:
+        n = torch.full((B, 1, 1), float(L), device=x.device)
+        r = torch.arange(L, device=x.device, dtype=torch.float32)[None, None, :]
+    t = torch.arange(steps, device=x.device, dtype=torch.float32)[None, :, None]  # [1,T,1]
+    lo, hi = t * n / steps, (t + 1) * n / steps
+    w = (torch.minimum(hi, r + 1) - torch.maximum(lo, r)).clamp(min=0) * mask[:, None, :]
+    s = w.sum(-1, keepdim=True)
+    w = w / s.clamp(min=1e-12)  # [B,T,L], rows sum to 1 (or 0 for an empty bin)
+    y = torch.bmm(w.to(x.dtype), x.reshape(B, L, -1)).view(B, steps, *x.shape[2:])
+    return y, (mask.any(1, keepdim=True).expand(B, steps) if by == 'item' else s[..., 0] > 0)
+
 # %% ../nbs/00_core.ipynb #9ad0bd8b
 def set_seed(seed: int = 0,  # the seed for Python, NumPy and torch (CPU and CUDA)
              deterministic: bool = False):  # also ask torch for deterministic kernels
@@ -199,26 +243,28 @@ from fastai.data.load import DataLoader
 
 def _rewrap(b): return tuple(ModalityBatch.of(o) if isinstance(o, dict) else o for o in b)
 
+@delegates(collate_items)
 def modality_dl(ds,  # map-style data set of item dicts
                 bs: int = 32,  # batch size
                 shuffle: bool = False,  # reshuffle each epoch
                 drop_last: bool = False,  # drop the last incomplete batch
                 num_workers: int = 0,  # worker processes
                 device=None,  # where batches go; `None`: fastai's default device
-                **collate_kw,  # passed to `collate_items` (modalities, shapes, max_len, pad_value)
+                **kwargs,  # passed to `collate_items` (modalities, shapes, max_len, pad_value)
                ) -> DataLoader:
     "A fastai `DataLoader` over `ds` whose batches are `(ModalityBatch,)`"
-    def create_batch(items): return (collate_items(items, **collate_kw),)
+    def create_batch(items): return (collate_items(items, **kwargs),)
     return DataLoader(ds, bs=bs, shuffle=shuffle, drop_last=drop_last, num_workers=num_workers,
                       create_batch=create_batch, after_batch=_rewrap, device=device)
 
+@delegates(collate_items)
 def modality_dls(train_ds, valid_ds,  # map-style data sets of item dicts
                  bs: int = 32,  # batch size
                  device=None,  # where batches go; `None`: fastai's default device
                  num_workers: int = 0,  # worker processes
-                 **collate_kw,  # passed to `collate_items`
+                 **kwargs,  # passed to `collate_items`
                 ) -> DataLoaders:
     "fastai `DataLoaders` (shuffled, last partial batch dropped for training) yielding `(ModalityBatch,)`"
-    trn = modality_dl(train_ds, bs, shuffle=True, drop_last=len(train_ds) > bs, num_workers=num_workers, device=device, **collate_kw)
-    val = modality_dl(valid_ds, bs, shuffle=False, num_workers=num_workers, device=device, **collate_kw)
+    trn = modality_dl(train_ds, bs, shuffle=True, drop_last=len(train_ds) > bs, num_workers=num_workers, device=device, **kwargs)
+    val = modality_dl(valid_ds, bs, shuffle=False, num_workers=num_workers, device=device, **kwargs)
     return DataLoaders(trn, val, device=device)

@@ -6,6 +6,7 @@ Docs: https://cmrl-dev.github.io/cmrl/dcid.html.md"""
 
 # %% ../nbs/12_dcid.ipynb #e56c46a5
 from __future__ import annotations
+from fastcore.basics import store_attr
 import math
 from typing import NamedTuple, Sequence
 import torch
@@ -13,6 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 from torch.func import functional_call
+from .losses import info_nce, nce_logits
 
 # %% auto #0
 __all__ = ['gaussian_log_prob', 'flatten_valid', 'club_mi', 'CLUB', 'club_optimizer', 'club_step', 'gaussian_mi',
@@ -84,7 +86,7 @@ class CLUB(nn.Module):
                  logvar_tanh: bool = True):  # squash the log-variance with tanh, as the reference does
         super().__init__()
         if mode not in ('sample', 'pairwise'): raise ValueError(f"mode must be 'sample' or 'pairwise', got {mode!r}")
-        self.x_dim, self.y_dim, self.mode = x_dim, y_dim, mode
+        store_attr('x_dim,y_dim,mode')
         self.p_mu = _mlp(x_dim, hidden, y_dim, depth, False)
         self.p_logvar = _mlp(x_dim, hidden, y_dim, depth, logvar_tanh)
 
@@ -217,15 +219,13 @@ def cross_cpc_loss(preds: dict[str, Tensor],  # source modality a -> `[K, B, T, 
         nll, hit, n = 0., 0., 0
         for k in range(1, K + 1):
             P, Z = preds[a][k - 1, :, :T - k], z[b][:, k:]  # [B, T-k, D]: prediction at t, target at t+k
-            logits = torch.einsum('itd,jtd->tij', P, Z)  # [T-k, B(pred i), B(target j)]
+            sim = torch.einsum('itd,jtd->tij', P, Z)  # [T-k, B(pred i), B(target j)]: one InfoNCE per t
             vp, vt = valid[a][:, :T - k].T, valid[b][:, k:].T  # [T-k, B]
             if ts is not None: vp = vp & ts[:T - k, None]
             if softmax_over == 'targets': rows, cols = vp & vt, vt  # row i: prediction, negatives: valid targets
-            else: logits, rows, cols = logits.transpose(1, 2), vp & vt, vp  # row i: target, negatives: valid predictions
-            logits = logits.masked_fill(~cols[:, None, :], float('-inf'))
-            lsm = logits.log_softmax(-1).diagonal(dim1=1, dim2=2)  # [T-k, B]
-            nll = nll - lsm[rows].sum()
-            best = logits.masked_fill(~rows[:, :, None], 0.).argmax(-1) == torch.arange(B, device=dev)
+            else: sim, rows, cols = sim.transpose(1, 2), vp & vt, vp  # row i: target, negatives: valid predictions
+            nll = nll + info_nce(sim, 1., valid=rows, candidates=cols, symmetric=False, reduction='sum')
+            best = nce_logits(sim, 1., candidates=cols).masked_fill(~rows[:, :, None], 0.).argmax(-1) == torch.arange(B, device=dev)
             hit = hit + best[rows].sum().detach()
             n += int(rows.sum())
         if n == 0: continue
@@ -252,7 +252,8 @@ class CrossCPC(nn.Module):
                  min_start: int = 1,  # 'random': earliest t (reference: 1)
                  softmax_over: str = 'targets'):  # 'targets' (formula) or 'predictions' (reference code)
         super().__init__()
-        self.modalities, self.dim, self.n_steps = list(modalities), dim, n_steps
+        store_attr('dim,n_steps')
+        self.modalities = list(modalities)
         self.kw = dict(cross_weight=cross_weight, same_weight=same_weight, t_mode=t_mode, min_start=min_start, softmax_over=softmax_over)
         self.lstm = nn.ModuleDict({m: nn.LSTM(dim, context_dim, num_layers, batch_first=True) for m in self.modalities})
         self.W = nn.ModuleDict({m: nn.Linear(context_dim, n_steps * dim, bias=False) for m in self.modalities})  # W_1..W_K stacked

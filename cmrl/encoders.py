@@ -6,6 +6,7 @@ Docs: https://cmrl-dev.github.io/cmrl/encoders.html.md"""
 
 # %% ../nbs/20_encoders.ipynb #179cfa21
 from __future__ import annotations
+from fastcore.basics import store_attr
 import math
 from typing import NamedTuple
 import torch, torch.nn as nn, torch.nn.functional as F
@@ -13,26 +14,10 @@ from torch import Tensor
 from .core import *
 
 # %% auto #0
-__all__ = ['resample_steps', 'AudioStem', 'ImageStem', 'VideoStem', 'TextStem', 'Encoded', 'ModalityEncoder', 'make_encoder',
+__all__ = ['AudioStem', 'ImageStem', 'VideoStem', 'TextStem', 'FeatureStem', 'Encoded', 'ModalityEncoder', 'make_encoder',
            'input_dims']
 
-# %% ../nbs/20_encoders.ipynb #6b71885d
-def resample_steps(x: Tensor,  # `[B, L, ...]` with left-aligned real positions
-                   mask: Tensor,  # `[B, L]` bool
-                   steps: int,  # T, the number of output steps
-                  ) -> tuple[Tensor, Tensor]:  # (`[B, T, ...]`, `[B, T]` bool: True where the item has any real position)
-    "Average each item's real positions onto `steps` equal bins of its own length"
-    B, L = mask.shape
-    n = mask.sum(1).to(torch.float32).clamp(min=1)[:, None, None]  # [B,1,1]
-    r = (mask.long().cumsum(1) - 1).clamp(min=0).to(torch.float32)[:, None, :]  # rank of each real position [B,1,L]
-    t = torch.arange(steps, device=x.device, dtype=torch.float32)[None, :, None]  # [1,T,1]
-    lo, hi = t * n / steps, (t + 1) * n / steps
-    w = (torch.minimum(hi, r + 1) - torch.maximum(lo, r)).clamp(min=0) * mask[:, None, :]
-    w = w / w.sum(-1, keepdim=True).clamp(min=1e-12)  # [B,T,L], rows sum to 1
-    y = torch.bmm(w.to(x.dtype), x.reshape(B, L, -1)).view(B, steps, *x.shape[2:])
-    return y, mask.any(1, keepdim=True).expand(B, steps)
-
-# %% ../nbs/20_encoders.ipynb #414c5d94
+# %% ../nbs/20_encoders.ipynb #a72a4e13
 def _sub_mask(mask: Tensor, k: int = 2) -> Tensor: return mask[:, ::k]
 
 class AudioStem(nn.Module):
@@ -40,7 +25,8 @@ class AudioStem(nn.Module):
     def __init__(self, n_mels: int = 64,  # mel bins of the input
                  d: int = 64):  # token width
         super().__init__()
-        self.n_mels, self.target_dim = n_mels, n_mels
+        store_attr('n_mels')
+        self.target_dim = n_mels
         self.conv = nn.Sequential(nn.Conv1d(n_mels, d, 3, 2, 1), nn.GELU(), nn.Conv1d(d, d, 3, 2, 1), nn.GELU())
     def forward(self, x: Tensor, mask: Tensor):
         if x.ndim != 3 or x.shape[-1] != self.n_mels: raise ValueError(f"AudioStem: expected log-mel frames [B, L, {self.n_mels}], got {tuple(x.shape)}")
@@ -55,6 +41,8 @@ class AudioStem(nn.Module):
         tgt = F.avg_pool1d(xs.transpose(1, 2), 4, 4, ceil_mode=True).transpose(1, 2)[:, :h.shape[1]]
         return h, m[:, :h.shape[1]], tgt
 
+
+# %% ../nbs/20_encoders.ipynb #618c6100
 def _cnn(in_ch: int, d: int) -> nn.Sequential:
     "Patchify CNN: 4×4 patches, then 2×2 of those (8× smaller per side); cheap enough for every video frame"
     return nn.Sequential(nn.Conv2d(in_ch, d // 2, 4, 4), nn.GELU(), nn.Conv2d(d // 2, d, 2, 2), nn.GELU())
@@ -65,7 +53,8 @@ class ImageStem(nn.Module):
                  in_ch: int = 3,  # image channels
                  grid: int = 4):  # tokens per side
         super().__init__()
-        self.grid, self.in_ch, self.target_dim = grid, in_ch, in_ch * 4
+        store_attr('grid,in_ch')
+        self.target_dim = in_ch * 4
         self.cnn, self.pool = _cnn(in_ch, d), nn.AdaptiveAvgPool2d(grid)
     def forward(self, x: Tensor, mask: Tensor):
         if x.ndim == 5: x, mask = x[:, 0], mask[:, :1]
@@ -74,12 +63,15 @@ class ImageStem(nn.Module):
         tgt = F.pixel_unshuffle(F.adaptive_avg_pool2d(x, 2 * self.grid), 2).flatten(2).transpose(1, 2)  # [B, g*g, 4c]
         return h, mask.any(1, keepdim=True).expand(-1, h.shape[1]), tgt
 
+
+# %% ../nbs/20_encoders.ipynb #54a085fe
 class VideoStem(nn.Module):
     "Frames → per-frame CNN → one token per frame"
     def __init__(self, d: int = 64,  # token width
                  in_ch: int = 3):  # frame channels
         super().__init__()
-        self.in_ch, self.target_dim = in_ch, in_ch * 16
+        store_attr('in_ch')
+        self.target_dim = in_ch * 16
         self.cnn = _cnn(in_ch, d)
     def forward(self, x: Tensor, mask: Tensor):
         if x.ndim != 5 or x.shape[2] != self.in_ch: raise ValueError(f"VideoStem: expected frames [B, T, {self.in_ch}, H, W], got {tuple(x.shape)}")
@@ -89,24 +81,39 @@ class VideoStem(nn.Module):
         tgt = F.adaptive_avg_pool2d(f, 4).reshape(B, T, -1)
         return h, mask, tgt
 
+
+# %% ../nbs/20_encoders.ipynb #62ea73f0
 class TextStem(nn.Module):
-    "Token ids → embeddings, or frozen features → linear projection"
+    "Token ids → embeddings; target: each position's one-hot word"
     def __init__(self, d: int = 64,  # token width
-                 vocab: int | None = None,  # vocabulary size for token ids (id 0 = padding)
-                 in_dim: int | None = None):  # width of frozen input features instead of ids
+                 vocab: int | None = None):  # vocabulary size of the token ids (id 0 = padding)
         super().__init__()
-        if (vocab is None) == (in_dim is None): raise ValueError("TextStem: give exactly one of `vocab` (token ids) or `in_dim` (frozen features)")
-        self.vocab, self.in_dim = vocab, in_dim
-        self.target_dim = vocab or in_dim
-        self.emb = nn.Embedding(vocab, d, padding_idx=0) if vocab else nn.Linear(in_dim, d)
+        if vocab is None: raise ValueError("TextStem: needs `vocab` (token ids); float features go through `FeatureStem` (make_encoder(..., in_dim=D))")
+        self.vocab = self.target_dim = vocab
+        self.emb = nn.Embedding(vocab, d, padding_idx=0)
     def forward(self, x: Tensor, mask: Tensor):
-        if self.vocab:
-            if x.is_floating_point() or x.ndim != 2: raise ValueError(f"TextStem: expected token ids [B, L] (long), got {tuple(x.shape)} {x.dtype}")
-            x = x.masked_fill(~mask, 0)
-            if int(x.max()) >= self.vocab: raise ValueError(f"TextStem: token id {int(x.max())} >= vocab {self.vocab}; build the encoder with the data set's vocabulary size")
-            return self.emb(x), mask, F.one_hot(x, self.vocab).to(torch.float32)
-        if x.ndim != 3 or x.shape[-1] != self.in_dim: raise ValueError(f"TextStem: expected features [B, L, {self.in_dim}], got {tuple(x.shape)}")
-        return self.emb(x), mask, x
+        if x.is_floating_point() or x.ndim != 2: raise ValueError(f"TextStem: expected token ids [B, L] (long), got {tuple(x.shape)} {x.dtype}")
+        x = x.masked_fill(~mask, 0)
+        if int(x.max()) >= self.vocab: raise ValueError(f"TextStem: token id {int(x.max())} >= vocab {self.vocab}; build the encoder with the data set's vocabulary size")
+        return self.emb(x), mask, F.one_hot(x, self.vocab).to(torch.float32)
+
+
+# %% ../nbs/20_encoders.ipynb #3bc799e4
+class FeatureStem(nn.Module):
+    "Precomputed features `[B, L, in_dim]` (any modality) → LayerNorm → linear projection; target: the normalised features"
+    def __init__(self, in_dim: int,  # width D of the features
+                 d: int = 64):  # token width
+        super().__init__()
+        self.in_dim = self.target_dim = in_dim
+        self.norm, self.proj = nn.LayerNorm(in_dim), nn.Linear(in_dim, d)
+    def forward(self, x: Tensor, mask: Tensor):
+        if not x.is_floating_point() or x.ndim != 3 or x.shape[-1] != self.in_dim:
+            raise ValueError(f"FeatureStem: expected float features [B, L, {self.in_dim}], got {tuple(x.shape)} {x.dtype}; "
+                             f"build the encoder with in_dim = the features' width")
+        x = x * mask[..., None].to(x.dtype)
+        tgt = F.layer_norm(x, (self.in_dim,)) * mask[..., None].to(x.dtype)  # scale-free target, whatever model made the features
+        return self.proj(self.norm(x)), mask, tgt
+
 
 # %% ../nbs/20_encoders.ipynb #2d8caf4e
 class Encoded(NamedTuple):
@@ -133,7 +140,7 @@ class ModalityEncoder(nn.Module):
                  dropout: float = 0.,  # dropout in the transformers
                  max_len: int = 512):  # longest token sequence (position embedding size)
         super().__init__()
-        self.stem, self.steps, self.max_len = stem, steps, max_len
+        store_attr('stem,steps,max_len')
         self.out_dim = out_dim or d
         self.target_dim = stem.target_dim
         self.pos = nn.Parameter(torch.zeros(max_len, d)); nn.init.normal_(self.pos, std=0.02)
@@ -177,27 +184,32 @@ def make_encoder(modality: str,  # 'image', 'video', 'audio', 'speech', 'text' (
                  grid: int = 4,  # image: tokens per side
                  size: int | None = None,  # image/video: frame size (recorded only; the stems take any size)
                  vocab: int | None = None,  # text: vocabulary size of token ids
-                 in_dim: int | None = None,  # text: width of frozen features (instead of `vocab`)
+                 in_dim: int | None = None,  # any modality: width D of precomputed float features `[L, D]` (a `FeatureStem`)
                  kind: str | None = None,  # stem kind for a modality name cmrl does not know: 'audio', 'image', 'video', 'text'
                  dropout: float = 0.,  # transformer dropout
                 ) -> ModalityEncoder:
     "The encoder of `modality` with the given widths"
     kind = kind or {SPEECH: AUDIO}.get(modality, modality)
-    if kind == AUDIO: stem = AudioStem(n_mels, d)
+    if in_dim is not None: stem = FeatureStem(in_dim, d)
+    elif kind == AUDIO: stem = AudioStem(n_mels, d)
     elif kind == IMAGE: stem = ImageStem(d, in_ch, grid)
     elif kind == VIDEO: stem = VideoStem(d, in_ch)
-    elif kind == TEXT: stem = TextStem(d, vocab, in_dim)
-    else: raise ValueError(f"make_encoder: unknown modality {modality!r}; pass kind= one of audio, image, video, text")
+    elif kind == TEXT: stem = TextStem(d, vocab)
+    else: raise ValueError(f"make_encoder: unknown modality {modality!r}; pass kind= one of audio, image, video, text, or in_dim= for float features")
     return ModalityEncoder(stem, d, d, steps, n_layers, spec_layers, n_heads, dropout)
 
 def input_dims(b: ModalityBatch,  # a batch
                vocab: int | None = None,  # vocabulary size for token-id text
+               features=None,  # modalities that arrive as precomputed float `[B, T, D]` features (names, or a dict name -> D)
               ) -> dict:  # modality -> keyword arguments for `make_encoder`
     "Input settings of each modality in `b` (mel bins, channels, text vocabulary or feature width)"
-    b, out = ModalityBatch.of(b), {}
+    b, out, features = ModalityBatch.of(b), {}, set(features or ())
     for m, x in b.x.items():
-        if m in AURAL: out[m] = dict(n_mels=x.shape[-1])
+        feat = x.is_floating_point() and x.ndim == 3 and (m in features or m not in AURAL)  # log-mels look like features: only on request
+        if feat: out[m] = dict(in_dim=x.shape[-1])
+        elif m in features: raise ValueError(f"input_dims: {m!r} should be float features [B, T, D], got {tuple(x.shape)} {x.dtype}")
+        elif m in AURAL: out[m] = dict(n_mels=x.shape[-1])
         elif m in VISUAL: out[m] = dict(in_ch=x.shape[-3], size=x.shape[-1])
-        elif m == TEXT: out[m] = dict(vocab=vocab) if not x.is_floating_point() else dict(in_dim=x.shape[-1])
+        elif m == TEXT: out[m] = dict(vocab=vocab)
         else: out[m] = {}
     return out

@@ -6,6 +6,7 @@ Docs: https://cmrl-dev.github.io/cmrl/losses.html.md"""
 
 # %% ../nbs/11_losses.ipynb #503eeb2f
 from __future__ import annotations
+from fastcore.basics import store_attr
 import itertools, math
 from typing import Hashable, Sequence
 import torch
@@ -15,12 +16,14 @@ from torch import Tensor
 
 # %% auto #0
 __all__ = ['false_negative_mask', 'code_match_scores', 'cmcm_loss', 'cmcm_pairs_loss', 'CMCMLoss', 'CMCMPairsLoss', 'mms_loss',
-           'MMSLoss', 'info_nce', 'InfoNCELoss', 'triplet_loss', 'TripletLoss', 'label_loss', 'LabelClassifier']
+           'MMSLoss', 'nce_logits', 'info_nce', 'InfoNCELoss', 'triplet_loss', 'TripletLoss', 'label_loss',
+           'LabelClassifier']
 
 # %% ../nbs/11_losses.ipynb #7c411d74
-def _check_sim(sim: Tensor, name: str = 'sim'):
-    if not isinstance(sim, Tensor) or sim.ndim != 2 or sim.shape[0] != sim.shape[1]:
-        raise ValueError(f"{name} must be a square [B, B] tensor, got {tuple(sim.shape) if isinstance(sim, Tensor) else type(sim).__name__}")
+def _check_sim(sim: Tensor, name: str = 'sim', batched: bool = False):
+    "`sim` must be square `[B, B]` (`[..., B, B]` when `batched`)"
+    if not isinstance(sim, Tensor) or sim.ndim < 2 or (sim.ndim != 2 and not batched) or sim.shape[-2] != sim.shape[-1]:
+        raise ValueError(f"{name} must be a square [{'..., ' if batched else ''}B, B] tensor, got {tuple(sim.shape) if isinstance(sim, Tensor) else type(sim).__name__}")
 
 def _zero(*ts: Tensor) -> Tensor:
     "An exact zero that stays attached to the graph of `ts`"
@@ -126,7 +129,7 @@ class CMCMLoss(nn.Module):
     "Cross-Modal Code Matching between two modalities' `[B, K]` code distributions"
     def __init__(self, symmetric: bool = False,  # add the column term (see `cmcm_loss`)
                  eps: float = 1e-8):  # probability clamp before the log
-        super().__init__(); self.symmetric, self.eps = symmetric, eps
+        super().__init__(); store_attr('symmetric,eps')
     def forward(self, pa: Tensor, pb: Tensor, valid: Tensor | None = None) -> Tensor:
         return cmcm_loss(pa, pb, self.symmetric, valid, self.eps)
 
@@ -135,7 +138,7 @@ class CMCMPairsLoss(nn.Module):
     def __init__(self, pairs: Sequence[tuple[str, str]] | None = None,  # modality pairs; default every unordered pair
                  symmetric: bool = False,  # add the column term (see `cmcm_loss`)
                  eps: float = 1e-8):  # probability clamp before the log
-        super().__init__(); self.pairs, self.symmetric, self.eps = pairs, symmetric, eps
+        super().__init__(); store_attr('pairs,symmetric,eps')
     def forward(self, dists: dict, present: dict | None = None) -> tuple[Tensor, dict]:
         return cmcm_pairs_loss(dists, present, self.pairs, self.symmetric, self.eps)
 
@@ -165,25 +168,52 @@ class MMSLoss(nn.Module):
                  scale: float = 1.,  # similarities are multiplied by this
                  normalize: bool = False,  # L2-normalise embeddings first (cosine similarity)
                  directions: str = 'both'):  # 'both', 'rows' or 'cols'
-        super().__init__(); self.margin, self.scale, self.normalize, self.directions = margin, scale, normalize, directions
+        super().__init__(); store_attr('margin,scale,normalize,directions')
     def forward(self, ha: Tensor, hb: Tensor, fn_mask: Tensor | None = None, valid: Tensor | None = None) -> Tensor:
         if self.normalize: ha, hb = F.normalize(ha, dim=-1), F.normalize(hb, dim=-1)
         return mms_loss(self.scale * ha @ hb.T, self.margin, fn_mask, valid, self.directions)
 
 # %% ../nbs/11_losses.ipynb #ff9da54e
-def info_nce(sim: Tensor,  # `[B, B]` similarities, true pairs on the diagonal
+def nce_logits(sim: Tensor,  # `[..., B, B]` similarities, true pairs on the diagonal
+               temperature: float | Tensor = 0.07,  # τ (a scalar tensor to learn it)
+               fn_mask: Tensor | None = None,  # `[..., B, B]` bool, known false negatives to leave out
+               candidates: Tensor | None = None,  # `[..., B]` bool, items that may appear in a softmax; default all
+              ) -> Tensor:  # `[..., B, B]` logits, `-inf` where a pair may not compete
+    "The logits `sim / τ` of InfoNCE with non-candidates and false negatives (never the diagonal) set to `-inf`"
+    logits = sim / temperature
+    B = sim.shape[-1]
+    eye = torch.eye(B, dtype=torch.bool, device=sim.device)
+    off = torch.zeros_like(logits, dtype=torch.bool)
+    if candidates is not None: off = off | ~candidates.to(sim.device).bool()[..., None, :]
+    if fn_mask is not None: off = off | (fn_mask.to(sim.device).bool() & ~eye)
+    return logits.masked_fill(off, float('-inf'))
+
+def info_nce(sim: Tensor,  # `[..., B, B]` similarities, true pairs on the diagonal
              temperature: float | Tensor = 0.07,  # τ (a scalar tensor to learn it)
-             fn_mask: Tensor | None = None,  # `[B, B]` bool, known false negatives to leave out
-             valid: Tensor | None = None,  # `[B]` bool, items that take part
+             fn_mask: Tensor | None = None,  # `[..., B, B]` bool, known false negatives to leave out
+             valid: Tensor | None = None,  # `[..., B]` bool, items that take part (padding / presence mask)
              symmetric: bool = True,  # average of both directions; False: rows (a→b) only
-            ) -> Tensor:  # scalar loss
-    "InfoNCE over the batch, both directions averaged (CLIP)"
-    S, fn = _select(sim, valid, fn_mask)
-    if len(S) == 0: return _zero(sim, temperature) if isinstance(temperature, Tensor) else _zero(sim)
-    logits = _negatives_off(S / temperature, fn)
-    tgt = torch.arange(len(S), device=S.device)
-    loss = F.cross_entropy(logits, tgt)
-    return (loss + F.cross_entropy(logits.T, tgt)) / 2 if symmetric else loss
+             candidates: Tensor | None = None,  # `[..., B]` bool, items that may serve as negatives; default `valid`
+             reduction: str = 'mean',  # 'mean' over the anchors, 'sum', or 'none' (`[..., B]`, 0 off the anchors)
+            ) -> Tensor:  # scalar loss (or per anchor)
+    "InfoNCE: each anchor's positive on the diagonal against the candidates of its row (and column), CLIP-style"
+    if reduction not in ('mean', 'sum', 'none'): raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    _check_sim(sim, batched=True)
+    B, lead = sim.shape[-1], sim.shape[:-2]
+    if fn_mask is not None and fn_mask.shape != sim.shape: raise ValueError(f"fn_mask must have the shape of sim {tuple(sim.shape)}, got {tuple(fn_mask.shape)}")
+    for k, v in (('valid', valid), ('candidates', candidates)):
+        if v is not None and v.shape != (*lead, B): raise ValueError(f"{k} must be a [..., B] = {[*lead, B]} bool mask, got {tuple(v.shape)}")
+    valid = torch.ones(*lead, B, dtype=torch.bool, device=sim.device) if valid is None else valid.to(sim.device).bool()
+    cand = valid if candidates is None else candidates.to(sim.device).bool()
+    anchors = valid & cand  # an anchor's own positive must be in its softmax
+    logits = nce_logits(sim, temperature, fn_mask, cand)
+    nll = -logits.log_softmax(-1).diagonal(dim1=-2, dim2=-1)  # [..., B]
+    if symmetric: nll = (nll - nce_logits(sim.transpose(-2, -1), temperature, None if fn_mask is None else fn_mask.transpose(-2, -1), cand).log_softmax(-1).diagonal(dim1=-2, dim2=-1)) / 2
+    if reduction == 'none': return nll.masked_fill(~anchors, 0.)
+    n = int(anchors.sum())
+    if n == 0: return _zero(sim, temperature) if isinstance(temperature, Tensor) else _zero(sim)
+    total = nll[anchors].sum()
+    return total / n if reduction == 'mean' else total
 
 # %% ../nbs/11_losses.ipynb #757e07b4
 class InfoNCELoss(nn.Module):
@@ -199,7 +229,7 @@ class InfoNCELoss(nn.Module):
             raise ValueError(f"need 0 < min_temperature <= temperature <= max_temperature, got {min_temperature}, {temperature}, {max_temperature}")
         self.log_temperature = nn.Parameter(torch.tensor(math.log(temperature)), requires_grad=learnable)
         self.bounds = (math.log(min_temperature), math.log(max_temperature))
-        self.normalize, self.symmetric = normalize, symmetric
+        store_attr('normalize,symmetric')
 
     @property
     def temperature(self) -> Tensor:
@@ -243,7 +273,7 @@ class TripletLoss(nn.Module):
                  normalize: bool = True,  # L2-normalise embeddings
                  symmetric: bool = True,  # both directions
                  reduction: str = 'mean'):  # 'mean' or 'sum'
-        super().__init__(); self.margin, self.hardest, self.normalize, self.symmetric, self.reduction = margin, hardest, normalize, symmetric, reduction
+        super().__init__(); store_attr('margin,hardest,normalize,symmetric,reduction')
     def forward(self, ha: Tensor, hb: Tensor, fn_mask: Tensor | None = None, valid: Tensor | None = None) -> Tensor:
         if self.normalize: ha, hb = F.normalize(ha, dim=-1), F.normalize(hb, dim=-1)
         return triplet_loss(ha @ hb.T, self.margin, self.hardest, fn_mask, valid, self.symmetric, self.reduction)
@@ -270,7 +300,7 @@ class LabelClassifier(nn.Module):
                  label_smoothing: float = 0.):  # passed to `F.cross_entropy`
         super().__init__()
         self.drop, self.head = nn.Dropout(dropout), nn.Linear(d, n_classes)
-        self.ignore_index, self.label_smoothing = ignore_index, label_smoothing
+        store_attr('ignore_index,label_smoothing')
     def predict(self, h: Tensor) -> Tensor: return self.head(self.drop(h))
     def forward(self, h: Tensor, y: Tensor) -> Tensor:
         return label_loss(self.predict(h), y, self.ignore_index, self.label_smoothing)

@@ -37,8 +37,3 @@ def pytest_collection_modifyitems(config, items):
             if cuda is None: cuda = _has_cuda()
             if not cuda: item.add_marker(skip_gpu)
 
-
-def rnd(*shape, seed=0, dtype=None):
-    "Seeded standard-normal tensor (float64 by default, for gradchecks)"
-    import torch
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype or torch.float64)

@@ -3,7 +3,6 @@ import os, time, warnings
 from pathlib import Path
 import numpy as np, pytest, soundfile as sf, torch
 from cmrl.core import IMAGE, AUDIO, SPEECH, TEXT, collate_items
-from cmrl.data.frontends import FrontendConfig, Frontends
 from cmrl.data.cache import *
 from cmrl.data.tuxpaint import TuxPaint, fake_stamps
 

@@ -2,7 +2,11 @@
 import math, warnings
 import numpy as np, pytest, soundfile as sf, torch
 from PIL import Image
-from cmrl.data.frontends import *
+from cmrl.data.audio import *
+from cmrl.data.image import *
+from cmrl.data.text import *
+from cmrl.data.cache import FrontendConfig, Frontends
+from cmrl.data.source import *
 
 torch.set_num_threads(1)
 
@@ -179,5 +183,6 @@ def test_group_by_shared_chains():
     assert g == ['a', 'a', 'a', 'd', 'e']
 
 
-def test_label_vocab_stable():
-    assert LabelVocab(['b', 'a', 'c', 'a']).class_names == LabelVocab(['c', 'a', 'b']).class_names == ['a', 'b', 'c']
+def test_label_map_stable():
+    assert list(label_map(['b', 'a', 'c', 'a'])) == list(label_map(['c', 'a', 'b', None])) == ['a', 'b', 'c']
+    assert list(label_map([10, 2, '1'])) == ['1', '2', '10'] and label_map(['x', 'y']).o2i == {'x': 0, 'y': 1}

@@ -4,7 +4,8 @@ from pathlib import Path
 import numpy as np, pytest, torch
 from PIL import Image
 from cmrl.core import IMAGE, VIDEO, AUDIO, SPEECH, TEXT, ModalityBatch
-from cmrl.data.frontends import Source
+from cmrl.data.source import Source
+from cmrl.data.synth import SynthSource
 from cmrl.data.loaders import *
 from cmrl.data.tuxpaint import TuxPaint, TUXPAINT_ROOT, fake_stamps
 from cmrl.data.manifest import ManifestSource
@@ -102,7 +103,7 @@ def test_cli_synth_and_manifest(tmp_path):
 
 
 @pytest.mark.parametrize('argv,msg', [(['nowhere.jsonl'], 'unknown data source'), (['tuxpaint', '--root', '/nonexistent'], 'no Tux Paint stamps'),
-                                      (['synth', '--langs', 'fr'], 'unexpected keyword')])
+                                      (['synth', '--langs', 'fr'], 'English only')])
 def test_cli_errors(argv, msg):
     rc, out, err = run_cli(argv)
     assert rc == 2 and msg in err and out == ''

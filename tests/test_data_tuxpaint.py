@@ -5,8 +5,9 @@ from pathlib import Path
 import numpy as np, pytest, soundfile as sf, torch
 from PIL import Image
 from cmrl.core import IMAGE, AUDIO, SPEECH, TEXT, collate_items
-from cmrl.data.frontends import FrontendConfig
+from cmrl.data.cache import FrontendConfig
 from cmrl.data.tuxpaint import *
+from cmrl.data.image import svg_support
 
 torch.set_num_threads(1)
 REAL = Path(os.environ.get('CMRL_TUXPAINT') or TUXPAINT_ROOT)

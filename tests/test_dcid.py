@@ -9,7 +9,7 @@ from cmrl.dcid import *
 sp = lambda x: math.log1p(math.exp(x))
 
 
-from conftest import rnd
+from cmrl.testing import rnd
 
 
 # ---------- CLUB: values ----------

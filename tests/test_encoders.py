@@ -1,7 +1,8 @@
-"Encoders: shapes, masks, padding invariance, resampling numerics and gradients, bad input."
+"Encoders: shapes, masks, padding invariance, resampling gradients, precomputed features of every modality, bad input."
 import pytest, torch
-from cmrl.core import collate_items, VIDEO, AUDIO, TEXT, IMAGE, SPEECH
-from cmrl.encoders import resample_steps, masked_mean, make_encoder, input_dims, AudioStem, ImageStem, TextStem, VideoStem
+from cmrl.core import collate_items, resample_steps, masked_mean, VIDEO, AUDIO, TEXT, IMAGE, SPEECH
+from cmrl.encoders import make_encoder, input_dims, AudioStem, ImageStem, TextStem, VideoStem, FeatureStem
+from cmrl.testing import feature_items
 
 torch.set_num_threads(1)
 
@@ -46,20 +47,13 @@ def test_padding_invariance(m):
     else:
         assert torch.allclose(a.sem, b.sem, atol=1e-5) and torch.allclose(a.target, b.target, atol=1e-5)
 
-def test_resample_values_and_gradcheck():
-    x = torch.tensor([[1., 2, 3, 0]])[..., None]; mask = torch.tensor([[1, 1, 1, 0]]).bool()
-    y, m = resample_steps(x, mask, 2)
-    assert torch.allclose(y[0, :, 0], torch.tensor([4 / 3, 8 / 3])) and m.all()
-    y, _ = resample_steps(torch.tensor([[5., 7]])[..., None], torch.ones(1, 2).bool(), 3)
-    assert torch.allclose(y[0, :, 0], torch.tensor([5., 6, 7]))  # middle bin straddles both positions
+def test_resample_gradcheck_and_mean():
+    "values are pinned in 00_core; here: gradients, and the mean is kept when n is divisible by T (both alignments)"
     xd = torch.randn(2, 7, 3, dtype=torch.float64, requires_grad=True)
     md = torch.tensor([[1] * 7, [1] * 4 + [0] * 3]).bool()
-    assert torch.autograd.gradcheck(lambda t: resample_steps(t, md, 5)[0], (xd,))
-    # averaging is linear and preserves the mean for n divisible by T
-    z = torch.randn(1, 10, 2); assert torch.allclose(resample_steps(z, torch.ones(1, 10).bool(), 5)[0].mean(1), z.mean(1), atol=1e-6)
-
-def test_masked_mean_empty():
-    assert torch.equal(masked_mean(torch.ones(2, 3, 4), torch.zeros(2, 3).bool()), torch.zeros(2, 4))
+    for by in ('item', 'time'): assert torch.autograd.gradcheck(lambda t: resample_steps(t, md, 5, by=by)[0], (xd,))
+    z = torch.randn(1, 10, 2)
+    for by in ('item', 'time'): assert torch.allclose(resample_steps(z, torch.ones(1, 10).bool(), 5, by=by)[0].mean(1), z.mean(1), atol=1e-6)
 
 def test_pinned_param_counts():
     counts = {m: sum(p.numel() for p in make_encoder(m, d=16, steps=4, n_layers=1, **_inputs(m)[1]).parameters()) for m in (AUDIO, IMAGE, VIDEO, TEXT)}
@@ -70,13 +64,29 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match='images'): ImageStem(16)(torch.randn(2, 10, 32), torch.ones(2, 10).bool())
     with pytest.raises(ValueError, match='frames'): VideoStem(16)(torch.randn(2, 3, 16, 16), torch.ones(2, 3).bool())
     with pytest.raises(ValueError, match='token ids'): TextStem(16, vocab=10)(torch.randn(2, 5), torch.ones(2, 5).bool())
-    with pytest.raises(ValueError, match='exactly one'): TextStem(16)
+    with pytest.raises(ValueError, match='needs `vocab`'): TextStem(16)
+    with pytest.raises(ValueError, match='in_dim'): FeatureStem(8, 16)(torch.randn(2, 3, 9), torch.ones(2, 3).bool())
+    with pytest.raises(ValueError, match='float features'): FeatureStem(8, 16)(torch.ones(2, 3, 8).long(), torch.ones(2, 3).bool())
     with pytest.raises(ValueError, match='max_len'): make_encoder(TEXT, d=16, vocab=5).__class__(TextStem(16, vocab=5), 16, max_len=4)(torch.ones(1, 9).long(), torch.ones(1, 9).bool())
 
-def test_frozen_text_features():
-    enc = make_encoder(TEXT, d=16, steps=3, n_layers=1, in_dim=24)
-    o = enc(torch.randn(2, 5, 24), torch.ones(2, 5).bool())
-    assert o.sem.shape == (2, 3, 16) and o.target.shape == (2, 3, 24)
+@pytest.mark.parametrize('m', [IMAGE, VIDEO, AUDIO, SPEECH, TEXT, 'smell'])
+def test_precomputed_features_any_modality(m):
+    "issue 12: a modality given as float [B, T, D] features gets a FeatureStem; padding and absent items stay zero"
+    torch.manual_seed(0)
+    enc = make_encoder(m, d=16, steps=3, n_layers=1, in_dim=24)
+    assert isinstance(enc.stem, FeatureStem) and enc.target_dim == 24
+    x, mask = torch.randn(3, 5, 24) * 30, torch.tensor([[1] * 5, [1] * 2 + [0] * 3, [0] * 5]).bool()
+    o = enc(x, mask)
+    assert o.sem.shape == (3, 3, 16) and o.target.shape == (3, 3, 24)
+    assert o.mask[:2].all() and not o.mask[2].any() and o.sem[2].abs().sum() == 0
+    x2 = x.clone(); x2[1, 2:] = 1e3  # values under padding change nothing
+    assert torch.allclose(enc(x2, mask).sem, o.sem, atol=1e-5)
+
+def test_input_dims_features():
+    b = collate_items(feature_items(4, dims={IMAGE: 8, VIDEO: 6, AUDIO: 5, SPEECH: 7, TEXT: 4}))
+    assert input_dims(b, features={AUDIO: 5, SPEECH: 7}) == {m: dict(in_dim=d) for m, d in {IMAGE: 8, VIDEO: 6, AUDIO: 5, SPEECH: 7, TEXT: 4}.items()}
+    assert input_dims(b)[SPEECH] == dict(n_mels=7)  # aural features must be named (they look like log-mels)
+    with pytest.raises(ValueError, match='float features'): input_dims(collate_items([{'id': 'a', TEXT: torch.tensor([1, 2])}]), features=[TEXT])
 
 def test_input_dims():
     from cmrl.data.synth import SynthEvents

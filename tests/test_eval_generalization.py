@@ -1,7 +1,8 @@
 "Cross-modal generalisation and localisation protocol: pooling, the linear head, scores, and the synthetic set."
 import math, numpy as np, pytest, torch, torch.nn.functional as F
 from cmrl.core import collate_items
-from cmrl.eval.generalization import (pool_steps, align_steps, LinearProbe, probe_scores, cross_modal_generalization, localization)
+from cmrl.core import pool_steps, resample_steps
+from cmrl.eval.generalization import (LinearProbe, probe_scores, cross_modal_generalization, localization)
 
 
 def fixed_steps(ds):
@@ -93,16 +94,16 @@ def test_never_fit_and_score_on_same_items():
                      train_ids=['a', 'b', 'c', 'd'], test_ids=['d', 'e', 'f', 'g'])
 
 
-def test_pool_and_align():
+def test_pool_and_align_bad_input_and_audio_grid():
     x = torch.arange(12.).view(1, 4, 3); m = torch.tensor([[1, 1, 0, 1]]).bool()
     assert pool_steps(x, m).tolist() == [[(0 + 3 + 9) / 3, (1 + 4 + 10) / 3, (2 + 5 + 11) / 3]]
     assert pool_steps(x, m, 'max').tolist() == [[9., 10., 11.]]
     with pytest.raises(ValueError, match="'mean' or 'max'"): pool_steps(x, m, 'median')
     with pytest.raises(ValueError, match='does not match'): pool_steps(x, m[:, :3])
-    xa, ma = align_steps(torch.arange(10.).view(1, 10, 1), torch.ones(1, 10, dtype=torch.bool), 5)
+    xa, ma = resample_steps(torch.arange(10.).view(1, 10, 1), torch.ones(1, 10, dtype=torch.bool), 5, by='time')
     assert xa.flatten().tolist() == [0.5, 2.5, 4.5, 6.5, 8.5] and ma.all()
     # 100 audio frames onto 10 label steps (frames 10s..10s+9 -> step s)
-    xa, _ = align_steps(torch.arange(100.).view(1, 100, 1), torch.ones(1, 100, dtype=torch.bool), 10)
+    xa, _ = resample_steps(torch.arange(100.).view(1, 100, 1), torch.ones(1, 100, dtype=torch.bool), 10, by='time')
     assert xa.flatten().tolist() == [4.5 + 10 * s for s in range(10)]
 
 
@@ -139,3 +140,26 @@ def test_unknown_labels_and_missing_modalities_are_left_out():
     r = cross_modal_generalization(f, y, f, y, pairs=[('a', 'b'), ('b', 'a')], train_present=pres, test_present=pres)
     assert r['a->b']['n_train'] == 35 and r['a->b']['n'] == sum(1 for i in range(5, 40) if i % 2 == 0)
     assert r['b->a']['n_train'] == sum(1 for i in range(5, 40) if i % 2 == 0)
+
+
+def test_probe_C_by_cross_validation_on_fit_items_only():
+    "C='cv' (the default) picks C from Cs by stratified folds of the fitting modality's items; the result says which C"
+    g = torch.Generator().manual_seed(3)
+    y = torch.arange(90) % 3
+    X = F.one_hot(y, 3).float() + torch.randn(90, 3, generator=g)
+    p = LinearProbe().fit(X[:60], y[:60])
+    assert p.cv_['k'] == 5 and set(p.cv_['scores']) == set(p.Cs) and p.C_ in p.Cs
+    assert p.C_ == max(p.Cs, key=lambda c: (p.cv_['scores'][c], -c))
+    # the choice depends only on the fit items: other test items change nothing
+    r1 = cross_modal_generalization({'a': X[:60]}, y[:60], {'a': X[60:]}, y[60:], pairs=[('a', 'a')])
+    r2 = cross_modal_generalization({'a': X[:60]}, y[:60], {'a': -X[60:]}, y[60:], pairs=[('a', 'a')])
+    assert r1['a->a']['C'] == r2['a->a']['C'] == p.C_ and 0 <= r1['a->a']['bacc'] <= 1
+
+
+def test_probe_cv_falls_back_for_tiny_classes():
+    X = np.array([[0.], [0.2], [1.], [1.2], [2.], [3.]]); y = [0, 0, 1, 1, 2, 3]
+    p = LinearProbe().fit(X, y)  # two classes of one item: kept out of the folds, k = 2
+    assert p.cv_['k'] == 2 and '2 item(s) of single-item classes' in p.cv_['note']
+    q = LinearProbe().fit(X[[0, 2, 4]], [0, 1, 2])  # nothing splittable: C = 1, with the reason
+    assert q.C_ == 1. and q.cv_['k'] == 0 and 'no cross-validation' in q.cv_['note']
+    with pytest.raises(ValueError, match='positive'): LinearProbe(C=0)

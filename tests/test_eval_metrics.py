@@ -1,7 +1,7 @@
 "Retrieval metrics on hand-made similarity matrices with known ranks; chance levels; relevance and masks."
 import math, warnings
 import numpy as np, pytest, torch
-from cmrl.eval.metrics import (retrieval_ranks, retrieval_metrics, chance_metrics, relevance, similarity,
+from cmrl.metrics import (retrieval_ranks, retrieval_metrics, chance_metrics, relevance, similarity,
                                cross_modal_retrieval, fit_length_model, length_similarity)
 
 

@@ -10,6 +10,7 @@ from cmrl.heads.opt import *
 from cmrl.heads.opt import _calibrated_q
 from cmrl.heads.scale import *
 from cmrl.heads.adversarial import *
+from cmrl.testing import toy_features, ToyEncoders, train_matching_demo
 
 torch.set_num_threads(1)
 VAT = (VIDEO, AUDIO, TEXT)

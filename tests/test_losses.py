@@ -7,7 +7,7 @@ from cmrl.losses import *
 sp = lambda x: math.log1p(math.exp(x))  # -log(e^a / (e^a + e^b)) = softplus(b - a)
 
 
-from conftest import rnd
+from cmrl.testing import rnd
 
 
 def dist(B, K, seed=0):
@@ -89,13 +89,6 @@ def test_cmcm_bad_input():
 
 
 # ---------- Masked Margin Softmax ----------
-def test_mms_hand_2x2():
-    S = torch.tensor([[1., 0.], [.5, 2.]])
-    assert mms_loss(S, .5).item() == pytest.approx((sp(-.5) + sp(-1.) + sp(0.) + sp(-1.5)) / 2, abs=1e-6)
-    fn = torch.tensor([[False, True], [False, False]])
-    assert mms_loss(S, .5, fn).item() == pytest.approx((sp(-1.) + sp(0.)) / 2, abs=1e-6)
-
-
 @pytest.mark.parametrize('margin,use_fn,directions', list(itertools.product([0., .3], [False, True], ['both', 'rows', 'cols'])))
 def test_mms_matches_loop_reference(margin, use_fn, directions):
     S = rnd(4, 4, seed=5)
@@ -121,8 +114,7 @@ def test_false_negative_mask_two_key_lists():
 
 # ---------- InfoNCE ----------
 def test_info_nce_hand():
-    assert info_nce(torch.eye(3), 1.).item() == pytest.approx(math.log(math.e + 2) - 1, abs=1e-6)
-    assert info_nce(torch.eye(2), .5).item() == pytest.approx(sp(-2.), abs=1e-6)
+    "(the I_3 / I_2 worked values are in 11_losses)"
     # 3x3, rows only, a non-symmetric case: row i costs log(sum_j e^{S_ij/τ}) - S_ii/τ
     S = torch.tensor([[1., 0., .5], [0., 2., 0.], [1., 1., 0.]])
     want = sum(math.log(sum(math.exp(S[i, j] / .5) for j in range(3))) - S[i, i] / .5 for i in range(3)) / 3
@@ -258,3 +250,28 @@ def test_cuda_matches_cpu():
         cpu = f(*args)
         gpu = f(*[a.cuda() if isinstance(a, torch.Tensor) else a for a in args])
         assert torch.allclose(cpu, gpu.cpu(), atol=1e-5)
+
+
+@pytest.mark.parametrize('symmetric', [True, False])
+def test_info_nce_batched_masks_match_selection(symmetric):
+    "a [T, B, B] stack with per-slice `valid`/`candidates` equals the loop over slices with the rows/columns selected"
+    g = torch.Generator().manual_seed(0)
+    S = torch.randn(4, 5, 5, generator=g, dtype=torch.float64)
+    valid = torch.rand(4, 5, generator=g) > 0.3
+    got = info_nce(S, .3, valid=valid, symmetric=symmetric, reduction='sum')
+    want = sum(info_nce(S[t][valid[t]][:, valid[t]], .3, symmetric=symmetric) * int(valid[t].sum()) for t in range(4) if valid[t].any())
+    assert got.item() == pytest.approx(float(want), abs=1e-10)
+    # candidates wider than the anchors: row i's softmax runs over every candidate, only anchors count
+    cand = valid | (torch.rand(4, 5, generator=g) > 0.5)
+    rows = valid & cand
+    ref = 0.
+    for t in range(4):
+        for i in range(5):
+            if rows[t, i]: ref += -(S[t, i, i] / .3 - torch.logsumexp(S[t, i][cand[t]] / .3, 0))
+    got = info_nce(S, .3, valid=valid, candidates=cand, symmetric=False)
+    assert got.item() == pytest.approx(float(ref) / int(rows.sum()), abs=1e-10)
+
+def test_info_nce_bad_masks():
+    with pytest.raises(ValueError, match='valid must be'): info_nce(torch.eye(3), valid=torch.ones(2, dtype=torch.bool))
+    with pytest.raises(ValueError, match='candidates must be'): info_nce(torch.eye(3)[None], candidates=torch.ones(3, dtype=torch.bool))
+    with pytest.raises(ValueError, match='reduction'): info_nce(torch.eye(3), reduction='max')

@@ -1,7 +1,10 @@
-"Every model: typed output with a loss breakdown, a few steps on synthetic data lower the loss, missing modalities, embed/codes interface."
-import pytest, torch
-from cmrl.core import set_seed, VIDEO, AUDIO, TEXT
-from cmrl.models.core import tiny_synth, ModelOutput, quantise
+"Every model: typed output with a loss breakdown, a few steps lower the loss (raw synthetic inputs and precomputed features), missing modalities, embed/codes interface, recorded config."
+import json, pytest, torch
+from cmrl.core import set_seed, collate_items, VIDEO, AUDIO, TEXT, IMAGE, SPEECH
+from cmrl.encoders import input_dims
+from cmrl.models.core import ModelOutput, quantise
+from cmrl.testing import tiny_synth, feature_items
+from cmrl.models.registry import MODELS, rebuild
 from cmrl.models.unicode import unicode_model
 from cmrl.models.liu import liu2022_model
 from cmrl.models.opt import opt_model
@@ -147,3 +150,31 @@ def test_bad_inputs():
     model = BUILDERS['continuous']([AUDIO], dims)
     with pytest.raises(ValueError, match="none of this model's modalities"): model((b.select([0]).__class__(x={'image': torch.zeros(1, 1)}, mask={'image': torch.ones(1, 1).bool()}, present={'image': torch.ones(1).bool()}),))
     with pytest.raises(ValueError, match='two audio'): opt_model(['audio', 'speech'], {'audio': dict(n_mels=64), 'speech': dict(n_mels=64)})
+
+
+@pytest.mark.parametrize('name', list(BUILDERS))
+def test_loss_goes_down_on_precomputed_features(name):
+    "issue 12: image, speech and text given as frozen float features [T, D] (as in a manifest's `*_features` .npy files)"
+    b = collate_items(feature_items(24, dims={IMAGE: 24, SPEECH: 20, TEXT: 12}))
+    dims = input_dims(b, features=[SPEECH])
+    assert dims == {IMAGE: dict(in_dim=24), SPEECH: dict(in_dim=20), TEXT: dict(in_dim=12)}
+    set_seed(0)
+    model = BUILDERS[name](b.modalities, dims)
+    assert all(type(e.stem).__name__ == 'FeatureStem' for e in model.encoders.values())
+    hist = _train(model, b)
+    assert sum(hist[-3:]) / 3 < sum(hist[:3]) / 3, (name, hist)
+    emb = model.embed(b)
+    assert set(emb) == {IMAGE, SPEECH, TEXT} and all(torch.isfinite(e).all() for e in emb.values())
+
+@pytest.mark.parametrize('name', list(BUILDERS))
+def test_config_recorded_once_and_rebuilds(name, synth):
+    "`model.config` is plain JSON with every builder argument, and the registry rebuilds the same architecture from it"
+    ds, b, dims = synth
+    model = BUILDERS[name](b.modalities, dims)
+    cfg = json.loads(json.dumps(model.config))
+    assert cfg['model'] == name and cfg['modalities'] == list(b.modalities) and cfg['dims'] == json.loads(json.dumps(dims))
+    import inspect
+    assert set(cfg) - {'model'} == set(inspect.signature(MODELS[name]).parameters)
+    again = rebuild(cfg)
+    assert {k: v.shape for k, v in again.state_dict().items()} == {k: v.shape for k, v in model.state_dict().items()}
+    assert again.config == model.config

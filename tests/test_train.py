@@ -9,7 +9,8 @@ from cmrl.encoders import input_dims
 from cmrl.models.unicode import unicode_model
 from cmrl.models.baselines import continuous_baseline
 from cmrl.learner import cmrl_learner
-from cmrl.callbacks import load_checkpoint, read_checkpoint
+from cmrl.checkpoint import load_checkpoint, read_checkpoint
+from cmrl.models.registry import rebuild
 from cmrl.train import train, train_cli, TrainConfig
 
 torch.set_num_threads(1)
@@ -120,12 +121,12 @@ def test_cli_synth_writes_outputs(tmp_path, capsys):
     assert cfg['model_config']['n_codes'] == 16 and cfg['modalities'] == ['video', 'audio', 'text']
     out = capsys.readouterr().out.strip().splitlines()
     assert out[0].startswith('cmrl train: unicode on synth') and json.loads(out[-1])['n_params'] == m['n_params']
-    # the checkpoint rebuilds the model
+    # the checkpoint rebuilds the model through the registry
     ck = read_checkpoint(tmp_path)
-    from cmrl.train import make_model
-    mc = dict(ck['model_config']); name = mc.pop('model'); mods = mc.pop('modalities'); dims = mc.pop('dims')
-    model = make_model({'unicode': 'unicode'}[name], mods, dims, **mc)
+    model = rebuild(ck['model_config'])
     model.load_state_dict(ck['model'])
+    assert ck['config']['source'] == {'name': 'synth', 'n_train': 32, 'n_valid': 16, 'n_test': 0, 'seed': 0}
+
 
 @pytest.mark.parametrize('name', ['continuous', 'liu2022', 'opt', 'plain_codebook'])
 def test_cli_other_models(tmp_path, name):
@@ -135,8 +136,25 @@ def test_cli_other_models(tmp_path, name):
 def test_cli_bad_arguments(tmp_path, capsys):
     assert train_cli(['--data', 'nowhere', '--out', str(tmp_path)]) == 2
     assert 'unknown data source' in capsys.readouterr().err
-    assert train_cli(['--data', 'synth', '--modalities', 'image', '--out', str(tmp_path)]) == 2
     with pytest.raises(SystemExit): train_cli(['--model', 'nonsense'])
+
+
+def test_cli_flags_come_from_the_config():
+    "One option per `TrainConfig` field, its help the field's docments comment (no parsing of the source by hand)"
+    from dataclasses import fields
+    from fastcore.docments import docments
+    import cmrl.train as t
+    assert not hasattr(t, '_field_help')
+    p = t.train_parser()
+    acts = {a.dest: a for a in p._actions}
+    helps = docments(TrainConfig)
+    for f in fields(TrainConfig):
+        assert f.name in acts, f.name
+        assert acts[f.name].help.startswith(helps[f.name]), f.name
+    for extra in ('quiet', 'progress'): assert extra in acts
+    a = vars(p.parse_args(['--no-cosine', '--resume', '--overwrite', '--valid-pct', '0.3', '--n-train', '5', '--quiet', '--progress']))
+    assert a == {'cosine': False, 'resume': True, 'overwrite': True, 'valid_pct': 0.3, 'n_train': 5, 'quiet': True, 'progress': True}
+
 
 def test_fp16_on_cpu_warns_and_trains_fp32(tmp_path):
     if torch.cuda.is_available(): pytest.skip('CPU-only behaviour')

@@ -6,34 +6,17 @@ Docs: https://cmrl-dev.github.io/cmrl/eval.generalization.html.md"""
 
 # %% ../../nbs/42_eval.generalization.ipynb #11881184
 from __future__ import annotations
-import math, warnings
+import contextlib, math, warnings
 from typing import NamedTuple, Sequence
 import numpy as np
 import torch, torch.nn.functional as F
 from torch import Tensor
 from ..core import *
-from .metrics import direction
+from ..metrics import direction
 
 # %% auto #0
-__all__ = ['pool_steps', 'LinearProbe', 'probe_scores', 'cross_modal_generalization', 'align_steps', 'localization', 'Features',
-           'extract_features']
-
-# %% ../../nbs/42_eval.generalization.ipynb #30b1083c
-def pool_steps(x: Tensor,  # `[B, T, D]` step features
-               mask: Tensor | None = None,  # `[B, T]` bool, True = real step; default all real
-               how: str = 'mean',  # 'mean' or 'max' over the real steps
-              ) -> Tensor:  # `[B, D]`
-    "Pool step features over the real steps"
-    x = torch.as_tensor(x).float()
-    if x.ndim == 2: return x
-    if x.ndim != 3: raise ValueError(f"pool_steps: expected [B, T, D] features, got {tuple(x.shape)}")
-    m = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device) if mask is None else torch.as_tensor(mask).bool().to(x.device)
-    if m.shape != x.shape[:2]: raise ValueError(f"pool_steps: mask {tuple(m.shape)} does not match features {tuple(x.shape)}")
-    if how == 'mean': return (x * m[..., None]).sum(1) / m.sum(1, keepdim=True).clamp(min=1)
-    if how == 'max':
-        out = x.masked_fill(~m[..., None], -math.inf).max(1).values
-        return torch.where(m.any(1, keepdim=True), out, torch.zeros_like(out))
-    raise ValueError(f"how must be 'mean' or 'max', not {how!r}")
+__all__ = ['one_thread', 'stratified_folds', 'LinearProbe', 'probe_scores', 'cross_modal_generalization', 'localization',
+           'Features', 'extract_features']
 
 # %% ../../nbs/42_eval.generalization.ipynb #e4e28259
 def _sklearn():
@@ -42,50 +25,100 @@ def _sklearn():
         return True
     except ImportError: return False
 
+def one_thread():
+    "BLAS on one thread (threadpoolctl, which scikit-learn brings): these small fits run ~20x faster than with a thread pool on a busy CPU"
+    try: from threadpoolctl import threadpool_limits
+    except ImportError: return contextlib.nullcontext()
+    return threadpool_limits(1)
+
+def stratified_folds(y,  # `[N]` labels
+                     k: int,  # folds
+                     seed: int = 0,  # shuffles each class before dealing
+                    ) -> np.ndarray:  # `[N]` fold of each item, 0..k-1
+    "Deal each class's items round the `k` folds in a seeded random order: every fold gets its share of every class"
+    y = np.asarray(y); fold = np.empty(len(y), np.int64)
+    rng = np.random.default_rng(seed)
+    start = 0
+    for c in np.unique(y):
+        ix = rng.permutation(np.flatnonzero(y == c))
+        fold[ix] = (start + np.arange(len(ix))) % k
+        start = (start + len(ix)) % k  # the next class starts where this one stopped: folds stay even
+    return fold
+
 class LinearProbe:
-    "A linear classifier on frozen features: logistic regression (scikit-learn, or torch when it is missing)"
-    def __init__(self, C: float = 1.0,  # inverse L2 strength (scikit-learn's convention)
+    "A linear classifier on frozen features: logistic regression whose `C` is chosen by cross-validation on the fitting data"
+    def __init__(self, C: float | str = 'cv',  # inverse L2 strength (scikit-learn's convention), or 'cv': the best of `Cs` by k-fold CV
+                 Cs: Sequence[float] = (0.01, 0.1, 1., 10., 100.),  # candidates for `C='cv'`
+                 cv: int = 5,  # folds at most (fewer when the smallest class is smaller)
                  standardize: bool = True,  # scale features with the statistics of the fitting data only
                  max_iter: int = 1000,  # optimiser iterations
-                 backend: str = 'auto'):  # 'auto', 'sklearn' or 'torch'
+                 backend: str = 'auto',  # 'auto', 'sklearn' or 'torch'
+                 seed: int = 0):  # fold assignment
         if backend not in ('auto', 'sklearn', 'torch'): raise ValueError(f"backend must be 'auto', 'sklearn' or 'torch', not {backend!r}")
         if backend == 'sklearn' and not _sklearn(): raise ImportError("LinearProbe(backend='sklearn') needs scikit-learn: pip install scikit-learn")
-        self.C, self.standardize, self.max_iter = C, standardize, max_iter
+        if C != 'cv' and not float(C) > 0: raise ValueError(f"LinearProbe: C must be 'cv' or a positive number, not {C!r}")
+        self.C, self.Cs, self.cv, self.standardize, self.max_iter, self.seed = C, tuple(float(c) for c in Cs), int(cv), standardize, max_iter, seed
         self.backend = ('sklearn' if _sklearn() else 'torch') if backend == 'auto' else backend
 
-    def _scale(self, X: np.ndarray) -> np.ndarray: return (X - self.mu) / self.sd if self.standardize else X
-
-    def fit(self, X, y):  # `[N, D]` features, `[N]` int labels
-        "Fit the head"
-        X, y = np.asarray(X, np.float64), np.asarray(y).astype(np.int64)
-        if X.ndim != 2 or len(X) != len(y): raise ValueError(f"LinearProbe.fit: need X [N, D] and y [N], got {X.shape} and {y.shape}")
-        self.classes_ = np.unique(y)
-        if len(self.classes_) < 2: raise ValueError(f"LinearProbe.fit: need at least 2 classes in the labels, got {self.classes_.tolist()}")
-        self.mu, self.sd = X.mean(0), X.std(0) + 1e-6
-        Xs = self._scale(X)
+    def _fit_head(self, X: np.ndarray, y: np.ndarray, C: float):  # standardised X, labels -> (head, its classes)
+        "One L2-regularised logistic regression: scikit-learn's, or the same objective with torch's L-BFGS"
+        cls = np.unique(y)
         if self.backend == 'sklearn':
             from sklearn.linear_model import LogisticRegression
-            self.model = LogisticRegression(C=self.C, max_iter=self.max_iter).fit(Xs, y)
-        else: self.model = self._fit_torch(Xs, y)
-        return self
-
-    def _fit_torch(self, X, y):
-        Xt = torch.tensor(X, dtype=torch.float64); yt = torch.as_tensor(np.searchsorted(self.classes_, y))
-        lin = torch.nn.Linear(X.shape[1], len(self.classes_)).double()
+            return LogisticRegression(C=C, max_iter=self.max_iter).fit(X, y), cls
+        Xt = torch.tensor(X, dtype=torch.float64); yt = torch.as_tensor(np.searchsorted(cls, y))
+        lin = torch.nn.Linear(X.shape[1], len(cls)).double()
         opt = torch.optim.LBFGS(lin.parameters(), max_iter=self.max_iter, line_search_fn='strong_wolfe')
         def closure():
             opt.zero_grad()
-            loss = F.cross_entropy(lin(Xt), yt, reduction='sum') + 0.5 / self.C * lin.weight.pow(2).sum()  # sklearn's objective
+            loss = F.cross_entropy(lin(Xt), yt, reduction='sum') + 0.5 / C * lin.weight.pow(2).sum()  # sklearn's objective
             loss.backward(); return loss
         opt.step(closure)
-        return lin
+        return lin, cls
 
-    def decision_function(self, X) -> np.ndarray:  # `[N, C]` class scores
-        X = self._scale(np.asarray(X, np.float64))
+    def _scores(self, head, X: np.ndarray) -> np.ndarray:  # standardised X -> `[N, classes]`
         if self.backend == 'sklearn':
-            s = self.model.decision_function(X)
+            s = head.decision_function(X)
             return np.stack([-s, s], 1) if s.ndim == 1 else s
-        with torch.no_grad(): return self.model(torch.tensor(X)).numpy()
+        with torch.no_grad(): return head(torch.tensor(X)).numpy()
+
+    def _stats(self, X): return (X.mean(0), X.std(0) + 1e-6) if self.standardize else (0., 1.)
+
+    def choose_C(self, X, y) -> tuple[float, dict]:  # (chosen C, {'k', 'scores': {C: mean fold accuracy}, 'note'})
+        "Stratified k-fold cross-validation of `Cs` on (X, y) only; classes with one item are left out of the folds"
+        X, y = np.asarray(X, np.float64), np.asarray(y).astype(np.int64)
+        cls, cnt = np.unique(y, return_counts=True)
+        ok = np.isin(y, cls[cnt >= 2])
+        if (cnt >= 2).sum() < 2: return 1., {'k': 0, 'scores': {}, 'note': 'no cross-validation: fewer than 2 classes have 2 items; C = 1'}
+        k = int(min(self.cv, cnt[cnt >= 2].min()))
+        Xc, yc = X[ok], y[ok]
+        fold = stratified_folds(yc, k, self.seed)
+        scores = {}
+        for C in self.Cs:
+            acc = []
+            for f in range(k):
+                tr, va = fold != f, fold == f
+                mu, sd = self._stats(Xc[tr])
+                head, hc = self._fit_head((Xc[tr] - mu) / sd, yc[tr], C)
+                acc.append(float((hc[self._scores(head, (Xc[va] - mu) / sd).argmax(1)] == yc[va]).mean()))
+            scores[C] = float(np.mean(acc))
+        best = max(self.Cs, key=lambda c: (scores[c], -c))  # ties: the stronger regularisation
+        note = f"{int((~ok).sum())} item(s) of single-item classes kept out of the folds" if (~ok).any() else ''
+        return best, {'k': k, 'scores': scores, 'note': note}
+
+    def fit(self, X, y):  # `[N, D]` features, `[N]` int labels
+        "Choose `C` (when `C='cv'`), then fit the head on all of (X, y)"
+        X, y = np.asarray(X, np.float64), np.asarray(y).astype(np.int64)
+        if X.ndim != 2 or len(X) != len(y): raise ValueError(f"LinearProbe.fit: need X [N, D] and y [N], got {X.shape} and {y.shape}")
+        if len(np.unique(y)) < 2: raise ValueError(f"LinearProbe.fit: need at least 2 classes in the labels, got {np.unique(y).tolist()}")
+        with one_thread():
+            self.C_, self.cv_ = self.choose_C(X, y) if self.C == 'cv' else (float(self.C), None)
+            self.mu, self.sd = self._stats(X)
+            self.model, self.classes_ = self._fit_head((X - self.mu) / self.sd, y, self.C_)
+        return self
+
+    def decision_function(self, X) -> np.ndarray:  # `[N, classes]` class scores
+        return self._scores(self.model, (np.asarray(X, np.float64) - self.mu) / self.sd)
 
     def predict(self, X) -> np.ndarray:  # `[N]` predicted labels
         "Predicted class of every row"
@@ -138,7 +171,7 @@ def _protocol(tr: dict, te: dict,  # modality -> (X, y) of the training / test p
         if heads[a] is None: continue
         head, ya = heads[a]
         Xb, yb = te[b]
-        out[direction(a, b)] = {**probe_scores(yb, head.predict(Xb) if len(Xb) else yb[:0], ya), 'n_train': int(len(ya))}
+        out[direction(a, b)] = {**probe_scores(yb, head.predict(Xb) if len(Xb) else yb[:0], ya), 'n_train': int(len(ya)), 'C': head.C_}
     return out
 
 def cross_modal_generalization(train: dict,  # modality -> `[N, D]` pooled features of the training part
@@ -151,8 +184,8 @@ def cross_modal_generalization(train: dict,  # modality -> `[N, D]` pooled featu
                                train_ids: Sequence | None = None,  # item ids, checked disjoint from `test_ids`
                                test_ids: Sequence | None = None,
                                in_modality: bool = True,  # also score (A, A): the ceiling of each head
-                               **probe_kw,  # `LinearProbe` settings (C, standardize, ...)
-                              ) -> dict:  # 'a->b' -> acc, bacc, majority, chance, n, n_train
+                               **probe_kw,  # `LinearProbe` settings (C, Cs, cv, standardize, ...)
+                              ) -> dict:  # 'a->b' -> acc, bacc, majority, chance, n, n_train, C (chosen)
     "Fit a linear head on modality A (training part), score it on modality B (test part), for every pair"
     _check_disjoint(train_ids, test_ids)
     tr = {m: _rows(train, y_train, train_present, m) for m in train}
@@ -160,19 +193,6 @@ def cross_modal_generalization(train: dict,  # modality -> `[N, D]` pooled featu
     return _protocol(tr, te, pairs, in_modality, probe_kw)
 
 # %% ../../nbs/42_eval.generalization.ipynb #69b82261
-def align_steps(x: Tensor,  # `[B, T, D]` step features
-                mask: Tensor,  # `[B, T]` bool
-                steps: int,  # T_y, steps of the label grid
-               ) -> tuple[Tensor, Tensor]:  # (`[B, T_y, D]`, `[B, T_y]` bool: grid steps with a real feature step)
-    "Average step features onto a grid of `steps` steps"
-    x, mask = torch.as_tensor(x).float(), torch.as_tensor(mask).bool()
-    B, T, D = x.shape
-    if T == steps: return x, mask
-    seg = (torch.arange(T) * steps // T).to(x.device)  # grid step of each feature step
-    oh = F.one_hot(seg, steps).to(x.dtype)[None] * mask[..., None].to(x.dtype)  # [B, T, T_y]
-    n = oh.sum(1)  # [B, T_y]
-    return torch.einsum('btd,bts->bsd', x, oh) / n.clamp(min=1)[..., None], n > 0
-
 def localization(train: dict,  # modality -> `[N, T, D]` step features of the training part
                  train_mask: dict,  # modality -> `[N, T]` bool
                  train_labels,  # `[N, T_y]` long per-step labels (-1 = unknown, left out)
@@ -189,7 +209,7 @@ def localization(train: dict,  # modality -> `[N, T, D]` step features of the tr
     ytr, yte = torch.as_tensor(train_labels).long().cpu(), torch.as_tensor(test_labels).long().cpu()
     if ytr.ndim != 2 or yte.ndim != 2: raise ValueError("localization: labels must be [N, T] per-step labels")
     def steps_of(feats, masks, y, m):
-        x, mk = align_steps(feats[m].detach().cpu(), masks[m].cpu(), y.shape[1])
+        x, mk = resample_steps(feats[m].detach().cpu().float(), masks[m].cpu().bool(), y.shape[1], by='time')
         keep = mk & (y >= 0)
         return x[keep], y[keep]
     tr = {m: (x.numpy(), y.numpy()) for m, (x, y) in ((m, steps_of(train, train_mask, ytr, m)) for m in train)}

@@ -6,6 +6,7 @@ Docs: https://cmrl-dev.github.io/cmrl/eval.index.html.md"""
 
 # %% ../../nbs/41_eval.index.ipynb #ac76660b
 from __future__ import annotations
+from fastcore.basics import store_attr
 import json, math, warnings
 from pathlib import Path
 from typing import Sequence
@@ -42,7 +43,8 @@ class EmbeddingIndex:
         faiss = _faiss()
         if kind not in ('flat', 'ivf', 'hnsw'): raise ValueError(f"kind must be 'flat', 'ivf' or 'hnsw', not {kind!r}")
         if metric not in ('cos', 'ip'): raise ValueError(f"metric must be 'cos' or 'ip', not {metric!r}")
-        self.dim, self.kind, self.metric, self.ids = int(dim), kind, metric, []
+        store_attr('kind,metric')
+        self.dim, self.ids = int(dim), []
         if kind == 'flat': self.index = faiss.IndexFlatIP(self.dim)
         elif kind == 'ivf':
             self._quantizer = faiss.IndexFlatIP(self.dim)  # faiss does not own it: keep a reference
@@ -154,7 +156,8 @@ class CodeIndex:
                  tf: str = 'log',  # term frequency: 'log' (1 + log n), 'raw' (n) or 'binary'
                  idf: bool = True):  # weight codes by their smoothed inverse document frequency
         if tf not in ('log', 'raw', 'binary'): raise ValueError(f"tf must be 'log', 'raw' or 'binary', not {tf!r}")
-        self.n_codes, self.tf, self.use_idf = int(n_codes), tf, idf
+        store_attr('tf')
+        self.n_codes, self.use_idf = int(n_codes), idf
         self.counts = sp.csr_matrix((0, self.n_codes), dtype=np.float32)
         self.ids, self._post = [], None
 

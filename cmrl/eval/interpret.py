@@ -6,6 +6,7 @@ Docs: https://cmrl-dev.github.io/cmrl/eval.interpret.html.md"""
 
 # %% ../../nbs/43_eval.interpret.ipynb #ae0ce95a
 from __future__ import annotations
+from fastcore.basics import store_attr
 import math, re
 from collections import Counter
 from typing import Callable, Sequence
@@ -181,7 +182,7 @@ class CodeExplorer:
         if any(len(c) != self.N for c in self.codes.values()): raise ValueError("CodeExplorer: every modality needs the same rows (items)")
         self.ids = [str(i) for i in (ids if ids is not None else range(self.N))]
         self.labels = None if labels is None else np.asarray(labels.cpu() if isinstance(labels, Tensor) else labels)
-        self.class_names, self.texts, self.show, self.max_items = class_names, texts, show, max_items
+        store_attr('class_names,texts,show,max_items')
         self.K = 1 + max(int(c.max(initial=-1)) for c in self.codes.values())
         self._use = {m: bag_of_codes(c, max(self.K, 1)).tocsc() for m, c in self.codes.items()}  # [N, K] counts per modality
         self._w = None

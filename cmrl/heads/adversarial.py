@@ -6,6 +6,7 @@ Docs: https://cmrl-dev.github.io/cmrl/heads.adversarial.html.md"""
 
 # %% ../../nbs/18_heads.adversarial.ipynb #979cf12b
 from __future__ import annotations
+from fastcore.basics import store_attr
 import math
 from typing import NamedTuple
 import torch
@@ -39,7 +40,7 @@ class GradientReversal(nn.Module):
     "Gradient reversal layer; `lam` is an attribute that a schedule (`GRLSchedule`) updates"
     def __init__(self, lam: float = 1.):  # gradient scale λ
         super().__init__()
-        self.lam = lam
+        store_attr('lam')
     def forward(self, x: Tensor) -> Tensor: return grad_reverse(x, self.lam)
     def extra_repr(self) -> str: return f'lam={self.lam}'
 
@@ -61,7 +62,8 @@ class GRLSchedule(Callback):
     def __init__(self, schedule: str = 'dann',  # see `grl_lambda`
                  lam_max: float = 1.,  # the final (or constant) λ
                  gamma: float = 10.):  # steepness of the DANN schedule
-        self.schedule, self.lam_max, self.gamma, self.lam = schedule, lam_max, gamma, 0.
+        store_attr('schedule,lam_max,gamma')
+        self.lam = 0.0
     def before_batch(self):
         self.lam = grl_lambda(self.learn.pct_train, self.schedule, self.lam_max, self.gamma)
         for mod in self.learn.model.modules():
@@ -125,7 +127,7 @@ class SharedTowers(nn.Module):
         self.towers = towers if isinstance(towers, nn.ModuleDict) else nn.ModuleDict(towers)
         self.shared = shared if shared is not None else nn.Linear(d_in, d_out)
         self.classifier = nn.Linear(d_out, n_classes) if n_classes else None
-        self.normalize = normalize
+        store_attr('normalize')
 
     def forward(self, xs: dict,  # modality -> input of its tower
                 present: dict | None = None,  # modality -> `[B]` bool; modalities absent from every item are skipped

@@ -6,6 +6,7 @@ Docs: https://cmrl-dev.github.io/cmrl/heads.fusion.html.md"""
 
 # %% ../../nbs/15_heads.fusion.ipynb #7dfc0407
 from __future__ import annotations
+from fastcore.basics import store_attr
 from typing import NamedTuple
 import torch
 from torch import nn, Tensor
@@ -13,7 +14,7 @@ import torch.nn.functional as F
 from ..core import *
 
 # %% auto #0
-__all__ = ['FusionOutput', 'FusionEncoder', 'toy_features', 'ToyEncoders']
+__all__ = ['FusionOutput', 'FusionEncoder']
 
 # %% ../../nbs/15_heads.fusion.ipynb #04731536
 class FusionOutput(NamedTuple):
@@ -35,7 +36,8 @@ class FusionEncoder(nn.Module):
                  max_len: int = 512,  # longest token sequence per modality
                  norm_first: bool = True):  # pre-LN layers (stabler when small)
         super().__init__()
-        self.d_model, self.modalities, self.max_len = d_model, tuple(modalities), max_len
+        store_attr('d_model,max_len')
+        self.modalities = tuple(modalities)
         self.cls = nn.Parameter(torch.randn(1, 1, d_model) * 0.02)
         self.type_emb = nn.Embedding(len(self.modalities), d_model)
         self.pos_emb = nn.Embedding(max_len, d_model)
@@ -90,38 +92,3 @@ class FusionEncoder(nn.Module):
     def summaries(self, out: FusionOutput) -> dict:
         "Per-modality masked mean of the fused tokens: modality -> `[B, D]`"
         return {m: masked_mean(t, out.valid[m]) for m, t in out.tokens.items()}
-
-# %% ../../nbs/15_heads.fusion.ipynb #40cc377e
-def toy_features(b,  # a `ModalityBatch` (or fastai's `(ModalityBatch,)`) of `SynthEvents` items
-                 pool: int = 4,  # video frames are average-pooled to `pool` x `pool`
-                 steps: int | None = None,  # audio is pooled to this many steps; default the video length (or 10)
-                 center: bool = True,  # subtract each item's mean over its valid steps (removes the static background and hum)
-                ) -> ModalityBatch:
-    "Cheap per-step features of a synthetic batch: pooled video `[B,T,3*pool^2]`, pooled log-mel `[B,steps,n_mels]`, text ids"
-    b = ModalityBatch.of(b)
-    x, mask = dict(b.x), dict(b.mask)
-    if VIDEO in x:
-        v = x[VIDEO]; B, T = v.shape[:2]
-        x[VIDEO] = F.adaptive_avg_pool2d(v.flatten(0, 1).float(), pool).reshape(B, T, -1)
-    if AUDIO in x:
-        n = steps or (x[VIDEO].shape[1] if VIDEO in x else 10)
-        a = x[AUDIO].float()
-        x[AUDIO] = F.adaptive_avg_pool1d(a.transpose(1, 2), n).transpose(1, 2)
-        mask[AUDIO] = F.adaptive_max_pool1d(mask[AUDIO].float()[:, None], n)[:, 0] > 0
-    if center:
-        for m in (VIDEO, AUDIO):
-            if m in x: x[m] = (x[m] - masked_mean(x[m], mask[m])[:, None]) * mask[m][..., None]
-    return ModalityBatch(x, mask, b.present, b.ids, b.y, b.extra)
-
-class ToyEncoders(nn.ModuleDict):
-    "Position-wise projections of toy features to `d`: a `Linear`+`LayerNorm` per float modality, an `Embedding` for token ids"
-    def __init__(self, d: int,  # output width
-                 feat_dims: dict,  # float modality -> feature width F
-                 vocab: dict | None = None):  # token modality -> vocabulary size
-        mods = {m: nn.Sequential(nn.Linear(f, d), nn.LayerNorm(d)) for m, f in feat_dims.items()}
-        mods.update({m: nn.Embedding(v, d) for m, v in (vocab or {}).items()})
-        super().__init__(mods)
-
-    def forward(self, x: dict) -> dict:
-        "modality -> `[B, T, d]` tokens for the modalities in `x` this module knows"
-        return {m: self[m](v) for m, v in x.items() if m in self}

@@ -6,18 +6,20 @@ Docs: https://cmrl-dev.github.io/cmrl/heads.opt.html.md"""
 
 # %% ../../nbs/16_heads.opt.ipynb #555c52f3
 from __future__ import annotations
+from fastcore.basics import store_attr
 import math, warnings
 from typing import NamedTuple, Callable
 import torch
 from torch import nn, Tensor
 import torch.nn.functional as F
 from ..core import *
+from ..losses import info_nce
 from .fusion import *
 
 # %% auto #0
 __all__ = ['MATCH_CLASSES', 'OPT_TASKS', 'token_mask', 'modality_dropout', 'masked_ce', 'masked_l2', 'masked_nce',
            'MatchingNegatives', 'matching_negatives', 'shuffle_modalities', 'matching_batch', 'matching_label_of',
-           'OPTOutput', 'pool_time', 'pool_mask', 'OPT', 'opt_loss', 'match_accuracy', 'train_matching_demo']
+           'OPTOutput', 'OPT', 'opt_loss', 'match_accuracy']
 
 # %% ../../nbs/16_heads.opt.ipynb #5c80dabd
 def _rand(shape, generator: torch.Generator | None, device) -> Tensor:
@@ -108,14 +110,9 @@ def masked_nce(pred: Tensor,  # `[B, T, F]` predictions
                valid: Tensor,  # `[B, T]` bool, the positions that may serve as negatives
                tau: float = 0.1,  # temperature
               ) -> Tensor:  # scalar InfoNCE over the anchors
-    "InfoNCE of each masked prediction against all valid target tokens of the same item (MAN)"
-    sel = sel.bool() & valid.bool()
-    if not sel.any(): return _zero(pred)
-    pred = _f32(pred); s = torch.einsum('btf,buf->btu', F.normalize(pred, dim=-1), F.normalize(_f32(target).to(pred.dtype), dim=-1)) / tau
-    s = s.masked_fill(~valid.bool()[:, None, :], float('-inf'))
-    T = pred.shape[1]
-    tgt = torch.arange(T, device=pred.device).expand(pred.shape[0], T)
-    return F.cross_entropy(s[sel], tgt[sel])
+    "`info_nce` of each masked prediction against all valid target tokens of the same item (MAN): one softmax per item"
+    pred = _f32(pred); s = torch.einsum('btf,buf->btu', F.normalize(pred, dim=-1), F.normalize(_f32(target).to(pred.dtype), dim=-1))
+    return info_nce(s, tau, valid=sel.bool() & valid.bool(), candidates=valid.bool(), symmetric=False)
 
 # %% ../../nbs/16_heads.opt.ipynb #ca9c44a7
 MATCH_CLASSES = ('all', 'va', 'ta', 'tv', 'none')  # OPT's 5 matching classes; index = label
@@ -231,17 +228,6 @@ class OPTOutput(NamedTuple):
 
 def _mlp(d: int, out: int) -> nn.Module: return nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.LayerNorm(d), nn.Linear(d, out))
 
-def pool_time(x: Tensor,  # `[B, T_in, ...]`
-              T: int,  # output length
-             ) -> Tensor:  # `[B, T, F]` float
-    "Flatten per step and average-pool in time to length `T` (identity when `T_in == T`)"
-    x = x.flatten(2).float()
-    return x if x.shape[1] == T else F.adaptive_avg_pool1d(x.transpose(1, 2), T).transpose(1, 2)
-
-def pool_mask(mask: Tensor, T: int) -> Tensor:
-    "A `[B, T_in]` padding mask resampled to `T` positions (a position is real if any input under it is)"
-    return mask if mask.shape[1] == T else F.adaptive_max_pool1d(mask.float()[:, None], T)[:, 0] > 0
-
 class OPT(nn.Module):
     "OPT pre-training heads over per-modality encoders and a `FusionEncoder`; `forward(b)` returns `OPTOutput`"
     def __init__(self, encoders: dict,  # modality -> module mapping `b.x[m]` to `[B, T_m, D]`
@@ -267,9 +253,10 @@ class OPT(nn.Module):
         unk = [t for t in tasks if t not in OPT_TASKS]
         if unk: raise ValueError(f"OPT: unknown tasks {unk}; choose from {OPT_TASKS}")
         self.encoders = encoders if isinstance(encoders, nn.ModuleDict) else nn.ModuleDict(encoders)
-        self.fusion, self.tasks, self.weights = fusion, tuple(tasks), dict(weights or {})
-        self.token_p, self.modality_p, self.tau, self.match_probs = token_p, modality_p, tau, match_probs
-        self.match_use_labels, self.mask_inputs, self.pseudo_fn = match_use_labels, mask_inputs, pseudo_fn
+        store_attr('fusion')
+        self.tasks, self.weights = tuple(tasks), dict(weights or {})
+        store_attr('token_p,modality_p,tau,match_probs')
+        store_attr('match_use_labels,mask_inputs,pseudo_fn')
         self.text_mask_id = text_mask_id if text_mask_id is not None else (vocab_size - 1 if vocab_size else None)
         d, feat_dims = fusion.d_model, dict(feat_dims or {})
         heads = {}
@@ -298,7 +285,7 @@ class OPT(nn.Module):
         for m in self.roles:
             if m not in b.x or m not in self.encoders or not b.present[m].any(): continue
             z = self.encoders[m](x[m]); tok[m] = z
-            valid[m] = pool_mask(b.mask[m], z.shape[1]) & b.present[m].bool()[:, None]
+            valid[m] = resample_steps(b.mask[m][..., None].float(), b.mask[m], z.shape[1], by='time')[1] & b.present[m].bool()[:, None]
         return tok, valid
 
     def _pseudo(self, b, m, tok, pseudo):
@@ -339,7 +326,7 @@ class OPT(nn.Module):
                 if r == 'text' and 'mlm' in self.tasks:
                     losses[f'{m}.mlm'] = masked_ce(self.heads[f'{m}_mlm'](h), b.x[m].long(), sel)
                 if r in ('visual', 'audio'):
-                    tgt = pool_time(b.x[m], h.shape[1])
+                    tgt = resample_steps(b.x[m].flatten(2).float(), None, h.shape[1], by='time')[0]  # targets on the token grid
                     for task in (('mfr', 'mfc') if r == 'visual' else ('mar', 'man')):
                         if task not in self.tasks: continue
                         if task in ('mfr', 'mar'): losses[f'{m}.{task}'] = masked_l2(self.heads[f'{m}_{task}'](h), tgt, sel)
@@ -374,37 +361,3 @@ def match_accuracy(out: OPTOutput, *args) -> Tensor:
     "fastai metric: 5-way matching accuracy over the usable samples"
     ok = out.match_labels >= 0
     return (out.match_logits.argmax(-1)[ok] == out.match_labels[ok]).float().mean()
-
-# %% ../../nbs/16_heads.opt.ipynb #50cd0c88
-def _synth_feats(n: int, seed: int, bs: int = 64, **kw):
-    from cmrl.data.synth import SynthEvents
-    ds = SynthEvents(n, seed=seed, **kw)
-    return [toy_features(collate_items([ds[i] for i in range(s, min(n, s + bs))])) for s in range(0, n, bs)], ds
-
-def train_matching_demo(n_train: int = 512,  # synthetic training items
-                        n_valid: int = 256,  # held-out items
-                        steps: int = 300,  # optimiser steps
-                        d: int = 32,  # token width
-                        n_layers: int = 2,  # fusion transformer layers
-                        lr: float = 1e-3,  # Adam learning rate
-                        seed: int = 0,  # seeds data, init and negatives
-                       ) -> dict:  # {'train_acc', 'valid_acc', 'chance', 'steps'}
-    "Train only the 5-way matching head of a tiny OPT on `SynthEvents` toy features; the lesson and test of `OPT`"
-    set_seed(seed)
-    trn, ds = _synth_feats(n_train, seed)
-    val, _ = _synth_feats(n_valid, seed + 1000)
-    fd = {VIDEO: trn[0].x[VIDEO].shape[-1], AUDIO: trn[0].x[AUDIO].shape[-1]}
-    model = OPT(ToyEncoders(d, fd, {TEXT: len(ds.vocab)}), FusionEncoder(d, 2, n_layers, dropout=0., max_len=32), tasks=('match',))
-    o = torch.optim.Adam(model.parameters(), lr=lr)
-    g = seeded_generator(seed, 1)
-    accs = []
-    model.train()
-    for s in range(steps):
-        out = model(trn[s % len(trn)], generator=g)
-        o.zero_grad(); out.loss.backward(); o.step()
-        accs.append(match_accuracy(out).item())
-    model.eval()
-    with torch.no_grad():
-        gv = seeded_generator(seed, 2)
-        hits = [(lambda out: (out.match_logits.argmax(-1) == out.match_labels)[out.match_labels >= 0].float())(model(bb, generator=gv)) for bb in val for _ in range(4)]
-    return dict(train_acc=sum(accs[-50:]) / 50, valid_acc=torch.cat(hits).mean().item(), chance=0.2, steps=steps)

@@ -6,12 +6,14 @@ Docs: https://cmrl-dev.github.io/cmrl/heads.scale.html.md"""
 
 # %% ../../nbs/17_heads.scale.ipynb #840649a0
 from __future__ import annotations
+from fastcore.basics import store_attr
 import math
 from typing import NamedTuple
 import torch
 from torch import nn, Tensor
 import torch.nn.functional as F
 from ..core import *
+from ..losses import info_nce
 
 # %% auto #0
 __all__ = ['zero_impute', 'modality_scores', 'matching_weights', 'pair_infonce', 'scale_loss', 'ScaleOutput', 'SCALEHead']
@@ -73,12 +75,10 @@ def pair_infonce(a: Tensor,  # `[B, D]` summaries of modality i
                  both: Tensor | None = None,  # `[B]` bool, items that have both; default all
                  tau: float | Tensor = 0.07,  # temperature
                 ) -> Tensor | None:  # scalar, or None with fewer than 2 usable items
-    "Symmetric InfoNCE between two modalities' summaries, over the items that have both"
+    "Symmetric `info_nce` on the cosine similarities of two modalities' summaries, over the items that have both"
     if both is not None: a, b = a[both.bool()], b[both.bool()]
     if len(a) < 2: return None
-    s = F.normalize(a.float(), dim=-1) @ F.normalize(b.float(), dim=-1).T / tau
-    t = torch.arange(len(a), device=a.device)
-    return (F.cross_entropy(s, t) + F.cross_entropy(s.T, t)) / 2
+    return info_nce(F.normalize(a.float(), dim=-1) @ F.normalize(b.float(), dim=-1).T, tau)
 
 def scale_loss(weights: Tensor,  # `[M, M]` S'
                modalities: tuple,  # row/column order of `weights`
@@ -119,9 +119,10 @@ class SCALEHead(nn.Module):
                  min_items: int = 2,  # items with both modalities needed for a pair to count
                  kind: str = 'cos01'):  # score of a pair, see `modality_scores`
         super().__init__()
-        self.kind = kind
-        self.modalities, self.tau, self.mode, self.dim = tuple(modalities), tau, mode, dim
-        self.detach_weights, self.min_weight, self.min_items = detach_weights, min_weight, min_items
+        store_attr('kind')
+        store_attr('tau,mode,dim')
+        self.modalities = tuple(modalities)
+        store_attr('detach_weights,min_weight,min_items')
         self.proj = nn.ModuleDict({m: nn.Linear(d, proj_dim) for m in self.modalities}) if proj_dim else None
 
     def forward(self, summaries: dict,  # modality -> `[B, D]`

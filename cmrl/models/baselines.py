@@ -6,6 +6,7 @@ Docs: https://cmrl-dev.github.io/cmrl/models.baselines.html.md"""
 
 # %% ../../nbs/25_models.baselines.ipynb #912937e5
 from __future__ import annotations
+from fastcore.basics import store_attr
 from typing import Sequence
 import torch, torch.nn as nn, torch.nn.functional as F
 from torch import Tensor
@@ -26,7 +27,7 @@ class ContinuousBaseline(CrossModalModel):
                  temperature: float = 0.07,  # initial InfoNCE τ (learnable)
                  shared_head: bool = True):  # one last layer for all modalities (DSCMR); False: one per modality
         super().__init__(encoders)
-        self.shared_head = shared_head
+        store_attr('shared_head')
         self.heads = nn.ModuleDict({m: nn.Linear(d, d) for m in (['shared'] if shared_head else self.modalities)})
         self.nce = InfoNCELoss(temperature)
         self.pairs = modality_pairs(self.modalities)
@@ -52,6 +53,7 @@ class ContinuousBaseline(CrossModalModel):
         return out._replace(loss=loss, losses=losses)
 
 # %% ../../nbs/25_models.baselines.ipynb #76037a76
+@records_config('continuous')
 def continuous_baseline(modalities: Sequence[str],  # modalities to encode
                         dims: dict,  # modality -> input settings (`input_dims(batch, vocab)`)
                         d: int = 64,  # feature width
@@ -65,8 +67,6 @@ def continuous_baseline(modalities: Sequence[str],  # modalities to encode
     "A continuous tri-encoder (or dual) with InfoNCE between every pair: the no-codebook baseline"
     encs = build_encoders(modalities, dims, d, steps, n_layers, None, n_heads, dropout)
     m = ContinuousBaseline(encs, d, temperature, shared_head)
-    m.config = dict(model='continuous', modalities=list(modalities), dims=dims, d=d, steps=steps, n_layers=n_layers,
-                    n_heads=n_heads, temperature=temperature, shared_head=shared_head, dropout=dropout)
     return m
 
 # %% ../../nbs/25_models.baselines.ipynb #440a5b3a
@@ -85,7 +85,7 @@ class PlainCodebook(CrossModalModel):
                  w_nce: float = 1.,  # InfoNCE weight on pooled quantised features (0: none)
                  temperature: float = 0.07):  # initial InfoNCE τ
         super().__init__(encoders)
-        self.codebook, self.w_recon, self.w_nce = codebook, w_recon, w_nce
+        store_attr('codebook,w_recon,w_nce')
         self.decoders = nn.ModuleDict({m: _QDecoder(d, e.target_dim) for m, e in self.encoders.items()}) if w_recon else None
         self.nce = InfoNCELoss(temperature) if w_nce else None
         self.pairs = modality_pairs(self.modalities)
@@ -113,6 +113,7 @@ class PlainCodebook(CrossModalModel):
                 if a in emb and c in emb: losses[f'nce_{a}-{c}'] = self.w_nce * self.nce(emb[a], emb[c], valid=pair_valid(pres, a, c))
         return ModelOutput(sum(losses.values()), losses, emb, dict(q.quantized), dict(q.indices), {m: e.mask for m, e in enc.items()}, {})
 
+@records_config('plain_codebook')
 def plain_codebook_baseline(modalities: Sequence[str],  # modalities to encode
                             dims: dict,  # modality -> input settings (`input_dims(batch, vocab)`)
                             d: int = 64,  # feature and code width
@@ -132,6 +133,4 @@ def plain_codebook_baseline(modalities: Sequence[str],  # modalities to encode
     encs = build_encoders(modalities, dims, d, steps, n_layers, None, n_heads, dropout)
     cb = SharedCodebook(n_codes, d, beta=beta, decay=decay, dead_after=dead_after, seed=seed)
     m = PlainCodebook(encs, cb, d, w_recon, w_nce)
-    m.config = dict(model='plain_codebook', modalities=list(modalities), dims=dims, d=d, steps=steps, n_layers=n_layers, n_heads=n_heads,
-                    n_codes=n_codes, beta=beta, decay=decay, w_recon=w_recon, w_nce=w_nce, dead_after=dead_after, dropout=dropout, seed=seed)
     return m

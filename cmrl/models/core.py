@@ -6,7 +6,7 @@ Docs: https://cmrl-dev.github.io/cmrl/models.core.html.md"""
 
 # %% ../../nbs/21_models.core.ipynb #2f076740
 from __future__ import annotations
-import itertools
+import functools, inspect, itertools, json
 from typing import NamedTuple, Sequence
 import torch, torch.nn as nn, torch.nn.functional as F
 from torch import Tensor
@@ -15,7 +15,7 @@ from ..encoders import *
 
 # %% auto #0
 __all__ = ['ModelOutput', 'as_batch', 'model_loss', 'CrossModalModel', 'build_encoders', 'modality_pairs', 'pair_valid',
-           'masked_mse', 'Decoder', 'quantise', 'tiny_synth']
+           'records_config', 'masked_mse', 'Decoder', 'quantise']
 
 # %% ../../nbs/21_models.core.ipynb #e60be61b
 class _ModelOutput(NamedTuple):
@@ -105,6 +105,26 @@ def modality_pairs(mods: Sequence[str]) -> list[tuple[str, str]]: return list(it
 
 def pair_valid(present: dict, a: str, b: str) -> Tensor: return present[a] & present[b]  # items that have both `a` and `b`
 
+# %% ../../nbs/21_models.core.ipynb #fbb61f53
+def _plain(o):
+    "`o` with tuples as lists and dict keys as strings (JSON-able if its leaves are)"
+    if isinstance(o, dict): return {str(k): _plain(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)): return [_plain(v) for v in o]
+    return o
+
+def records_config(name: str):  # the registry name recorded as `config['model']`
+    "Decorator for a model builder: the model records `name` and the builder's bound arguments as `model.config`"
+    def deco(f):
+        sig = inspect.signature(f)
+        @functools.wraps(f)
+        def _build(*args, **kwargs):
+            ba = sig.bind(*args, **kwargs); ba.apply_defaults()
+            model = f(*args, **kwargs)
+            model.config = dict(model=name, **_plain(ba.arguments))
+            return model
+        return _build
+    return deco
+
 # %% ../../nbs/21_models.core.ipynb #ebf4f920
 def masked_mse(pred: Tensor,  # `[B, T, F]`
                target: Tensor,  # `[B, T, F]`
@@ -129,14 +149,3 @@ class Decoder(nn.Module):
 def quantise(codebook, z: dict, mask: dict, present: dict, probs: bool = True):
     "The codebook's output for `z` (`{m: [B, T, D]}`); in training it also initialises and EMA-updates the codes"
     return codebook(z, mask, present, probs=probs)  # the code distributions keep their own copy of the codes, so the in-place EMA update leaves backward intact
-
-# %% ../../nbs/21_models.core.ipynb #b7d29c6c
-def tiny_synth(n: int = 16,  # items
-               seed: int = 0,  # generator seed
-               modalities: Sequence[str] = (VIDEO, AUDIO, TEXT),  # modalities the items carry
-               **kwargs):  # other `SynthConfig` fields, e.g. `missing_rate=0.3`
-    "A small `SynthEvents` set, a batch of all of it, and the `input_dims` of that batch"
-    from cmrl.data.synth import SynthEvents
-    ds = SynthEvents(n, seed=seed, modalities=tuple(modalities), **kwargs)
-    b = collate_items([ds[i] for i in range(n)])
-    return ds, b, input_dims(b, vocab=len(ds.vocab))

@@ -6,6 +6,7 @@ Docs: https://cmrl-dev.github.io/cmrl/models.liu.html.md"""
 
 # %% ../../nbs/23_models.liu.ipynb #0d920643
 from __future__ import annotations
+from fastcore.basics import store_attr
 from typing import Sequence
 import torch, torch.nn as nn, torch.nn.functional as F
 from torch import Tensor
@@ -28,7 +29,7 @@ class Liu2022(CrossModalModel):
                  w_cmcm: float = 1.,  # CMCM weight λ
                  continuous: bool = True):  # False: discrete path only (the ablation)
         super().__init__(encoders)
-        self.codebook, self.continuous, self.w_cmcm = codebook, continuous, w_cmcm
+        store_attr('codebook,continuous,w_cmcm')
         self.mms = MMSLoss(margin, mms_scale, normalize=True)
         self.pairs = modality_pairs(self.modalities)
         self.loss_names = tuple([f'commit/{m}' for m in self.modalities] + [f'mms_{a}-{b}' for a, b in self.pairs]
@@ -55,6 +56,7 @@ class Liu2022(CrossModalModel):
         return ModelOutput(sum(losses.values()), losses, emb, h, dict(q.indices), {m: e.mask for m, e in enc.items()}, {})
 
 # %% ../../nbs/23_models.liu.ipynb #b9a788a3
+@records_config('liu2022')
 def liu2022_model(modalities: Sequence[str],  # modalities to encode
                   dims: dict,  # modality -> input settings (`input_dims(batch, vocab)`)
                   d: int = 64,  # feature and code width
@@ -77,7 +79,4 @@ def liu2022_model(modalities: Sequence[str],  # modalities to encode
     encs = build_encoders(modalities, dims, d, steps, n_layers, spec_layers if continuous else None, n_heads, dropout)
     cb = SharedCodebook(n_codes, d, beta=beta, decay=decay, dead_after=dead_after, seed=seed)
     m = Liu2022(encs, cb, margin, mms_scale, w_cmcm, continuous)
-    m.config = dict(model='liu2022', modalities=list(modalities), dims=dims, d=d, steps=steps, n_layers=n_layers, spec_layers=spec_layers,
-                    n_heads=n_heads, n_codes=n_codes, beta=beta, decay=decay, margin=margin, mms_scale=mms_scale, w_cmcm=w_cmcm,
-                    continuous=continuous, dead_after=dead_after, dropout=dropout, seed=seed)
     return m

@@ -6,6 +6,7 @@ Docs: https://cmrl-dev.github.io/cmrl/models.opt.html.md"""
 
 # %% ../../nbs/24_models.opt.ipynb #1e18fa3e
 from __future__ import annotations
+from fastcore.basics import store_attr
 from typing import Sequence
 import torch, torch.nn as nn, torch.nn.functional as F
 from torch import Tensor
@@ -24,7 +25,7 @@ __all__ = ['opt_roles', 'OPTModel', 'opt_model']
 class _Tokens(nn.Module):
     "An encoder as OPT wants it: `x -> [B, T, D]` semantic tokens (the mask comes from the batch being encoded)"
     def __init__(self, enc: nn.Module, m: str, masks: dict):
-        super().__init__(); self.enc, self.m, self.masks = enc, m, masks
+        super().__init__(); store_attr('enc,m,masks')
     def forward(self, x: Tensor) -> Tensor:
         mask = self.masks.get(self.m)
         if mask is None or mask.shape[:2] != x.shape[:2]: mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
@@ -57,14 +58,14 @@ class OPTModel(CrossModalModel):
         super().__init__(encoders)
         self._masks = {}
         roles = opt_roles(self.modalities)
-        tasks = tuple(t for t in tasks if not (t == 'mlm' and TEXT not in roles) and not (t == 'match' and len(roles) < 3))
+        tasks = tuple(t for t in tasks if not (t == 'mlm' and (TEXT not in roles or not vocab)) and not (t == 'match' and len(roles) < 3))  # text as features: no vocabulary, no MLM
         self.fusion = FusionEncoder(d, n_heads, fusion_layers, dropout=0., modalities=tuple(self.modalities))
         self.heads = OPT({m: _Tokens(self.encoders[m], m, self._masks) for m in self.modalities}, self.fusion, roles,
                          vocab_size=vocab, feat_dims={m: feat_dims[m] for m in self.modalities if m in feat_dims}, tasks=tasks,
                          token_p=token_p, modality_p=modality_p)
         self.scale = SCALEHead(tuple(self.modalities), d) if scale else None
         self.disc = ModalityDiscriminator(d, tuple(self.modalities)) if adversarial and len(self.modalities) > 1 else None
-        self.w_adv = w_adv
+        store_attr('w_adv')
         names = []
         for m, r in roles.items():
             names += [f'{m}.{t}' for t in (('mlm',) if r == 'text' else ('mfr', 'mfc') if r == 'visual' else ('mar', 'man')) if t in tasks]
@@ -98,6 +99,7 @@ class OPTModel(CrossModalModel):
         return ModelOutput(sum(losses.values()), losses, emb, rep.feats if rep is not None else {}, {}, masks, {})
 
 # %% ../../nbs/24_models.opt.ipynb #bd232358
+@records_config('opt')
 def opt_model(modalities: Sequence[str],  # one visual, one aural and/or text modality
               dims: dict,  # modality -> input settings (`input_dims(batch, vocab)`)
               d: int = 64,  # width
@@ -116,10 +118,9 @@ def opt_model(modalities: Sequence[str],  # one visual, one aural and/or text mo
     feat = {}
     for m in modalities:
         dm = dims[m]
-        if m in AURAL: feat[m] = dm.get('n_mels', 64)
+        if 'in_dim' in dm: feat[m] = dm['in_dim']  # precomputed features: regress the features
+        elif m in AURAL: feat[m] = dm.get('n_mels', 64)
         elif m in VISUAL: feat[m] = dm.get('in_ch', 3) * dm.get('size', 32) ** 2
     vocab = dims.get(TEXT, {}).get('vocab')
     m = OPTModel(encs, d, vocab, feat, tuple(tasks), fusion_layers, n_heads, token_p, modality_p, scale, adversarial)
-    m.config = dict(model='opt', modalities=list(modalities), dims=dims, d=d, n_layers=n_layers, fusion_layers=fusion_layers, n_heads=n_heads,
-                    tasks=list(tasks), token_p=token_p, modality_p=modality_p, scale=scale, adversarial=adversarial, dropout=dropout)
     return m

@@ -6,6 +6,7 @@ Docs: https://cmrl-dev.github.io/cmrl/models.unicode.html.md"""
 
 # %% ../../nbs/22_models.unicode.ipynb #e432652a
 from __future__ import annotations
+from fastcore.basics import store_attr
 from typing import Sequence
 import torch, torch.nn as nn, torch.nn.functional as F
 from torch import Tensor
@@ -37,10 +38,10 @@ class UniCode(CrossModalModel):
                  w_nce: float = 0.):  # cmrl addition, not in the paper: InfoNCE between the pooled semantic features of each pair
         super().__init__(encoders)
         if club_on not in ('semantic', 'quantised'): raise ValueError(f"club_on must be 'semantic' or 'quantised', got {club_on!r}")
-        self.codebook, self.d = codebook, d
+        store_attr('codebook,d')
         self.w = dict(recon=w_recon, club=w_club, cpc=w_cpc, cmcm=w_cmcm, nce=w_nce)
         self.nce = InfoNCELoss(0.07) if w_nce and len(self.modalities) > 1 else None
-        self.club_on = club_on
+        store_attr('club_on')
         self.decoders = nn.ModuleDict({m: Decoder(d, e.target_dim) for m, e in self.encoders.items()}) if w_recon else None
         self.club = nn.ModuleDict({m: CLUB(d, d, club_hidden or d) for m in self.modalities}) if w_club else None
         self.cpc = CrossCPC(self.modalities, d, cpc_context or d, cpc_steps, cpc_layers) if w_cpc and len(self.modalities) > 1 else None
@@ -100,6 +101,7 @@ class UniCode(CrossModalModel):
         return self._output(enc, q, sum(losses.values()), losses, aux)
 
 # %% ../../nbs/22_models.unicode.ipynb #8631bcc3
+@records_config('unicode')
 def unicode_model(modalities: Sequence[str],  # any subset, e.g. ('video', 'audio') or ('image', 'text', 'speech')
                   dims: dict,  # modality -> input settings (`input_dims(batch, vocab)`)
                   d: int = 64,  # feature and code width D (reference: 256)
@@ -129,8 +131,4 @@ def unicode_model(modalities: Sequence[str],  # any subset, e.g. ('video', 'audi
     cb = SharedCodebook(n_codes, d, beta=beta, decay=decay, cosine=cosine, tau=tau, mm_ema=mm_ema if len(modalities) > 1 else None,
                         cross_commit=cross_commit if len(modalities) > 1 else None, dead_after=dead_after, seed=seed)
     m = UniCode(encs, cb, d, w_recon, w_club, w_cpc, w_cmcm, cpc_steps=cpc_steps, cpc_layers=cpc_layers, w_nce=w_nce)
-    m.config = dict(model='unicode', modalities=list(modalities), dims=dims, d=d, steps=steps, n_layers=n_layers, spec_layers=spec_layers,
-                    n_heads=n_heads, n_codes=n_codes, beta=beta, decay=decay, cosine=cosine, tau=tau, mm_ema=mm_ema, cross_commit=cross_commit,
-                    dead_after=dead_after, w_recon=w_recon, w_club=w_club, w_cpc=w_cpc, w_cmcm=w_cmcm, w_nce=w_nce, cpc_steps=cpc_steps,
-                    cpc_layers=cpc_layers, dropout=dropout, seed=seed)
     return m

@@ -1,0 +1,441 @@
+"""Results benchmark: cmrl's models against an independent from-scratch reference on one committed split, one scorer.
+
+Protocol (fixed once; the tutorial `nbs/tutorials/unicode_tuxpaint.ipynb` renders what this writes):
+
+* **One split, committed**: `benchmarks/splits/tuxpaint_fr.json` lists the item ids of the French Tux Paint
+  train / valid / test parts (cmrl's grouped split: variants that share a recording, a text or a name never
+  straddle parts). Only stamps with a **PNG** picture, a French spoken description and a French text are in it:
+  SVG-only stamps are left out of **every** row (the reference reads pictures with PIL), so every row trains and
+  is scored on exactly the same items. `--make-split LANG` writes the same kind of file for another language.
+* **One scorer**: every row (cmrl's models and the reference, whose `--dump` saves its embeddings) is scored here
+  with cmrl's own retrieval code (`cross_modal_retrieval`: cosine similarity, the same false-negative mask: other
+  members of a query's group are neither hits nor negatives; ties count against the query) and cmrl's own linear
+  probe (`LinearProbe`, C chosen by stratified cross-validation on the fitting modality's training items only).
+* **Label-free training**: no row trains with category labels; labels are used only by the probes.
+* **Tune on valid, report test**: `--split valid` scores the valid part (for choices), `--split test` the test
+  part (once per seed). Training never sees test items; `cmrl train` may use the valid part for model selection.
+* Probes: fit on modality A's training items, scored on modality B's items of the scored part. Codebook models
+  are probed on their **quantised** features (the Uni-Code protocol) and, shown beside, on their embeddings.
+* Codebook health on the scored part: chance-corrected agreement kappa = (p_o - p_e) / (1 - p_e) per modality pair
+  (p_o: paired items whose most frequent codes coincide; p_e = sum_k p_a(k) p_b(k) from the items' most frequent
+  codes), per-modality perplexity, and codes-only retrieval (tf-idf bags of codes).
+* Reference rows: chance (retrieval: a random ranking under the same mask; probes: 1 / classes), majority class
+  (fit on train), and the no-learning length reference for speech <-> text (duration ~ a * characters + b).
+
+Usage (from the repository root, with the project's venv):
+
+    python benchmarks/results.py --split valid --seeds 0 --models unicode           # a tuning run
+    python benchmarks/results.py --split test --seeds 0,1 --reference ../shared/reference/clip_baseline.py
+    python benchmarks/results.py --quick                                             # a smoke test (minutes)
+
+Writes `benchmarks/results.json` (or `--out`); `--merge` keeps the rows of an existing file that this run does
+not redo. Training goes through the public CLI (`cmrl train --data MANIFEST ...`); extra `cmrl train` options
+for every cmrl row: `--train-args "--epochs 40 --image-size 64"`.
+"""
+from __future__ import annotations
+import argparse, inspect, json, math, os, shlex, subprocess, sys, tempfile, time, warnings
+from pathlib import Path
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+SPLIT_FILE = ROOT / 'benchmarks' / 'splits' / 'tuxpaint_fr.json'
+MODELS = ('unicode', 'liu2022', 'plain_codebook', 'continuous')
+MODS = ('image', 'speech', 'text')
+PAIRS = [(a, b) for a in MODS for b in MODS]  # probe pairs (fit on a, score on b), in-modality included
+DIRS = [(a, b) for a in MODS for b in MODS if a != b]  # retrieval directions
+CS = (0.01, 0.1, 1.0, 10.0)  # probe regularisation grid (inverse L2 strength)
+
+
+# ----------------------------------------------------------------------------- cmrl imports (modules move; try both homes)
+def _first(*cands):
+    "The first importable `module:attribute` of `cands`"
+    import importlib
+    for c in cands:
+        mod, attr = c.split(':')
+        try: return getattr(importlib.import_module(mod), attr)
+        except (ImportError, AttributeError): continue
+    raise ImportError(f"none of {cands} is importable")
+
+def _metrics(name): return _first(f'cmrl.metrics:{name}', f'cmrl.eval.metrics:{name}')
+def _report(name): return _first(f'cmrl.eval.report:{name}', f'cmrl.eval.cli:{name}')
+
+
+# ----------------------------------------------------------------------------- the split
+def make_split(lang: str = 'fr', out: Path | None = None) -> dict:
+    "The grouped train/valid/test item ids of Tux Paint in `lang`, PNG stamps with speech and text only"
+    from cmrl.data.loaders import get_source
+    src = get_source('tuxpaint', langs=lang, modalities=('image', 'text', 'speech'))
+    items, left = [], {}
+    for part in ('train', 'valid', 'test'):
+        for r in src.split(part):
+            why = ('no picture' if not r.get('image') else 'SVG-only picture' if not str(r['image']).lower().endswith('.png')
+                   else 'no speech' if not r.get('speech') else 'no text' if not r.get('text') else None)
+            if why: left[why] = left.get(why, 0) + 1; continue
+            items.append({'id': r['id'], 'split': part, 'group': r['group'], 'category': r['category']})
+    counts = {p: sum(i['split'] == p for i in items) for p in ('train', 'valid', 'test')}
+    d = {'source': 'tuxpaint', 'lang': lang, 'split_rule': "cmrl's TuxPaint grouped split (fracs 0.7/0.15/0.15, split_seed 0)",
+         'kept': 'stamps with a PNG picture, a spoken description and a text in this language',
+         'left_out': left, 'counts': counts, 'items': items}
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        head = json.dumps({k: v for k, v in d.items() if k != 'items'}, indent=1, ensure_ascii=False)[:-2]
+        out.write_text(head + ',\n "items": [\n' + ',\n'.join('  ' + json.dumps(i, ensure_ascii=False) for i in items) + '\n ]\n}\n')
+    return d
+
+def read_split(path: Path) -> dict:
+    d = json.loads(Path(path).read_text())
+    for k in ('lang', 'items'):
+        if k not in d: raise ValueError(f"{path}: not a split file (no {k!r}); write one with --make-split LANG")
+    return d
+
+def write_manifests(split: dict, work: Path) -> dict:
+    "cmrl's manifest (one file, `split` fields, speech) and the reference's (one per part, speech as `audio`)"
+    from cmrl.data.loaders import get_source
+    src = get_source('tuxpaint', langs=split['lang'], modalities=('image', 'text', 'speech'))
+    recs = {r['id']: r for r in src.records}
+    miss = [i['id'] for i in split['items'] if i['id'] not in recs]
+    if miss: raise ValueError(f"{len(miss)} split item(s) are not in the installed Tux Paint stamps (e.g. {miss[:3]}); "
+                              f"install tuxpaint-stamps-default or rewrite the split with --make-split")
+    work.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in split['items']:
+        r = recs[i['id']]
+        rows.append({'id': i['id'], 'image': r['image'], 'speech': r['speech'], 'text': r['text'], 'label': i['category'],
+                     'lang': split['lang'], 'split': i['split'], 'group': i['group']})
+    paths = {'cmrl': work / 'cmrl.jsonl'}
+    paths['cmrl'].write_text(''.join(json.dumps(r, ensure_ascii=False) + '\n' for r in rows))
+    for part in ('train', 'valid', 'test'):
+        p = paths[f'ref_{part}'] = work / f'ref_{part}.jsonl'
+        p.write_text(''.join(json.dumps({'id': r['id'], 'image': r['image'], 'audio': r['speech'], 'text': r['text'],
+                                         'label': r['label'], 'lang': r['lang']}, ensure_ascii=False) + '\n'
+                             for r in rows if r['split'] == part))
+    return {'paths': paths, 'rows': rows}
+
+
+# ----------------------------------------------------------------------------- the scorer
+class Part:
+    "What the scorer needs of one part of the split: ids, groups, labels and per-modality vectors / codes"
+    def __init__(self, ids, groups, labels, emb: dict, probe: dict | None = None, codes: dict | None = None):
+        self.ids, self.groups, self.labels = list(ids), list(groups), list(labels)
+        self.emb = {m: torch.as_tensor(v).float() for m, v in emb.items()}
+        self.probe = {m: torch.as_tensor(v).float() for m, v in (probe or emb).items()}
+        self.codes = codes or {}
+
+def cv_probe(Xtr, ytr, Xte, yte, seed: int = 0) -> dict:
+    "cmrl's `LinearProbe` with C chosen by stratified k-fold on the fitting items only; accuracy and balanced accuracy"
+    LinearProbe = _first('cmrl.eval.generalization:LinearProbe')
+    probe_scores = _first('cmrl.eval.generalization:probe_scores')
+    from sklearn.model_selection import StratifiedKFold
+    Xtr, Xte, ytr, yte = np.asarray(Xtr, np.float64), np.asarray(Xte, np.float64), np.asarray(ytr), np.asarray(yte)
+    k = int(min(3, np.bincount(ytr).max()))
+    scores = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        for C in CS:
+            accs = []
+            for tr, va in StratifiedKFold(k, shuffle=True, random_state=seed).split(Xtr, ytr):
+                if len(np.unique(ytr[tr])) < 2: continue
+                accs.append((LinearProbe(C=C).fit(Xtr[tr], ytr[tr]).predict(Xtr[va]) == ytr[va]).mean())
+            scores[C] = float(np.mean(accs)) if accs else -1
+        C = max(CS, key=lambda c: (scores[c], -abs(math.log10(c))))
+        pred = LinearProbe(C=C).fit(Xtr, ytr).predict(Xte)
+    s = probe_scores(yte, pred, ytr)
+    return {'acc': 100 * s['acc'], 'bacc': 100 * s['bacc'], 'majority': 100 * s['majority'], 'chance': 100 * s['chance'], 'C': C}
+
+def kappa(ma: np.ndarray, mb: np.ndarray) -> dict:
+    "Chance-corrected agreement of two modalities' item codes (most frequent code per item; -1 = none)"
+    ok = (ma >= 0) & (mb >= 0)
+    a, b = ma[ok], mb[ok]
+    if not len(a): return {'kappa': math.nan, 'p_o': math.nan, 'p_e': math.nan}
+    K = int(max(a.max(), b.max())) + 1
+    pa, pb = np.bincount(a, minlength=K) / len(a), np.bincount(b, minlength=K) / len(b)
+    po, pe = float((a == b).mean()), float((pa * pb).sum())
+    return {'kappa': (po - pe) / (1 - pe) if pe < 1 else 0.0, 'p_o': po, 'p_e': pe}
+
+def score(train: Part, test: Part, n_codes: int | None = None, seed: int = 0) -> dict:
+    "Every number of one row: probes, retrieval, codebook health"
+    cross_modal_retrieval = _metrics('cross_modal_retrieval')
+    classes = sorted(set(train.labels) | set(test.labels))
+    ytr = np.array([classes.index(y) for y in train.labels]); yte = np.array([classes.index(y) for y in test.labels])
+    out = {'n_train': len(train.ids), 'n_test': len(test.ids), 'probe': {}, 'probe_emb': {}, 'retrieval': {}}
+    mods = [m for m in MODS if m in test.emb and m in train.emb]
+    for a, b in PAIRS:
+        if a in mods and b in mods:
+            out['probe'][f'{a}->{b}'] = cv_probe(train.probe[a], ytr, test.probe[b], yte, seed)
+            if test.probe is not test.emb and test.codes: out['probe_emb'][f'{a}->{b}'] = cv_probe(train.emb[a], ytr, test.emb[b], yte, seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        r = cross_modal_retrieval({m: test.emb[m] for m in mods}, ids=test.ids, groups=test.groups)
+    out['retrieval'] = {k: {'R@1': v['R@1'], 'R@10': v['R@10'], 'medr': v['medr'], 'chance_R@1': v['chance']['R@1'],
+                            'chance_R@10': v['chance']['R@10'], 'n': v['n']} for k, v in r.items()}
+    if test.codes and n_codes:
+        from cmrl.codebook import item_modes, code_histogram, perplexity
+        codes = {m: torch.as_tensor(c).long() for m, c in test.codes.items() if m in mods}
+        modes = {m: item_modes(c if c.ndim == 2 else c[:, None], n_codes).numpy() for m, c in codes.items()}
+        out['perplexity'] = {m: float(perplexity(code_histogram(c, n_codes))) for m, c in codes.items()}
+        out['kappa'] = {f'{a}-{b}': kappa(modes[a], modes[b]) for i, a in enumerate(mods) for b in mods[i + 1:] if a in modes and b in modes}
+        tfidf = _report('tfidf_embeddings')
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')
+            rc = cross_modal_retrieval(tfidf({m: c if c.ndim == 2 else c[:, None] for m, c in codes.items()}, n_codes),
+                                       ids=test.ids, groups=test.groups, chance=False)
+        out['codes_retrieval'] = {k: {'R@1': v['R@1'], 'R@10': v['R@10']} for k, v in rc.items()}
+    return out
+
+def length_reference(rows: list, part: str) -> dict:
+    "No-learning speech <-> text ranking by |duration - a * characters - b|, (a, b) fit on the training part"
+    import soundfile as sf
+    fit_length_model, length_similarity = _metrics('fit_length_model'), _metrics('length_similarity')
+    relevance, retrieval_metrics = _metrics('relevance'), _metrics('retrieval_metrics')
+    tr = [r for r in rows if r['split'] == 'train']; te = [r for r in rows if r['split'] == part]
+    dur = lambda rs: [sf.info(r['speech']).duration for r in rs]
+    a, b = fit_length_model(dur(tr), [len(r['text']) for r in tr])
+    S = length_similarity(dur(te), [len(r['text']) for r in te], a, b)
+    ids, g = [r['id'] for r in te], [r['group'] for r in te]
+    rel, ign = relevance(ids, ids, g, g)
+    res = {}
+    for k, (s, rl, ig) in {'speech->text': (S, rel, ign), 'text->speech': (S.T, rel.T, ign.T)}.items():
+        m = retrieval_metrics(s, rl, ig, warn=False)
+        res[k] = {'R@1': m['R@1'], 'R@10': m['R@10'], 'medr': m['medr']}
+    return {'retrieval': res, 'a': a, 'b': b}
+
+
+# ----------------------------------------------------------------------------- rows
+def _cmrl_cmd() -> list:
+    exe = Path(sys.executable).parent / 'cmrl'
+    return [str(exe)] if exe.exists() else [sys.executable, '-c', 'import sys; from cmrl.cli import main; sys.exit(main())']
+
+def _load(run: Path):
+    "(model, run config) of a `cmrl train` output folder; the best weights where the checkpoint keeps them"
+    try:
+        load_model = _first('cmrl.checkpoint:load_model')
+        model, ck = load_model(run / 'checkpoint.pt', weights='best')
+        cfg = dict(ck.get('config') or {})
+        cfg.setdefault('model_config', getattr(model, 'config', {}))
+        return model, cfg
+    except ImportError: return _report('load_model')(run)
+
+def cmrl_parts(run: Path, manifest: Path, part: str) -> tuple[Part, Part, int | None]:
+    "Frozen features of the training part and of `part` from a `cmrl train` output folder"
+    model, cfg = _load(run)
+    eval_source, source_features, max_lengths = _report('eval_source'), _report('source_features'), _report('max_lengths')
+    src = eval_source(str(manifest), cfg)
+    mods = [m for m in MODS if m in model.modalities and m in src.modalities]
+    K = getattr(getattr(model, 'codebook', None), 'n_codes', None)
+    out = []
+    for p in ('train', part):
+        fe = source_features(model, src, p, mods, max_len=max_lengths(cfg, src))
+        recs = {r['id']: r for r in src.records}
+        quant = fe.pooled('mean') if fe.codes else None
+        out.append(Part(fe.ids, [recs[i]['group'] for i in fe.ids], [recs[i]['category'] for i in fe.ids], fe.emb, quant,
+                        {m: c for m, c in fe.codes.items()} if fe.codes else None))
+    return out[0], out[1], K
+
+def run_cmrl(model: str, seed: int, manifest: Path, work: Path, part: str, train_args: list, quiet: bool = True) -> dict:
+    run = work / f'{model}-s{seed}'
+    cmd = _cmrl_cmd() + ['train', '--data', str(manifest), '--model', model, '--seed', str(seed), '--out', str(run), '--quiet', *train_args]
+    print('  $', ' '.join(shlex.quote(c) for c in cmd), file=sys.stderr, flush=True)
+    t = time.time()
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.time() - t
+    if p.returncode != 0: raise RuntimeError(f"cmrl train failed ({p.returncode}):\n{p.stderr[-3000:]}")
+    summ = json.loads((run / 'metrics.json').read_text())
+    tr, te, K = cmrl_parts(run, manifest, part)
+    res = score(tr, te, K, seed)
+    res.update(train_seconds=summ.get('fit_seconds'), wall_seconds=round(wall, 1), n_params=summ.get('n_params'),
+               command=' '.join(cmd[len(_cmrl_cmd()):]))
+    return res
+
+def run_reference(script: Path, seed: int, paths: dict, work: Path, part: str, ref_args: list) -> dict:
+    dump, outj = work / f'ref-s{seed}-{part}.pt', work / f'ref-s{seed}-{part}.json'
+    cmd = [sys.executable, str(script), str(paths['ref_train']), str(paths[f'ref_{part}']), '--seed', str(seed),
+           '--skip-untrained', '--dump', str(dump), '--out', str(outj), *ref_args]
+    print('  $', ' '.join(shlex.quote(c) for c in cmd), file=sys.stderr, flush=True)
+    t = time.time()
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.time() - t
+    if p.returncode != 0: raise RuntimeError(f"reference failed ({p.returncode}):\n{p.stderr[-3000:]}")
+    own = json.loads(outj.read_text())
+    d = torch.load(dump, weights_only=True)
+    groups = {}
+    for line in paths['cmrl'].read_text().splitlines():
+        r = json.loads(line); groups[r['id']] = r['group']
+    def part_of(x):
+        return Part(x['id'], [groups[i] for i in x['id']], x['label'], {'image': x['image'], 'speech': x['audio'], 'text': x['text']})
+    res = score(part_of(d['train']), part_of(d['test']), None, seed)
+    tr = own['trained']
+    res.update(train_seconds=own.get('train_time_s'), wall_seconds=round(wall, 1), n_params=own.get('params', {}).get('total'),
+               command=' '.join(cmd[1:]),
+               own_scorer={'image->speech R@10': tr['retrieval']['image->audio']['R@10'], 'speech->image R@10': tr['retrieval']['audio->image']['R@10'],
+                           'image->speech acc': tr['probe']['img->aud']['acc'], 'speech->image acc': tr['probe']['aud->img']['acc']})
+    return res
+
+
+# ----------------------------------------------------------------------------- aggregation and the table
+def _leaves(d: dict, prefix: str = '') -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f'{prefix}{k}'
+        if isinstance(v, dict): out.update(_leaves(v, key + '/'))
+        elif isinstance(v, (int, float)) and not isinstance(v, bool): out[key] = float(v)
+    return out
+
+def aggregate(per_seed: dict) -> dict:
+    "Mean, min and max over seeds of every numeric leaf"
+    leaves = {s: _leaves(r) for s, r in per_seed.items()}
+    keys = sorted(set().union(*[set(l) for l in leaves.values()])) if leaves else []
+    out = {}
+    for k in keys:
+        v = [l[k] for l in leaves.values() if k in l and math.isfinite(l[k])]
+        if v: out[k] = {'mean': float(np.mean(v)), 'min': float(np.min(v)), 'max': float(np.max(v)), 'n': len(v)}
+    return out
+
+COLUMNS = [  # (header, leaf key)
+    ('acc i>s', 'probe/image->speech/acc'), ('bacc i>s', 'probe/image->speech/bacc'),
+    ('acc s>i', 'probe/speech->image/acc'), ('bacc s>i', 'probe/speech->image/bacc'),
+    ('acc i>t', 'probe/image->text/acc'), ('acc t>i', 'probe/text->image/acc'),
+    ('acc s>t', 'probe/speech->text/acc'), ('acc t>s', 'probe/text->speech/acc'),
+    ('acc i>i', 'probe/image->image/acc'), ('acc s>s', 'probe/speech->speech/acc'), ('acc t>t', 'probe/text->text/acc'),
+    ('R@1 i>s', 'retrieval/image->speech/R@1'), ('R@10 i>s', 'retrieval/image->speech/R@10'),
+    ('R@1 s>i', 'retrieval/speech->image/R@1'), ('R@10 s>i', 'retrieval/speech->image/R@10'),
+    ('R@10 i>t', 'retrieval/image->text/R@10'), ('R@10 t>i', 'retrieval/text->image/R@10'),
+    ('R@10 s>t', 'retrieval/speech->text/R@10'), ('R@10 t>s', 'retrieval/text->speech/R@10'),
+    ('codes R@10 i>s', 'codes_retrieval/image->speech/R@10'), ('codes R@10 s>i', 'codes_retrieval/speech->image/R@10'),
+    ('kappa i-s', 'kappa/image-speech/kappa'), ('kappa i-t', 'kappa/image-text/kappa'), ('kappa s-t', 'kappa/speech-text/kappa'),
+    ('ppl image', 'perplexity/image'), ('ppl speech', 'perplexity/speech'), ('ppl text', 'perplexity/text'),
+    ('train s', 'train_seconds'),
+]
+
+def reference_rows(res: dict) -> dict:
+    "Chance, majority and length-reference rows, as leaf dicts"
+    any_row = next((r for r in res['rows'].values() if r.get('per_seed')), None)
+    rows = {}
+    if any_row:
+        first = next(iter(any_row['per_seed'].values()))
+        ch = {f'probe/{k}/{s}': v['chance'] for k, v in first['probe'].items() for s in ('acc', 'bacc')}
+        ch.update({f'retrieval/{k}/{r}': v[f'chance_{r}'] for k, v in first['retrieval'].items() for r in ('R@1', 'R@10')})
+        ch.update({f'codes_retrieval/{k}/R@10': v['chance_R@10'] for k, v in first['retrieval'].items()})
+        ch.update({f'kappa/{p}/kappa': 0.0 for p in ('image-speech', 'image-text', 'speech-text')})
+        rows['chance'] = ch
+        mj = {f'probe/{k}/acc': v['majority'] for k, v in first['probe'].items()}
+        mj.update({f'probe/{k}/bacc': v['chance'] for k, v in first['probe'].items()})  # a constant prediction: 1 / classes
+        rows['majority class'] = mj
+    if res.get('length_reference'):
+        rows['length only (speech<->text)'] = {f'retrieval/{k}/{r}': v[r] for k, v in res['length_reference']['retrieval'].items() for r in ('R@1', 'R@10')}
+    return rows
+
+def table(res: dict, with_spread: bool = True) -> str:
+    "One Markdown table: a row per model (mean over seeds, [min, max] when several), then the reference rows"
+    lines = ['| row | seeds | ' + ' | '.join(h for h, _ in COLUMNS) + ' |', '|---|---|' + '---|' * len(COLUMNS)]
+    def cell(v): return '–' if v is None else f'{v:.1f}' if abs(v) >= 1 or v == 0 else f'{v:.2f}'
+    for name, row in res['rows'].items():
+        if not row.get('per_seed'):
+            lines.append(f"| {name} | not run | " + ' | '.join('–' for _ in COLUMNS) + ' |'); continue
+        agg, cells = row['summary'], []
+        for _, k in COLUMNS:
+            a = agg.get(k)
+            if a is None: cells.append('–'); continue
+            c = cell(a['mean'])
+            if with_spread and a['n'] > 1: c += f" [{cell(a['min'])}, {cell(a['max'])}]"
+            cells.append(c)
+        lines.append(f"| {name} | {','.join(map(str, row['seeds']))} | " + ' | '.join(cells) + ' |')
+    for name, leaves in reference_rows(res).items():
+        lines.append(f"| {name} | – | " + ' | '.join(cell(leaves.get(k)) if k in leaves else '–' for _, k in COLUMNS) + ' |')
+    return '\n'.join(lines)
+
+TARGETS_DOC = ("Uni-Code probe acc and bacc image->speech and speech->image >= reference + 10; R@10 image<->speech >= reference; "
+               "kappa >= 0.3 on every pair with perplexity >= 16 per modality; codes-only R@10 image<->speech >= 0.8 x embedding R@10")
+
+def targets(res: dict, row: str = 'unicode', ref: str = 'reference') -> dict:
+    "Each target of issue 13 for `row` against `ref` (means over seeds; per seed too): value, threshold, met"
+    R = res['rows']
+    if not (R.get(row, {}).get('per_seed')): return {}
+    out = {}
+    for s, u in R[row]['per_seed'].items():
+        f, t = _leaves(u), {}
+        g = _leaves(R[ref]['per_seed'][s]) if R.get(ref, {}).get('per_seed', {}).get(s) else None
+        for d in ('image->speech', 'speech->image'):
+            for k in ('acc', 'bacc'):
+                key = f'probe/{d}/{k}'
+                if g: t[f'{key} >= ref+10'] = dict(value=f.get(key), threshold=g[key] + 10, met=f.get(key, -1) >= g[key] + 10)
+            key = f'retrieval/{d}/R@10'
+            if g: t[f'{key} >= ref'] = dict(value=f.get(key), threshold=g[key], met=f.get(key, -1) >= g[key])
+            ck = f'codes_retrieval/{d}/R@10'
+            if ck in f: t[f'{ck} >= 0.8 x embedding'] = dict(value=f[ck], threshold=0.8 * f[key], met=f[ck] >= 0.8 * f[key])
+        for p in ('image-speech', 'image-text', 'speech-text'):
+            key = f'kappa/{p}/kappa'
+            t[f'{key} >= 0.3'] = dict(value=f.get(key), threshold=0.3, met=(f.get(key) or -1) >= 0.3)
+        for m in MODS:
+            key = f'perplexity/{m}'
+            t[f'{key} >= 16'] = dict(value=f.get(key), threshold=16, met=(f.get(key) or 0) >= 16)
+        out[s] = t
+    return out
+
+
+# ----------------------------------------------------------------------------- main
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p.add_argument('--models', default=','.join(MODELS), help=f"comma-separated cmrl models ({', '.join(MODELS)}); '' for none")
+    p.add_argument('--seeds', default='0,1', help='comma-separated seeds')
+    p.add_argument('--split', default='test', choices=('valid', 'test'), help='the part to score (tune on valid, report test)')
+    p.add_argument('--split-file', default=str(SPLIT_FILE), help='the committed split (item ids per part)')
+    p.add_argument('--make-split', default=None, metavar='LANG', help='write the split file of Tux Paint in LANG (to --split-file) and stop')
+    p.add_argument('--reference', default=None, metavar='PATH', help='clip_baseline.py: add its row (trained, dumped, scored here)')
+    p.add_argument('--ref-args', default='', help='extra options for the reference script, e.g. "--steps 500"')
+    p.add_argument('--train-args', default='', help='extra `cmrl train` options for every cmrl row, e.g. "--epochs 40"')
+    p.add_argument('--tag', default='', help='suffix of the row names (for lever experiments)')
+    p.add_argument('--quick', action='store_true', help='smoke test: seed 0, 2 epochs, reference 50 steps')
+    p.add_argument('--work', default=None, help='folder for manifests, runs and dumps (default: a temporary folder)')
+    p.add_argument('--out', default=str(ROOT / 'benchmarks' / 'results.json'), help='results JSON')
+    p.add_argument('--merge', action='store_true', help='keep the rows of an existing --out that this run does not redo')
+    a = p.parse_args(argv)
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    if a.make_split:
+        d = make_split(a.make_split, Path(a.split_file))
+        print(json.dumps({k: d[k] for k in ('lang', 'counts', 'left_out')})); return 0
+    split = read_split(Path(a.split_file))
+    seeds = [int(s) for s in a.seeds.split(',') if s.strip()]
+    models = [m for m in a.models.split(',') if m.strip()]
+    train_args, ref_args = shlex.split(a.train_args), shlex.split(a.ref_args)
+    if a.quick: seeds, train_args, ref_args = seeds[:1], ['--epochs', '2', *train_args], ['--steps', '50', *ref_args]
+    work = Path(a.work) if a.work else Path(tempfile.mkdtemp(prefix='cmrl-results-'))
+    man = write_manifests(split, work)
+    outp = Path(a.out)
+    res = json.loads(outp.read_text()) if a.merge and outp.exists() else {}
+    res.update(protocol=__doc__.split('\n\n')[1:3], split_file=str(Path(a.split_file).relative_to(ROOT)) if Path(a.split_file).resolve().is_relative_to(ROOT) else a.split_file,
+               lang=split['lang'], counts=split['counts'], left_out=split.get('left_out'), scored_part=a.split, targets_doc=TARGETS_DOC,
+               machine=dict(cpus=os.cpu_count(), torch=torch.__version__, threads=torch.get_num_threads()))
+    if res.get('scored_part_rows') not in (None, a.split) and a.merge: raise ValueError(f"{outp} holds rows scored on another part; use another --out")
+    res['scored_part_rows'] = a.split
+    res.setdefault('rows', {})
+    res['length_reference'] = length_reference(man['rows'], a.split)
+    jobs = [(m, m + a.tag) for m in models] + ([('reference', 'reference' + a.tag)] if a.reference else [])
+    for kind, name in jobs:
+        row = res['rows'].get(name) if a.merge else None
+        row = row if row and row.get('per_seed') else {'per_seed': {}, 'seeds': []}
+        for s in seeds:
+            print(f"[{time.strftime('%H:%M:%S')}] {name} seed {s} ({a.split})", file=sys.stderr, flush=True)
+            try:
+                r = (run_reference(Path(a.reference), s, man['paths'], work, a.split, ref_args) if kind == 'reference'
+                     else run_cmrl(kind, s, man['paths']['cmrl'], work, a.split, train_args))
+            except Exception as e:
+                print(f"  {name} seed {s} failed: {e}", file=sys.stderr); row.setdefault('failed', {})[str(s)] = str(e)[-500:]; continue
+            row['per_seed'][str(s)] = r
+            row['seeds'] = sorted({*row['seeds'], s})
+            row['summary'] = aggregate(row['per_seed'])
+            res['rows'][name] = row
+            outp.write_text(json.dumps(res, indent=1, default=float))  # after every run: a crash keeps what was measured
+        res['rows'][name] = row
+    for name in [m + a.tag for m in MODELS if m not in models] + ([] if a.reference else ['reference' + a.tag]):
+        res['rows'].setdefault(name, {'per_seed': {}, 'seeds': [], 'note': 'not run'})
+    res['targets'] = targets(res, 'unicode' + a.tag, 'reference' + a.tag)
+    res['table'] = table(res)
+    outp.write_text(json.dumps(res, indent=1, default=float))
+    print(res['table'])
+    print(f"\n{split['lang']} {a.split} part: {split['counts']}; wrote {outp}")
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

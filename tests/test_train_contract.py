@@ -1,0 +1,312 @@
+"""`cmrl train`'s contract with a user's own data (issue 12, train side): empty validation parts, manifests in any
+language with or without `split` fields, modality names checked, runs never overwritten silently, clear messages (exit 2,
+no traceback) for bad settings and files, Ctrl-C keeps the last finished epoch (exit 130), the precision that ran."""
+import json, math, os, signal, subprocess, sys, time
+from pathlib import Path
+import numpy as np
+import pytest, torch
+from PIL import Image
+from fastai.callback.core import Callback
+from cmrl.checkpoint import read_checkpoint
+from cmrl.train import train, train_cli, TrainConfig, Interrupted
+
+torch.set_num_threads(1)
+SMALL = ['--model', 'continuous', '--epochs', '1', '--bs', '4', '--d', '8', '--n-layers', '1', '--image-size', '16']
+TINY_SYNTH = ['--data', 'synth', '--n-train', '16', '--n-valid', '8', '--bs', '8', '--d', '8', '--steps', '2', '--n-layers', '1',
+              '--n-codes', '8', '--mi-steps', '1', '--epochs', '1']
+
+
+def manifest(tmp: Path, n: int, label=lambda i: f"c{i % 3}", extra=lambda i: {}, name='items.jsonl') -> Path:
+    "A manifest of `n` items, each a small PNG and a text, in `tmp`"
+    rng = np.random.default_rng(0)
+    (tmp / 'img').mkdir(parents=True, exist_ok=True)
+    lines = []
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 255, (12, 12, 3), dtype=np.uint8)).save(tmp / 'img' / f'{i}.png')
+        lines.append(json.dumps({'id': f'item{i}', 'image': f'img/{i}.png', 'text': f'thing number {i}', 'label': label(i), **extra(i)}))
+    p = tmp / name
+    p.write_text('\n'.join(lines) + '\n')
+    return p
+
+
+def run(argv, capsys):
+    "(exit status, stdout, stderr) of `cmrl train argv`"
+    rc = train_cli([str(a) for a in argv])
+    o = capsys.readouterr()
+    return rc, o.out, o.err
+
+
+def metrics(out: Path) -> dict: return json.loads((out / 'metrics.json').read_text())
+
+
+# ---------------------------------------------------------------- 2: empty validation part
+@pytest.mark.parametrize('case', ['one_item', '20_items_16_labels', 'one_group', 'split_train_test_only'])
+def test_empty_validation_trains_without_it(tmp_path, capsys, case):
+    if case == 'one_item': m = manifest(tmp_path, 1)
+    elif case == '20_items_16_labels': m = manifest(tmp_path, 20, label=lambda i: f"c{i % 16}")
+    elif case == 'one_group': m = manifest(tmp_path, 12, extra=lambda i: {'group': 'all'})
+    else: m = manifest(tmp_path, 12, extra=lambda i: {'split': 'train' if i < 8 else 'test'})
+    out = tmp_path / 'run'
+    rc, so, se = run(['--data', m, '--out', out, '--cache', tmp_path / 'cache', *SMALL], capsys)
+    assert rc == 0, se
+    assert 'Traceback' not in se
+    mt = metrics(out)
+    if mt['n_valid'] == 0:
+        assert 'training without validation' in se and mt['valid_loss'] is None and mt['validation'] is False
+        assert '(trained without validation)' in so
+    assert math.isfinite(mt['train_loss'])
+    assert (out / 'checkpoint.pt').exists()
+    if case != '20_items_16_labels': assert mt['n_valid'] == 0  # these have no item to hold out
+    if case == 'split_train_test_only': assert (mt['n_train'], mt['n_test']) == (8, 4)
+
+
+# ---------------------------------------------------------------- 3: no language filter for manifests
+def test_manifest_in_any_language_keeps_every_item(tmp_path, capsys):
+    m = manifest(tmp_path, 12, extra=lambda i: {'lang': 'de'} if i % 2 else {})  # German, and items without `lang`
+    out = tmp_path / 'run'
+    rc, so, se = run(['--data', m, '--out', out, '--cache', tmp_path / 'cache', *SMALL], capsys)
+    assert rc == 0, se
+    mt = metrics(out)
+    assert mt['n_train'] + mt['n_valid'] + mt['n_test'] == 12
+    cfg = json.loads((out / 'config.json').read_text())
+    assert 'langs' not in cfg['source']  # no filter passed: the source's own default (every item)
+    # asked for explicitly, a filter applies
+    rc, so, se = run(['--data', m, '--out', tmp_path / 'de', '--langs', 'de', '--cache', tmp_path / 'cache', *SMALL], capsys)
+    assert rc == 0, se
+    mt = metrics(tmp_path / 'de')
+    assert mt['n_train'] + mt['n_valid'] + mt['n_test'] == 6
+
+
+# ---------------------------------------------------------------- 4: splits honoured; valid part only; train_ids
+def test_split_fields_are_honoured(tmp_path, capsys):
+    parts = ['train'] * 6 + ['valid'] * 3 + ['test'] * 3
+    m = manifest(tmp_path, 12, extra=lambda i: {'split': parts[i]})
+    out = tmp_path / 'run'
+    rc, so, se = run(['--data', m, '--out', out, '--cache', tmp_path / 'cache', *SMALL], capsys)
+    assert rc == 0, se
+    mt = metrics(out)
+    assert (mt['n_train'], mt['n_valid'], mt['n_test']) == (6, 3, 3)
+    assert '6 train / 3 valid / 3 test' in se and '6 train / 3 valid / 3 test' in so
+    assert read_checkpoint(out)['train_ids'] == [f'item{i}' for i in range(6)]
+
+
+@pytest.mark.parametrize('valid_pct', [None, 0.5])
+def test_without_split_fields_a_grouped_valid_part_and_no_test(tmp_path, capsys, valid_pct):
+    m = manifest(tmp_path, 20)
+    out = tmp_path / 'run'
+    rc, so, se = run(['--data', m, '--out', out, '--cache', tmp_path / 'cache', *SMALL]
+                     + ([] if valid_pct is None else ['--valid-pct', valid_pct]), capsys)
+    assert rc == 0, se
+    mt = metrics(out)
+    pct = 0.2 if valid_pct is None else valid_pct
+    assert mt['n_test'] == 0 and mt['n_train'] + mt['n_valid'] == 20
+    assert abs(mt['n_valid'] - pct * 20) <= 2, mt['n_valid']
+    ids = read_checkpoint(out)['train_ids']
+    assert len(ids) == mt['n_train'] and len(set(ids)) == len(ids) and set(ids) <= {f'item{i}' for i in range(20)}
+    assert json.loads((out / 'config.json').read_text())['source']['valid_pct'] == pct
+
+
+def test_synth_goes_through_the_data_layer(tmp_path, capsys):
+    "No synthetic path of its own: the ids trained on are those of `get_source('synth', ...)`'s training part"
+    from cmrl.data.loaders import get_source
+    out = tmp_path / 'run'
+    rc, so, se = run([*TINY_SYNTH, '--out', out], capsys)
+    assert rc == 0, se
+    ck = read_checkpoint(out)
+    src = ck['config']['source']
+    ids = [str(r['id']) for r in get_source(src.pop('name'), **src).split('train')]
+    assert ck['train_ids'] == ids and len(ids) == 16
+
+
+# ---------------------------------------------------------------- 5: modality names the source lacks
+@pytest.mark.parametrize('mods,bad', [('image,imgae', 'imgae'), ('image,text,speech', 'speech')])
+def test_modalities_the_source_lacks_are_refused(tmp_path, capsys, mods, bad):
+    m = manifest(tmp_path, 8)
+    rc, so, se = run(['--data', m, '--out', tmp_path / 'run', '--modalities', mods, '--cache', tmp_path / 'cache', *SMALL], capsys)
+    assert rc == 2 and 'Traceback' not in se
+    assert bad in se and 'image, text' in se  # names what is wrong and what the source has
+    assert not (tmp_path / 'run' / 'checkpoint.pt').exists()
+
+
+def test_synth_refuses_image(tmp_path, capsys):
+    rc, so, se = run([*TINY_SYNTH, '--modalities', 'image', '--out', tmp_path / 'run'], capsys)
+    assert rc == 2 and 'video, audio, text' in se
+
+
+# ---------------------------------------------------------------- 6: runs are never overwritten silently
+def test_out_holding_a_run_is_refused_then_overwritten(tmp_path, capsys):
+    out = tmp_path / 'run'
+    assert run([*TINY_SYNTH, '--model', 'unicode', '--out', out, '--quiet'], capsys)[0] == 0
+    assert (out / 'codebook.png').exists()
+    before = (out / 'checkpoint.pt').stat().st_mtime_ns
+    rc, so, se = run([*TINY_SYNTH, '--model', 'continuous', '--out', out, '--quiet'], capsys)
+    assert rc == 2 and '--resume' in se and '--overwrite' in se
+    assert (out / 'checkpoint.pt').stat().st_mtime_ns == before  # untouched
+    rc, so, se = run([*TINY_SYNTH, '--model', 'continuous', '--out', out, '--overwrite', '--quiet'], capsys)
+    assert rc == 0, se
+    assert not (out / 'codebook.png').exists()  # the old run's plot is gone (a continuous model has no codebook)
+    assert metrics(out)['model'] == 'continuous' and read_checkpoint(out)['config']['model'] == 'continuous'
+
+
+def test_main_job_takes_the_next_free_numbered_folder(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    outs = []
+    for _ in range(3):
+        rc, so, se = run([*TINY_SYNTH, '--quiet'], capsys)
+        assert rc == 0, se
+        outs.append(json.loads(so.strip().splitlines()[-1])['out'])
+        assert f"writing to {outs[-1]}" in se
+    assert outs == [str(Path('runs') / n) for n in ('cmrl-train', 'cmrl-train-2', 'cmrl-train-3')]
+    assert all((tmp_path / o / 'checkpoint.pt').exists() for o in outs)
+
+
+def test_resume_says_what_it_found_and_refuses_nothing(tmp_path, capsys):
+    out = tmp_path / 'run'
+    rc, so, se = run([*TINY_SYNTH, '--out', out, '--resume'], capsys)
+    assert rc == 2 and 'nothing to resume' in se
+    assert run([*TINY_SYNTH, '--epochs', '2', '--out', out, '--quiet'], capsys)[0] == 0
+    rc, so, se = run(['--out', out, '--resume', '--epochs', '3', '--quiet'], capsys)  # the run's own settings, one more epoch
+    assert rc == 0, se
+    assert f"resuming {out / 'checkpoint.pt'}: 2 of 2 epoch(s) done" in se
+    ck = read_checkpoint(out)
+    assert ck['epoch'] == 2 and ck['config']['data'] == 'synth' and ck['config']['d'] == 8
+    assert len(metrics(out)['loss_history']) == 3
+    rc, so, se = run(['--out', out, '--resume', '--quiet'], capsys)
+    assert rc == 2 and 'finished its 3 epoch(s)' in se
+
+
+# ---------------------------------------------------------------- 9: clear messages, exit 2, no traceback
+def _zero_byte(d: Path): d.mkdir(parents=True, exist_ok=True); (d / 'checkpoint.pt').write_bytes(b'')
+
+
+def _truncated(d: Path, src: Path):
+    d.mkdir(parents=True, exist_ok=True)
+    b = (src / 'checkpoint.pt').read_bytes()
+    (d / 'checkpoint.pt').write_bytes(b[:len(b) // 2])
+
+
+BAD = {
+    'bs_0': (['--bs', '0'], '--bs 0'),
+    'epochs_0': (['--epochs', '0'], '--epochs 0'),
+    'epochs_negative': (['--epochs', '-3'], '--epochs -3'),
+    'device_gpu': (['--device', 'gpu'], "unknown device"),
+    'device_cuda_without_cuda': (['--device', 'cuda'], 'no CUDA device'),
+    'out_is_a_file': (['--out', '{tmp}/afile'], 'that is a file'),
+    'zero_byte_checkpoint': (['--out', '{tmp}/zero', '--resume'], 'empty (0 bytes)'),
+    'truncated_checkpoint': (['--out', '{tmp}/cut', '--resume'], 'truncated or corrupt'),
+    'resume_other_widths': (['--out', '{tmp}/good', '--resume', '--d', '16'], 'use the same settings'),
+}
+
+
+@pytest.fixture(scope='module')
+def good_run(tmp_path_factory):
+    d = tmp_path_factory.mktemp('good') / 'run'
+    s = train(TrainConfig(data='synth', n_train=16, n_valid=8, bs=8, d=8, steps=2, n_layers=1, n_codes=8, mi_steps=1, epochs=2, out=str(d)), quiet=True)
+    assert s['epochs'] == 2
+    return d
+
+
+@pytest.mark.parametrize('case', list(BAD))
+def test_bad_input_is_one_clear_line(tmp_path, capsys, case, good_run):
+    if case == 'device_cuda_without_cuda' and torch.cuda.is_available(): pytest.skip('this machine has CUDA')
+    args, want = BAD[case]
+    args = [a.format(tmp=tmp_path) for a in args]
+    (tmp_path / 'afile').write_text('not a folder')
+    _zero_byte(tmp_path / 'zero')
+    _truncated(tmp_path / 'cut', good_run)
+    if case == 'resume_other_widths':
+        import shutil; shutil.copytree(good_run, tmp_path / 'good')
+    base = [a for a in TINY_SYNTH]
+    rc, so, se = run(base + args + ([] if '--out' in args else ['--out', tmp_path / 'new']), capsys)
+    assert rc == 2, (rc, se)
+    assert want in se, se
+    assert 'Traceback' not in se and se.startswith('cmrl train:')
+    if case in ('bs_0', 'epochs_0', 'epochs_negative', 'device_gpu'): assert not (tmp_path / 'new').exists()
+    if case == 'resume_other_widths':
+        assert read_checkpoint(tmp_path / 'good')['epoch'] == 1  # the run is left as it was
+
+
+# ---------------------------------------------------------------- 9: Ctrl-C
+class _CtrlC(Callback):
+    "Press Ctrl-C in the middle of epoch `n` (0-based)"
+    order = 99
+    def __init__(self, n): self.n = n
+    def after_batch(self):
+        if self.training and self.epoch == self.n and self.iter == 0: raise KeyboardInterrupt()
+
+
+def test_ctrl_c_keeps_last_epoch_and_says_how_to_resume(tmp_path):
+    out = tmp_path / 'run'
+    cfg = TrainConfig(data='synth', n_train=16, n_valid=8, bs=8, d=8, steps=2, n_layers=1, n_codes=8, mi_steps=1, epochs=4, out=str(out))
+    with pytest.raises(Interrupted) as e: train(cfg, quiet=True, cbs=[_CtrlC(2)])
+    assert e.value.epoch == 1 and f"cmrl train --out {out} --resume" in str(e.value) and '2 of 4 epochs done' in str(e.value)
+    assert read_checkpoint(out)['epoch'] == 1
+    assert not [p for p in out.iterdir() if p.name.endswith('.tmp')]
+    s = train(out=str(out), resume=True, quiet=True)  # the run's own settings
+    assert s['start_epoch'] == 2 and read_checkpoint(out)['epoch'] == 3
+
+
+def test_ctrl_c_from_the_command_line_exits_130(tmp_path):
+    "A real SIGINT to `cmrl train`: exit status 130, the message says how to resume, the checkpoint of a finished epoch is kept"
+    out = tmp_path / 'run'
+    env = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONUNBUFFERED': '1'}
+    argv = [sys.executable, '-m', 'cmrl.cli', 'train', *TINY_SYNTH[:-2], '--epochs', '500', '--out', str(out)]
+    p = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    t0 = time.time()
+    while not (out / 'checkpoint.pt').exists() and time.time() - t0 < 300 and p.poll() is None: time.sleep(0.2)
+    time.sleep(0.5)
+    p.send_signal(signal.SIGINT)
+    so, se = p.communicate(timeout=120)
+    assert p.returncode == 130, se[-2000:]
+    assert f"cmrl train --out {out} --resume" in se and 'Traceback' not in se
+    e = read_checkpoint(out)['epoch']
+    assert 0 <= e < 499 and f"{e + 1} of 500 epochs done" in se
+
+
+# ---------------------------------------------------------------- 10: the precision that ran
+def test_fp16_on_cpu_records_fp32(tmp_path, capsys):
+    if torch.cuda.is_available(): pytest.skip('CPU-only behaviour')
+    out = tmp_path / 'run'
+    rc, so, se = run([*TINY_SYNTH, '--precision', 'fp16', '--device', 'cpu', '--out', out, '--quiet'], capsys)
+    assert rc == 0, se
+    mt = metrics(out)
+    assert mt['precision'] == 'fp32' and mt['precision_requested'] == 'fp16'
+    assert 'training in fp32' in se
+
+
+# ---------------------------------------------------------------- logs
+def test_logs_one_line_per_epoch_off_a_terminal(tmp_path, capsys):
+    rc, so, se = run([*TINY_SYNTH[:-2], '--epochs', '3', '--out', tmp_path / 'run'], capsys)  # capsys: stderr is no terminal
+    assert rc == 0, se
+    assert '█' not in se and '\r' not in se  # no progress bar
+    epochs = [l for l in se.splitlines() if l.startswith('epoch ')]
+    assert [l.split()[1] for l in epochs] == ['1/3', '2/3', '3/3'], se
+    assert all('train_loss' in l and 'valid_loss' in l for l in epochs)
+    assert len(se) < 4000
+
+
+def test_progress_flag_shows_bars(tmp_path, capsys):
+    rc, so, se = run([*TINY_SYNTH, '--progress', '--out', tmp_path / 'run'], capsys)
+    assert rc == 0, se
+    assert '█' in se or '|' in se
+
+
+# ---------------------------------------------------------------- precomputed features in a manifest
+def test_trains_on_precomputed_features(tmp_path, capsys):
+    "`image_features` / `speech_features` `.npy` files stand in for the files; the model gets the matching input projections"
+    rng = np.random.default_rng(0)
+    (tmp_path / 'f').mkdir()
+    lines = []
+    for i in range(12):
+        np.save(tmp_path / 'f' / f'img{i}.npy', rng.standard_normal(24).astype(np.float32))  # [D]: one step
+        np.save(tmp_path / 'f' / f'sp{i}.npy', rng.standard_normal((5, 10)).astype(np.float32))  # [T, D]
+        lines.append(json.dumps({'id': f'x{i}', 'image_features': f'f/img{i}.npy', 'speech_features': f'f/sp{i}.npy', 'label': f'c{i % 2}'}))
+    m = tmp_path / 'feats.jsonl'; m.write_text('\n'.join(lines) + '\n')
+    out = tmp_path / 'run'
+    rc, so, se = run(['--data', m, '--out', out, '--cache', tmp_path / 'cache', '--model', 'continuous', '--epochs', '2', '--bs', '4',
+                      '--d', '8', '--quiet'], capsys)
+    assert rc == 0, se
+    ck = read_checkpoint(out)
+    assert ck['config']['dims'] == {'image': {'in_dim': 24}, 'speech': {'in_dim': 10}}
+    assert ck['frontends']['feature_dims'] == {'image': 24, 'speech': 10}
+    assert math.isfinite(metrics(out)['train_loss'])
