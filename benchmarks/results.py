@@ -42,7 +42,6 @@ ROOT = Path(__file__).resolve().parent.parent
 SPLIT_FILE = ROOT / 'benchmarks' / 'splits' / 'tuxpaint_fr.json'
 MODELS = ('unicode', 'liu2022', 'plain_codebook', 'continuous')
 MODS = ('image', 'speech', 'text')
-PAIRS = [(a, b) for a in MODS for b in MODS]  # probe pairs (fit on a, score on b), in-modality included
 DIRS = [(a, b) for a in MODS for b in MODS if a != b]  # retrieval directions
 CS = (0.01, 0.1, 1.0, 10.0)  # probe regularisation grid (inverse L2 strength)
 
@@ -122,26 +121,24 @@ class Part:
         self.probe = {m: torch.as_tensor(v).float() for m, v in (probe or emb).items()}
         self.codes = codes or {}
 
-def cv_probe(Xtr, ytr, Xte, yte, seed: int = 0) -> dict:
-    "cmrl's `LinearProbe` with C chosen by stratified k-fold on the fitting items only; accuracy and balanced accuracy"
+def fit_probe(Xtr, ytr, seed: int = 0):
+    "cmrl's `LinearProbe`, C chosen by stratified k-fold on the fitting items only: (fitted head, chosen C)"
     LinearProbe = _first('cmrl.eval.generalization:LinearProbe')
-    probe_scores = _first('cmrl.eval.generalization:probe_scores')
-    from sklearn.model_selection import StratifiedKFold
-    Xtr, Xte, ytr, yte = np.asarray(Xtr, np.float64), np.asarray(Xte, np.float64), np.asarray(ytr), np.asarray(yte)
-    k = int(min(3, np.bincount(ytr).max()))
-    scores = {}
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
-        for C in CS:
-            accs = []
-            for tr, va in StratifiedKFold(k, shuffle=True, random_state=seed).split(Xtr, ytr):
-                if len(np.unique(ytr[tr])) < 2: continue
-                accs.append((LinearProbe(C=C).fit(Xtr[tr], ytr[tr]).predict(Xtr[va]) == ytr[va]).mean())
-            scores[C] = float(np.mean(accs)) if accs else -1
-        C = max(CS, key=lambda c: (scores[c], -abs(math.log10(c))))
-        pred = LinearProbe(C=C).fit(Xtr, ytr).predict(Xte)
-    s = probe_scores(yte, pred, ytr)
-    return {'acc': 100 * s['acc'], 'bacc': 100 * s['bacc'], 'majority': 100 * s['majority'], 'chance': 100 * s['chance'], 'C': C}
+        head = LinearProbe(C='cv', Cs=CS, cv=3, max_iter=300, seed=seed).fit(np.asarray(Xtr, np.float64), np.asarray(ytr))
+    return head, head.C_
+
+def probe_pairs(train: dict, ytr, test: dict, yte, mods, seed: int = 0) -> dict:
+    "Every (fit on a, score on b) pair: accuracy, balanced accuracy, majority and chance (percent), the chosen C"
+    probe_scores = _first('cmrl.eval.generalization:probe_scores')
+    out = {}
+    for a in mods:
+        head, C = fit_probe(train[a], ytr, seed)
+        for b in mods:
+            s = probe_scores(yte, head.predict(np.asarray(test[b], np.float64)), ytr)
+            out[f'{a}->{b}'] = {'acc': 100 * s['acc'], 'bacc': 100 * s['bacc'], 'majority': 100 * s['majority'], 'chance': 100 * s['chance'], 'C': C}
+    return out
 
 def kappa(ma: np.ndarray, mb: np.ndarray) -> dict:
     "Chance-corrected agreement of two modalities' item codes (most frequent code per item; -1 = none)"
@@ -160,10 +157,8 @@ def score(train: Part, test: Part, n_codes: int | None = None, seed: int = 0) ->
     ytr = np.array([classes.index(y) for y in train.labels]); yte = np.array([classes.index(y) for y in test.labels])
     out = {'n_train': len(train.ids), 'n_test': len(test.ids), 'probe': {}, 'probe_emb': {}, 'retrieval': {}}
     mods = [m for m in MODS if m in test.emb and m in train.emb]
-    for a, b in PAIRS:
-        if a in mods and b in mods:
-            out['probe'][f'{a}->{b}'] = cv_probe(train.probe[a], ytr, test.probe[b], yte, seed)
-            if test.probe is not test.emb and test.codes: out['probe_emb'][f'{a}->{b}'] = cv_probe(train.emb[a], ytr, test.emb[b], yte, seed)
+    out['probe'] = probe_pairs(train.probe, ytr, test.probe, yte, mods, seed)
+    if test.codes: out['probe_emb'] = probe_pairs(train.emb, ytr, test.emb, yte, mods, seed)
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
         r = cross_modal_retrieval({m: test.emb[m] for m in mods}, ids=test.ids, groups=test.groups)
@@ -232,14 +227,15 @@ def cmrl_parts(run: Path, manifest: Path, part: str) -> tuple[Part, Part, int | 
                         {m: c for m, c in fe.codes.items()} if fe.codes else None))
     return out[0], out[1], K
 
-def run_cmrl(model: str, seed: int, manifest: Path, work: Path, part: str, train_args: list, quiet: bool = True) -> dict:
+def run_cmrl(model: str, seed: int, manifest: Path, work: Path, part: str, train_args: list, reuse: bool = False) -> dict:
     run = work / f'{model}-s{seed}'
     cmd = _cmrl_cmd() + ['train', '--data', str(manifest), '--model', model, '--seed', str(seed), '--out', str(run), '--quiet', *train_args]
     print('  $', ' '.join(shlex.quote(c) for c in cmd), file=sys.stderr, flush=True)
     t = time.time()
-    p = subprocess.run(cmd, capture_output=True, text=True)
+    if not (reuse and (run / 'metrics.json').exists()):
+        p = subprocess.run(cmd, capture_output=True, text=True)
+        if p.returncode != 0: raise RuntimeError(f"cmrl train failed ({p.returncode}):\n{p.stderr[-3000:]}")
     wall = time.time() - t
-    if p.returncode != 0: raise RuntimeError(f"cmrl train failed ({p.returncode}):\n{p.stderr[-3000:]}")
     summ = json.loads((run / 'metrics.json').read_text())
     tr, te, K = cmrl_parts(run, manifest, part)
     res = score(tr, te, K, seed)
@@ -247,15 +243,16 @@ def run_cmrl(model: str, seed: int, manifest: Path, work: Path, part: str, train
                command=' '.join(cmd[len(_cmrl_cmd()):]))
     return res
 
-def run_reference(script: Path, seed: int, paths: dict, work: Path, part: str, ref_args: list) -> dict:
+def run_reference(script: Path, seed: int, paths: dict, work: Path, part: str, ref_args: list, reuse: bool = False) -> dict:
     dump, outj = work / f'ref-s{seed}-{part}.pt', work / f'ref-s{seed}-{part}.json'
     cmd = [sys.executable, str(script), str(paths['ref_train']), str(paths[f'ref_{part}']), '--seed', str(seed),
            '--skip-untrained', '--dump', str(dump), '--out', str(outj), *ref_args]
     print('  $', ' '.join(shlex.quote(c) for c in cmd), file=sys.stderr, flush=True)
     t = time.time()
-    p = subprocess.run(cmd, capture_output=True, text=True)
+    if not (reuse and dump.exists() and outj.exists()):
+        p = subprocess.run(cmd, capture_output=True, text=True)
+        if p.returncode != 0: raise RuntimeError(f"reference failed ({p.returncode}):\n{p.stderr[-3000:]}")
     wall = time.time() - t
-    if p.returncode != 0: raise RuntimeError(f"reference failed ({p.returncode}):\n{p.stderr[-3000:]}")
     own = json.loads(outj.read_text())
     d = torch.load(dump, weights_only=True)
     groups = {}
@@ -296,6 +293,7 @@ COLUMNS = [  # (header, leaf key)
     ('acc s>i', 'probe/speech->image/acc'), ('bacc s>i', 'probe/speech->image/bacc'),
     ('acc i>t', 'probe/image->text/acc'), ('acc t>i', 'probe/text->image/acc'),
     ('acc s>t', 'probe/speech->text/acc'), ('acc t>s', 'probe/text->speech/acc'),
+    ('emb acc i>s', 'probe_emb/image->speech/acc'), ('emb acc s>i', 'probe_emb/speech->image/acc'),
     ('acc i>i', 'probe/image->image/acc'), ('acc s>s', 'probe/speech->speech/acc'), ('acc t>t', 'probe/text->text/acc'),
     ('R@1 i>s', 'retrieval/image->speech/R@1'), ('R@10 i>s', 'retrieval/image->speech/R@10'),
     ('R@1 s>i', 'retrieval/speech->image/R@1'), ('R@10 s>i', 'retrieval/speech->image/R@10'),
@@ -318,7 +316,9 @@ def reference_rows(res: dict) -> dict:
         ch.update({f'codes_retrieval/{k}/R@10': v['chance_R@10'] for k, v in first['retrieval'].items()})
         ch.update({f'kappa/{p}/kappa': 0.0 for p in ('image-speech', 'image-text', 'speech-text')})
         rows['chance'] = ch
+        ch.update({f'probe_emb/{k}/acc': v['chance'] for k, v in first['probe'].items()})
         mj = {f'probe/{k}/acc': v['majority'] for k, v in first['probe'].items()}
+        mj.update({f'probe_emb/{k}/acc': v['majority'] for k, v in first['probe'].items()})
         mj.update({f'probe/{k}/bacc': v['chance'] for k, v in first['probe'].items()})  # a constant prediction: 1 / classes
         rows['majority class'] = mj
     if res.get('length_reference'):
@@ -388,6 +388,7 @@ def main(argv=None):
     p.add_argument('--quick', action='store_true', help='smoke test: seed 0, 2 epochs, reference 50 steps')
     p.add_argument('--work', default=None, help='folder for manifests, runs and dumps (default: a temporary folder)')
     p.add_argument('--out', default=str(ROOT / 'benchmarks' / 'results.json'), help='results JSON')
+    p.add_argument('--reuse', action='store_true', help='score runs and dumps already in --work instead of training again')
     p.add_argument('--merge', action='store_true', help='keep the rows of an existing --out that this run does not redo')
     a = p.parse_args(argv)
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
@@ -417,8 +418,8 @@ def main(argv=None):
         for s in seeds:
             print(f"[{time.strftime('%H:%M:%S')}] {name} seed {s} ({a.split})", file=sys.stderr, flush=True)
             try:
-                r = (run_reference(Path(a.reference), s, man['paths'], work, a.split, ref_args) if kind == 'reference'
-                     else run_cmrl(kind, s, man['paths']['cmrl'], work, a.split, train_args))
+                r = (run_reference(Path(a.reference), s, man['paths'], work, a.split, ref_args, a.reuse) if kind == 'reference'
+                     else run_cmrl(kind, s, man['paths']['cmrl'], work, a.split, train_args, a.reuse))
             except Exception as e:
                 print(f"  {name} seed {s} failed: {e}", file=sys.stderr); row.setdefault('failed', {})[str(s)] = str(e)[-500:]; continue
             row['per_seed'][str(s)] = r

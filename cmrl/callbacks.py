@@ -16,7 +16,8 @@ from fastai.callback.progress import ProgressCallback
 from fastai.distributed import DistributedDL, DistributedTrainer
 from fastai.learner import Metric
 from fastai.torch_core import get_model, rank_distrib, num_distrib
-from fastcore.basics import noop, store_attr
+from fastcore.basics import store_attr
+from fastai.imports import noop  # what `learn.no_logging()` sets (not fastcore's)
 from fastcore.foundation import L
 from accelerate.utils import DistributedDataParallelKwargs
 from .core import *
@@ -214,6 +215,7 @@ class CodebookStats(Callback):
         self.learn.codebook_history = self.history
     def after_fit(self):
         self.learn.metrics = L(mt for mt in self.learn.metrics if not getattr(mt, 'owner', None) is self)
+    def before_epoch(self): self.usage.reset(); self.current = {}  # (also here: a callback may cancel validation before us)
     def before_validate(self): self.usage.reset()
     def after_batch(self):
         if self.training or not len(self.learn.yb): return
@@ -270,11 +272,13 @@ class ValidRetrieval(Callback):
         self.k, self.history, self.current, self.last = k, [], {}, {}
         self.key = f'valid_R@{k}'
     def before_fit(self):
+        self.before_epoch()
         self._met = CallbackValue(self, self.key)
         self.learn.metrics = L(self.learn.metrics) + L(self._met)
         self.learn.retrieval_history = self.history
     def after_fit(self): self.learn.metrics = L(mt for mt in self.learn.metrics if mt is not self._met)
-    def before_validate(self): self.embs, self.pres, self.ids = {}, {}, []
+    def before_epoch(self): self.embs, self.pres, self.ids = {}, {}, []  # (also here: a callback may cancel validation before us)
+    def before_validate(self): self.before_epoch()
     def after_batch(self):
         if self.training or not len(self.learn.yb) or getattr(self.learn, 'batch_skipped', False): return
         emb = getattr(self.learn.pred, 'emb', None)
@@ -324,6 +328,9 @@ class EpochLog(Callback):
     def _write(self, log):
         names = list(self.recorder.metric_names)
         if [str(x) for x in log] == names: return  # the header
+        if len(log) < len(names):  # validation cancelled: epoch, training values, time
+            if len(log) <= 2: return  # an epoch skipped on resume
+            names = names[:len(log) - 1] + names[-1:]
         parts = [f'epoch {int(v) + 1}/{self.n_epoch}' if n == 'epoch' else f'{n} {_fmt_value(v)}' for n, v in zip(names, log)]
         print('  '.join(parts), file=self.file or sys.stderr, flush=True)
     def after_fit(self): self.learn.logger = self._old

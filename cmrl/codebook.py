@@ -153,7 +153,7 @@ def code_distributions(z: Tensor,  # `[B, T, D]` features
     w = torch.ones(z.shape[:2], device=z.device) if mask is None else mask.to(p.dtype)
     return torch.einsum('bt,btk->bk', w, p) / w.sum(1, keepdim=True).clamp_min(1)
 
-# %% ../nbs/10_codebook.ipynb #9a3b66e8
+# %% ../nbs/10_codebook.ipynb #72c27864
 def code_histogram(indices: Tensor,  # long code indices of any shape; negative = no code (padding, absent)
                    n_codes: int,  # K
                   ) -> Tensor:  # `[K]` float counts
@@ -180,6 +180,8 @@ def dead_codes(counts: Tensor  # `[..., K]` code counts
     "Number of codes never chosen"
     return (counts <= 0).sum(-1)
 
+
+# %% ../nbs/10_codebook.ipynb #480dbcc2
 def item_modes(indices: Tensor,  # `[B, T]` long, negative = no code
                n_codes: int,  # K
               ) -> Tensor:  # `[B]` long: the most frequent code of each item (ties: the smallest index); -1 if none
@@ -197,6 +199,8 @@ def code_agreement(modes_a: Tensor,  # `[B]` item modes of modality a (-1 = abse
     if not bool(both.any()): return torch.tensor(float('nan'))
     return (modes_a[both] == modes_b[both]).float().mean()
 
+
+# %% ../nbs/10_codebook.ipynb #59f639b1
 def _counts_stats(counts: dict, modes: dict) -> dict:
     "Flat statistics from per-modality counts `[K]` and item modes `[B]`"
     out = {}
@@ -218,6 +222,8 @@ def usage_stats(indices: dict,  # modality -> `[B, T]` long code indices, negati
     modes = {m: item_modes(indices[m], n_codes) for m in paired} if len(paired) > 1 else {}
     return _counts_stats(hs, modes)
 
+
+# %% ../nbs/10_codebook.ipynb #f562719b
 class CodeUsage:
     "Accumulate code usage over many batches (e.g. an epoch) and report `usage_stats`-style numbers"
     def __init__(self, n_codes: int):  # K
@@ -252,6 +258,7 @@ class CodeUsage:
         if len(hs) > 1: hs['all'] = sum(hs.values())
         modes = {m: torch.cat(v) for m, v in self.modes.items()} if len(self.modes) > 1 else {}
         return _counts_stats(hs, modes)
+
 
 # %% ../nbs/10_codebook.ipynb #f6955627
 def _dist_on() -> bool: return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1

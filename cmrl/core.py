@@ -7,6 +7,7 @@ Docs: https://cmrl-dev.github.io/cmrl/core.html.md"""
 # %% ../nbs/00_core.ipynb #8d555a3d
 from __future__ import annotations
 from fastcore.meta import delegates
+from fastcore.basics import patch
 import math, os, random
 from typing import Any, Iterable, Sequence
 import numpy as np
@@ -66,41 +67,11 @@ class ModalityBatch(dict):
     def __len__(self): return self.bs
     def lengths(self, m: str) -> Tensor: return _lens(self.mask[m])  # valid positions per item for modality `m`
 
-    def to(self, *args, **kwargs) -> 'ModalityBatch':
-        "Move (or cast) every tensor, like `Tensor.to`; masks and integer data keep their dtype"
-        def mv(o):
-            if not isinstance(o, Tensor): return o
-            if o.is_floating_point(): return o.to(*args, **kwargs)
-            dev = next((a for a in args if isinstance(a, (str, torch.device))), kwargs.get('device'))
-            return o.to(dev) if dev is not None else o
-        def rec(o):
-            if isinstance(o, dict): return {k: rec(v) for k, v in o.items()}
-            return mv(o)
-        return ModalityBatch(**{k: rec(self[k]) for k in self._keys})
-
-    def select(self, idx) -> 'ModalityBatch':
-        "The items `idx` (a slice, a bool mask or integer indices) of the batch"
-        if isinstance(idx, Tensor) and idx.dtype == torch.bool: idx = idx.nonzero().flatten()
-        ii = list(range(self.bs))[idx] if isinstance(idx, slice) else [int(i) for i in idx]
-        t = torch.as_tensor(ii, dtype=torch.long)
-        def take(o):
-            if isinstance(o, Tensor) and o.ndim > 0 and len(o) == self.bs: return o[t.to(o.device)]
-            if isinstance(o, list) and len(o) == self.bs: return [o[i] for i in ii]
-            if isinstance(o, dict): return {k: take(v) for k, v in o.items()}
-            return o
-        return ModalityBatch(**{k: take(self[k]) for k in self._keys})
-
-    def drop(self, *mods: str) -> 'ModalityBatch':
-        "A view of the batch with modalities `mods` marked absent for every item (data zeroed)"
-        x, mask, present = dict(self.x), dict(self.mask), dict(self.present)
-        for m in mods:
-            if m in x: x[m], mask[m], present[m] = torch.zeros_like(x[m]), torch.zeros_like(mask[m]), torch.zeros_like(present[m])
-        return ModalityBatch(x, mask, present, self.ids, self.y, self.extra)
-
     def __repr__(self):
         parts = [f"{m}: {tuple(v.shape)} {str(v.dtype).replace('torch.', '')} present {int(self.present[m].sum())}/{len(self.present[m])}"
                  for m, v in self.x.items()]
         return f"ModalityBatch(bs={self.bs}; " + '; '.join(parts) + ')'
+
 
 # %% ../nbs/00_core.ipynb #7079fe2e
 def pad_stack(xs: Sequence[Tensor],  # tensors `[T_i, ...]` with equal trailing shapes
@@ -162,6 +133,42 @@ def collate_items(items: Sequence[dict],  # item dicts: `id`, `label`, modality 
     ekeys = list(dict.fromkeys(k for it in items for k in (it.get('extra') or {})))
     extra = {k: _collate_extra([(it.get('extra') or {}).get(k) for it in items]) for k in ekeys}
     return ModalityBatch(x, mask, present, ids, y, extra)
+
+# %% ../nbs/00_core.ipynb #b4f78f00
+@patch
+def to(self: ModalityBatch, *args, **kwargs) -> 'ModalityBatch':
+    "Move (or cast) every tensor, like `Tensor.to`; masks and integer data keep their dtype"
+    def mv(o):
+        if not isinstance(o, Tensor): return o
+        if o.is_floating_point(): return o.to(*args, **kwargs)
+        dev = next((a for a in args if isinstance(a, (str, torch.device))), kwargs.get('device'))
+        return o.to(dev) if dev is not None else o
+    def rec(o):
+        if isinstance(o, dict): return {k: rec(v) for k, v in o.items()}
+        return mv(o)
+    return ModalityBatch(**{k: rec(self[k]) for k in self._keys})
+
+@patch
+def select(self: ModalityBatch, idx) -> 'ModalityBatch':
+    "The items `idx` (a slice, a bool mask or integer indices) of the batch"
+    if isinstance(idx, Tensor) and idx.dtype == torch.bool: idx = idx.nonzero().flatten()
+    ii = list(range(self.bs))[idx] if isinstance(idx, slice) else [int(i) for i in idx]
+    t = torch.as_tensor(ii, dtype=torch.long)
+    def take(o):
+        if isinstance(o, Tensor) and o.ndim > 0 and len(o) == self.bs: return o[t.to(o.device)]
+        if isinstance(o, list) and len(o) == self.bs: return [o[i] for i in ii]
+        if isinstance(o, dict): return {k: take(v) for k, v in o.items()}
+        return o
+    return ModalityBatch(**{k: take(self[k]) for k in self._keys})
+
+@patch
+def drop(self: ModalityBatch, *mods: str) -> 'ModalityBatch':
+    "A view of the batch with modalities `mods` marked absent for every item (data zeroed)"
+    x, mask, present = dict(self.x), dict(self.mask), dict(self.present)
+    for m in mods:
+        if m in x: x[m], mask[m], present[m] = torch.zeros_like(x[m]), torch.zeros_like(mask[m]), torch.zeros_like(present[m])
+    return ModalityBatch(x, mask, present, self.ids, self.y, self.extra)
+
 
 # %% ../nbs/00_core.ipynb #35097efc
 def masked_mean(x: Tensor,  # `[B, T, ...]`

@@ -22,13 +22,14 @@ from .models.registry import MODELS, make_model
 from .metrics import cross_modal_retrieval
 from .checkpoint import CheckpointError, find_checkpoint, read_checkpoint, load_checkpoint
 from .callbacks import *
+from .augment import BatchAugment
 from .learner import cmrl_learner, distrib_ctx, init_distributed
 
 # %% auto #0
 __all__ = ['RUN_FILES', 'RUNS', 'TrainConfig', 'flag', 'check_config', 'pick_device', 'run_files', 'numbered', 'next_free',
            'RunPlan', 'run_folder', 'source_kwargs', 'check_modalities', 'make_dls', 'SkipValidation',
-           'without_validation', 'Interrupted', 'ran_precision', 'valid_retrieval', 'train', 'train_parser',
-           'summary_text', 'train_cli']
+           'without_validation', 'Interrupted', 'ran_precision', 'valid_retrieval', 'build_learner', 'fit', 'train',
+           'train_parser', 'summary_text', 'train_cli']
 
 # %% ../nbs/35_train.ipynb #2606d7b0
 @dataclass
@@ -56,6 +57,9 @@ class TrainConfig:
     w_nce: float = 1.  # Uni-Code: InfoNCE on pooled semantic features (cmrl addition for training from scratch; 0 = the paper)
     mi_steps: int = 5  # MI estimator steps per batch
     dead_after: int = 20  # codebook steps before an unused code is re-seeded
+    augment: bool = True  # augment training batches (`cmrl.augment.BatchAugment`: image crop/flip, SpecAugment, token dropout)
+    aug_text: float = 0.1  # token dropout probability of text augmentation
+    monitor: str = 'valid_R@10'  # what picks the best weights kept in the checkpoint: 'valid_R@10' (mean validation retrieval), 'valid_loss' or 'none'
     langs: str = ''  # languages of the speech/text pairs, comma-separated, or 'all'; default: the source's (Tux Paint: fr; a manifest: every item)
     valid_pct: float = 0.2  # fraction of the items without a `split` field held out (by group) for validation
     image_size: int = 32  # tuxpaint/manifest: image side in pixels
@@ -84,7 +88,8 @@ def flag(name: str) -> str: return '--' + name.replace('_', '-')  # the `cmrl tr
 
 _AT_LEAST = {'epochs': 1, 'bs': 1, 'd': 1, 'steps': 1, 'n_layers': 1, 'n_codes': 2, 'image_size': 8, 'max_speech': 1,
              'max_text': 1, 'n_train': 1, 'n_valid': 0, 'mi_steps': 0, 'dead_after': 0, 'num_workers': 0, 'threads': 0}
-_CHOICES = {'precision': ('fp32', 'fp16', 'bf16'), 'mm_ema': ('reference', 'paper', 'none'), 'cross_commit': ('reference', 'paper', 'none')}
+_CHOICES = {'precision': ('fp32', 'fp16', 'bf16'), 'mm_ema': ('reference', 'paper', 'none'), 'cross_commit': ('reference', 'paper', 'none'),
+            'monitor': ('valid_R@10', 'valid_loss', 'none')}
 
 def check_config(cfg: TrainConfig) -> TrainConfig:
     "`cfg`, or a `ValueError` that lists every bad setting by its option"
@@ -99,6 +104,7 @@ def check_config(cfg: TrainConfig) -> TrainConfig:
     if not cfg.lr > 0: errs.append(f"--lr {cfg.lr!r}: give a positive learning rate")
     if not cfg.wd >= 0: errs.append(f"--wd {cfg.wd!r}: give a weight decay of at least 0")
     if not cfg.tau > 0: errs.append(f"--tau {cfg.tau!r}: give a positive temperature")
+    if not 0 <= cfg.aug_text < 1: errs.append(f"--aug-text {cfg.aug_text!r}: give a probability in [0, 1)")
     if cfg.resume and cfg.overwrite: errs.append("--resume and --overwrite: give one (continue the run, or replace it)")
     if errs: raise ValueError('; '.join(errs))
     return cfg
@@ -315,7 +321,66 @@ def _resumed_config(saved: dict, given: dict) -> TrainConfig:
     if isinstance(base.get('modalities'), list): base['modalities'] = tuple(base['modalities'])
     return TrainConfig(**{**base, **given})
 
-# %% ../nbs/35_train.ipynb #189ba980
+# %% ../nbs/35_train.ipynb #f7d5dfc5
+def build_learner(cfg: TrainConfig,  # the run's settings
+                  dls, info: dict,  # `make_dls(cfg)`
+                  out: Path,  # the run folder
+                  cbs=None,  # extra fastai callbacks
+                  progress: bool | None = None,  # progress bars (see `cmrl_learner`)
+                 ):  # (Learner, the run's config dict)
+    "The model and the fastai `Learner` of a run"
+    xb, = dls.train.one_batch()
+    mods = [m for m in (cfg.modalities or info['modalities']) if m in xb.x]
+    if not mods: raise ValueError(f"none of the modalities {cfg.modalities} is in the data (it has {', '.join(info['modalities'])})")
+    dims = input_dims(xb, vocab=info['vocab'], features=info['feature_dims'])
+    set_seed(cfg.seed)
+    model = make_model(cfg.model, mods, dims, **cfg.model_options())
+    config = {**asdict(cfg), 'modalities': mods, 'dims': dims, 'model_config': getattr(model, 'config', {}),
+              'source': info['source'], 'max_len': info['max_len']}
+    valid = info['n_valid'] > 0
+    monitor = None if not valid or cfg.monitor == 'none' else 'valid_loss' if cfg.monitor == 'valid_R@10' and len(mods) < 2 else cfg.monitor
+    ck = SaveCheckpoint('checkpoint.pt', config=config, train_ids=info['train_ids'], frontends=info['frontends'], monitor=monitor)
+    aug = [BatchAugment(text=cfg.aug_text)] if cfg.augment else []
+    learn = cmrl_learner(dls, model, lr=cfg.lr, wd=cfg.wd, precision=cfg.precision, path=out, mi_steps=cfg.mi_steps, progress=progress,
+                         cbs=[ck] + aug + list(cbs or []))
+    if not valid: without_validation(learn)
+    return learn, config
+
+# %% ../nbs/35_train.ipynb #e7e645e2
+def fit(learn, cfg: TrainConfig, out: Path,  # the Learner, the run's settings and folder
+        start: int = 0,  # first epoch (after a resume)
+        quiet: bool = False):  # no progress bars, no per-epoch lines
+    "Train `learn` for the epochs `start..cfg.epochs-1` (DDP when launched on several processes); Ctrl-C raises `Interrupted`"
+    try:
+        with contextlib.redirect_stdout(sys.stderr), warnings.catch_warnings(), distrib_ctx(learn):
+            warnings.filterwarnings('ignore', message='.*nested tensors.*')
+            with (learn.no_bar() if quiet else contextlib.nullcontext()), (learn.no_logging() if quiet else contextlib.nullcontext()):
+                learn.fit_one_cycle(cfg.epochs, cfg.lr, start_epoch=start)
+    except KeyboardInterrupt:
+        try: e = int(read_checkpoint(out / 'checkpoint.pt')['epoch'])
+        except (FileNotFoundError, CheckpointError, OSError): e = None
+        if e is None or e < start: msg = f"interrupted before an epoch finished; nothing new was saved in {out}"
+        else: msg = f"interrupted; kept {out / 'checkpoint.pt'} ({e + 1} of {cfg.epochs} epochs done); resume with: cmrl train --out {out} --resume"
+        raise Interrupted(msg, out, e) from None
+
+# %% ../nbs/35_train.ipynb #97e1da90
+def _summary(learn, cfg: TrainConfig, info: dict, config: dict, dev, start: int, t_fit: float) -> dict:
+    "What a finished run reports (`metrics.json`)"
+    hist = learn.loss_history
+    last, first = (hist[-1] if hist else {}), (hist[0] if hist else {})
+    s = dict(model=cfg.model, data=cfg.data, modalities=config['modalities'], epochs=cfg.epochs, start_epoch=start, n_params=_n_params(unwrap(learn.model)),
+             n_train=info['n_train'], n_valid=info['n_valid'], n_test=info['n_test'], validation=info['n_valid'] > 0,
+             device=str(dev), precision=ran_precision(learn), precision_requested=cfg.precision,
+             train_loss=last.get('train', {}).get('loss'), valid_loss=last.get('valid', {}).get('loss'), first_train_loss=first.get('train', {}).get('loss'),
+             nan_skipped=int(getattr(learn, 'nan_skipped', 0)), fit_seconds=round(t_fit, 1), total_seconds=None, loss_history=hist)
+    cs = next((cb for cb in learn.cbs if isinstance(cb, CodebookStats)), None)
+    if cs is not None and cs.history: s['codebook'] = cs.history
+    ck = next(cb for cb in learn.cbs if isinstance(cb, SaveCheckpoint))
+    if ck.best: s['best'] = {k: ck.best[k] for k in ('metric', 'value', 'epoch')}
+    if getattr(learn, 'ranks_agree', None): s['ranks_agree'] = learn.ranks_agree
+    s['retrieval'] = valid_retrieval(learn) if info['n_valid'] else {}
+    return s
+
 def train(cfg: TrainConfig | None = None,  # settings; default the main job (with `resume`: the run's own settings)
           quiet: bool = False,  # no progress bars and no per-epoch lines
           cbs=None,  # extra fastai callbacks
@@ -326,40 +391,22 @@ def train(cfg: TrainConfig | None = None,  # settings; default the main job (wit
     cfg = check_config(TrainConfig(**given))
     plan = _rank0(lambda: run_folder(cfg.out, cfg.resume, cfg.overwrite))
     if plan.done is not None: cfg = check_config(_resumed_config(plan.done['config'], given))
-    out = plan.out
     if cfg.modalities is None and cfg.data == 'tuxpaint': cfg.modalities = (IMAGE, TEXT, SPEECH)
+    out, t0 = plan.out, time.time()
     _say(plan.note)
-    t0 = time.time()
     set_seed(cfg.seed)
     dev = pick_device(cfg.device)
-    if cfg.threads > 0: torch.set_num_threads(cfg.threads)
-    elif dev.type == 'cpu': torch.set_num_threads(1)
+    torch.set_num_threads(cfg.threads if cfg.threads > 0 else 1 if dev.type == 'cpu' else torch.get_num_threads())
     with warnings.catch_warnings():
         warnings.filterwarnings('ignore', message=".*part is empty; training runs without validation")  # said below, once
         dls, info = make_dls(cfg, device=dev)
-    parts = f"{info['n_train']} train / {info['n_valid']} valid / {info['n_test']} test items"
-    _say(f"{cfg.data}: {parts}")
-    if info['n_valid'] == 0: _say("the validation part is empty: training without validation (no validation loss, retrieval or codebook statistics)")
-    xb, = dls.train.one_batch()
-    mods = [m for m in (cfg.modalities or info['modalities']) if m in xb.x]
-    if not mods: raise ValueError(f"none of the modalities {cfg.modalities} is in the data (it has {', '.join(info['modalities'])})")
-    dims = input_dims(xb, vocab=info['vocab'], features=info['feature_dims'])
-    set_seed(cfg.seed)
-    model = make_model(cfg.model, mods, dims, **cfg.model_options())
-    config = {**asdict(cfg), 'modalities': mods, 'dims': dims, 'model_config': getattr(model, 'config', {}),
-              'source': info['source'], 'max_len': info['max_len']}
-    valid = info['n_valid'] > 0  # without a validation part: no validation phase, no best weights, no retrieval per epoch
-    ck = SaveCheckpoint('checkpoint.pt', config=config, train_ids=info['train_ids'], frontends=info['frontends'],
-                        monitor='valid_loss' if valid else None)
-    learn = cmrl_learner(dls, model, lr=cfg.lr, wd=cfg.wd, precision=cfg.precision, path=out, mi_steps=cfg.mi_steps, progress=progress,
-                         cbs=[ck] + list(cbs or []))
-    if not valid: without_validation(learn)
-    ran = ran_precision(learn)
-    if ran != cfg.precision: _say(f"--precision {cfg.precision} needs CUDA: training in {ran} on {dev}")
+    _say(f"{cfg.data}: {info['n_train']} train / {info['n_valid']} valid / {info['n_test']} test items")
+    if not info['n_valid']: _say("the validation part is empty: training without validation (no validation loss, retrieval or codebook statistics)")
+    learn, config = build_learner(cfg, dls, info, out, cbs, progress)
+    if ran_precision(learn) != cfg.precision: _say(f"--precision {cfg.precision} needs CUDA: training in {ran_precision(learn)} on {dev}")
     start = 0
-    if plan.ckpt is not None:
-        done = load_checkpoint(learn, plan.ckpt)  # a `CheckpointError` (a `ValueError`) when the model is not built like the saved one
-        start = int(done['epoch']) + 1
+    if plan.ckpt is not None:  # a `CheckpointError` (a `ValueError`) when the model is not built like the saved one
+        start = int(load_checkpoint(learn, plan.ckpt)['epoch']) + 1
         if start >= cfg.epochs: raise ValueError(f"--resume: the run in {out} has finished its {start} epoch(s); give --epochs N with N > {start} to train on")
     rank0 = rank_distrib() == 0
     if rank0:
@@ -367,38 +414,14 @@ def train(cfg: TrainConfig | None = None,  # settings; default the main job (wit
         for f in plan.stale: (out / f).unlink(missing_ok=True)
         (out / 'config.json').write_text(json.dumps(config, indent=1, default=str))
     t1 = time.time()
-    try:
-        with contextlib.redirect_stdout(sys.stderr), warnings.catch_warnings(), distrib_ctx(learn):
-            warnings.filterwarnings('ignore', message='.*nested tensors.*')
-            if quiet:
-                with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(cfg.epochs, cfg.lr, start_epoch=start)
-            else: learn.fit_one_cycle(cfg.epochs, cfg.lr, start_epoch=start)
-    except KeyboardInterrupt:
-        for f in out.glob('checkpoint.pt.*'): f.unlink(missing_ok=True)  # a write cut short
-        try: e = int(read_checkpoint(out / 'checkpoint.pt')['epoch'])
-        except (FileNotFoundError, CheckpointError, OSError): e = None
-        if e is None or e < start: msg = f"interrupted before an epoch finished; nothing new was saved in {out}"
-        else: msg = f"interrupted; kept {out / 'checkpoint.pt'} ({e + 1} of {cfg.epochs} epochs done); resume with: cmrl train --out {out} --resume"
-        raise Interrupted(msg, out, e) from None
-    t_fit = time.time() - t1
-    hist = learn.loss_history
-    last, first = (hist[-1] if hist else {}), (hist[0] if hist else {})
-    summary = dict(model=cfg.model, data=cfg.data, modalities=mods, epochs=cfg.epochs, start_epoch=start, n_params=_n_params(model),
-                   n_train=info['n_train'], n_valid=info['n_valid'], n_test=info['n_test'], validation=valid,
-                   device=str(dev), precision=ran, precision_requested=cfg.precision,
-                   train_loss=last.get('train', {}).get('loss'), valid_loss=last.get('valid', {}).get('loss'),
-                   first_train_loss=first.get('train', {}).get('loss'),
-                   nan_skipped=int(getattr(learn, 'nan_skipped', 0)), fit_seconds=round(t_fit, 1), total_seconds=None,
-                   loss_history=hist, out=str(out))
-    cs = next((cb for cb in learn.cbs if type(cb).__name__ == 'CodebookStats'), None)
-    if cs is not None and getattr(cs, 'history', None): summary['codebook'] = cs.history
-    summary['retrieval'] = valid_retrieval(learn) if valid else {}
-    summary['plots'] = _write_plots(learn, out) if rank0 else []
-    summary['total_seconds'] = round(time.time() - t0, 1)
-    if rank0: (out / 'metrics.json').write_text(json.dumps(summary, indent=1, default=str))
-    return summary
+    fit(learn, cfg, out, start, quiet)
+    s = {**_summary(learn, cfg, info, config, dev, start, time.time() - t1), 'out': str(out)}
+    s['plots'] = _write_plots(learn, out) if rank0 else []
+    s['total_seconds'] = round(time.time() - t0, 1)
+    if rank0: (out / 'metrics.json').write_text(json.dumps(s, indent=1, default=str))
+    return s
 
-# %% ../nbs/35_train.ipynb #131412ec
+# %% ../nbs/35_train.ipynb #07d776e7
 _ALIASES = {'d': ['--dim']}  # `torchrun` would take `--d` for an abbreviation of its own `--duplicate-...` options
 
 def train_parser() -> argparse.ArgumentParser:
@@ -420,7 +443,7 @@ def train_parser() -> argparse.ArgumentParser:
                    help='progress bars (default: only when standard error is a terminal; else one line per epoch)')
     return p
 
-# %% ../nbs/35_train.ipynb #99b649b4
+# %% ../nbs/35_train.ipynb #78c90b4b
 def summary_text(s: dict) -> str:
     "A few human lines about a finished run"
     f4 = lambda v: 'n/a' if v is None else f"{v:.4f}"
@@ -432,6 +455,7 @@ def summary_text(s: dict) -> str:
     lines.append(f"  time: {s['fit_seconds']} s training, {s['total_seconds']} s total; skipped non-finite batches: {s['nan_skipped']}")
     if s.get('retrieval'):
         lines.append('  valid retrieval R@10 (chance): ' + ', '.join(f"{k} {v['R@10']:.0f} ({v['chance_R@10'] or 0:.0f})" for k, v in s['retrieval'].items()))
+    if s.get('best'): lines.append(f"  best weights (kept in the checkpoint): epoch {s['best']['epoch'] + 1}, {s['best']['metric']} {s['best']['value']:.4g}")
     if s.get('codebook'):
         last = s['codebook'][-1]
         lines.append('  codebook: ' + ', '.join(f"{k} {v:.3g}" for k, v in last.items() if k != 'epoch'))

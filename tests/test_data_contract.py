@@ -114,6 +114,11 @@ def test_unknown_modality_refused_with_what_the_source_has(tmp_path, which):
         get_source(name, modalities=['text', 'speech' if which != 'tuxpaint' else 'imgae'], **kw)
 
 
+def test_modality_choice_reports_items_dropped(tmp_path):
+    src, msgs = recorded(lambda: get_source('tuxpaint', root=fake_stamps(tmp_path / 's'), modalities='audio'))
+    assert len(src) == 2 and src.modalities == ('audio',)  # one sound effect per category
+    assert any(m == 'tuxpaint: modalities=audio kept 2 of 10 items; dropped 8 that have none of them' for m in msgs), msgs
+
 # item 7: non-finite features -----------------------------------------------------------------------------------------------
 
 def test_non_finite_features_skipped_before_caching(tmp_path):

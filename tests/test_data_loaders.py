@@ -129,3 +129,26 @@ def test_cli_real_tuxpaint_thresholds():
     assert rc == 0
     assert s['stamps']['with_image_and_text'] >= 940 and s['stamps']['with_speech_any_language'] >= 900 and s['stamps']['with_sound_effect'] >= 130
     assert s['skipped']['count'] > 0 and all(isinstance(v, int) for v in s['skipped']['by_reason'].values())
+
+
+def test_cli_new_flags(tmp_path):
+    rc, out, err = run_cli(['synth', '--n-train', '8', '--n-valid', '4', '--modalities', 'video,audio', '--seed', '3'])
+    s = json.loads(out)
+    assert rc == 0 and s['splits']['train']['items'] == 8 and s['splits']['valid']['items'] == 4 and set(s['modalities']) == {VIDEO, AUDIO}
+    (tmp_path / 'm.jsonl').write_text(''.join(json.dumps({'id': f"x{i}", 'text': 't', 'lang': 'fr' if i % 2 else None}) + '\n' for i in range(10)))
+    rc, out, _ = run_cli([str(tmp_path / 'm.jsonl'), '--valid-pct', '0.5'])
+    s = json.loads(out)
+    assert rc == 0 and {k: v['items'] for k, v in s['splits'].items()} == {'train': 5, 'valid': 5}
+    rc, out, _ = run_cli([str(tmp_path / 'm.jsonl'), '--langs', 'fr'])
+    assert rc == 0 and json.loads(out)['dropped'] == {'languages': {'(no lang)': 5}}
+    rc, _, err = run_cli(['synth', '--modalities', 'imgae'])
+    assert rc == 2 and "unknown modality 'imgae'; this source has video, audio, text" in err
+
+
+def test_synth_source_matches_generator():
+    "The one DataLoaders builder gives the generator's own items for synth (what `cmrl train --data synth` trains on)"
+    from cmrl.data.synth import SynthEvents
+    dls = source_dls('synth', bs=4, n_train=8, n_valid=4, seed=5, shuffle_train=False)
+    b = ModalityBatch.of(dls.valid.one_batch())
+    ref = SynthEvents(4, seed=6)
+    assert b.ids == [ref[i]['id'] for i in range(4)] and torch.equal(b.x[AUDIO][1, :len(ref[1][AUDIO])], ref[1][AUDIO])

@@ -124,9 +124,9 @@ def test_probe_fit_on_the_checkpoints_training_items_unless_fit_names_data(manif
     # --fit names other data: the probes are fit on all of it (and it must not share items with the scored ones)
     rc, out, err = run(eval_cli, ['--ckpt', str(manifest_ckpt), '--data', str(manifest / 'all.jsonl'), '--fit', str(manifest / 'other.jsonl'),
                                   '--task', 'generalization', '--out', '-'])
-    shared = {f'item{i}' for i in range(6)} - trained
-    if shared:  # other.jsonl holds scored items: refused, with the count
-        assert rc == 2 and f'share {len(shared)} item(s)' in err
+    shared = {f'item{i}' for i in range(6)} - trained  # items of other.jsonl that all.jsonl scores
+    if shared: assert rc == 2 and f'share {len(shared)} item(s)' in err  # fit and scored items must be disjoint
+    else: assert rc == 0 and last_json(out)['items']['fit']['n'] == 6, err
     rc, out, err = run(eval_cli, ['--ckpt', str(manifest_ckpt), '--data', str(manifest / 'other.jsonl'), '--fit', str(manifest / 'all.jsonl'),
                                   '--fit-split', 'train', '--task', 'generalization', '--out', '-'])
     assert rc == 0, err
@@ -169,7 +169,7 @@ def test_code_kappa_hand_computed():
     from cmrl.eval.report import code_kappa
     k = code_kappa(torch.tensor([0, 0, 1, 1, 2, 2]), torch.tensor([0, 0, 1, 2, 2, 1]), 3)
     assert k['p_o'] == pytest.approx(2 / 3) and k['p_e'] == pytest.approx(1 / 3) and k['kappa'] == pytest.approx(0.5)
-    # independent-looking modes with skewed frequencies: raw agreement 0.6, chance 0.52 -> kappa 1/6
+    # skewed code frequencies: raw agreement 0.6 but chance 0.68 -> kappa -1/4, worse than chance
     a, b = torch.tensor([0, 0, 0, 0, 1]), torch.tensor([0, 0, 0, 1, 0])
     k = code_kappa(a, b, 2)
     assert k['p_o'] == pytest.approx(0.6) and k['p_e'] == pytest.approx(0.8 * 0.8 + 0.2 * 0.2) and k['kappa'] == pytest.approx((0.6 - 0.68) / 0.32)

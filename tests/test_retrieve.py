@@ -117,3 +117,11 @@ def test_dispatcher_runs_retrieve(synth_ckpt):
     rc, out, err = run(main, ['retrieve', '--ckpt', str(synth_ckpt), '--query', 'a red circle', '--k', '2', '--json'])
     assert rc == 0, err
     assert json.loads(out)['by'] == 'embedding'
+
+
+def test_flags_superset_of_the_old_cli():
+    from cmrl.eval.report import cli_parser
+    from cmrl.retrieve import retrieve_cmd
+    flags = {s for a in cli_parser(retrieve_cmd, 'cmrl retrieve')._actions for s in a.option_strings}
+    old = {'--ckpt', '--query', '--gallery', '--k', '--split', '--to', '--query-modality', '--codes', '--n-test', '--langs', '--device', '--json'}
+    assert old <= flags

@@ -163,6 +163,9 @@ class Source:
         for i, r in enumerate(records):
             r = {**r, **{m: None for m in self.available if m not in mods}}
             if any(r.get(m) is not None for m in mods): new[i] = len(keep); keep.append(r)
+        if len(keep) < len(records):
+            warnings.warn(f"{self.name}: modalities={','.join(mods)} kept {len(keep)} of {len(records)} items; "
+                          f"dropped {len(records) - len(keep)} that have none of them")
         return keep, {k: [new[i] for i in v if i in new] for k, v in splits.items()}
 
     def __len__(self): return len(self.records)

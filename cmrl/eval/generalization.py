@@ -6,6 +6,7 @@ Docs: https://cmrl-dev.github.io/cmrl/eval.generalization.html.md"""
 
 # %% ../../nbs/42_eval.generalization.ipynb #11881184
 from __future__ import annotations
+from fastcore.meta import delegates
 import contextlib, math, warnings
 from typing import NamedTuple, Sequence
 import numpy as np
@@ -174,6 +175,7 @@ def _protocol(tr: dict, te: dict,  # modality -> (X, y) of the training / test p
         out[direction(a, b)] = {**probe_scores(yb, head.predict(Xb) if len(Xb) else yb[:0], ya), 'n_train': int(len(ya)), 'C': head.C_}
     return out
 
+@delegates(LinearProbe)
 def cross_modal_generalization(train: dict,  # modality -> `[N, D]` pooled features of the training part
                                y_train,  # `[N]` labels (-1 = unknown, left out)
                                test: dict,  # modality -> `[M, D]` pooled features of the test part
@@ -184,15 +186,16 @@ def cross_modal_generalization(train: dict,  # modality -> `[N, D]` pooled featu
                                train_ids: Sequence | None = None,  # item ids, checked disjoint from `test_ids`
                                test_ids: Sequence | None = None,
                                in_modality: bool = True,  # also score (A, A): the ceiling of each head
-                               **probe_kw,  # `LinearProbe` settings (C, Cs, cv, standardize, ...)
+                               **kwargs,  # `LinearProbe` settings (C, Cs, cv, standardize, ...)
                               ) -> dict:  # 'a->b' -> acc, bacc, majority, chance, n, n_train, C (chosen)
     "Fit a linear head on modality A (training part), score it on modality B (test part), for every pair"
     _check_disjoint(train_ids, test_ids)
     tr = {m: _rows(train, y_train, train_present, m) for m in train}
     te = {m: _rows(test, y_test, test_present, m) for m in test}
-    return _protocol(tr, te, pairs, in_modality, probe_kw)
+    return _protocol(tr, te, pairs, in_modality, kwargs)
 
 # %% ../../nbs/42_eval.generalization.ipynb #69b82261
+@delegates(LinearProbe)
 def localization(train: dict,  # modality -> `[N, T, D]` step features of the training part
                  train_mask: dict,  # modality -> `[N, T]` bool
                  train_labels,  # `[N, T_y]` long per-step labels (-1 = unknown, left out)
@@ -202,7 +205,7 @@ def localization(train: dict,  # modality -> `[N, T, D]` step features of the tr
                  pairs: Sequence[tuple[str, str]] | None = None,  # (fit on A, score on B); default every ordered pair
                  train_ids: Sequence | None = None, test_ids: Sequence | None = None,  # checked disjoint
                  in_modality: bool = True,  # also score (A, A)
-                 **probe_kw,  # `LinearProbe` settings
+                 **kwargs,  # `LinearProbe` settings
                 ) -> dict:  # 'a->b' -> per-step acc, bacc, majority, chance, n (steps), n_train
     "Per-time-step classification, fit on modality A's steps and scored on modality B's"
     _check_disjoint(train_ids, test_ids)
@@ -214,7 +217,7 @@ def localization(train: dict,  # modality -> `[N, T, D]` step features of the tr
         return x[keep], y[keep]
     tr = {m: (x.numpy(), y.numpy()) for m, (x, y) in ((m, steps_of(train, train_mask, ytr, m)) for m in train)}
     te = {m: (x.numpy(), y.numpy()) for m, (x, y) in ((m, steps_of(test, test_mask, yte, m)) for m in test)}
-    return _protocol(tr, te, pairs, in_modality, probe_kw)
+    return _protocol(tr, te, pairs, in_modality, kwargs)
 
 # %% ../../nbs/42_eval.generalization.ipynb #7007d3f1
 class Features(NamedTuple):

@@ -27,8 +27,8 @@ from .interpret import code_label_table, code_word_table
 __all__ = ['FRONTEND_KW', 'TASKS', 'run_source', 'ckpt_source', 'eval_parts', 'max_lengths', 'usable_modalities',
            'records_features', 'semantic_embeddings', 'tfidf_embeddings', 'length_reference', 'retrieval_report',
            'code_kappa', 'codebook_report', 'probe_report', 'pair_heatmap', 'usage_plot', 'eval_device',
-           'check_request', 'codes_task', 'localization_task', 'run_eval', 'write_report', 'eval_cmd', 'cli_parser',
-           'run_cli', 'eval_cli']
+           'check_request', 'codes_task', 'localization_task', 'plan_eval', 'run_eval', 'write_report', 'eval_cmd',
+           'cli_parser', 'run_cli', 'eval_cli']
 
 # %% ../../nbs/45_eval.report.ipynb #b7c7cd4b
 FRONTEND_KW = ('size', 'n_mels')  # `get_source` settings that shape the model's inputs: kept for other data
@@ -152,7 +152,7 @@ def semantic_embeddings(model, src, records: Sequence[dict], modalities: Sequenc
     finally: model.train(was)
     return {m: torch.cat(v) for m, v in out.items()}
 
-# %% ../../nbs/45_eval.report.ipynb #865a1e46
+# %% ../../nbs/45_eval.report.ipynb #46b675f6
 def tfidf_embeddings(codes: dict,  # modality -> `[N, T]` codes (negative = none)
                      n_codes: int,  # K
                      present: dict | None = None,  # modality -> `[N]` bool; absent items do not count in the idf
@@ -170,7 +170,7 @@ def tfidf_embeddings(codes: dict,  # modality -> `[N, T]` codes (negative = none
         out[m] = torch.tensor(w / np.maximum(np.linalg.norm(w, axis=1, keepdims=True), 1e-12), dtype=torch.float32)
     return out
 
-# %% ../../nbs/45_eval.report.ipynb #10b453ae
+# %% ../../nbs/45_eval.report.ipynb #3562f2ca
 def _aural_text(mods) -> list[tuple[str, str]]:  # the (aural, text) pair the length reference applies to
     return [(a, TEXT) for a in (SPEECH, AUDIO) if a in mods and TEXT in mods][:1]
 
@@ -209,7 +209,7 @@ def retrieval_report(fe: Features,  # features of the scored items
     if fit is not None and _aural_text(fe.emb): out['length_reference'] = length_reference(fit, fe, match=match)
     return out
 
-# %% ../../nbs/45_eval.report.ipynb #94582a1b
+# %% ../../nbs/45_eval.report.ipynb #e6d474bb
 def code_kappa(modes_a,  # `[N]` most frequent code of each item in modality a (-1 = absent)
                modes_b,  # `[N]` the same items in modality b
                n_codes: int,  # K
@@ -224,7 +224,7 @@ def code_kappa(modes_a,  # `[N]` most frequent code of each item in modality a (
     p_e = float((torch.bincount(a, minlength=n_codes).double() / n * torch.bincount(b, minlength=n_codes).double() / n).sum())
     return dict(kappa=(p_o - p_e) / (1 - p_e) if p_e < 1 - 1e-12 else math.nan, p_o=p_o, p_e=p_e, n=n)
 
-# %% ../../nbs/45_eval.report.ipynb #0c078a80
+# %% ../../nbs/45_eval.report.ipynb #a93460e6
 def codebook_report(fe: Features,  # features of the scored items
                     n_codes: int,  # K
                    ) -> dict:  # n_codes, perplexity and used fraction per modality, agreement per pair
@@ -238,7 +238,7 @@ def codebook_report(fe: Features,  # features of the scored items
             'used': {m: float(used_fraction(h)) for m, h in hist.items()},
             'agreement': {f'{a}-{b}': code_kappa(modes[a], modes[b], n_codes) for i, a in enumerate(ms) for b in ms[i + 1:]}}
 
-# %% ../../nbs/45_eval.report.ipynb #0d5f06e7
+# %% ../../nbs/45_eval.report.ipynb #5f592995
 def probe_report(fit: Features,  # features of the fit items
                  fe: Features,  # features of the scored items
                  pairs: Sequence[tuple[str, str]],  # (fit on A, score on B)
@@ -252,7 +252,7 @@ def probe_report(fit: Features,  # features of the fit items
     c = cross_modal_generalization(continuous[0], fit.y, continuous[1], fe.y, pairs, **kw)
     return {'features': 'quantised', 'pool': pool, 'generalization': q, 'generalization_continuous': c}
 
-# %% ../../nbs/45_eval.report.ipynb #4d6abc20
+# %% ../../nbs/45_eval.report.ipynb #05579261
 def pair_heatmap(res: dict,  # 'a->b' -> metrics dict
                  key: str,  # the metric to show
                  title: str = '',  # figure title
@@ -285,7 +285,7 @@ def usage_plot(codes: dict,  # modality -> `[N, T]` codes (negative = none)
     fig.tight_layout()
     return fig
 
-# %% ../../nbs/45_eval.report.ipynb #19e31b56
+# %% ../../nbs/45_eval.report.ipynb #c80316c3
 TASKS = ('retrieval', 'generalization', 'codes')
 
 def eval_device(name: str | None = None  # 'auto'/None, 'cpu', 'cuda', 'cuda:1', 'mps'
@@ -310,7 +310,7 @@ def _pairs(mods, a: str | None, b: str | None, same: bool = False) -> list:
         if m is not None and m not in mods: raise ValueError(f"modality {m!r} is not usable here; choose from {', '.join(mods)}")
     return [(x, y) for x in mods for y in mods if (x != y or same) and (a is None or x == a) and (b is None or y == b)]
 
-# %% ../../nbs/45_eval.report.ipynb #0109bd23
+# %% ../../nbs/45_eval.report.ipynb #f6465bd4
 def _json(o):
     "`o` with non-finite floats as None and tensors/arrays as lists: strict JSON"
     if isinstance(o, float) and not math.isfinite(o): return None
@@ -345,7 +345,43 @@ def localization_task(fit: Features, fe: Features, pairs) -> dict | str | None:
     return localization({m: fit.feats[m] for m in tm}, fit.mask, fit.extra['frame_labels'],
                         {m: fe.feats[m] for m in tm}, fe.mask, fe.extra['frame_labels'], lp, fit.ids, fe.ids)
 
-# %% ../../nbs/45_eval.report.ipynb #4865df33
+# %% ../../nbs/45_eval.report.ipynb #20fd2538
+def plan_eval(ckpt,  # checkpoint folder or file
+              data: str | None = None,  # source to score: every item not trained on; None: the checkpoint's own data
+              task: str = 'retrieval',  # 'retrieval', 'generalization' or 'codes'
+              src_from: str | None = None, to: str | None = None,  # restrict to pairs from A / to B
+              fit: str | None = None,  # source the probes and the length reference are fit on; None: the checkpoint's training items
+              split: str | None = None,  # split of `data` to score; None: every item not trained on
+              fit_split: str | None = None,  # split of the fit source; None: the trained items (or every item of `fit`)
+              n_test: int | None = None,  # synth: items of the test split
+              langs: str | None = None,  # Tux Paint / manifest languages, comma-separated or 'all'
+              device=None, weights: str = 'best',  # where the model runs; 'best' or 'last' weights
+             ) -> dict:  # model, ck, src, fit_src, mods, pairs, K, parts, need_fit, and the head of the report
+    "Load, resolve and check everything `run_eval` needs; refuse a bad request before any work"
+    model, ck = load_model(ckpt, weights=weights, device=eval_device(device) if not isinstance(device, torch.device) else device)
+    own_name = str(run_source(ck)['name'])
+    own = data is None or str(data) == own_name
+    src = ckpt_source(ck, data, langs=langs, n_test=n_test)
+    mods = usable_modalities(model, src)
+    if not mods: raise ValueError(f"the model ({', '.join(model.modalities)}) and the source ({', '.join(src.modalities)}) share no usable modality")
+    K = getattr(getattr(model, 'codebook', None), 'n_codes', None)
+    name = (ck.get('model_config') or {}).get('model') or (ck.get('config') or {}).get('model')
+    pairs = _pairs(mods, src_from, to, same=task == 'generalization')
+    if task == 'codes' and K is None: raise ValueError(f"--task codes: the {name!r} model has no codebook")
+    if task == 'retrieval' and len(mods) < 2: raise ValueError(f"retrieval needs two modalities; usable here: {mods}")
+    need_fit = task == 'generalization' or (task == 'retrieval' and bool(_aural_text(mods)))
+    if fit is not None and str(fit) == own_name and not fit_split: fit = None  # the own data: its trained items
+    fsrc = ckpt_source(ck, fit, langs=langs) if fit is not None else None
+    own_src = None if own or fit is not None or not need_fit else ckpt_source(ck)
+    parts = eval_parts(src, ck, own, split, fsrc, fit_split, own_src)
+    parts['report']['scored']['data'] = str(data or own_name)
+    if 'fit' in parts['report']: parts['report']['fit']['data'] = str(fit or own_name)
+    head = {'task': task, 'model': name, 'weights': ck.get('weights', weights), 'data': str(data or own_name), 'split': split or 'all',
+            'modalities': mods, 'n_items': len(parts['scored']), 'items': parts['report']}
+    return dict(model=model, ck=ck, src=src, fit_src=fsrc if fsrc is not None else (src if own else own_src), mods=mods, pairs=pairs,
+                K=K, parts=parts, need_fit=need_fit, head=head)
+
+# %% ../../nbs/45_eval.report.ipynb #b13c0244
 def run_eval(ckpt,  # checkpoint folder or file
              data: str | None = None,  # source to score: every item not trained on; None: the checkpoint's own data
              task: str = 'retrieval',  # 'retrieval', 'generalization' or 'codes'
@@ -362,44 +398,21 @@ def run_eval(ckpt,  # checkpoint folder or file
             ) -> dict:
     "Evaluate a checkpoint; the dict `cmrl eval` prints"
     check_request(task, bs, pool)
-    model, ck = load_model(ckpt, weights=weights, device=eval_device(device) if not isinstance(device, torch.device) else device)
-    kw = dict(langs=langs, n_test=n_test)
-    src = ckpt_source(ck, data, **kw)
-    own = data is None or str(data) == str(run_source(ck)['name'])
-    mods = usable_modalities(model, src)
-    if not mods: raise ValueError(f"the model ({', '.join(model.modalities)}) and the source ({', '.join(src.modalities)}) share no usable modality")
-    K = getattr(getattr(model, 'codebook', None), 'n_codes', None)
-    name = (ck.get('model_config') or getattr(model, 'config', {}) or {}).get('model') or (ck.get('config') or {}).get('model')
-    pairs = _pairs(mods, src_from, to, same=task == 'generalization')  # checks the modalities before any work
-    if task == 'codes' and K is None: raise ValueError(f"--task codes: the {name!r} model has no codebook")
-    if task == 'retrieval' and len(mods) < 2: raise ValueError(f"retrieval needs two modalities; usable here: {mods}")
-    need_fit = task == 'generalization' or (task == 'retrieval' and bool(_aural_text(mods)))
-    if fit is not None and str(fit) == str(run_source(ck)['name']) and not fit_split: fit = None  # the own data: its trained items
-    fsrc = ckpt_source(ck, fit, langs=langs) if fit is not None else None
-    own_src = None if own or fit is not None or not need_fit else ckpt_source(ck)
-    parts = eval_parts(src, ck, own, split, fsrc, fit_split, own_src)
-    parts['report']['scored']['data'] = str(data or run_source(ck)['name'])
-    if 'fit' in parts['report']: parts['report']['fit']['data'] = str(fit or run_source(ck)['name'])
-    res = {'task': task, 'model': name, 'weights': ck.get('weights', weights), 'data': str(data or run_source(ck)['name']),
-           'split': split or 'all', 'modalities': mods, 'n_items': len(parts['scored']), 'items': parts['report']}
-    ml = max_lengths(ck, src)
-    fe = records_features(model, src, parts['scored'], mods, bs, ml, progress)
-    ffe = None
-    if need_fit:
-        f_src = fsrc if fsrc is not None else (src if own else own_src)
-        fmods = [m for m in mods if m in usable_modalities(model, f_src)]
-        ffe = records_features(model, f_src, parts['fit'], fmods, bs, max_lengths(ck, f_src), progress)
-    cont = None
-    if task == 'generalization' and K is not None:
-        cont = (semantic_embeddings(model, f_src, parts['fit'], fmods, bs, max_lengths(ck, f_src)),
-                semantic_embeddings(model, src, parts['scored'], mods, bs, ml))
-    figs = {}
+    p = plan_eval(ckpt, data, task, src_from, to, fit, split, fit_split, n_test, langs, device, weights)
+    model, ck, src, fsrc, mods, pairs, K, parts = (p[k] for k in ('model', 'ck', 'src', 'fit_src', 'mods', 'pairs', 'K', 'parts'))
+    res, figs = dict(p['head']), {}
+    fe = records_features(model, src, parts['scored'], mods, bs, max_lengths(ck, src), progress)
+    if p['need_fit']:
+        fmods = [m for m in mods if m in usable_modalities(model, fsrc)]
+        ffe = records_features(model, fsrc, parts['fit'], fmods, bs, max_lengths(ck, fsrc), progress)
     if K is not None and fe.codes: res['codebook'] = codebook_report(fe, K)
     if task == 'retrieval':
-        r = retrieval_report(fe, pairs, K, ffe if _aural_text(mods) else None)
+        r = retrieval_report(fe, pairs, K, ffe if p['need_fit'] else None)
         res.update({k: v for k, v in r.items() if k != 'n_items'})
         figs['retrieval_r10.png'] = pair_heatmap(r['embedding'], 'R@10', 'R@10 (embeddings)')
     elif task == 'generalization':
+        cont = None if K is None else (semantic_embeddings(model, fsrc, parts['fit'], fmods, bs, max_lengths(ck, fsrc)),
+                                       semantic_embeddings(model, src, parts['scored'], mods, bs, max_lengths(ck, src)))
         res.update(probe_report(ffe, fe, pairs, cont, pool))
         figs['generalization_bacc.png'] = pair_heatmap(res['generalization'], 'bacc', 'balanced accuracy (fit on row, scored on column)', fmt='{:.2f}')
         loc = localization_task(ffe, fe, pairs)
@@ -418,7 +431,7 @@ def write_report(res: dict, figs: dict, out=None) -> dict:
         (o / 'metrics.json').write_text(json.dumps(_json(res), indent=1))
     return res
 
-# %% ../../nbs/45_eval.report.ipynb #9e84bd37
+# %% ../../nbs/45_eval.report.ipynb #ebb4bc67
 def eval_cmd(ckpt: Annotated[str, dict(opt=True, required=True)],  # folder written by `cmrl train --out` (or its checkpoint file)
              data: str = None,  # data to score ('tuxpaint', 'synth' or a JSON Lines manifest): every item not trained on; default the checkpoint's own held-out items
              task: Annotated[str, dict(choices=TASKS)] = 'retrieval',  # what to measure

@@ -6,6 +6,7 @@ Docs: https://cmrl-dev.github.io/cmrl/heads.opt.html.md"""
 
 # %% ../../nbs/16_heads.opt.ipynb #555c52f3
 from __future__ import annotations
+from fastcore.basics import patch
 from fastcore.basics import store_attr
 import math, warnings
 from typing import NamedTuple, Callable
@@ -213,7 +214,7 @@ def matching_label_of(src: dict,  # modality -> `[B]` source items
     lab[~tv & ~ta & ~va & ((v == ar) | (a == ar) | (t == ar))] = 4
     return lab
 
-# %% ../../nbs/16_heads.opt.ipynb #d0722e57
+# %% ../../nbs/16_heads.opt.ipynb #0c79d5a5
 OPT_TASKS = ('mlm', 'mfr', 'mfc', 'mar', 'man', 'match')  # text: mlm; visual: mfr, mfc; audio: mar, man; sample: match
 
 class OPTOutput(NamedTuple):
@@ -278,79 +279,87 @@ class OPT(nn.Module):
 
     def role(self, r: str) -> str | None: return next((m for m, rr in self.roles.items() if rr == r), None)
 
-    def encode(self, b: ModalityBatch, inputs: dict | None = None) -> tuple[dict, dict]:
-        "Tokens and valid masks (padding & presence, at token resolution) of the modalities present in `b`"
-        x = inputs if inputs is not None else b.x
-        tok, valid = {}, {}
-        for m in self.roles:
-            if m not in b.x or m not in self.encoders or not b.present[m].any(): continue
-            z = self.encoders[m](x[m]); tok[m] = z
-            valid[m] = resample_steps(b.mask[m][..., None].float(), b.mask[m], z.shape[1], by='time')[1] & b.present[m].bool()[:, None]
-        return tok, valid
 
-    def _pseudo(self, b, m, tok, pseudo):
-        if pseudo is not None and m in pseudo: return pseudo[m]
-        if f'{m}_codes' in b.extra: return b.extra[f'{m}_codes']
-        if self.pseudo_fn is not None:
-            with torch.no_grad(): return self.pseudo_fn(m, tok[m].detach())
-        return None
+# %% ../../nbs/16_heads.opt.ipynb #616ce19a
+@patch
+def encode(self: OPT, b: ModalityBatch, inputs: dict | None = None) -> tuple[dict, dict]:
+    "Tokens and valid masks (padding & presence, at token resolution) of the modalities present in `b`"
+    x = inputs if inputs is not None else b.x
+    tok, valid = {}, {}
+    for m in self.roles:
+        if m not in b.x or m not in self.encoders or not b.present[m].any(): continue
+        z = self.encoders[m](x[m]); tok[m] = z
+        valid[m] = resample_steps(b.mask[m][..., None].float(), b.mask[m], z.shape[1], by='time')[1] & b.present[m].bool()[:, None]
+    return tok, valid
 
-    def forward(self, *args,  # `(ModalityBatch,)` as fastai passes it, or the batch itself
-                pseudo: dict | None = None,  # modality -> `[B, T_m]` long pseudo-labels for `mfc`
-                generator: torch.Generator | None = None,  # CPU generator for the masking and negative draws
-               ) -> OPTOutput:
-        "Masked-modelling pass (modality dropout + token masking) and matching pass; losses per task"
-        b = ModalityBatch.of(args[0] if len(args) == 1 else args)
-        losses, mod_losses = {}, {}
-        masked = [t for t in self.tasks if t != 'match']
-        tok, valid = self.encode(b)
-        summaries = {m: masked_mean(z, valid[m]) for m, z in tok.items()}
-        cls = None
-        if masked:
-            keep = modality_dropout({m: b.present[m].bool() for m in tok}, self.modality_p, generator) if self.modality_p > 0 else {m: b.present[m].bool() for m in tok}
-            vk = {m: valid[m] & keep[m][:, None] for m in tok}
-            tmask = {m: token_mask(vk[m], self.token_p, generator) for m in tok}
-            if self.mask_inputs:
-                x = dict(b.x)
-                for m in tok:
-                    if x[m].shape[1] != tmask[m].shape[1]: raise ValueError(f"OPT(mask_inputs=True): {m} has {x[m].shape[1]} inputs but {tmask[m].shape[1]} tokens")
-                    sel = tmask[m].view(*tmask[m].shape, *[1] * (x[m].ndim - 2))
-                    fill = torch.full_like(x[m], self.text_mask_id) if not x[m].is_floating_point() else torch.zeros_like(x[m])
-                    x[m] = torch.where(sel, fill, x[m])
-                mtok, _ = self.encode(b, x)
-                fo = self.fusion(mtok, vk)
-            else: fo = self.fusion(tok, vk, token_mask=tmask)
-            cls = fo.cls
-            for m, h in fo.tokens.items():
-                r, sel = self.roles[m], tmask[m]
-                if r == 'text' and 'mlm' in self.tasks:
-                    losses[f'{m}.mlm'] = masked_ce(self.heads[f'{m}_mlm'](h), b.x[m].long(), sel)
-                if r in ('visual', 'audio'):
-                    tgt = resample_steps(b.x[m].flatten(2).float(), None, h.shape[1], by='time')[0]  # targets on the token grid
-                    for task in (('mfr', 'mfc') if r == 'visual' else ('mar', 'man')):
-                        if task not in self.tasks: continue
-                        if task in ('mfr', 'mar'): losses[f'{m}.{task}'] = masked_l2(self.heads[f'{m}_{task}'](h), tgt, sel)
-                        elif task == 'man': losses[f'{m}.man'] = masked_nce(self.heads[f'{m}_man'](h), tgt, sel, vk[m], self.tau)
-                        else:
-                            pl = self._pseudo(b, m, tok, pseudo)
-                            if pl is None:
-                                if not self._warned: warnings.warn(f"OPT: no pseudo-labels for {m!r} (pass pseudo=, b.extra['{m}_codes'] or pseudo_fn); skipping mfc"); self._warned = True
-                                continue
-                            losses[f'{m}.mfc'] = masked_ce(self.heads[f'{m}_mfc'](h), pl.to(h.device).long(), sel)
-            for k, v in losses.items():
-                m = k.split('.')[0]; mod_losses[m] = mod_losses.get(m, 0.) + v
-        logits = labels = None
-        if 'match' in self.tasks:
-            rs = tuple(self.role(r) for r in ('visual', 'audio', 'text'))
-            if all(m in tok for m in rs):
-                neg = matching_negatives({m: b.present[m] for m in rs}, rs, b.y if self.match_use_labels else None, self.match_probs, generator)
-                fm = self.fusion(shuffle_modalities(tok, neg.src), shuffle_modalities(valid, neg.src))
-                logits, labels = self.heads['match'](fm.cls), neg.labels
-                losses['match'] = F.cross_entropy(_f32(logits), labels, ignore_index=-1) if (labels >= 0).any() else _zero(logits)
-                if cls is None: cls = fm.cls
-        if not losses: raise ValueError(f"OPT: no loss could be computed for modalities {list(tok)} and tasks {self.tasks}")
-        loss = sum(self.weights.get(k.split('.')[-1], 1.) * v for k, v in losses.items())
-        return OPTOutput(loss, losses, mod_losses, cls, summaries, logits, labels)
+@patch
+def _pseudo(self: OPT, b, m, tok, pseudo):
+    if pseudo is not None and m in pseudo: return pseudo[m]
+    if f'{m}_codes' in b.extra: return b.extra[f'{m}_codes']
+    if self.pseudo_fn is not None:
+        with torch.no_grad(): return self.pseudo_fn(m, tok[m].detach())
+    return None
+
+
+# %% ../../nbs/16_heads.opt.ipynb #f47dbaa2
+@patch
+def forward(self: OPT, *args,  # `(ModalityBatch,)` as fastai passes it, or the batch itself
+            pseudo: dict | None = None,  # modality -> `[B, T_m]` long pseudo-labels for `mfc`
+            generator: torch.Generator | None = None,  # CPU generator for the masking and negative draws
+           ) -> OPTOutput:
+    "Masked-modelling pass (modality dropout + token masking) and matching pass; losses per task"
+    b = ModalityBatch.of(args[0] if len(args) == 1 else args)
+    losses, mod_losses = {}, {}
+    masked = [t for t in self.tasks if t != 'match']
+    tok, valid = self.encode(b)
+    summaries = {m: masked_mean(z, valid[m]) for m, z in tok.items()}
+    cls = None
+    if masked:
+        keep = modality_dropout({m: b.present[m].bool() for m in tok}, self.modality_p, generator) if self.modality_p > 0 else {m: b.present[m].bool() for m in tok}
+        vk = {m: valid[m] & keep[m][:, None] for m in tok}
+        tmask = {m: token_mask(vk[m], self.token_p, generator) for m in tok}
+        if self.mask_inputs:
+            x = dict(b.x)
+            for m in tok:
+                if x[m].shape[1] != tmask[m].shape[1]: raise ValueError(f"OPT(mask_inputs=True): {m} has {x[m].shape[1]} inputs but {tmask[m].shape[1]} tokens")
+                sel = tmask[m].view(*tmask[m].shape, *[1] * (x[m].ndim - 2))
+                fill = torch.full_like(x[m], self.text_mask_id) if not x[m].is_floating_point() else torch.zeros_like(x[m])
+                x[m] = torch.where(sel, fill, x[m])
+            mtok, _ = self.encode(b, x)
+            fo = self.fusion(mtok, vk)
+        else: fo = self.fusion(tok, vk, token_mask=tmask)
+        cls = fo.cls
+        for m, h in fo.tokens.items():
+            r, sel = self.roles[m], tmask[m]
+            if r == 'text' and 'mlm' in self.tasks:
+                losses[f'{m}.mlm'] = masked_ce(self.heads[f'{m}_mlm'](h), b.x[m].long(), sel)
+            if r in ('visual', 'audio'):
+                tgt = resample_steps(b.x[m].flatten(2).float(), None, h.shape[1], by='time')[0]  # targets on the token grid
+                for task in (('mfr', 'mfc') if r == 'visual' else ('mar', 'man')):
+                    if task not in self.tasks: continue
+                    if task in ('mfr', 'mar'): losses[f'{m}.{task}'] = masked_l2(self.heads[f'{m}_{task}'](h), tgt, sel)
+                    elif task == 'man': losses[f'{m}.man'] = masked_nce(self.heads[f'{m}_man'](h), tgt, sel, vk[m], self.tau)
+                    else:
+                        pl = self._pseudo(b, m, tok, pseudo)
+                        if pl is None:
+                            if not self._warned: warnings.warn(f"OPT: no pseudo-labels for {m!r} (pass pseudo=, b.extra['{m}_codes'] or pseudo_fn); skipping mfc"); self._warned = True
+                            continue
+                        losses[f'{m}.mfc'] = masked_ce(self.heads[f'{m}_mfc'](h), pl.to(h.device).long(), sel)
+        for k, v in losses.items():
+            m = k.split('.')[0]; mod_losses[m] = mod_losses.get(m, 0.) + v
+    logits = labels = None
+    if 'match' in self.tasks:
+        rs = tuple(self.role(r) for r in ('visual', 'audio', 'text'))
+        if all(m in tok for m in rs):
+            neg = matching_negatives({m: b.present[m] for m in rs}, rs, b.y if self.match_use_labels else None, self.match_probs, generator)
+            fm = self.fusion(shuffle_modalities(tok, neg.src), shuffle_modalities(valid, neg.src))
+            logits, labels = self.heads['match'](fm.cls), neg.labels
+            losses['match'] = F.cross_entropy(_f32(logits), labels, ignore_index=-1) if (labels >= 0).any() else _zero(logits)
+            if cls is None: cls = fm.cls
+    if not losses: raise ValueError(f"OPT: no loss could be computed for modalities {list(tok)} and tasks {self.tasks}")
+    loss = sum(self.weights.get(k.split('.')[-1], 1.) * v for k, v in losses.items())
+    return OPTOutput(loss, losses, mod_losses, cls, summaries, logits, labels)
+
 
 # %% ../../nbs/16_heads.opt.ipynb #04c39162
 def opt_loss(out: OPTOutput, *args) -> Tensor:
