@@ -384,6 +384,8 @@ def main(argv=None):
     p.add_argument('--reference', default=None, metavar='PATH', help='clip_baseline.py: add its row (trained, dumped, scored here)')
     p.add_argument('--ref-args', default='', help='extra options for the reference script, e.g. "--steps 500"')
     p.add_argument('--train-args', default='', help='extra `cmrl train` options for every cmrl row, e.g. "--epochs 40"')
+    p.add_argument('--frozen-image', action='store_true',
+                   help='cmrl rows train on frozen EfficientNet-Lite0 image features (cmrl.data.pretrained) instead of pixels')
     p.add_argument('--tag', default='', help='suffix of the row names (for lever experiments)')
     p.add_argument('--quick', action='store_true', help='smoke test: seed 0, 2 epochs, reference 50 steps')
     p.add_argument('--work', default=None, help='folder for manifests, runs and dumps (default: a temporary folder)')
@@ -402,6 +404,11 @@ def main(argv=None):
     if a.quick: seeds, train_args, ref_args = seeds[:1], ['--epochs', '2', *train_args], ['--steps', '50', *ref_args]
     work = Path(a.work) if a.work else Path(tempfile.mkdtemp(prefix='cmrl-results-'))
     man = write_manifests(split, work)
+    if a.frozen_image:
+        from cmrl.data.pretrained import image_feature_manifest
+        fm = work / 'frozen_image' / 'cmrl.jsonl'
+        print('frozen image features:', image_feature_manifest(man['paths']['cmrl'], fm), file=sys.stderr)
+        man['paths']['cmrl'] = fm
     outp = Path(a.out)
     res = json.loads(outp.read_text()) if a.merge and outp.exists() else {}
     res.update(protocol=__doc__.split('\n\n')[1:3], split_file=str(Path(a.split_file).relative_to(ROOT)) if Path(a.split_file).resolve().is_relative_to(ROOT) else a.split_file,

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 # %% auto #0
 __all__ = ['IMAGE', 'VIDEO', 'AUDIO', 'SPEECH', 'TEXT', 'MODALITIES', 'VISUAL', 'AURAL', 'ModalityBatch', 'pad_stack',
-           'collate_items', 'masked_mean', 'pool_steps', 'resample_steps', 'set_seed', 'default_device',
+           'collate_items', 'trim_padding', 'masked_mean', 'pool_steps', 'resample_steps', 'set_seed', 'default_device',
            'seeded_generator', 'modality_dl', 'modality_dls']
 
 # %% ../nbs/00_core.ipynb #7a989974
@@ -168,6 +168,19 @@ def drop(self: ModalityBatch, *mods: str) -> 'ModalityBatch':
     for m in mods:
         if m in x: x[m], mask[m], present[m] = torch.zeros_like(x[m]), torch.zeros_like(mask[m]), torch.zeros_like(present[m])
     return ModalityBatch(x, mask, present, self.ids, self.y, self.extra)
+
+def trim_padding(x: Tensor,  # `[B, L, ...]`
+                 mask: Tensor,  # `[B, L]` bool
+                ) -> tuple[Tensor, Tensor]:  # both cut to the positions some item uses (at least 1)
+    "Drop the trailing padding columns no item uses (loaders may pad to a fixed length)"
+    L = int(mask.any(0).nonzero().max()) + 1 if bool(mask.any()) else 1
+    return x[:, :L], mask[:, :L]
+
+@patch
+def trim(self: ModalityBatch) -> ModalityBatch:
+    "The batch with every modality cut to the positions some item uses (`trim_padding`)"
+    xm = {m: trim_padding(v, self.mask[m]) for m, v in self.x.items()}
+    return ModalityBatch({m: t[0] for m, t in xm.items()}, {m: t[1] for m, t in xm.items()}, self.present, self.ids, self.y, self.extra)
 
 
 # %% ../nbs/00_core.ipynb #35097efc

@@ -154,9 +154,7 @@ class ModalityEncoder(nn.Module):
     def forward(self, x: Tensor,  # raw modality input `[B, L, ...]`
                 mask: Tensor,  # `[B, L]` bool
                ) -> Encoded:
-        if mask.shape[1] > 1:  # drop the padding columns no item uses (collate may pad to a fixed length)
-            L = int(mask.any(0).nonzero().max()) + 1 if bool(mask.any()) else 1
-            x, mask = x[:, :L], mask[:, :L]
+        x, mask = trim_padding(x, mask)  # collate may pad to a fixed length
         h, m, tgt = self.stem(x, mask)
         L = h.shape[1]
         if L > self.max_len: raise ValueError(f"ModalityEncoder: {L} tokens > max_len {self.max_len}; raise max_len or shorten the input")

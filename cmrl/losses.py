@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 # %% auto #0
-__all__ = ['false_negative_mask', 'code_match_scores', 'cmcm_loss', 'cmcm_pairs_loss', 'CMCMLoss', 'CMCMPairsLoss', 'mms_loss',
-           'MMSLoss', 'nce_logits', 'info_nce', 'InfoNCELoss', 'triplet_loss', 'TripletLoss', 'label_loss',
+__all__ = ['false_negative_mask', 'nce_logits', 'info_nce', 'InfoNCELoss', 'code_match_scores', 'cmcm_loss', 'cmcm_pairs_loss',
+           'CMCMLoss', 'CMCMPairsLoss', 'mms_loss', 'MMSLoss', 'triplet_loss', 'TripletLoss', 'label_loss',
            'LabelClassifier']
 
 # %% ../nbs/11_losses.ipynb #7c411d74
@@ -44,11 +44,6 @@ def _select(sim: Tensor, valid: Tensor | None, fn_mask: Tensor | None) -> tuple[
             if fn_mask is not None: fn_mask = fn_mask[idx][:, idx]
     return sim, fn_mask
 
-def _negatives_off(logits: Tensor, fn_mask: Tensor | None) -> Tensor:
-    "Set the logits of false negatives (never the diagonal) to -inf"
-    if fn_mask is None: return logits
-    eye = torch.eye(len(logits), dtype=torch.bool, device=logits.device)
-    return logits.masked_fill(fn_mask & ~eye, float('-inf'))
 
 # %% ../nbs/11_losses.ipynb #67bbf60c
 def false_negative_mask(keys: Sequence[Hashable] | Tensor,  # per-item key of modality *a* (e.g. stamp id)
@@ -67,111 +62,6 @@ def false_negative_mask(keys: Sequence[Hashable] | Tensor,  # per-item key of mo
     if len(ka) != len(kb): raise ValueError(f"keys and keys_b differ in length: {len(ka)} vs {len(kb)}")
     m = ka[:, None] == kb[None, :].to(ka.device)
     return m & ~torch.eye(len(ka), dtype=torch.bool, device=m.device)
-
-# %% ../nbs/11_losses.ipynb #3332c169
-def _check_dists(pa: Tensor, pb: Tensor):
-    if pa.ndim != 2 or pb.ndim != 2 or pa.shape != pb.shape:
-        raise ValueError(f"code distributions must both be [B, K] with the same shape, got {tuple(pa.shape)} and {tuple(pb.shape)}")
-
-def code_match_scores(pa: Tensor,  # `[B, K]` code distribution of each item of modality *a* (rows sum to 1)
-                      pb: Tensor,  # `[B, K]` code distribution of each item of modality *b*
-                      eps: float = 1e-8,  # probabilities are clamped at `eps` before the log
-                     ) -> Tensor:  # `[B, B]` scores `S_ab`
-    "Pair scores `S_ab[i,j] = sum_k pa[i,k] log pb[j,k] + pb[j,k] log pa[i,k]` of Cross-Modal Code Matching"
-    _check_dists(pa, pb)
-    return pa @ pb.clamp_min(eps).log().T + pa.clamp_min(eps).log() @ pb.T
-
-def cmcm_loss(pa: Tensor,  # `[B, K]` code distributions of modality *a*
-              pb: Tensor,  # `[B, K]` code distributions of modality *b*
-              symmetric: bool = False,  # also the column term (each *b* item picks its *a* partner), averaged with the rows; the paper: rows only
-              valid: Tensor | None = None,  # `[B]` bool, items that have both modalities
-              eps: float = 1e-8,  # probability clamp before the log
-             ) -> Tensor:  # scalar loss
-    "Cross-Modal Code Matching loss (Liu et al. 2022): softmax cross-entropy of the code-match scores over the batch"
-    S, _ = _select(code_match_scores(pa, pb, eps), valid, None)
-    if len(S) == 0: return _zero(pa, pb)
-    tgt = torch.arange(len(S), device=S.device)
-    loss = F.cross_entropy(S, tgt)
-    return (loss + F.cross_entropy(S.T, tgt)) / 2 if symmetric else loss
-
-# %% ../nbs/11_losses.ipynb #57c81367
-def _pairs(mods: Sequence[str], pairs) -> list[tuple[str, str]]:
-    if pairs is None: return list(itertools.combinations(mods, 2))
-    out = [tuple(p) for p in pairs]
-    for a, b in out:
-        for m in (a, b):
-            if m not in mods: raise KeyError(f"pair ({a!r}, {b!r}) names modality {m!r}, which is not among {list(mods)}")
-    return out
-
-def cmcm_pairs_loss(dists: dict[str, Tensor],  # modality -> `[B, K]` code distributions
-                    present: dict[str, Tensor] | None = None,  # modality -> `[B]` bool presence; missing key: all present
-                    pairs: Sequence[tuple[str, str]] | None = None,  # modality pairs; default every unordered pair
-                    symmetric: bool = False,  # add the column term (see `cmcm_loss`)
-                    eps: float = 1e-8,  # probability clamp before the log
-                   ) -> tuple[Tensor, dict[str, Tensor]]:  # (sum over pairs, `{'a-b': loss}` for the pairs that had items)
-    "Cross-Modal Code Matching summed over modality pairs; items lacking either modality of a pair are dropped"
-    present = present or {}
-    total, parts = _zero(*dists.values()), {}
-    for a, b in _pairs(list(dists), pairs):
-        pa, pb = dists[a], dists[b]
-        _check_dists(pa, pb)
-        B = len(pa)
-        va = present.get(a, torch.ones(B, dtype=torch.bool, device=pa.device)).to(pa.device).bool()
-        vb = present.get(b, torch.ones(B, dtype=torch.bool, device=pa.device)).to(pa.device).bool()
-        v = va & vb
-        if not bool(v.any()): continue
-        parts[f'{a}-{b}'] = l = cmcm_loss(pa, pb, symmetric, v, eps)
-        total = total + l
-    return total, parts
-
-# %% ../nbs/11_losses.ipynb #de18de73
-class CMCMLoss(nn.Module):
-    "Cross-Modal Code Matching between two modalities' `[B, K]` code distributions"
-    def __init__(self, symmetric: bool = False,  # add the column term (see `cmcm_loss`)
-                 eps: float = 1e-8):  # probability clamp before the log
-        super().__init__(); store_attr('symmetric,eps')
-    def forward(self, pa: Tensor, pb: Tensor, valid: Tensor | None = None) -> Tensor:
-        return cmcm_loss(pa, pb, self.symmetric, valid, self.eps)
-
-class CMCMPairsLoss(nn.Module):
-    "Cross-Modal Code Matching summed over modality pairs: `forward(dists, present)` gives `(loss, parts)`"
-    def __init__(self, pairs: Sequence[tuple[str, str]] | None = None,  # modality pairs; default every unordered pair
-                 symmetric: bool = False,  # add the column term (see `cmcm_loss`)
-                 eps: float = 1e-8):  # probability clamp before the log
-        super().__init__(); store_attr('pairs,symmetric,eps')
-    def forward(self, dists: dict, present: dict | None = None) -> tuple[Tensor, dict]:
-        return cmcm_pairs_loss(dists, present, self.pairs, self.symmetric, self.eps)
-
-# %% ../nbs/11_losses.ipynb #3b670f53
-def mms_loss(sim: Tensor,  # `[B, B]` similarities, true pairs on the diagonal
-             margin: float = 0.001,  # δ, subtracted from the true pair's similarity
-             fn_mask: Tensor | None = None,  # `[B, B]` bool, known false negatives to leave out
-             valid: Tensor | None = None,  # `[B]` bool, items that take part (rows and columns)
-             directions: str = 'both',  # 'both' (sum of a→b and b→a), 'rows' (a→b) or 'cols' (b→a)
-            ) -> Tensor:  # scalar loss
-    "Masked Margin Softmax loss (Ilharco et al. 2019), both retrieval directions"
-    if directions not in ('both', 'rows', 'cols'): raise ValueError(f"directions must be 'both', 'rows' or 'cols', got {directions!r}")
-    S, fn = _select(sim, valid, fn_mask)
-    if len(S) == 0: return _zero(sim)
-    eye = torch.eye(len(S), dtype=torch.bool, device=S.device)
-    logits = _negatives_off(S - margin * eye.to(S.dtype), fn)
-    tgt = torch.arange(len(S), device=S.device)
-    loss = 0.
-    if directions in ('both', 'rows'): loss = loss + F.cross_entropy(logits, tgt)
-    if directions in ('both', 'cols'): loss = loss + F.cross_entropy(logits.T, tgt)
-    return loss
-
-# %% ../nbs/11_losses.ipynb #8d12e7ea
-class MMSLoss(nn.Module):
-    "Masked Margin Softmax on embeddings: `sim = scale * <h_a, h_b>` (cosine when `normalize`)"
-    def __init__(self, margin: float = 0.001,  # δ
-                 scale: float = 1.,  # similarities are multiplied by this
-                 normalize: bool = False,  # L2-normalise embeddings first (cosine similarity)
-                 directions: str = 'both'):  # 'both', 'rows' or 'cols'
-        super().__init__(); store_attr('margin,scale,normalize,directions')
-    def forward(self, ha: Tensor, hb: Tensor, fn_mask: Tensor | None = None, valid: Tensor | None = None) -> Tensor:
-        if self.normalize: ha, hb = F.normalize(ha, dim=-1), F.normalize(hb, dim=-1)
-        return mms_loss(self.scale * ha @ hb.T, self.margin, fn_mask, valid, self.directions)
 
 # %% ../nbs/11_losses.ipynb #ff9da54e
 def nce_logits(sim: Tensor,  # `[..., B, B]` similarities, true pairs on the diagonal
@@ -242,6 +132,106 @@ class InfoNCELoss(nn.Module):
 
     def forward(self, ha: Tensor, hb: Tensor, fn_mask: Tensor | None = None, valid: Tensor | None = None) -> Tensor:
         return info_nce(self.similarity(ha, hb), self.temperature, fn_mask, valid, self.symmetric)
+
+# %% ../nbs/11_losses.ipynb #3332c169
+def _check_dists(pa: Tensor, pb: Tensor):
+    if pa.ndim != 2 or pb.ndim != 2 or pa.shape != pb.shape:
+        raise ValueError(f"code distributions must both be [B, K] with the same shape, got {tuple(pa.shape)} and {tuple(pb.shape)}")
+
+def code_match_scores(pa: Tensor,  # `[B, K]` code distribution of each item of modality *a* (rows sum to 1)
+                      pb: Tensor,  # `[B, K]` code distribution of each item of modality *b*
+                      eps: float = 1e-8,  # probabilities are clamped at `eps` before the log
+                     ) -> Tensor:  # `[B, B]` scores `S_ab`
+    "Pair scores `S_ab[i,j] = sum_k pa[i,k] log pb[j,k] + pb[j,k] log pa[i,k]` of Cross-Modal Code Matching"
+    _check_dists(pa, pb)
+    return pa @ pb.clamp_min(eps).log().T + pa.clamp_min(eps).log() @ pb.T
+
+def cmcm_loss(pa: Tensor,  # `[B, K]` code distributions of modality *a*
+              pb: Tensor,  # `[B, K]` code distributions of modality *b*
+              symmetric: bool = False,  # also the column term (each *b* item picks its *a* partner), averaged with the rows; the paper: rows only
+              valid: Tensor | None = None,  # `[B]` bool, items that have both modalities
+              eps: float = 1e-8,  # probability clamp before the log
+             ) -> Tensor:  # scalar loss
+    "Cross-Modal Code Matching loss (Liu et al. 2022): softmax cross-entropy of the code-match scores over the batch"
+    S, _ = _select(code_match_scores(pa, pb, eps), valid, None)
+    if len(S) == 0: return _zero(pa, pb)
+    return info_nce(S, 1., symmetric=symmetric)  # InfoNCE at τ = 1 on the code-match scores
+
+# %% ../nbs/11_losses.ipynb #57c81367
+def _pairs(mods: Sequence[str], pairs) -> list[tuple[str, str]]:
+    if pairs is None: return list(itertools.combinations(mods, 2))
+    out = [tuple(p) for p in pairs]
+    for a, b in out:
+        for m in (a, b):
+            if m not in mods: raise KeyError(f"pair ({a!r}, {b!r}) names modality {m!r}, which is not among {list(mods)}")
+    return out
+
+def cmcm_pairs_loss(dists: dict[str, Tensor],  # modality -> `[B, K]` code distributions
+                    present: dict[str, Tensor] | None = None,  # modality -> `[B]` bool presence; missing key: all present
+                    pairs: Sequence[tuple[str, str]] | None = None,  # modality pairs; default every unordered pair
+                    symmetric: bool = False,  # add the column term (see `cmcm_loss`)
+                    eps: float = 1e-8,  # probability clamp before the log
+                   ) -> tuple[Tensor, dict[str, Tensor]]:  # (sum over pairs, `{'a-b': loss}` for the pairs that had items)
+    "Cross-Modal Code Matching summed over modality pairs; items lacking either modality of a pair are dropped"
+    present = present or {}
+    total, parts = _zero(*dists.values()), {}
+    for a, b in _pairs(list(dists), pairs):
+        pa, pb = dists[a], dists[b]
+        _check_dists(pa, pb)
+        B = len(pa)
+        va = present.get(a, torch.ones(B, dtype=torch.bool, device=pa.device)).to(pa.device).bool()
+        vb = present.get(b, torch.ones(B, dtype=torch.bool, device=pa.device)).to(pa.device).bool()
+        v = va & vb
+        if not bool(v.any()): continue
+        parts[f'{a}-{b}'] = l = cmcm_loss(pa, pb, symmetric, v, eps)
+        total = total + l
+    return total, parts
+
+# %% ../nbs/11_losses.ipynb #de18de73
+class CMCMLoss(nn.Module):
+    "Cross-Modal Code Matching between two modalities' `[B, K]` code distributions"
+    def __init__(self, symmetric: bool = False,  # add the column term (see `cmcm_loss`)
+                 eps: float = 1e-8):  # probability clamp before the log
+        super().__init__(); store_attr('symmetric,eps')
+    def forward(self, pa: Tensor, pb: Tensor, valid: Tensor | None = None) -> Tensor:
+        return cmcm_loss(pa, pb, self.symmetric, valid, self.eps)
+
+class CMCMPairsLoss(nn.Module):
+    "Cross-Modal Code Matching summed over modality pairs: `forward(dists, present)` gives `(loss, parts)`"
+    def __init__(self, pairs: Sequence[tuple[str, str]] | None = None,  # modality pairs; default every unordered pair
+                 symmetric: bool = False,  # add the column term (see `cmcm_loss`)
+                 eps: float = 1e-8):  # probability clamp before the log
+        super().__init__(); store_attr('pairs,symmetric,eps')
+    def forward(self, dists: dict, present: dict | None = None) -> tuple[Tensor, dict]:
+        return cmcm_pairs_loss(dists, present, self.pairs, self.symmetric, self.eps)
+
+# %% ../nbs/11_losses.ipynb #3b670f53
+def mms_loss(sim: Tensor,  # `[B, B]` similarities, true pairs on the diagonal
+             margin: float = 0.001,  # δ, subtracted from the true pair's similarity
+             fn_mask: Tensor | None = None,  # `[B, B]` bool, known false negatives to leave out
+             valid: Tensor | None = None,  # `[B]` bool, items that take part (rows and columns)
+             directions: str = 'both',  # 'both' (sum of a→b and b→a), 'rows' (a→b) or 'cols' (b→a)
+            ) -> Tensor:  # scalar loss
+    "Masked Margin Softmax loss (Ilharco et al. 2019), both retrieval directions"
+    if directions not in ('both', 'rows', 'cols'): raise ValueError(f"directions must be 'both', 'rows' or 'cols', got {directions!r}")
+    S, fn = _select(sim, valid, fn_mask)
+    if len(S) == 0: return _zero(sim)
+    S = S - margin * torch.eye(len(S), dtype=S.dtype, device=S.device)  # InfoNCE at τ = 1 with the margin on the true pairs
+    if directions == 'both': return 2 * info_nce(S, 1., fn)  # the sum of both directions
+    if directions == 'cols': S, fn = S.T, (None if fn is None else fn.T)
+    return info_nce(S, 1., fn, symmetric=False)
+
+# %% ../nbs/11_losses.ipynb #8d12e7ea
+class MMSLoss(nn.Module):
+    "Masked Margin Softmax on embeddings: `sim = scale * <h_a, h_b>` (cosine when `normalize`)"
+    def __init__(self, margin: float = 0.001,  # δ
+                 scale: float = 1.,  # similarities are multiplied by this
+                 normalize: bool = False,  # L2-normalise embeddings first (cosine similarity)
+                 directions: str = 'both'):  # 'both', 'rows' or 'cols'
+        super().__init__(); store_attr('margin,scale,normalize,directions')
+    def forward(self, ha: Tensor, hb: Tensor, fn_mask: Tensor | None = None, valid: Tensor | None = None) -> Tensor:
+        if self.normalize: ha, hb = F.normalize(ha, dim=-1), F.normalize(hb, dim=-1)
+        return mms_loss(self.scale * ha @ hb.T, self.margin, fn_mask, valid, self.directions)
 
 # %% ../nbs/11_losses.ipynb #c6491898
 def triplet_loss(sim: Tensor,  # `[B, B]` similarities, true pairs on the diagonal

@@ -72,6 +72,7 @@ def _hits(scores, idx, rows, fe, recs, src, m) -> list[dict]:
                     'text': cap, 'file': rec.get(m) if m != TEXT else None})
     return out
 
+# %% ../nbs/46_retrieve.ipynb #623a8ff0
 def retrieve(ckpt,  # checkpoint folder or file
              query: str,  # an image or sound file, or a text
              gallery: str | None = None,  # source to search; None: the checkpoint's own data
@@ -113,7 +114,7 @@ def retrieve(ckpt,  # checkpoint folder or file
         res['results'][m] = _hits(s[0], i[0], rows, fe, recs, src, m)
     return res
 
-# %% ../nbs/46_retrieve.ipynb #055ea76d
+# %% ../nbs/46_retrieve.ipynb #651d0d95
 def results_table(res: dict) -> str:
     "The human-readable table of a `retrieve` result"
     lines = [f"query ({res['modality']}): {res['query']}  ->  {res['gallery']}:{res['split']}, by {res['by']}"]

@@ -28,7 +28,7 @@ from .learner import cmrl_learner, distrib_ctx, init_distributed
 # %% auto #0
 __all__ = ['RUN_FILES', 'RUNS', 'TrainConfig', 'flag', 'check_config', 'pick_device', 'run_files', 'numbered', 'next_free',
            'RunPlan', 'run_folder', 'source_kwargs', 'check_modalities', 'make_dls', 'SkipValidation',
-           'without_validation', 'Interrupted', 'ran_precision', 'valid_retrieval', 'build_learner', 'fit', 'train',
+           'without_validation', 'build_learner', 'Interrupted', 'fit', 'ran_precision', 'valid_retrieval', 'train',
            'train_parser', 'summary_text', 'train_cli']
 
 # %% ../nbs/35_train.ipynb #2606d7b0
@@ -237,7 +237,7 @@ def make_dls(cfg: TrainConfig, device=None):
                      feature_dims=dict(src.feature_dims),
                      frontends={'config': src.frontend_cfg.to_dict(), 'tokenizer': src.tokenizer.to_dict(), 'feature_dims': dict(src.feature_dims)})
 
-# %% ../nbs/35_train.ipynb #b0a038db
+# %% ../nbs/35_train.ipynb #2864f9d5
 class SkipValidation(Callback):
     "Cancel fastai's validation phase (for a run whose validation part is empty)"
     order = -100
@@ -250,10 +250,54 @@ def without_validation(learn):
     learn.add_cb(SkipValidation())
     return learn
 
+# %% ../nbs/35_train.ipynb #2149dc0c
+def build_learner(cfg: TrainConfig,  # the run's settings
+                  dls, info: dict,  # `make_dls(cfg)`
+                  out: Path,  # the run folder
+                  cbs=None,  # extra fastai callbacks
+                  progress: bool | None = None,  # progress bars (see `cmrl_learner`)
+                 ):  # (Learner, the run's config dict)
+    "The model and the fastai `Learner` of a run"
+    xb, = dls.train.one_batch()
+    mods = [m for m in (cfg.modalities or info['modalities']) if m in xb.x]
+    if not mods: raise ValueError(f"none of the modalities {cfg.modalities} is in the data (it has {', '.join(info['modalities'])})")
+    dims = input_dims(xb, vocab=info['vocab'], features=info['feature_dims'])
+    set_seed(cfg.seed)
+    model = make_model(cfg.model, mods, dims, **cfg.model_options())
+    config = {**asdict(cfg), 'modalities': mods, 'dims': dims, 'model_config': getattr(model, 'config', {}),
+              'source': info['source'], 'max_len': info['max_len']}
+    valid = info['n_valid'] > 0
+    monitor = None if not valid or cfg.monitor == 'none' else 'valid_loss' if cfg.monitor == 'valid_R@10' and len(mods) < 2 else cfg.monitor
+    ck = SaveCheckpoint('checkpoint.pt', config=config, train_ids=info['train_ids'], frontends=info['frontends'], monitor=monitor)
+    aug = [BatchAugment(text=cfg.aug_text)] if cfg.augment else []
+    learn = cmrl_learner(dls, model, lr=cfg.lr, wd=cfg.wd, precision=cfg.precision, path=out, mi_steps=cfg.mi_steps, progress=progress,
+                         cbs=[ck] + aug + list(cbs or []))
+    if not valid: without_validation(learn)
+    return learn, config
+
+# %% ../nbs/35_train.ipynb #2ec50cff
 class Interrupted(KeyboardInterrupt):
     "Ctrl-C during `train`: the run folder `out`, the last finished `epoch` (kept in its checkpoint, or None) and how to resume in `msg`"
     def __init__(self, msg: str, out: Path, epoch: int | None): super().__init__(msg); store_attr()
 
+# %% ../nbs/35_train.ipynb #26351ecd
+def fit(learn, cfg: TrainConfig, out: Path,  # the Learner, the run's settings and folder
+        start: int = 0,  # first epoch (after a resume)
+        quiet: bool = False):  # no progress bars, no per-epoch lines
+    "Train `learn` for the epochs `start..cfg.epochs-1` (DDP when launched on several processes); Ctrl-C raises `Interrupted`"
+    try:
+        with contextlib.redirect_stdout(sys.stderr), warnings.catch_warnings(), distrib_ctx(learn):
+            warnings.filterwarnings('ignore', message='.*nested tensors.*')
+            with (learn.no_bar() if quiet else contextlib.nullcontext()), (learn.no_logging() if quiet else contextlib.nullcontext()):
+                learn.fit_one_cycle(cfg.epochs, cfg.lr, start_epoch=start)
+    except KeyboardInterrupt:
+        try: e = int(read_checkpoint(out / 'checkpoint.pt')['epoch'])
+        except (FileNotFoundError, CheckpointError, OSError): e = None
+        if e is None or e < start: msg = f"interrupted before an epoch finished; nothing new was saved in {out}"
+        else: msg = f"interrupted; kept {out / 'checkpoint.pt'} ({e + 1} of {cfg.epochs} epochs done); resume with: cmrl train --out {out} --resume"
+        raise Interrupted(msg, out, e) from None
+
+# %% ../nbs/35_train.ipynb #587cab7f
 def ran_precision(learn) -> str:
     "The precision `learn` trains in: 'fp16' or 'bf16' when fastai's mixed precision is on, else 'fp32'"
     p = getattr(learn, 'precision_used', None)  # set by `cmrl_learner`
@@ -276,7 +320,7 @@ def _rank0(fn):
 def _say(msg: str):
     if rank_distrib() == 0: print(f"cmrl train: {msg}", file=sys.stderr, flush=True)
 
-# %% ../nbs/35_train.ipynb #dff96f30
+# %% ../nbs/35_train.ipynb #db0724de
 def _n_params(model) -> int: return sum(p.numel() for p in model.parameters())
 
 def _write_plots(learn, out: Path) -> list:
@@ -312,7 +356,7 @@ def valid_retrieval(learn, dl=None) -> dict:
     return {k: {'R@1': round(r['R@1'], 1), 'R@10': round(r['R@10'], 1), 'medr': r['medr'], 'n': r['n'],
                 'chance_R@10': round(r['chance']['R@10'], 1) if 'chance' in r else None} for k, r in res.items()}
 
-# %% ../nbs/35_train.ipynb #d8c9166c
+# %% ../nbs/35_train.ipynb #7941ae96
 _SAVED = {f.name for f in fields(TrainConfig)} - {'out', 'resume', 'overwrite'}  # settings a resumed run takes from its checkpoint
 
 def _resumed_config(saved: dict, given: dict) -> TrainConfig:
@@ -321,49 +365,7 @@ def _resumed_config(saved: dict, given: dict) -> TrainConfig:
     if isinstance(base.get('modalities'), list): base['modalities'] = tuple(base['modalities'])
     return TrainConfig(**{**base, **given})
 
-# %% ../nbs/35_train.ipynb #f7d5dfc5
-def build_learner(cfg: TrainConfig,  # the run's settings
-                  dls, info: dict,  # `make_dls(cfg)`
-                  out: Path,  # the run folder
-                  cbs=None,  # extra fastai callbacks
-                  progress: bool | None = None,  # progress bars (see `cmrl_learner`)
-                 ):  # (Learner, the run's config dict)
-    "The model and the fastai `Learner` of a run"
-    xb, = dls.train.one_batch()
-    mods = [m for m in (cfg.modalities or info['modalities']) if m in xb.x]
-    if not mods: raise ValueError(f"none of the modalities {cfg.modalities} is in the data (it has {', '.join(info['modalities'])})")
-    dims = input_dims(xb, vocab=info['vocab'], features=info['feature_dims'])
-    set_seed(cfg.seed)
-    model = make_model(cfg.model, mods, dims, **cfg.model_options())
-    config = {**asdict(cfg), 'modalities': mods, 'dims': dims, 'model_config': getattr(model, 'config', {}),
-              'source': info['source'], 'max_len': info['max_len']}
-    valid = info['n_valid'] > 0
-    monitor = None if not valid or cfg.monitor == 'none' else 'valid_loss' if cfg.monitor == 'valid_R@10' and len(mods) < 2 else cfg.monitor
-    ck = SaveCheckpoint('checkpoint.pt', config=config, train_ids=info['train_ids'], frontends=info['frontends'], monitor=monitor)
-    aug = [BatchAugment(text=cfg.aug_text)] if cfg.augment else []
-    learn = cmrl_learner(dls, model, lr=cfg.lr, wd=cfg.wd, precision=cfg.precision, path=out, mi_steps=cfg.mi_steps, progress=progress,
-                         cbs=[ck] + aug + list(cbs or []))
-    if not valid: without_validation(learn)
-    return learn, config
-
-# %% ../nbs/35_train.ipynb #e7e645e2
-def fit(learn, cfg: TrainConfig, out: Path,  # the Learner, the run's settings and folder
-        start: int = 0,  # first epoch (after a resume)
-        quiet: bool = False):  # no progress bars, no per-epoch lines
-    "Train `learn` for the epochs `start..cfg.epochs-1` (DDP when launched on several processes); Ctrl-C raises `Interrupted`"
-    try:
-        with contextlib.redirect_stdout(sys.stderr), warnings.catch_warnings(), distrib_ctx(learn):
-            warnings.filterwarnings('ignore', message='.*nested tensors.*')
-            with (learn.no_bar() if quiet else contextlib.nullcontext()), (learn.no_logging() if quiet else contextlib.nullcontext()):
-                learn.fit_one_cycle(cfg.epochs, cfg.lr, start_epoch=start)
-    except KeyboardInterrupt:
-        try: e = int(read_checkpoint(out / 'checkpoint.pt')['epoch'])
-        except (FileNotFoundError, CheckpointError, OSError): e = None
-        if e is None or e < start: msg = f"interrupted before an epoch finished; nothing new was saved in {out}"
-        else: msg = f"interrupted; kept {out / 'checkpoint.pt'} ({e + 1} of {cfg.epochs} epochs done); resume with: cmrl train --out {out} --resume"
-        raise Interrupted(msg, out, e) from None
-
-# %% ../nbs/35_train.ipynb #97e1da90
+# %% ../nbs/35_train.ipynb #5c3b3f97
 def _summary(learn, cfg: TrainConfig, info: dict, config: dict, dev, start: int, t_fit: float) -> dict:
     "What a finished run reports (`metrics.json`)"
     hist = learn.loss_history
@@ -421,7 +423,7 @@ def train(cfg: TrainConfig | None = None,  # settings; default the main job (wit
     if rank0: (out / 'metrics.json').write_text(json.dumps(s, indent=1, default=str))
     return s
 
-# %% ../nbs/35_train.ipynb #07d776e7
+# %% ../nbs/35_train.ipynb #19becb92
 _ALIASES = {'d': ['--dim']}  # `torchrun` would take `--d` for an abbreviation of its own `--duplicate-...` options
 
 def train_parser() -> argparse.ArgumentParser:
@@ -443,7 +445,7 @@ def train_parser() -> argparse.ArgumentParser:
                    help='progress bars (default: only when standard error is a terminal; else one line per epoch)')
     return p
 
-# %% ../nbs/35_train.ipynb #78c90b4b
+# %% ../nbs/35_train.ipynb #22179c41
 def summary_text(s: dict) -> str:
     "A few human lines about a finished run"
     f4 = lambda v: 'n/a' if v is None else f"{v:.4f}"

@@ -48,7 +48,7 @@ def test_word_table(codes):
 
 
 def test_step_of_position_matches_resample_steps():
-    from cmrl.encoders import resample_steps
+    from cmrl.core import resample_steps
     for L, T in [(16, 10), (100, 10), (7, 10), (37, 5)]:
         x = torch.eye(L)[None]  # one-hot positions
         y, _ = resample_steps(x, torch.ones(1, L, dtype=torch.bool), T)  # [1, T, L]: weight of each position in each step

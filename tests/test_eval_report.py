@@ -85,6 +85,7 @@ def test_no_data_scores_the_checkpoints_held_out_items(synth_ckpt):
     assert sc['data'] == 'synth' and sc['n'] == 16 == len(sc['ids']) == r['n_items'] and not trained & set(sc['ids'])
     assert fit['n'] == 32 and set(fit['ids']) == trained and fit['split'] == 'trained'
     assert sc['left_out_trained'] == 32  # every item of the data, less the 32 trained on
+    assert out.splitlines()[0] == 'scored 16 item(s) of synth:all (32 the checkpoint trained on left out); fit on 32 item(s) of synth:trained'
 
 
 def test_data_scores_every_item_less_the_trained_ones(manifest, manifest_ckpt):

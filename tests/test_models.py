@@ -178,3 +178,15 @@ def test_config_recorded_once_and_rebuilds(name, synth):
     again = rebuild(cfg)
     assert {k: v.shape for k, v in again.state_dict().items()} == {k: v.shape for k, v in model.state_dict().items()}
     assert again.config == model.config
+
+@pytest.mark.parametrize('name', list(BUILDERS))
+def test_padding_to_a_fixed_length_changes_nothing(name):
+    "loaders may pad text to max_len (64) while items are shorter: every model (OPT's token targets too) gives the same losses"
+    ds, b, dims = tiny_synth(8, seed=0)
+    bp = collate_items([ds[i] for i in range(8)], max_len={TEXT: 64})
+    assert bp.x[TEXT].shape[1] == 64 > b.x[TEXT].shape[1]
+    torch.manual_seed(0); model = BUILDERS[name](b.modalities, dims).eval()
+    set_seed(0); o1 = model((b,))
+    set_seed(0); o2 = model((bp,))
+    assert set(o1.losses) == set(o2.losses)
+    for k in o1.losses: assert torch.allclose(o1.losses[k], o2.losses[k], atol=1e-5), (k, o1.losses[k], o2.losses[k])

@@ -27,8 +27,8 @@ from .interpret import code_label_table, code_word_table
 __all__ = ['FRONTEND_KW', 'TASKS', 'run_source', 'ckpt_source', 'eval_parts', 'max_lengths', 'usable_modalities',
            'records_features', 'semantic_embeddings', 'tfidf_embeddings', 'length_reference', 'retrieval_report',
            'code_kappa', 'codebook_report', 'probe_report', 'pair_heatmap', 'usage_plot', 'eval_device',
-           'check_request', 'codes_task', 'localization_task', 'plan_eval', 'run_eval', 'write_report', 'eval_cmd',
-           'cli_parser', 'run_cli', 'eval_cli']
+           'check_request', 'codes_task', 'localization_task', 'plan_eval', 'run_eval', 'write_report', 'cli_parser',
+           'run_cli', 'eval_cmd', 'items_line', 'eval_cli']
 
 # %% ../../nbs/45_eval.report.ipynb #b7c7cd4b
 FRONTEND_KW = ('size', 'n_mels')  # `get_source` settings that shape the model's inputs: kept for other data
@@ -51,6 +51,8 @@ def ckpt_source(ck: dict,  # checkpoint dict
     own = data is None or str(data) == str(name)
     args = s if own else {k: v for k, v in s.items() if k in FRONTEND_KW}
     args = {**args, **{k: v for k, v in kw.items() if v is not None}}
+    tok = ((ck.get('frontends') or {}).get('tokenizer') or {}).get('kind')
+    if not own and tok == 'chars': warnings.warn(f"the checkpoint's text tokenizer was fitted on its own data; {data} fits its own, so text ids may differ")
     try: return get_source(name if own else data, **args)
     except TypeError as e: raise ValueError(f"{name if own else data}: a setting does not apply to this source ({e}); leave it out") from None
 
@@ -117,6 +119,7 @@ def usable_modalities(model, src) -> list[str]:
     if why: warnings.warn("left out: " + '; '.join(why) + ". Evaluate on data prepared like the model's training data.")
     return out
 
+# %% ../../nbs/45_eval.report.ipynb #059552e3
 def _subset(src, records) -> Subset:
     "The items of `records` from `src.dataset('all')`, in the order of `records`"
     ds = src.dataset('all')
@@ -152,7 +155,7 @@ def semantic_embeddings(model, src, records: Sequence[dict], modalities: Sequenc
     finally: model.train(was)
     return {m: torch.cat(v) for m, v in out.items()}
 
-# %% ../../nbs/45_eval.report.ipynb #46b675f6
+# %% ../../nbs/45_eval.report.ipynb #04f7c96c
 def tfidf_embeddings(codes: dict,  # modality -> `[N, T]` codes (negative = none)
                      n_codes: int,  # K
                      present: dict | None = None,  # modality -> `[N]` bool; absent items do not count in the idf
@@ -170,7 +173,7 @@ def tfidf_embeddings(codes: dict,  # modality -> `[N, T]` codes (negative = none
         out[m] = torch.tensor(w / np.maximum(np.linalg.norm(w, axis=1, keepdims=True), 1e-12), dtype=torch.float32)
     return out
 
-# %% ../../nbs/45_eval.report.ipynb #3562f2ca
+# %% ../../nbs/45_eval.report.ipynb #679918ed
 def _aural_text(mods) -> list[tuple[str, str]]:  # the (aural, text) pair the length reference applies to
     return [(a, TEXT) for a in (SPEECH, AUDIO) if a in mods and TEXT in mods][:1]
 
@@ -209,7 +212,7 @@ def retrieval_report(fe: Features,  # features of the scored items
     if fit is not None and _aural_text(fe.emb): out['length_reference'] = length_reference(fit, fe, match=match)
     return out
 
-# %% ../../nbs/45_eval.report.ipynb #e6d474bb
+# %% ../../nbs/45_eval.report.ipynb #e769d594
 def code_kappa(modes_a,  # `[N]` most frequent code of each item in modality a (-1 = absent)
                modes_b,  # `[N]` the same items in modality b
                n_codes: int,  # K
@@ -224,7 +227,7 @@ def code_kappa(modes_a,  # `[N]` most frequent code of each item in modality a (
     p_e = float((torch.bincount(a, minlength=n_codes).double() / n * torch.bincount(b, minlength=n_codes).double() / n).sum())
     return dict(kappa=(p_o - p_e) / (1 - p_e) if p_e < 1 - 1e-12 else math.nan, p_o=p_o, p_e=p_e, n=n)
 
-# %% ../../nbs/45_eval.report.ipynb #a93460e6
+# %% ../../nbs/45_eval.report.ipynb #ac4e9f9b
 def codebook_report(fe: Features,  # features of the scored items
                     n_codes: int,  # K
                    ) -> dict:  # n_codes, perplexity and used fraction per modality, agreement per pair
@@ -238,7 +241,7 @@ def codebook_report(fe: Features,  # features of the scored items
             'used': {m: float(used_fraction(h)) for m, h in hist.items()},
             'agreement': {f'{a}-{b}': code_kappa(modes[a], modes[b], n_codes) for i, a in enumerate(ms) for b in ms[i + 1:]}}
 
-# %% ../../nbs/45_eval.report.ipynb #5f592995
+# %% ../../nbs/45_eval.report.ipynb #06a5ce8a
 def probe_report(fit: Features,  # features of the fit items
                  fe: Features,  # features of the scored items
                  pairs: Sequence[tuple[str, str]],  # (fit on A, score on B)
@@ -252,7 +255,7 @@ def probe_report(fit: Features,  # features of the fit items
     c = cross_modal_generalization(continuous[0], fit.y, continuous[1], fe.y, pairs, **kw)
     return {'features': 'quantised', 'pool': pool, 'generalization': q, 'generalization_continuous': c}
 
-# %% ../../nbs/45_eval.report.ipynb #05579261
+# %% ../../nbs/45_eval.report.ipynb #7520b379
 def pair_heatmap(res: dict,  # 'a->b' -> metrics dict
                  key: str,  # the metric to show
                  title: str = '',  # figure title
@@ -285,7 +288,7 @@ def usage_plot(codes: dict,  # modality -> `[N, T]` codes (negative = none)
     fig.tight_layout()
     return fig
 
-# %% ../../nbs/45_eval.report.ipynb #c80316c3
+# %% ../../nbs/45_eval.report.ipynb #a4b1077e
 TASKS = ('retrieval', 'generalization', 'codes')
 
 def eval_device(name: str | None = None  # 'auto'/None, 'cpu', 'cuda', 'cuda:1', 'mps'
@@ -310,7 +313,7 @@ def _pairs(mods, a: str | None, b: str | None, same: bool = False) -> list:
         if m is not None and m not in mods: raise ValueError(f"modality {m!r} is not usable here; choose from {', '.join(mods)}")
     return [(x, y) for x in mods for y in mods if (x != y or same) and (a is None or x == a) and (b is None or y == b)]
 
-# %% ../../nbs/45_eval.report.ipynb #f6465bd4
+# %% ../../nbs/45_eval.report.ipynb #bb3298c2
 def _json(o):
     "`o` with non-finite floats as None and tensors/arrays as lists: strict JSON"
     if isinstance(o, float) and not math.isfinite(o): return None
@@ -345,7 +348,7 @@ def localization_task(fit: Features, fe: Features, pairs) -> dict | str | None:
     return localization({m: fit.feats[m] for m in tm}, fit.mask, fit.extra['frame_labels'],
                         {m: fe.feats[m] for m in tm}, fe.mask, fe.extra['frame_labels'], lp, fit.ids, fe.ids)
 
-# %% ../../nbs/45_eval.report.ipynb #20fd2538
+# %% ../../nbs/45_eval.report.ipynb #2b2aceaf
 def plan_eval(ckpt,  # checkpoint folder or file
               data: str | None = None,  # source to score: every item not trained on; None: the checkpoint's own data
               task: str = 'retrieval',  # 'retrieval', 'generalization' or 'codes'
@@ -381,7 +384,7 @@ def plan_eval(ckpt,  # checkpoint folder or file
     return dict(model=model, ck=ck, src=src, fit_src=fsrc if fsrc is not None else (src if own else own_src), mods=mods, pairs=pairs,
                 K=K, parts=parts, need_fit=need_fit, head=head)
 
-# %% ../../nbs/45_eval.report.ipynb #b13c0244
+# %% ../../nbs/45_eval.report.ipynb #3eb30f2b
 def run_eval(ckpt,  # checkpoint folder or file
              data: str | None = None,  # source to score: every item not trained on; None: the checkpoint's own data
              task: str = 'retrieval',  # 'retrieval', 'generalization' or 'codes'
@@ -431,30 +434,7 @@ def write_report(res: dict, figs: dict, out=None) -> dict:
         (o / 'metrics.json').write_text(json.dumps(_json(res), indent=1))
     return res
 
-# %% ../../nbs/45_eval.report.ipynb #ebb4bc67
-def eval_cmd(ckpt: Annotated[str, dict(opt=True, required=True)],  # folder written by `cmrl train --out` (or its checkpoint file)
-             data: str = None,  # data to score ('tuxpaint', 'synth' or a JSON Lines manifest): every item not trained on; default the checkpoint's own held-out items
-             task: Annotated[str, dict(choices=TASKS)] = 'retrieval',  # what to measure
-             src_from: str = None,  # query / fit modality (default: all)
-             to: str = None,  # gallery / scored modality (default: all)
-             fit: str = None,  # data to fit the probes and the length reference on (default: the checkpoint's own training items)
-             split: str = None,  # split of --data to score (default: every item not trained on; 'all' the same)
-             fit_split: str = None,  # split of --fit to fit on (default: every item of --fit; the trained items without --fit)
-             pool: Annotated[str, dict(choices=('mean', 'max'))] = 'mean',  # generalisation: pooling over time steps
-             out: str = None,  # folder for metrics.json and plots (default CKPT/eval-TASK; '-' for none)
-             n_test: int = None,  # synth: items of the test split
-             langs: str = None,  # Tux Paint / manifest languages, comma-separated, or all
-             bs: int = 64,  # batch size
-             device: str = None,  # 'cpu', 'cuda', ... (default: the best available)
-             weights: Annotated[str, dict(choices=('best', 'last'))] = 'best',  # which weights of the checkpoint
-             progress: bool = False,  # progress bars
-            ):
-    "Evaluate a cmrl checkpoint; print the metrics as JSON and write them with plots to --out."
-    ck = Path(ckpt)
-    o = None if out == '-' else Path(out) if out else (ck if ck.is_dir() else ck.parent) / f'eval-{task}'
-    split = None if split == 'all' else split
-    return run_eval(ckpt, data, task, src_from, to, fit, split, fit_split, pool, o, n_test, langs, bs, progress, device, weights)
-
+# %% ../../nbs/45_eval.report.ipynb #2ea14246
 def cli_parser(func, prog: str, **aliases):  # aliases: dest -> extra flag (e.g. src_from='--from')
     "fastcore's `anno_parser` for `func`, with extra flag names for some parameters"
     p = anno_parser(func, prog=prog)
@@ -478,6 +458,38 @@ def run_cli(func, prog: str, argv: list[str] | None, **aliases) -> int:
     if isinstance(res, tuple): text, res = res; print(text)
     print(json.dumps(_json(res), ensure_ascii=False))
     return 0
+
+# %% ../../nbs/45_eval.report.ipynb #7d99cc64
+def eval_cmd(ckpt: Annotated[str, dict(opt=True, required=True)],  # folder written by `cmrl train --out` (or its checkpoint file)
+             data: str = None,  # data to score ('tuxpaint', 'synth' or a JSON Lines manifest): every item not trained on; default the checkpoint's own held-out items
+             task: Annotated[str, dict(choices=TASKS)] = 'retrieval',  # what to measure
+             src_from: str = None,  # query / fit modality (default: all)
+             to: str = None,  # gallery / scored modality (default: all)
+             fit: str = None,  # data to fit the probes and the length reference on (default: the checkpoint's own training items)
+             split: str = None,  # split of --data to score (default: every item not trained on; 'all' the same)
+             fit_split: str = None,  # split of --fit to fit on (default: every item of --fit; the trained items without --fit)
+             pool: Annotated[str, dict(choices=('mean', 'max'))] = 'mean',  # generalisation: pooling over time steps
+             out: str = None,  # folder for metrics.json and plots (default CKPT/eval-TASK; '-' for none)
+             n_test: int = None,  # synth: items of the test split
+             langs: str = None,  # Tux Paint / manifest languages, comma-separated, or all
+             bs: int = 64,  # batch size
+             device: str = None,  # 'cpu', 'cuda', ... (default: the best available)
+             weights: Annotated[str, dict(choices=('best', 'last'))] = 'best',  # which weights of the checkpoint
+             progress: bool = False,  # progress bars
+            ):
+    "Evaluate a cmrl checkpoint; print the metrics as JSON and write them with plots to --out."
+    ck = Path(ckpt)
+    o = None if out == '-' else Path(out) if out else (ck if ck.is_dir() else ck.parent) / f'eval-{task}'
+    split = None if split == 'all' else split
+    res = run_eval(ckpt, data, task, src_from, to, fit, split, fit_split, pool, o, n_test, langs, bs, progress, device, weights)
+    return items_line(res['items']), res
+
+def items_line(items: dict) -> str:
+    "One line for people: what was scored, how many trained items were left out, what the probes were fit on"
+    sc = items['scored']
+    s = f"scored {sc['n']} item(s) of {sc['data']}:{sc['split']} ({sc['left_out_trained']} the checkpoint trained on left out)"
+    if 'fit' in items: s += f"; fit on {items['fit']['n']} item(s) of {items['fit']['data']}:{items['fit']['split']}"
+    return s
 
 def eval_cli(argv: list[str] | None = None  # arguments after `cmrl eval`
             ) -> int:  # exit status

@@ -308,7 +308,7 @@ def forward(self: OPT, *args,  # `(ModalityBatch,)` as fastai passes it, or the 
             generator: torch.Generator | None = None,  # CPU generator for the masking and negative draws
            ) -> OPTOutput:
     "Masked-modelling pass (modality dropout + token masking) and matching pass; losses per task"
-    b = ModalityBatch.of(args[0] if len(args) == 1 else args)
+    b = ModalityBatch.of(args[0] if len(args) == 1 else args).trim()  # targets on the grid the encoders see (they drop unused padding)
     losses, mod_losses = {}, {}
     masked = [t for t in self.tasks if t != 'match']
     tok, valid = self.encode(b)

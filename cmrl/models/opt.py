@@ -83,7 +83,7 @@ class OPTModel(CrossModalModel):
         return ModelOutput(z, {}, emb, {m: e.sem for m, e in enc.items()}, {}, {m: e.mask for m, e in enc.items()}, {})
 
     def forward(self, *args) -> ModelOutput:
-        b = as_batch(*args)
+        b = as_batch(*args).trim()  # the masks handed to the encoders must match the trimmed inputs
         self._masks.clear(); self._masks.update({m: b.mask[m] & b.present[m][:, None] for m in self.modalities if m in b.x})
         try: o = self.heads(b)
         finally: self._masks.clear()
