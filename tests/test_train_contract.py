@@ -158,6 +158,10 @@ def test_main_job_takes_the_next_free_numbered_folder(tmp_path, capsys, monkeypa
         assert f"writing to {outs[-1]}" in se
     assert outs == [str(Path('runs') / n) for n in ('cmrl-train', 'cmrl-train-2', 'cmrl-train-3')]
     assert all((tmp_path / o / 'checkpoint.pt').exists() for o in outs)
+    rc, so, se = run(['--resume', '--epochs', '2', '--quiet'], capsys)  # no --out: the latest numbered run
+    assert rc == 0, se
+    assert f"resuming {Path(outs[-1]) / 'checkpoint.pt'}: 1 of 1 epoch(s) done" in se
+    assert read_checkpoint(tmp_path / outs[-1])['epoch'] == 1 and read_checkpoint(tmp_path / outs[0])['epoch'] == 0
 
 
 def test_resume_says_what_it_found_and_refuses_nothing(tmp_path, capsys):
