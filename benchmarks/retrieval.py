@@ -10,6 +10,13 @@ topic; its embedding is the mean of those codes' vectors plus noise; the code pa
 Prints last: `retrieval: ratio cmrl/faiss = X, codes speedup = S, codes recall@10 = R`
 (X = median over interleaved repetitions of cmrl exact search time / faiss search time; S = exact faiss
 search time / code-index search time; R = fraction of the exact top-k that the code index finds).
+
+Before it, the binary hash codes line (`--bits`, default 64; `--bits 0` skips it):
+`hashing: B bits, memory per item b/8 B vs 4*D B float (ratio M), queries/s hamming H vs float F (speedup S),
+recall@10 vs exact: learned RL, lsh RS` -- Hamming search over packed codes (`cmrl.heads.hashing.BinaryIndex`,
+faiss `IndexBinaryFlat`) against the exact float search of the same run (its median time). The learned codes come from
+a `HashHead` fitted (`fit_hash_head`) on `--hash-fit` gallery items paired with their exact nearest neighbour (there
+are no modalities here: the pairs teach the head which items should share a code); LSH = random hyperplanes, same bits.
 """
 from __future__ import annotations
 import argparse, gc, statistics, time
@@ -40,6 +47,43 @@ def timed(f):
     t = time.perf_counter(); r = f(); return time.perf_counter() - t, r
 
 
+def hashing(a, G, Q, exact, t_float, faiss) -> str:
+    "The binary hash codes line: learned codes and LSH at `a.bits` bits, Hamming search over all of `G`"
+    import torch
+    from cmrl.heads.hashing import BinaryIndex, fit_hash_head, lsh_codes, pack_codes
+    from cmrl.eval.index import knn_recall
+    B, n, d = a.bits, len(G), G.shape[1]
+    # the learned head: pairs = sampled gallery items and their exact nearest neighbour among the sample (cosine)
+    rng = np.random.default_rng(1)
+    S = G[rng.choice(n, min(a.hash_fit, n), replace=False)].copy(); faiss.normalize_L2(S)
+    ix = faiss.IndexFlatIP(d); ix.add(S)
+    _, nn_ = ix.search(S, 2); del ix
+    nt = torch.get_num_threads(); torch.set_num_threads(1)  # a tiny linear head: one thread is faster on a shared machine
+    t_fit, head = timed(lambda: fit_hash_head({'query': S, 'gallery': S[nn_[:, 1]]}, bits=B, epochs=a.hash_epochs, bs=256, seed=0))
+    torch.set_num_threads(nt)
+    def encode(X, m, chunk=200_000):  # packed codes, in chunks (bounded memory)
+        return np.concatenate([pack_codes(head.encode({m: torch.from_numpy(X[s:s + chunk])})[m].numpy()) for s in range(0, len(X), chunk)])
+    def lsh(X, chunk=200_000):
+        return np.concatenate([pack_codes(lsh_codes(X[s:s + chunk], B, seed=0).numpy()) for s in range(0, len(X), chunk)])
+    t_enc, (gl, gs) = timed(lambda: (encode(G, 'gallery'), lsh(G)))
+    ql, qs = encode(Q, 'query'), lsh(Q)
+    out = {}
+    for name, gc_, qc in (('learned', gl, ql), ('lsh', gs, qs)):
+        bx = BinaryIndex(B).add(gc_)
+        bx.search(qc[:10], a.k)  # warm-up
+        ts = []
+        for _ in range(max(1, min(a.reps, 3))):
+            t, (_, I) = timed(lambda: bx.search(qc, a.k)); ts.append(t)
+        out[name] = (statistics.median(ts), knn_recall(I, exact))
+        del bx
+    t_h = out['learned'][0]
+    print(f"hashing: head fitted on {len(S):,} neighbour pairs in {t_fit:.1f} s, codes of {n:,} items in {t_enc:.1f} s; "
+          f"hamming search learned {out['learned'][0]:.3f} s, lsh {out['lsh'][0]:.3f} s, exact float {t_float:.3f} s", flush=True)
+    return (f"hashing: {B} bits, memory per item {B // 8} B vs {4 * d} B float (ratio {4 * d / (B // 8):.0f}), "
+            f"queries/s hamming {len(Q) / t_h:,.0f} vs float {len(Q) / t_float:,.0f} (speedup {t_float / t_h:.1f}), "
+            f"recall@{a.k} vs exact: learned {out['learned'][1]:.3f}, lsh {out['lsh'][1]:.3f}")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--n', type=int, default=1_000_000, help='gallery size')
@@ -53,6 +97,9 @@ def main(argv=None):
     p.add_argument('--noise', type=float, default=0.5, help='embedding noise (relative)')
     p.add_argument('--candidates', type=int, default=100, help='code-index candidates re-ranked by embeddings')
     p.add_argument('--threads', type=int, default=0, help='faiss OpenMP threads (0: faiss default)')
+    p.add_argument('--bits', type=int, default=64, help='hash code length B (a multiple of 8; 0: skip the hashing line)')
+    p.add_argument('--hash-fit', type=int, default=20_000, help='gallery items the hashing head is fitted on (with their nearest neighbours)')
+    p.add_argument('--hash-epochs', type=int, default=10, help='epochs of the hashing head')
     a = p.parse_args(argv)
     import faiss
     from cmrl.eval.index import EmbeddingIndex, CodeIndex, knn_recall, rerank
@@ -86,6 +133,7 @@ def main(argv=None):
     ratio = statistics.median(c / f for c, f in zip(tc, tf))  # adjacent pairs: robust to load drifting on a shared machine
     print(f"exact search: faiss {t_f:.3f} s (reps {', '.join(f'{x:.3f}' for x in tf)}), "
           f"cmrl {t_c:.3f} s (reps {', '.join(f'{x:.3f}' for x in tc)})", flush=True)
+    hash_line = hashing(a, G, Q, exact[1], t_f, faiss) if a.bits else None
     del fx; gc.collect()
 
     # the code path: bag-of-codes tf-idf through an inverted index
@@ -100,6 +148,7 @@ def main(argv=None):
     t_rr, (_, ri) = timed(lambda: rerank(Q, G, ci, a.k))
     print(f"codes + re-rank of top-{a.candidates} by embeddings: search {t_r + t_rr:.3f} s, "
           f"speedup {t_f / (t_r + t_rr):.2f}, recall@{a.k} {knn_recall(ri, exact[1]):.3f}", flush=True)
+    if hash_line: print(hash_line, flush=True)
     print(f"retrieval: ratio cmrl/faiss = {ratio:.3f}, codes speedup = {t_f / t_k:.2f}, codes recall@{a.k} = {rec:.3f}")
 
 

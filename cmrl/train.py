@@ -478,6 +478,8 @@ def train_cli(argv: list[str] | None = None  # arguments after `cmrl train`
             s = train(quiet=quiet, progress=progress, **a)
     except Interrupted as e:
         print(f"cmrl train: {e}", file=sys.stderr); return 130
+    except KeyboardInterrupt:
+        print("cmrl train: interrupted before training started; nothing was saved", file=sys.stderr); return 130
     except (ValueError, FileNotFoundError, NotADirectoryError, FileExistsError) as e:
         print(f"cmrl train: {e}", file=sys.stderr); return 2
     if rank_distrib() == 0:

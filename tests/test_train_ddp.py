@@ -42,7 +42,7 @@ def test_ddp_two_cpu_processes(tmp_path: Path):
         procs.append(subprocess.Popen([sys.executable, str(script), str(tmp_path)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
     outs = [p.communicate(timeout=600)[0].decode() for p in procs]
     for p, o in zip(procs, outs): assert p.returncode == 0, o[-3000:]
-    a, b = (torch.load(tmp_path / f'rank{r}.pt', weights_only=False) for r in range(2))
+    a, b = (torch.load(tmp_path / f'rank{r}.pt', weights_only=True) for r in range(2))
     assert a['world'] == 2
     sa, sb = a['model'], b['model']
     assert sa.keys() == sb.keys()

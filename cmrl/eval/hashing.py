@@ -63,6 +63,8 @@ def hash_retrieval_report(fit_embs: dict,  # modality -> `[N_fit, D]` embeddings
                           groups: Sequence | None = None,  # group id per evaluated row (false-negative mask)
                           seed: int = 0,  # seeds the head's training and the LSH directions
                           head: HashHead | None = None,  # a trained head; default: `fit_hash_head` on `fit_embs`
+                          directions: Sequence[tuple[str, str]] | None = None,  # (query, gallery) pairs; default every ordered pair
+                          match: str = 'item',  # see `cmrl.metrics.relevance`
                           ks: Sequence[int] = (1, 5, 10),  # recall cut-offs
                           **fit_kw,  # more `fit_hash_head` arguments (epochs, lr, bs, gamma, eta)
                          ) -> dict:  # 'bits', 'bytes_per_item', 'n_fit', 'n_eval', and 'float' / 'hash' / 'lsh' metrics per direction
@@ -72,7 +74,7 @@ def hash_retrieval_report(fit_embs: dict,  # modality -> `[N_fit, D]` embeddings
     if head is None: head = fit_hash_head({m: fit_embs[m] for m in mods}, fit_present, bits=bits, seed=seed, **fit_kw)
     elif head.bits != bits: raise ValueError(f"hash_retrieval_report: the head has {head.bits} bits, asked for {bits}")
     ev = {m: _t(eval_embs[m]).float() for m in mods}
-    kw = dict(ids=ids, groups=groups, present=present, ks=ks)
+    kw = dict(ids=ids, groups=groups, present=present, directions=directions, match=match, ks=ks)
     D = ev[mods[0]].shape[1]
     return {'bits': bits, 'n_fit': len(_t(fit_embs[mods[0]])), 'n_eval': len(ev[mods[0]]),
             'bytes_per_item': {'float': 4 * D, 'hash': bits // 8, 'lsh': bits // 8},

@@ -217,9 +217,9 @@ def stack_embeddings(embs: dict,  # modality -> `[N, D]` embeddings, rows are th
 def fit_hash_head(embs: dict,  # modality -> `[N, D]` embeddings of the fit items (frozen)
                   present: dict | None = None,  # modality -> `[N]` bool; default all present
                   bits: int = 64,  # code length B
-                  epochs: int = 20,  # passes over the items
-                  lr: float = 1e-2,  # peak learning rate of the one-cycle schedule
-                  bs: int = 256,  # items per batch (the negatives of each pair)
+                  epochs: int = 30,  # passes over the items
+                  lr: float = 0.1,  # peak learning rate of the one-cycle schedule
+                  bs: int = 64,  # items per batch (each item's negatives are the other items of its batch)
                   gamma: float = 0.1,  # quantisation weight
                   eta: float = 0.01,  # bit-balance weight
                   wd: float = 1e-4,  # weight decay

@@ -1,0 +1,67 @@
+"benchmarks/results.py: the scorer's pieces on small known inputs (no training; the benchmark itself is run by hand)"
+import importlib.util, json, math
+from pathlib import Path
+import numpy as np, pytest, torch
+
+ROOT = Path(__file__).resolve().parent.parent
+spec = importlib.util.spec_from_file_location('results_bench', ROOT / 'benchmarks' / 'results.py')
+R = importlib.util.module_from_spec(spec); spec.loader.exec_module(R)
+
+
+def test_kappa_worked_example():
+    # 4 paired items: codes agree on 3 (p_o = 0.75); a uses codes 0,0,1,1 and b 0,0,1,0: p_e = .5*.75 + .5*.25 = .5
+    k = R.kappa(np.array([0, 0, 1, 1]), np.array([0, 0, 1, 0]))
+    assert k['p_o'] == pytest.approx(0.75) and k['p_e'] == pytest.approx(0.5)
+    assert k['kappa'] == pytest.approx(0.5)  # (0.75 - 0.5) / (1 - 0.5)
+    assert R.kappa(np.array([3, 3]), np.array([3, 3]))['kappa'] == 0.0  # one code everywhere: agreement by chance only
+    assert math.isnan(R.kappa(np.array([-1]), np.array([2]))['kappa'])  # no paired item
+
+
+def test_score_perfect_and_shuffled():
+    g = torch.Generator().manual_seed(0)
+    n, labels = 40, [f'c{i % 4}' for i in range(40)]
+    base = torch.nn.functional.one_hot(torch.arange(n) % 4, 4).float() * 3 + 0.1 * torch.randn(n, 4, generator=g)
+    uniq = torch.randn(n, 16, generator=g)
+    emb = torch.cat([base, uniq], 1)
+    mk = lambda e: R.Part([f'i{i}' for i in range(n)], [f'g{i}' for i in range(n)], labels, {'image': e, 'speech': e.clone(), 'text': e.clone()})
+    res = R.score(mk(emb), mk(emb), None)
+    assert res['retrieval']['image->speech']['R@1'] == 100.0  # identical embeddings: every partner first
+    assert res['probe']['image->speech']['acc'] == 100.0
+    assert 0 < res['retrieval']['image->speech']['chance_R@10'] < 100
+    sh = R.Part([f'i{i}' for i in range(n)], [f'g{i}' for i in range(n)], labels,
+                {'image': emb, 'speech': emb[torch.randperm(n, generator=g)], 'text': emb})
+    assert R.score(mk(emb), sh, None)['retrieval']['image->speech']['R@1'] < 50
+
+
+def test_aggregate_table_and_targets():
+    row = lambda v: {'probe': {'image->speech': {'acc': v, 'bacc': v, 'majority': 30., 'chance': 6.25}},
+                     'retrieval': {'image->speech': {'R@1': 1., 'R@10': v, 'chance_R@1': 1., 'chance_R@10': 9.}}}
+    res = {'rows': {'unicode': {'per_seed': {'0': row(50.), '1': row(60.)}, 'seeds': [0, 1]},
+                    'reference': {'per_seed': {'0': row(40.), '1': row(40.)}, 'seeds': [0, 1]},
+                    'liu2022': {'per_seed': {}, 'seeds': [], 'note': 'not run'}}}
+    for r in res['rows'].values():
+        if r['per_seed']: r['summary'] = R.aggregate(r['per_seed'])
+    s = res['rows']['unicode']['summary']['probe/image->speech/acc']
+    assert (s['mean'], s['min'], s['max'], s['n']) == (55., 50., 60., 2)
+    t = R.table(res)
+    assert '| liu2022 | not run |' in t and '| chance |' in t and '| majority class |' in t
+    assert '55.0 [50.0, 60.0]' in t
+    tg = R.targets(res)
+    assert tg['0']['probe/image->speech/acc >= ref+10']['met'] and tg['1']['probe/image->speech/acc >= ref+10']['met']
+    assert tg['0']['retrieval/image->speech/R@10 >= ref']['met']  # 50 >= 40
+    assert 'probe/speech->image/acc >= ref+10' not in tg['0']  # not measured: no goal line
+
+
+def test_committed_split_is_disjoint_and_grouped():
+    d = R.read_split(R.SPLIT_FILE)
+    ids = [i['id'] for i in d['items']]
+    assert len(ids) == len(set(ids))
+    parts = {}
+    for i in d['items']: parts.setdefault(i['group'], set()).add(i['split'])
+    assert all(len(s) == 1 for s in parts.values())  # no group straddles parts
+    assert d['counts'] == {p: sum(i['split'] == p for i in d['items']) for p in ('train', 'valid', 'test')}
+
+
+def test_read_split_refuses_other_files(tmp_path):
+    (tmp_path / 'x.json').write_text(json.dumps({'lang': 'fr'}))
+    with pytest.raises(ValueError, match='not a split file'): R.read_split(tmp_path / 'x.json')
