@@ -297,7 +297,7 @@ def test_logs_one_line_per_epoch_off_a_terminal(tmp_path, capsys):
 def test_progress_flag_shows_bars(tmp_path, capsys):
     rc, so, se = run([*TINY_SYNTH, '--progress', '--out', tmp_path / 'run'], capsys)
     assert rc == 0, se
-    assert '█' in se or '|' in se
+    assert '█' in se  # fastprogress bars
 
 
 # ---------------------------------------------------------------- precomputed features in a manifest

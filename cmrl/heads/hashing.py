@@ -226,22 +226,25 @@ def fit_hash_head(embs: dict,  # modality -> `[N, D]` embeddings of the fit item
                   normalize: bool = True,  # L2-normalise the embeddings first
                   seed: int = 0,  # seeds the initialisation and the shuffling (global RNG states are restored)
                   device=None,  # where to train; default CPU
+                  threads: int | None = 1,  # torch CPU threads while fitting (restored after); None: leave as is
                   return_learner: bool = False,  # also return the fastai `Learner` (its recorder holds the losses)
                  ) -> HashHead:  # in eval mode, on CPU
     "Train a `HashHead` on frozen paired embeddings with a fastai `Learner` (pairwise likelihood + quantisation + balance)"
     X, P, mods = stack_embeddings(embs, present)
     pairs = sum(int((P[:, a] & P[:, b]).sum()) for a in range(len(mods)) for b in range(a + 1, len(mods)))
     if pairs < 2: raise ValueError(f"fit_hash_head: need at least 2 items present in two modalities, got {pairs} pairs")
-    py_state = random.getstate()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed); random.seed(seed)
-        head = HashHead(mods, X.shape[-1], bits, normalize)
-        n = len(X)
-        ds = TensorDataset(X, P)
-        trn = DataLoader(ds, bs=min(bs, n), shuffle=True, drop_last=n > bs, device=device)
-        val = DataLoader(ds, bs=min(bs, n), shuffle=False, device=device)  # the fit items: the recorder's valid loss is their loss
-        learn = Learner(DataLoaders(trn, val), head, loss_func=HashLoss(gamma, eta), opt_func=Adam, wd=wd)
-        with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(epochs, lr)
-    random.setstate(py_state)
+    py_state, nt = random.getstate(), torch.get_num_threads()
+    if threads: torch.set_num_threads(threads)  # a tiny linear head: more threads only add overhead
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed); random.seed(seed)
+            head = HashHead(mods, X.shape[-1], bits, normalize)
+            n = len(X)
+            trn = DataLoader(TensorDataset(X, P), bs=min(bs, n), shuffle=True, drop_last=n > bs, device=device)
+            val = DataLoader(TensorDataset(X[:1024], P[:1024]), bs=1024, device=device)  # (up to 1024 of) the fit items: the recorder's valid loss
+            learn = Learner(DataLoaders(trn, val), head, loss_func=HashLoss(gamma, eta), opt_func=Adam, wd=wd)
+            with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(epochs, lr)
+    finally:
+        random.setstate(py_state); torch.set_num_threads(nt)
     head = head.cpu().eval()
     return (head, learn) if return_learner else head
