@@ -166,6 +166,26 @@ def test_retrieval_report_with_codes_length_reference_and_codebook_health(synth_
     assert files == ['metrics.json', 'retrieval_r10.png']
 
 
+def test_retrieval_reports_hash_codes_beside_float(synth_ckpt):
+    "Issue 14 item 5: B-bit codes (a head fitted on the checkpoint's training items, and LSH) scored beside the float retrieval"
+    from cmrl.eval.report import eval_cli
+    rc, out, err = run(eval_cli, ['--ckpt', str(synth_ckpt), '--data', 'synth', '--bits', '16', '--out', '-'])
+    assert rc == 0, err
+    r = last_json(out)
+    h = r['hashing']
+    assert h['bits'] == 16 and h['n_eval'] == 16 and h['n_fit'] == 32 and 'float' not in h  # float = r['embedding']
+    assert h['bytes_per_item']['hash'] == h['bytes_per_item']['lsh'] == 2 and h['bytes_per_item']['float'] > 2
+    for w in ('hash', 'lsh'):
+        assert set(h[w]) == set(r['embedding'])
+        for d, v in h[w].items():
+            assert v['n'] == 16 and 0 <= v['R@1'] <= v['R@5'] <= v['R@10'] <= 100
+            assert v['chance'] == pytest.approx(r['embedding'][d]['chance'])  # the same relevance and false-negative mask
+    rc, out, err = run(eval_cli, ['--ckpt', str(synth_ckpt), '--data', 'synth', '--bits', '0', '--out', '-'])
+    assert rc == 0 and 'hashing' not in last_json(out), err
+    rc, out, err = run(eval_cli, ['--ckpt', str(synth_ckpt), '--bits', '12', '--out', '-'])
+    assert rc == 2 and '--bits 12' in err
+
+
 def test_code_kappa_hand_computed():
     from cmrl.eval.report import code_kappa
     k = code_kappa(torch.tensor([0, 0, 1, 1, 2, 2]), torch.tensor([0, 0, 1, 2, 2, 1]), 3)

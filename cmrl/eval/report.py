@@ -22,6 +22,7 @@ from ..checkpoint import load_model, CheckpointError
 from .index import bag_of_codes
 from .generalization import extract_features, Features, cross_modal_generalization, localization
 from .interpret import code_label_table, code_word_table
+from .hashing import hash_retrieval_report
 
 # %% auto #0
 __all__ = ['FRONTEND_KW', 'TASKS', 'run_source', 'ckpt_source', 'eval_parts', 'max_lengths', 'usable_modalities',
@@ -301,8 +302,9 @@ def eval_device(name: str | None = None  # 'auto'/None, 'cpu', 'cuda', 'cuda:1',
     if dev.type == 'mps' and not torch.backends.mps.is_available(): raise ValueError(f"--device {name}: no MPS device here; use --device cpu")
     return dev
 
-def check_request(task: str = 'retrieval', bs: int = 64, pool: str = 'mean', k: int | None = None):
+def check_request(task: str = 'retrieval', bs: int = 64, pool: str = 'mean', k: int | None = None, bits: int = 0):
     "Refuse impossible settings with a message that names the flag"
+    if int(bits) < 0 or int(bits) % 8: raise ValueError(f"--bits {bits}: the hash code length must be a multiple of 8 (0: no hashing)")
     if task not in TASKS: raise ValueError(f"--task must be one of {', '.join(TASKS)}, not {task!r}")
     if int(bs) < 1: raise ValueError(f"--bs {bs}: the batch size must be at least 1")
     if pool not in ('mean', 'max'): raise ValueError(f"--pool must be mean or max, not {pool!r}")
@@ -359,6 +361,7 @@ def plan_eval(ckpt,  # checkpoint folder or file
               n_test: int | None = None,  # synth: items of the test split
               langs: str | None = None,  # Tux Paint / manifest languages, comma-separated or 'all'
               device=None, weights: str = 'best',  # where the model runs; 'best' or 'last' weights
+              bits: int = 0,  # retrieval: hash code length (> 0 needs the fit items: the hashing head is fitted on them)
              ) -> dict:  # model, ck, src, fit_src, mods, pairs, K, parts, need_fit, and the head of the report
     "Load, resolve and check everything `run_eval` needs; refuse a bad request before any work"
     model, ck = load_model(ckpt, weights=weights, device=eval_device(device) if not isinstance(device, torch.device) else device)
@@ -372,7 +375,7 @@ def plan_eval(ckpt,  # checkpoint folder or file
     pairs = _pairs(mods, src_from, to, same=task == 'generalization')
     if task == 'codes' and K is None: raise ValueError(f"--task codes: the {name!r} model has no codebook")
     if task == 'retrieval' and len(mods) < 2: raise ValueError(f"retrieval needs two modalities; usable here: {mods}")
-    need_fit = task == 'generalization' or (task == 'retrieval' and bool(_aural_text(mods)))
+    need_fit = task == 'generalization' or (task == 'retrieval' and (bool(_aural_text(mods)) or bits > 0))
     if fit is not None and str(fit) == own_name and not fit_split: fit = None  # the own data: its trained items
     fsrc = ckpt_source(ck, fit, langs=langs) if fit is not None else None
     own_src = None if own or fit is not None or not need_fit else ckpt_source(ck)
@@ -398,10 +401,11 @@ def run_eval(ckpt,  # checkpoint folder or file
              langs: str | None = None,  # Tux Paint / manifest languages, comma-separated or 'all'
              bs: int = 64, progress: bool = False, device=None,
              weights: str = 'best',  # 'best' or 'last' weights of the checkpoint
+             bits: int = 64,  # retrieval: B-bit hash codes (a head fitted on the fit items, and LSH) beside float retrieval; 0: none
             ) -> dict:
     "Evaluate a checkpoint; the dict `cmrl eval` prints"
-    check_request(task, bs, pool)
-    p = plan_eval(ckpt, data, task, src_from, to, fit, split, fit_split, n_test, langs, device, weights)
+    check_request(task, bs, pool, bits=bits)
+    p = plan_eval(ckpt, data, task, src_from, to, fit, split, fit_split, n_test, langs, device, weights, bits if task == 'retrieval' else 0)
     model, ck, src, fsrc, mods, pairs, K, parts = (p[k] for k in ('model', 'ck', 'src', 'fit_src', 'mods', 'pairs', 'K', 'parts'))
     res, figs = dict(p['head']), {}
     fe = records_features(model, src, parts['scored'], mods, bs, max_lengths(ck, src), progress)
@@ -413,6 +417,13 @@ def run_eval(ckpt,  # checkpoint folder or file
         r = retrieval_report(fe, pairs, K, ffe if p['need_fit'] else None)
         res.update({k: v for k, v in r.items() if k != 'n_items'})
         figs['retrieval_r10.png'] = pair_heatmap(r['embedding'], 'R@10', 'R@10 (embeddings)')
+        if bits:  # `cmrl.eval.hashing`: learned codes and LSH, scored like 'embedding' (which is their float reference)
+            try:
+                h = hash_retrieval_report(ffe.emb, fe.emb, bits, fit_present=ffe.present, present=fe.present, ids=fe.ids,
+                                          groups=fe.groups, directions=pairs)
+                res['hashing'] = {k: v for k, v in h.items() if k != 'float'}
+            except ValueError as e:
+                warnings.warn(f"hashing skipped: {e}"); res['hashing'] = {'skipped': str(e)}
     elif task == 'generalization':
         cont = None if K is None else (semantic_embeddings(model, fsrc, parts['fit'], fmods, bs, max_lengths(ck, fsrc)),
                                        semantic_embeddings(model, src, parts['scored'], mods, bs, max_lengths(ck, src)))
@@ -476,12 +487,13 @@ def eval_cmd(ckpt: Annotated[str, dict(opt=True, required=True)],  # folder writ
              device: str = None,  # 'cpu', 'cuda', ... (default: the best available)
              weights: Annotated[str, dict(choices=('best', 'last'))] = 'best',  # which weights of the checkpoint
              progress: bool = False,  # progress bars
+             bits: int = 64,  # retrieval: length of the binary hash codes reported beside float retrieval (learned on the fit items, and LSH); 0: none
             ):
     "Evaluate a cmrl checkpoint; print the metrics as JSON and write them with plots to --out."
     ck = Path(ckpt)
     o = None if out == '-' else Path(out) if out else (ck if ck.is_dir() else ck.parent) / f'eval-{task}'
     split = None if split == 'all' else split
-    res = run_eval(ckpt, data, task, src_from, to, fit, split, fit_split, pool, o, n_test, langs, bs, progress, device, weights)
+    res = run_eval(ckpt, data, task, src_from, to, fit, split, fit_split, pool, o, n_test, langs, bs, progress, device, weights, bits=bits)
     return items_line(res['items']), res
 
 def items_line(items: dict) -> str:
