@@ -62,6 +62,7 @@ class TrainConfig:
     monitor: str = 'valid_R@10'  # what picks the best weights kept in the checkpoint: 'valid_R@10' (mean validation retrieval), 'valid_loss' or 'none'
     langs: str = ''  # languages of the speech/text pairs, comma-separated, or 'all'; default: the source's (Tux Paint: fr; a manifest: every item)
     valid_pct: float = 0.2  # fraction of the items without a `split` field held out (by group) for validation
+    image_frontend: str = 'pixels'  # tuxpaint/manifest: 'pixels' (trained from scratch) or 'efficientnet_lite0' (frozen ImageNet features)
     image_size: int = 32  # tuxpaint/manifest: image side in pixels
     max_speech: int = 300  # tuxpaint/manifest: longest speech/audio in log-mel frames (10 ms each)
     max_text: int = 64  # tuxpaint/manifest: longest text in tokens
@@ -89,7 +90,7 @@ def flag(name: str) -> str: return '--' + name.replace('_', '-')  # the `cmrl tr
 _AT_LEAST = {'epochs': 1, 'bs': 1, 'd': 1, 'steps': 1, 'n_layers': 1, 'n_codes': 2, 'image_size': 8, 'max_speech': 1,
              'max_text': 1, 'n_train': 1, 'n_valid': 0, 'mi_steps': 0, 'dead_after': 0, 'num_workers': 0, 'threads': 0}
 _CHOICES = {'precision': ('fp32', 'fp16', 'bf16'), 'mm_ema': ('reference', 'paper', 'none'), 'cross_commit': ('reference', 'paper', 'none'),
-            'monitor': ('valid_R@10', 'valid_loss', 'none')}
+            'monitor': ('valid_R@10', 'valid_loss', 'none'), 'image_frontend': ('pixels', 'efficientnet_lite0')}
 
 def check_config(cfg: TrainConfig) -> TrainConfig:
     "`cfg`, or a `ValueError` that lists every bad setting by its option"
@@ -206,6 +207,7 @@ def source_kwargs(cfg: TrainConfig) -> dict:
     if cfg.data == 'synth': kw = dict(n_train=cfg.n_train, n_valid=cfg.n_valid, n_test=0, seed=cfg.seed)
     else:
         kw = dict(size=cfg.image_size, valid_pct=cfg.valid_pct, seed=cfg.seed)
+        if cfg.image_frontend != 'pixels': kw['image_frontend'] = cfg.image_frontend
         if cfg.langs: kw['langs'] = cfg.langs
     if mods: kw['modalities'] = mods
     return kw

@@ -6,7 +6,7 @@ Docs: https://cmrl-dev.github.io/cmrl/data.cache.html.md"""
 
 # %% ../../nbs/04_data.cache.ipynb #5c7d7fdb
 from __future__ import annotations
-import hashlib, json, os, shutil, uuid, warnings
+import hashlib, json, os, shutil, sys, time, uuid, warnings
 from dataclasses import dataclass, field, asdict, replace
 from pathlib import Path
 from typing import Sequence
@@ -19,6 +19,7 @@ from ..core import *
 from .audio import *
 from .image import *
 from .text import *
+from .pretrained import IMAGE_FRONTENDS, image_frontend_dim, PretrainedImageFrontend
 
 # %% auto #0
 __all__ = ['CACHE_FORMAT', 'FEATURE_SUFFIX', 'EXTRA_FIELDS', 'FrontendConfig', 'Frontends', 'feature_shape', 'load_features',
@@ -33,6 +34,7 @@ class FrontendConfig:
     audio: AudioConfig = field(default_factory=AudioConfig)
     image: ImageConfig = field(default_factory=ImageConfig)
     text: TextConfig = field(default_factory=TextConfig)
+    def __post_init__(self): image_frontend_dim(self.image)  # an unknown image front-end fails here, naming the choices
 
     def to_dict(self) -> dict: return asdict(self)
     @classmethod
@@ -42,11 +44,19 @@ class FrontendConfig:
     def key(self, part: str | None = None) -> str:
         "Hash of the settings (of one `part`: 'audio', 'image', 'text'), 16 hex digits"
         d = {'format': CACHE_FORMAT, **(self.to_dict() if part is None else {part: asdict(getattr(self, part))})}
+        if 'image' in d:
+            im = d['image']
+            if im['frontend'] == 'pixels': del im['frontend']  # pixel keys stay what they were before pretrained front-ends
+            else: im['size'] = IMAGE_FRONTENDS[im['frontend']]['size']  # the network's input side, whatever the pixel size
         return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
     def replace(self, **kw) -> 'FrontendConfig':
-        "A copy with parts or fields replaced: `replace(audio=AudioConfig(...))` or `replace(n_mels=80, size=32)`"
+        "A copy with parts or fields replaced: `replace(audio=AudioConfig(...))`, `replace(n_mels=80, size=32)` or `replace(image_frontend='efficientnet_lite0')`"
         parts = {k: kw.pop(k) for k in ('audio', 'image', 'text') if k in kw}
         new = replace(self, **parts)
+        for k in list(kw):  # `<part>_<field>` names, e.g. `image_frontend`, `text_kind`
+            part, _, f = k.partition('_')
+            if part in ('audio', 'image', 'text') and f in getattr(new, part).__dataclass_fields__:
+                new = replace(new, **{part: replace(getattr(new, part), **{f: kw.pop(k)})})
         for part in ('audio', 'image', 'text'):
             sub = getattr(new, part)
             mine = {k: kw.pop(k) for k in list(kw) if k in sub.__dataclass_fields__}
@@ -60,7 +70,10 @@ class Frontends:
     def __init__(self, cfg: FrontendConfig | None = None,  # settings
                  tokenizer=None):  # text tokenizer; default from `cfg.text` (a `CharTokenizer` must be given)
         self.cfg = cfg or FrontendConfig()
-        self.audio, self.image = AudioFrontend(self.cfg.audio), ImageFrontend(self.cfg.image)
+        self.audio = AudioFrontend(self.cfg.audio)
+        pre = self.cfg.image.frontend != 'pixels'
+        self.image = PretrainedImageFrontend(self.cfg.image) if pre else ImageFrontend(self.cfg.image)  # `[1, D]` features or `[1, 3, H, W]` pixels
+        self.image_kind = f"image-{self.cfg.image.frontend}" if pre else 'image'  # the feature-cache folder of pictures
         if tokenizer is None and self.cfg.text.kind in ('bytes', 'sentence'): tokenizer = ByteTokenizer(self.cfg.text.max_len)
         if tokenizer is None: raise ValueError("text kind 'chars' needs a fitted CharTokenizer (the source fits it on its training split)")
         self.tokenizer, self._sent = tokenizer, None
@@ -208,14 +221,18 @@ class FeatureDataset(torch.utils.data.Dataset):
         store_attr('cache,name')
         self.records, self.fe, self.modalities, self.extra_fields = list(records), frontends, tuple(modalities), tuple(extra_fields)
         self.feature_dims = dict(feature_dims or {})
-        self.failures, self._warned = {}, False
+        self.failures, self._warned, self._memo, self._prepared = {}, False, {}, False
         self._cfg_keys = {k: frontends.cfg.key(k) for k in ('audio', 'image', 'text')}
+        self._cfg_keys[frontends.image_kind] = frontends.cfg.key('image')
 
     def __len__(self): return len(self.records)
-    def kind(self, m: str) -> str: return 'features' if m in self.feature_dims else 'image' if m in VISUAL else 'audio'
+    def kind(self, m: str) -> str:
+        if m in self.feature_dims: return 'features'
+        return self.fe.image_kind if m == IMAGE else 'image' if m in VISUAL else 'audio'
 
     def _make(self, kind: str, path) -> np.ndarray:
         if kind == 'image': return self.fe.image.uint8(path).numpy()
+        if kind.startswith('image-'): return self.fe.image(path).numpy()  # one picture through the frozen network
         return self.fe.audio(path).numpy()
     def _raw(self, kind: str, path) -> np.ndarray:
         if self.cache is None: return check_finite(self._make(kind, path), path, f"{kind} features")
@@ -231,6 +248,10 @@ class FeatureDataset(torch.utils.data.Dataset):
         "Features of the file `path` for modality `m`, or `None` if it cannot be decoded"
         if str(path) in self.failures: return None
         kind = self.kind(m)
+        if kind.startswith('image-'):
+            self.prepare()
+            if str(path) in self.failures: return None
+            if str(path) in self._memo: return torch.from_numpy(self._memo[str(path)])
         try:
             if kind == 'features': return load_features(path, self.feature_dims[m])
             a = self._raw(kind, path)
@@ -261,8 +282,49 @@ class FeatureDataset(torch.utils.data.Dataset):
         return list(dict.fromkeys((m, r[m]) for r in self.records for m in self.modalities
                                   if (m != TEXT or m in self.feature_dims) and r.get(m) is not None))
 
+    def prepare(self, warn: bool = True) -> int:
+        "Frozen pretrained image features of every picture not cached yet, many per forward pass (once); returns how many were made"
+        kind = self.kind(IMAGE)
+        if self._prepared or not kind.startswith('image-') or IMAGE not in self.modalities: return 0
+        self._prepared, todo = True, []
+        for m, p in self.files():
+            if m != IMAGE or p in self.failures: continue
+            if self.cache is not None:
+                try:
+                    if self.cache.has(kind, self.cache.key(kind, p, self._cfg_keys[kind])): continue
+                except OSError as e: self._fail(p, f"unreadable ({type(e).__name__})", False); continue
+            todo.append(p)
+        if not todo: return 0
+        fe, t0, n, shown = self.fe.image, time.time(), len(todo), 0
+        fe.embedder  # load the network now: a missing package fails here, with the pip line
+        label = f"cmrl {self.name}: {self.fe.cfg.image.frontend} image features"
+        starts = range(0, n, fe.bs)
+        tty = sys.stderr.isatty()
+        for s in (progress_bar(starts, comment=label, leave=False) if tty else starts):
+            ok, pics = [], []
+            for p in todo[s:s + fe.bs]:
+                try: pics.append(fe.uint8(p)); ok.append(p)
+                except (DecodeError, MissingDependency, OSError) as e: self._remember_failure(kind, p, e, warn)
+            for p, a in zip(ok, fe.embed(pics).numpy()):
+                try: a = check_finite(a, p, f"{kind} features")
+                except DecodeError as e: self._remember_failure(kind, p, e, warn); continue
+                if self.cache is not None: self.cache.put(kind, self.cache.key(kind, p, self._cfg_keys[kind]), a)
+                self._memo[p] = a
+            done = min(s + fe.bs, n)
+            if not tty and (10 * done // n > shown or done == n):
+                shown = 10 * done // n
+                print(f"{label}: {100 * done // n}% ({done}/{n} pictures, {time.time() - t0:.0f} s)", file=sys.stderr, flush=True)
+        return n
+    def _remember_failure(self, kind: str, path, e: Exception, warn: bool):
+        err = e if isinstance(e, DecodeError) else DecodeError(path, getattr(e, 'reason', None) or f"unreadable ({type(e).__name__}: {e})")
+        self._fail(path, err.reason, warn)
+        if self.cache is not None and isinstance(e, DecodeError):
+            try: self.cache.put_error(kind, self.cache.key(kind, path, self._cfg_keys[kind]), err)
+            except OSError: pass
+
     def validate(self, progress: bool = False) -> dict:
         "Decode (or find cached) every file, drop items left with no modality, warn once naming the bad files"
+        self.prepare(warn=False)
         fs = self.files()
         it = progress_bar(fs, comment=f"{self.name}: features") if progress else fs
         for m, p in it:

@@ -26,6 +26,7 @@ class ImageConfig:
     fit: str = 'pad'  # 'pad' (keep aspect, pad with background), 'stretch' or 'crop'
     background: tuple = (255, 255, 255)  # RGB that transparent pixels are composited on
     svg_scale: float = 2.  # SVGs are rasterised at `svg_scale` times the output size, then resized
+    frontend: str = 'pixels'  # 'pixels', or a frozen pretrained network ('efficientnet_lite0': `[1, 1280]` features, see `cmrl.data.pretrained`)
 
     @property
     def hw(self) -> tuple[int, int]: return (self.size, self.size) if isinstance(self.size, int) else tuple(self.size)

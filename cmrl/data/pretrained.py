@@ -7,15 +7,18 @@ Docs: https://cmrl-dev.github.io/cmrl/data.pretrained.html.md"""
 # %% ../../nbs/02a_data.pretrained.ipynb #30676f2e
 from __future__ import annotations
 import hashlib, json
+from dataclasses import replace
 from pathlib import Path
+from typing import Sequence
 import numpy as np
 import torch, torch.nn as nn
 from torch import Tensor
 from .audio import MissingDependency
-from .image import load_image, fit_image
+from .image import load_image, fit_image, ImageConfig, ImageFrontend
 
 # %% auto #0
-__all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'efficientnet_lite0', 'ImageEmbedder', 'image_feature_manifest']
+__all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'IMAGE_FRONTENDS', 'efficientnet_lite0', 'ImageEmbedder', 'image_frontend_dim',
+           'PretrainedImageFrontend', 'image_feature_manifest']
 
 # %% ../../nbs/02a_data.pretrained.ipynb #6e63e866
 def _effnet():
@@ -72,6 +75,40 @@ class ImageEmbedder:
         ims = [torch.from_numpy(np.asarray(fit_image(load_image(p), (self.size, self.size)), dtype=np.uint8).copy()).permute(2, 0, 1)
                for p in paths]
         return self(torch.stack(ims).float() / 255) if ims else self(torch.zeros(0, 3, self.size, self.size))
+
+# %% ../../nbs/02a_data.pretrained.ipynb #445d368b
+IMAGE_FRONTENDS = {'efficientnet_lite0': dict(size=224, dim=ImageEmbedder.dim)}  # frozen image front-ends: input side, feature width
+
+def image_frontend_dim(cfg: ImageConfig  # image settings
+                      ) -> int | None:  # feature width `D`; `None` for 'pixels'
+    "Width of the features the image front-end of `cfg` gives; `ValueError` naming the choices for an unknown front-end"
+    if cfg.frontend == 'pixels': return None
+    if cfg.frontend not in IMAGE_FRONTENDS:
+        raise ValueError(f"unknown image front-end {cfg.frontend!r}; choose from pixels, {', '.join(IMAGE_FRONTENDS)}")
+    return IMAGE_FRONTENDS[cfg.frontend]['dim']
+
+class PretrainedImageFrontend:
+    "Image file -> `[1, D]` frozen pretrained features: the image front-end when `cfg.frontend` is not 'pixels'"
+    def __init__(self, cfg: ImageConfig,  # settings; `frontend` names the network
+                 bs: int = 32,  # pictures per forward pass
+                 device=None):  # where the network runs; default CPU
+        self.dim = image_frontend_dim(cfg)
+        if self.dim is None: raise ValueError("PretrainedImageFrontend needs a pretrained image front-end, got 'pixels'")
+        self.cfg, self.bs, self.device, self._emb = cfg, bs, device, None
+        self.pixels = ImageFrontend(replace(cfg, size=IMAGE_FRONTENDS[cfg.frontend]['size']))  # what the network sees
+    @property
+    def embedder(self) -> ImageEmbedder:
+        "The frozen network, loaded on first use"
+        if self._emb is None: self._emb = ImageEmbedder(size=self.pixels.cfg.hw[0], bs=self.bs, device=self.device)
+        return self._emb
+    def uint8(self, x) -> Tensor: return self.pixels.uint8(x)  # `[3, S, S]` uint8 input picture of a path or PIL image
+    def embed(self, pics: Sequence[Tensor]  # uint8 `[3, S, S]` pictures from `uint8`
+             ) -> Tensor:  # `[N, 1, D]` float32
+        "Features of many pictures, `bs` per forward pass"
+        if not len(pics): return torch.zeros(0, 1, self.dim)
+        return self.embedder(torch.stack(list(pics)).float() / 255)
+    def files(self, paths) -> Tensor: return self.embed([self.uint8(p) for p in paths])  # `[N, 1, D]`
+    def __call__(self, x) -> Tensor: return self.embed([self.uint8(x)])[0]  # `[1, D]` features of one picture
 
 # %% ../../nbs/02a_data.pretrained.ipynb #46530915
 def _sha1(path) -> str:

@@ -16,6 +16,7 @@ from fastai.data.transforms import CategoryMap
 from ..core import *
 from .text import ByteTokenizer, CharTokenizer
 from .cache import *
+from .pretrained import image_frontend_dim
 
 # %% auto #0
 __all__ = ['SPLITS', 'VALID_PCT', 'FILE_MODALITIES', 'label_map', 'UnionFind', 'group_by_shared', 'valid_fracs', 'group_split',
@@ -129,7 +130,7 @@ class Source:
                  has: Sequence[str] | None = None,  # modalities the items have; default: found in the records
                  dropped: dict | None = None):  # what filters dropped, `{filter: {reason: count}}`, for the summary
         if name: self.name = name
-        self.feature_dims = dict(feature_dims or {})
+        self.npy_dims = dict(feature_dims or {})  # the modalities read from `.npy` files
         self.available = tuple(has) if has is not None else self.modalities_in(records)
         mods = self.check_modalities(modalities)
         records, splits = self._select(records, splits, mods)
@@ -199,11 +200,18 @@ class Source:
     def text_vocab_size(self) -> int: return self.tokenizer.vocab_size
 
     @property
+    def feature_dims(self) -> dict:
+        "Modality -> width `D` of the modalities that arrive as `[T, D]` features: `.npy` files, and pictures through a frozen image front-end"
+        d, D = dict(self.npy_dims), image_frontend_dim(self.frontend_cfg.image)
+        if D is not None and IMAGE in self.modalities and IMAGE not in d: d[IMAGE] = D
+        return d
+
+    @property
     def shapes(self) -> dict:
         "Per-step shape and dtype of each modality, `{m: (shape, dtype)}` (for `collate_items(shapes=...)` and model sizes)"
-        c, out = self.frontend_cfg, {}
+        c, out, fd = self.frontend_cfg, {}, self.feature_dims
         for m in self.modalities:
-            if m in self.feature_dims: out[m] = ((self.feature_dims[m],), torch.float32)
+            if m in fd: out[m] = ((fd[m],), torch.float32)
             elif m == IMAGE: out[m] = ((3, *c.image.hw), torch.float32)
             elif m in AURAL: out[m] = ((c.audio.n_mels,), torch.float32)
             elif m == TEXT: out[m] = ((384,), torch.float32) if c.text.kind == 'sentence' else ((), torch.long)
@@ -216,7 +224,7 @@ class Source:
                 progress: bool = False):  # show a progress bar while validating
         "A map-style data set of item dicts for `split`"
         ds = FeatureDataset(self.split(split), self.frontends(), FeatureCache.of(cache), self.modalities, name=f"{self.name}:{split}",
-                            feature_dims=self.feature_dims)
+                            feature_dims=self.npy_dims)
         if validate: ds.validate(progress=progress)
         return ds
     def check(self, cache=True,  # feature cache (see `dataset`)
