@@ -330,3 +330,14 @@ def test_every_model_trains_on_a_manifest(tmp_path, capsys, model):
     assert rc == 0, se
     mt = metrics(tmp_path / 'run')
     assert mt['model'] == model and math.isfinite(mt['train_loss']) and math.isfinite(mt['valid_loss'])
+
+
+def test_frozen_image_features_front_end(tmp_path, capsys):
+    "`--image-frontend efficientnet_lite0`: pictures become frozen ImageNet features; the model gets a feature projection"
+    m = manifest(tmp_path, 8, extra=lambda i: {'split': 'valid' if i < 2 else 'train'})
+    out = tmp_path / 'run'
+    rc, so, se = run(['--data', m, '--out', out, '--cache', tmp_path / 'cache', *SMALL, '--image-frontend', 'efficientnet_lite0', '--quiet'], capsys)
+    assert rc == 0, se
+    ck = read_checkpoint(out)
+    assert ck['config']['dims']['image'] == {'in_dim': 1280} and ck['config']['source']['image_frontend'] == 'efficientnet_lite0'
+    assert ck['frontends']['config']['image']['frontend'] == 'efficientnet_lite0'

@@ -29,7 +29,7 @@ def get_source(source='tuxpaint',  # 'tuxpaint', 'synth', a JSON Lines manifest 
                size: int | None = None,  # image size (default 64); synth: the video frame size (default 32)
                valid_pct: float = VALID_PCT,  # manifests: fraction of the groups without a `split` field held out for validation
                seed: int = 0,  # split seed (Tux Paint, manifests) or generator seed (synth)
-               **kwargs) -> Source:  # passed to the source's class (`root=`, `n_train=`, `n_mels=`, ...)
+               **kwargs) -> Source:  # passed to the source's class (`root=`, `n_train=`, `n_mels=`, `image_frontend='efficientnet_lite0'`, ...)
     "A data source by name or manifest path"
     if isinstance(source, Source):
         given = [k for k, v in dict(modalities=modalities, langs=langs, size=size, **kwargs).items() if v is not None]
@@ -117,6 +117,7 @@ def data(source: str = 'tuxpaint',  # 'tuxpaint', 'synth', or the path of a JSON
          valid_pct: float = VALID_PCT,  # manifests: fraction of the groups without a `split` field held out for validation
          seed: int = 0,  # split seed (synth: generator seed)
          size: int = None,  # image size (synth: video frame size)
+         image_frontend: str = None,  # Tux Paint, manifests: 'pixels' (default) or 'efficientnet_lite0' (frozen `[1, 1280]` features)
          n: int = None,  # synth: training items (same as --n-train)
          n_train: int = None,  # synth: training items
          n_valid: int = None,  # synth: validation items
@@ -124,7 +125,7 @@ def data(source: str = 'tuxpaint',  # 'tuxpaint', 'synth', or the path of a JSON
          out: str = None,  # also write the JSON to this file
         ) -> dict:  # the summary
     "Summarise a data source as JSON: items per modality, language, category and split, and the files skipped with reasons"
-    kw = {k: v for k, v in dict(root=root, n=n, n_train=n_train, n_valid=n_valid).items() if v is not None}
+    kw = {k: v for k, v in dict(root=root, n=n, n_train=n_train, n_valid=n_valid, image_frontend=image_frontend).items() if v is not None}
     src = get_source(source, modalities=modalities, langs=langs, size=size, valid_pct=valid_pct, seed=seed, **kw)
     if check and not isinstance(src, SynthSource): src.check(cache=cache or True)
     s = src.summary(max_files=max_files)
