@@ -283,7 +283,7 @@ class FeatureDataset(torch.utils.data.Dataset):
                                   if (m != TEXT or m in self.feature_dims) and r.get(m) is not None))
 
     def prepare(self, warn: bool = True) -> int:
-        "Frozen pretrained image features of every picture not cached yet, many per forward pass (once); returns how many were made"
+        "Frozen pretrained image features of every picture not cached yet (once), `fe.image.bs` per forward pass; returns how many were made"
         kind = self.kind(IMAGE)
         if self._prepared or not kind.startswith('image-') or IMAGE not in self.modalities: return 0
         self._prepared, todo = True, []
@@ -295,14 +295,14 @@ class FeatureDataset(torch.utils.data.Dataset):
                 except OSError as e: self._fail(p, f"unreadable ({type(e).__name__})", False); continue
             todo.append(p)
         if not todo: return 0
-        fe, t0, n, shown = self.fe.image, time.time(), len(todo), 0
+        fe, t0, n, shown, chunk = self.fe.image, time.time(), len(todo), 0, 32  # pictures decoded (and reported) together
         fe.embedder  # load the network now: a missing package fails here, with the pip line
         label = f"cmrl {self.name}: {self.fe.cfg.image.frontend} image features"
-        starts = range(0, n, fe.bs)
+        starts = range(0, n, chunk)
         tty = sys.stderr.isatty()
         for s in (progress_bar(starts, comment=label, leave=False) if tty else starts):
             ok, pics = [], []
-            for p in todo[s:s + fe.bs]:
+            for p in todo[s:s + chunk]:
                 try: pics.append(fe.uint8(p)); ok.append(p)
                 except (DecodeError, MissingDependency, OSError) as e: self._remember_failure(kind, p, e, warn)
             for p, a in zip(ok, fe.embed(pics).numpy()):
@@ -310,7 +310,7 @@ class FeatureDataset(torch.utils.data.Dataset):
                 except DecodeError as e: self._remember_failure(kind, p, e, warn); continue
                 if self.cache is not None: self.cache.put(kind, self.cache.key(kind, p, self._cfg_keys[kind]), a)
                 self._memo[p] = a
-            done = min(s + fe.bs, n)
+            done = min(s + chunk, n)
             if not tty and (10 * done // n > shown or done == n):
                 shown = 10 * done // n
                 print(f"{label}: {100 * done // n}% ({done}/{n} pictures, {time.time() - t0:.0f} s)", file=sys.stderr, flush=True)

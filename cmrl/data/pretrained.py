@@ -90,9 +90,10 @@ def image_frontend_dim(cfg: ImageConfig  # image settings
 class PretrainedImageFrontend:
     "Image file -> `[1, D]` frozen pretrained features: the image front-end when `cfg.frontend` is not 'pixels'"
     def __init__(self, cfg: ImageConfig,  # settings; `frontend` names the network
-                 bs: int = 32,  # pictures per forward pass
+                 bs: int | None = None,  # pictures per forward pass; default 32 on CUDA, 1 on the CPU (faster there: see below)
                  device=None):  # where the network runs; default CPU
         self.dim = image_frontend_dim(cfg)
+        if bs is None: bs = 32 if torch.device(device or 'cpu').type == 'cuda' else 1
         if self.dim is None: raise ValueError("PretrainedImageFrontend needs a pretrained image front-end, got 'pixels'")
         self.cfg, self.bs, self.device, self._emb = cfg, bs, device, None
         self.pixels = ImageFrontend(replace(cfg, size=IMAGE_FRONTENDS[cfg.frontend]['size']))  # what the network sees
