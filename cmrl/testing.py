@@ -7,7 +7,7 @@ Docs: https://cmrl-dev.github.io/cmrl/testing.html.md"""
 # %% ../nbs/90_testing.ipynb #26c292a6
 from __future__ import annotations
 from fastcore.meta import delegates
-import math
+import contextlib, io, json, math, warnings
 from typing import Sequence
 import torch
 from torch import nn, Tensor
@@ -19,7 +19,8 @@ from .heads.fusion import FusionEncoder
 from .heads.opt import OPT, match_accuracy
 
 # %% auto #0
-__all__ = ['rnd', 'tiny_synth', 'toy_features', 'toy_batches', 'ToyEncoders', 'feature_items', 'train_matching_demo']
+__all__ = ['rnd', 'tiny_synth', 'toy_features', 'toy_batches', 'ToyEncoders', 'feature_items', 'train_matching_demo', 'run_cli',
+           'last_json']
 
 # %% ../nbs/90_testing.ipynb #71497c6d
 def rnd(*shape: int,  # the tensor's shape
@@ -140,3 +141,16 @@ def train_matching_demo(n_train: int = 512,  # synthetic training items
         hits = [(lambda out: (out.match_logits.argmax(-1) == out.match_labels)[out.match_labels >= 0].float())(model(bb, generator=gv)) for bb in val for _ in range(4)]
     last = accs[-50:]
     return dict(train_acc=sum(last) / len(last), valid_acc=torch.cat(hits).mean().item(), chance=0.2, steps=steps)
+
+# %% ../nbs/90_testing.ipynb #f418b61d
+def run_cli(fn,  # a command's function, e.g. `cmrl.eval.report.eval_cli`
+            argv: list[str],  # its arguments
+           ) -> tuple[int, str, str]:  # exit status, standard output, standard error
+    "Run command `fn(argv)` capturing what it prints"
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        rc = fn(argv)
+    return rc, out.getvalue(), err.getvalue()
+
+def last_json(s: str) -> dict: return json.loads(s.strip().splitlines()[-1])  # the JSON line that ends a command's output

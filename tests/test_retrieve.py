@@ -4,15 +4,7 @@ from pathlib import Path
 import numpy as np, pytest, torch
 
 
-def run(fn, argv):
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), warnings.catch_warnings():
-        warnings.simplefilter('ignore')
-        rc = fn(argv)
-    return rc, out.getvalue(), err.getvalue()
-
-
-def last_json(s: str) -> dict: return json.loads(s.strip().splitlines()[-1])
+from cmrl.testing import run_cli as run, last_json
 
 
 @pytest.fixture(scope='module')
