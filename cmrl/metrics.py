@@ -108,12 +108,13 @@ def relevance(q_items: Sequence,  # item id of every query
 # %% ../nbs/28_metrics.ipynb #fd7ad152
 def similarity(q,  # `[Q, D]` query embeddings
                g,  # `[G, D]` gallery embeddings
-               metric: str = 'cos',  # 'cos' (cosine) or 'dot'
+               metric='cos',  # 'cos' (cosine), 'dot', or a function `(q, g) -> [Q, G]` similarities (higher = closer)
               ) -> Tensor:  # `[Q, G]`
     "Similarity matrix between two sets of embeddings"
+    if callable(metric): return _t(metric(q, g)).float()
     q, g = _t(q).float(), _t(g).float()
     if metric == 'cos': q, g = torch.nn.functional.normalize(q, dim=-1), torch.nn.functional.normalize(g, dim=-1)
-    elif metric != 'dot': raise ValueError(f"metric must be 'cos' or 'dot', not {metric!r}")
+    elif metric != 'dot': raise ValueError(f"metric must be 'cos' or 'dot' (or a function), not {metric!r}")
     return q @ g.T
 
 def direction(a: str, b: str) -> str: return f"{a}->{b}"  # the key of retrieval direction a -> b
@@ -124,7 +125,7 @@ def cross_modal_retrieval(embs: dict,  # modality -> `[N, D]` embeddings, rows a
                           present: dict | None = None,  # modality -> `[N]` bool; default all present
                           directions: Sequence[tuple[str, str]] | None = None,  # (query, gallery) pairs; default every ordered pair
                           match: str = 'item',  # see `relevance`
-                          metric: str = 'cos',  # see `similarity`
+                          metric='cos',  # see `similarity`
                           ks: Sequence[int] = (1, 5, 10),  # recall cut-offs
                           ties: str = 'pessimistic',  # see `retrieval_ranks`
                           chance: bool = True,  # add the chance level of each direction under 'chance'

@@ -7,51 +7,27 @@ Docs: https://cmrl-dev.github.io/cmrl/eval.hashing.html.md"""
 # %% ../../nbs/44_eval.hashing.ipynb #157f2391
 from __future__ import annotations
 import warnings
+from fastcore.meta import delegates
 from typing import Sequence
 import numpy as np
 import torch
 from torch import Tensor
 from ..heads.hashing import _t, to_binary, hamming_distances, lsh_codes, fit_hash_head, HashHead
-from ..metrics import relevance, retrieval_metrics, chance_metrics, direction, cross_modal_retrieval
+from ..metrics import cross_modal_retrieval, direction
 
 # %% auto #0
-__all__ = ['hash_retrieval', 'hash_retrieval_report', 'hash_report_table']
+__all__ = ['hamming_similarity', 'hash_retrieval', 'hash_retrieval_report', 'hash_report_table']
 
 # %% ../../nbs/44_eval.hashing.ipynb #ccf5cdc6
+def hamming_similarity(q, g) -> Tensor:  # `[Q, G]` minus the Hamming distance (higher = closer), for `cmrl.metrics.similarity`
+    return -hamming_distances(np.asarray(q), np.asarray(g))
+
+@delegates(cross_modal_retrieval, but=['metric'])
 def hash_retrieval(codes: dict,  # modality -> `[N, B]` +-1 codes, rows are the same N items
-                   ids: Sequence | None = None,  # item id per row; default the row index
-                   groups: Sequence | None = None,  # group id per row: see `cmrl.metrics.relevance`
-                   present: dict | None = None,  # modality -> `[N]` bool; default all present
-                   directions: Sequence[tuple[str, str]] | None = None,  # (query, gallery) pairs; default every ordered pair
-                   match: str = 'item',  # see `cmrl.metrics.relevance`
-                   ks: Sequence[int] = (1, 5, 10),  # recall cut-offs
-                   ties: str = 'pessimistic',  # see `cmrl.metrics.retrieval_ranks`
-                   chance: bool = True,  # add the chance level of each direction under 'chance'
+                   **kwargs,  # ids, groups, present, directions, match, ks, ties, chance: as `cmrl.metrics.cross_modal_retrieval`
                   ) -> dict:  # 'a->b' -> metrics dict, like `cross_modal_retrieval`
     "Retrieval metrics in every direction, ranking the gallery by Hamming distance (faiss binary index)"
-    mods = list(codes)
-    N = len(next(iter(codes.values()))) if mods else 0
-    for m in mods:
-        if len(codes[m]) != N: raise ValueError(f"hash_retrieval: {m} has {len(codes[m])} rows, expected {N} (rows must be the same items)")
-    ids = list(range(N)) if ids is None else list(ids)
-    if len(ids) != N: raise ValueError(f"hash_retrieval: {len(ids)} ids for {N} rows")
-    if groups is not None and len(groups) != N: raise ValueError(f"hash_retrieval: {len(groups)} groups for {N} rows")
-    pres = {m: (torch.ones(N, dtype=torch.bool) if present is None or m not in present else _t(present[m]).bool().cpu()) for m in mods}
-    directions = [(a, b) for a in mods for b in mods if a != b] if directions is None else list(directions)
-    out = {}
-    for a, b in directions:
-        for m in (a, b):
-            if m not in codes: raise KeyError(f"hash_retrieval: no codes for modality {m!r}; have {mods}")
-        qi, gi = pres[a].nonzero().flatten().tolist(), pres[b].nonzero().flatten().tolist()
-        if not qi or not gi: warnings.warn(f"hash_retrieval: {direction(a, b)} has no items; skipped"); continue
-        rel, ign = relevance([ids[i] for i in qi], [ids[i] for i in gi],
-                             None if groups is None else [groups[i] for i in qi], None if groups is None else [groups[i] for i in gi], match)
-        qc, gc = np.asarray(_t(codes[a]))[qi], np.asarray(_t(codes[b]))[gi]
-        sim = -hamming_distances(qc, gc).float()  # higher = more similar
-        res = retrieval_metrics(sim, rel, ign, ks, ties, warn=False)
-        if chance: res['chance'] = chance_metrics(rel, ign, ks)
-        out[direction(a, b)] = res
-    return out
+    return cross_modal_retrieval(codes, metric=hamming_similarity, **kwargs)
 
 # %% ../../nbs/44_eval.hashing.ipynb #31463369
 def hash_retrieval_report(fit_embs: dict,  # modality -> `[N_fit, D]` embeddings of the training items
