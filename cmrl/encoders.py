@@ -14,30 +14,43 @@ from torch import Tensor
 from .core import *
 
 # %% auto #0
-__all__ = ['AudioStem', 'ImageStem', 'VideoStem', 'TextStem', 'FeatureStem', 'Encoded', 'ModalityEncoder', 'make_encoder',
-           'input_dims']
+__all__ = ['standardise_frames', 'AudioStem', 'ImageStem', 'VideoStem', 'TextStem', 'FeatureStem', 'Encoded', 'ModalityEncoder',
+           'make_encoder', 'input_dims']
 
 # %% ../nbs/20_encoders.ipynb #a72a4e13
 def _sub_mask(mask: Tensor, k: int = 2) -> Tensor: return mask[:, ::k]
 
+def standardise_frames(x: Tensor,  # `[B, L, F]` log-mel frames
+                       mask: Tensor,  # `[B, L]` bool, True = real frame
+                      ) -> tuple[Tensor, Tensor]:  # (standardised, mean-normalised per bin), padding 0
+    "Each item's frames standardised over all its real frames and bins, and its per-bin means removed (CMVN)"
+    mf = mask[..., None].to(x.dtype)
+    n = (mf.sum((1, 2), keepdim=True) * x.shape[-1]).clamp(min=1)
+    mu = (x * mf).sum((1, 2), keepdim=True) / n
+    sd = (((x - mu) * mf) ** 2).sum((1, 2), keepdim=True).div(n).sqrt().clamp(min=1e-3)
+    mu_f = (x * mf).sum(1, keepdim=True) / mf.sum(1, keepdim=True).clamp(min=1)
+    sd_f = (((x - mu_f) * mf) ** 2).sum((1, 2), keepdim=True).div(n).sqrt().clamp(min=1e-3)
+    return (x - mu) / sd * mf, (x - mu_f) / sd_f * mf
+
 class AudioStem(nn.Module):
     "Log-mel frames → convolutional subsampling (×4) → tokens"
     def __init__(self, n_mels: int = 64,  # mel bins of the input
-                 d: int = 64):  # token width
+                 d: int = 64,  # token width
+                 cmvn: bool = True):  # cepstral mean normalisation of the input (`cmvn_input`); False: raw log-mel (cmrl < 0.2)
         super().__init__()
         store_attr('n_mels')
         self.target_dim = n_mels
+        self.register_buffer('cmvn', torch.tensor(bool(cmvn)))  # saved with the weights: a checkpoint keeps its input rule
         self.conv = nn.Sequential(nn.Conv1d(n_mels, d, 3, 2, 1), nn.GELU(), nn.Conv1d(d, d, 3, 2, 1), nn.GELU())
+    def _load_from_state_dict(self, sd, prefix, *args, **kw):
+        sd.setdefault(prefix + 'cmvn', torch.tensor(False))  # weights saved before the rule existed were trained on raw log-mel
+        super()._load_from_state_dict(sd, prefix, *args, **kw)
     def forward(self, x: Tensor, mask: Tensor):
         if x.ndim != 3 or x.shape[-1] != self.n_mels: raise ValueError(f"AudioStem: expected log-mel frames [B, L, {self.n_mels}], got {tuple(x.shape)}")
         x = x * mask[..., None]
-        h = self.conv(x.transpose(1, 2)).transpose(1, 2)
+        xs, xc = standardise_frames(x, mask)  # each item's log-mel standardised: the target's scale does not depend on loudness
+        h = self.conv((xc if bool(self.cmvn) else x).transpose(1, 2)).transpose(1, 2)
         m = _sub_mask(_sub_mask(mask))
-        mf = mask[..., None].to(x.dtype)
-        n = (mf.sum((1, 2), keepdim=True) * x.shape[-1]).clamp(min=1)
-        mu = (x * mf).sum((1, 2), keepdim=True) / n
-        sd = (((x - mu) * mf) ** 2).sum((1, 2), keepdim=True).div(n).sqrt().clamp(min=1e-3)
-        xs = (x - mu) / sd * mf  # each item's log-mel standardised: the target's scale does not depend on loudness
         tgt = F.avg_pool1d(xs.transpose(1, 2), 4, 4, ceil_mode=True).transpose(1, 2)[:, :h.shape[1]]
         return h, m[:, :h.shape[1]], tgt
 

@@ -62,8 +62,8 @@ class TrainConfig:
     monitor: str = 'valid_R@10'  # what picks the best weights kept in the checkpoint: 'valid_R@10' (mean validation retrieval), 'valid_loss' or 'none'
     langs: str = ''  # languages of the speech/text pairs, comma-separated, or 'all'; default: the source's (Tux Paint: fr; a manifest: every item)
     valid_pct: float = 0.2  # fraction of the items without a `split` field held out (by group) for validation
-    image_frontend: str = 'pixels'  # tuxpaint/manifest: 'pixels' (trained from scratch) or 'efficientnet_lite0' (frozen ImageNet features)
-    image_size: int = 32  # tuxpaint/manifest: image side in pixels
+    image_frontend: str = 'efficientnet_lite0'  # tuxpaint/manifest: 'efficientnet_lite0' (frozen ImageNet features, computed once and cached) or 'pixels' (a CNN trained from scratch)
+    image_size: int = 32  # tuxpaint/manifest: image side in pixels of the 'pixels' front-end
     max_speech: int = 300  # tuxpaint/manifest: longest speech/audio in log-mel frames (10 ms each)
     max_text: int = 64  # tuxpaint/manifest: longest text in tokens
     n_train: int = 256  # synth: training items

@@ -35,8 +35,11 @@ class UniCode(CrossModalModel):
                  cpc_steps: int = 1,  # Cross-CPC steps ahead K (reference: 1)
                  cpc_layers: int = 2,  # Cross-CPC LSTM layers (reference: 2)
                  club_on: str = 'semantic',  # CLUB's x: 'semantic' (pre-quantisation) or 'quantised'
-                 w_nce: float = 0.):  # cmrl addition, not in the paper: InfoNCE between the pooled semantic features of each pair
+                 w_nce: float = 0.,  # cmrl addition, not in the paper: InfoNCE between the pooled semantic features of each pair
+                 emb: str = 'semantic'):  # what `embed` (retrieval) returns: 'semantic' (pooled pre-quantisation features) or 'quantised' (pooled codes)
         super().__init__(encoders)
+        if emb not in ('semantic', 'quantised'): raise ValueError(f"emb must be 'semantic' or 'quantised', got {emb!r}")
+        self.emb_from = emb
         if club_on not in ('semantic', 'quantised'): raise ValueError(f"club_on must be 'semantic' or 'quantised', got {club_on!r}")
         store_attr('codebook,d')
         self.w = dict(recon=w_recon, club=w_club, cpc=w_cpc, cmcm=w_cmcm, nce=w_nce)
@@ -71,7 +74,7 @@ class UniCode(CrossModalModel):
         return enc, pres, q
 
     def _output(self, enc, q, loss, losses, aux) -> ModelOutput:
-        emb = {m: masked_mean(q.quantized[m], e.mask) for m, e in enc.items()}
+        emb = {m: masked_mean(q.quantized[m] if self.emb_from == 'quantised' else e.sem, e.mask) for m, e in enc.items()}
         return ModelOutput(loss, losses, emb, dict(q.quantized), dict(q.indices), {m: e.mask for m, e in enc.items()}, aux)
 
     def represent(self, *args) -> ModelOutput:
@@ -122,6 +125,7 @@ def unicode_model(modalities: Sequence[str],  # any subset, e.g. ('video', 'audi
                   cpc_steps: int = 1,  # Cross-CPC steps ahead
                   cpc_layers: int = 1,  # Cross-CPC LSTM layers (reference: 2; 1 is half the cost on a CPU)
                   dropout: float = 0.,  # transformer dropout
+                  emb: str = 'semantic',  # retrieval embedding: 'semantic' (pooled pre-quantisation features) or 'quantised' (pooled codes)
                   seed: int = 0,  # codebook seed
                  ) -> UniCode:
     "Uni-Code for `modalities` with a shared codebook of `n_codes` codes"
@@ -130,5 +134,5 @@ def unicode_model(modalities: Sequence[str],  # any subset, e.g. ('video', 'audi
     encs = build_encoders(modalities, dims, d, steps, n_layers, spec_layers, n_heads, dropout)
     cb = SharedCodebook(n_codes, d, beta=beta, decay=decay, cosine=cosine, tau=tau, mm_ema=mm_ema if len(modalities) > 1 else None,
                         cross_commit=cross_commit if len(modalities) > 1 else None, dead_after=dead_after, seed=seed)
-    m = UniCode(encs, cb, d, w_recon, w_club, w_cpc, w_cmcm, cpc_steps=cpc_steps, cpc_layers=cpc_layers, w_nce=w_nce)
+    m = UniCode(encs, cb, d, w_recon, w_club, w_cpc, w_cmcm, cpc_steps=cpc_steps, cpc_layers=cpc_layers, w_nce=w_nce, emb=emb)
     return m
