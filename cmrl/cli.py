@@ -17,6 +17,7 @@ COMMANDS = {  # sub-command -> (module, function, one-line help)
     'train': ('cmrl.train', 'train_cli', 'train a model and write checkpoint, config, metrics.json and plots'),
     'eval': ('cmrl.eval.report', 'eval_cli', 'evaluate a checkpoint: retrieval, cross-modal generalisation, codes'),
     'retrieve': ('cmrl.retrieve', 'retrieve_cli', 'top-k gallery items for a query file or text'),
+    'generate': ('cmrl.generate', 'generate_cli', 'generate texts (or pictures) from a picture, a sound or a text through the shared codes'),
 }
 
 def _parser() -> argparse.ArgumentParser:

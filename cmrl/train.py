@@ -19,6 +19,7 @@ from .core import *
 from .encoders import input_dims
 from .data.loaders import get_source, source_dls
 from .models.registry import MODELS, make_model
+from .models.decoders import with_decoders, decoder_errors
 from .metrics import cross_modal_retrieval
 from .checkpoint import CheckpointError, find_checkpoint, read_checkpoint, load_checkpoint
 from .callbacks import *
@@ -44,6 +45,7 @@ class TrainConfig:
     lr: float = 2e-3  # peak learning rate (one-cycle schedule)
     wd: float = 0.01  # weight decay
     d: int = 64  # feature and code width D
+    decoders: str = ''  # opt-in generation decoders trained beside the main objective (OPT): 'text', 'image' or 'text,image'; they need --steps 4 or more
     steps: int = 1  # T, time steps per item (1: item-level codes, right for pictures/names/descriptions; 10 for events in time)
     n_layers: int = 2  # semantic transformer layers
     n_codes: int = 64  # codebook size K (codebook models)
@@ -107,6 +109,7 @@ def check_config(cfg: TrainConfig) -> TrainConfig:
     if not cfg.tau > 0: errs.append(f"--tau {cfg.tau!r}: give a positive temperature")
     if not 0 <= cfg.aug_text < 1: errs.append(f"--aug-text {cfg.aug_text!r}: give a probability in [0, 1)")
     if cfg.resume and cfg.overwrite: errs.append("--resume and --overwrite: give one (continue the run, or replace it)")
+    errs += decoder_errors(cfg.decoders, cfg.steps)  # unknown names; --steps < 4
     if errs: raise ValueError('; '.join(errs))
     return cfg
 
@@ -266,6 +269,7 @@ def build_learner(cfg: TrainConfig,  # the run's settings
     dims = input_dims(xb, vocab=info['vocab'], features=info['feature_dims'])
     set_seed(cfg.seed)
     model = make_model(cfg.model, mods, dims, **cfg.model_options())
+    if cfg.decoders: model = with_decoders(model, cfg.decoders, info['src'])  # records the text vocabulary (ids -> strings) in model.config
     config = {**asdict(cfg), 'modalities': mods, 'dims': dims, 'model_config': getattr(model, 'config', {}),
               'source': info['source'], 'max_len': info['max_len']}
     valid = info['n_valid'] > 0

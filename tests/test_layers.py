@@ -13,7 +13,7 @@ LAYERS = [
     ('models', r'cmrl\.models(\..*)?$'),
     ('metrics and checkpoints', r'cmrl\.(metrics|checkpoint)$'),
     ('training', r'cmrl\.(learner|callbacks|train)$'),
-    ('evaluation', r'cmrl\.eval(\..*)?$|cmrl\.retrieve$'),
+    ('evaluation', r'cmrl\.eval(\..*)?$|cmrl\.retrieve$|cmrl\.generate$'),
     ('cli', r'cmrl\.cli$'),
     ('test utilities', r'cmrl\.testing$'),
 ]

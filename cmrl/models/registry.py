@@ -13,6 +13,7 @@ from .unicode import unicode_model
 from .liu import liu2022_model
 from .opt import opt_model
 from .baselines import continuous_baseline, plain_codebook_baseline
+from .decoders import rebuild_with_decoders
 
 # %% auto #0
 __all__ = ['MODELS', 'builder_options', 'make_model', 'model_config', 'rebuild']
@@ -56,6 +57,7 @@ def rebuild(config: dict,  # a model's recorded configuration (`model_config`)
            ) -> nn.Module:
     "A new, untrained model built from a recorded configuration"
     cfg = dict(config)
+    if cfg.get('decoders'): return rebuild_with_decoders(cfg, rebuild)  # a model trained with generation decoders (`cmrl.models.decoders`)
     missing = [k for k in ('model', 'modalities', 'dims') if k not in cfg]
     if missing: raise ValueError(f"the model configuration has no {', '.join(missing)}; it is not one recorded by a cmrl builder")
     return make_model(cfg.pop('model'), cfg.pop('modalities'), cfg.pop('dims'), **cfg)
