@@ -1,4 +1,4 @@
-"""The `cmrl` console command: `cmrl data`, `cmrl train`, `cmrl eval`, `cmrl retrieve`.
+"""The `cmrl` console command: `cmrl data`, `cmrl train`, `cmrl eval`, `cmrl retrieve`, `cmrl generate`.
 
 Docs: https://cmrl-dev.github.io/cmrl/cli.html.md"""
 

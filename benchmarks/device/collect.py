@@ -2,7 +2,7 @@
 
 The check (`benchmarks/device/device.sh`, run on a GPU machine) trains the main job (`cmrl` with its defaults: Uni-Code on
 Tux Paint, French) twice, in fp32 and in bf16, and brings back each run's checkpoint, config, `metrics.json` and log.
-Here each checkpoint is scored on its held-out test items with `cmrl eval` (CPU), and the figures that matter are
+Here each checkpoint is scored on the items it did not train on with `cmrl eval` (CPU), and the figures that matter are
 written to one JSON file that the results tutorial renders.
 
 How the check was carried (the device has no network, PyTorch but not fastai, and 64 MiB of files travel with a call):
@@ -52,8 +52,11 @@ def main(argv=None):
                             '--bits', '0', '--out', str(ev)], env=env, check=True, capture_output=True)
         if (ev / 'metrics.json').exists():
             e = json.loads((ev / 'metrics.json').read_text())
-            r['test_retrieval_R@10'] = {k: v.get('R@10') for k, v in e.get('retrieval', {}).items() if isinstance(v, dict)}
-            r['test_codes'] = {k: e[k] for k in ('agreement', 'kappa', 'perplexity') if k in e}
+            r['held_out_items'] = e.get('n_items')  # every item the run did not train on (its valid and test parts)
+            r['held_out_R@10'] = {k: round(v['R@10'], 2) for k, v in e.get('embedding', {}).items() if isinstance(v, dict) and 'R@10' in v}
+            cb = e.get('codebook') or {}
+            r['held_out_perplexity'] = {k: round(v, 2) for k, v in (cb.get('perplexity') or {}).items()}
+            r['held_out_kappa'] = {k: round(v['kappa'], 3) for k, v in (cb.get('agreement') or {}).items()}
         res['runs'][prec] = r
     if {'fp32', 'bf16'} <= set(res['runs']):
         f, b = res['runs']['fp32'], res['runs']['bf16']
