@@ -1,0 +1,64 @@
+"""Image-generation benchmark (issue 14): pictures written through the shared codes on the French Tux Paint split.
+
+Trains Uni-Code with OPT's two-stage image decoder (`cmrl train --decoders image --image-frontend pixels --steps 4`,
+32-pixel pictures, best weights by validation loss) on the training part of the committed split, then generates one
+picture per test item from its caption and one from its spoken description (`cmrl.generate.generate`, top-k samples),
+and scores them with an independent classifier (`cmrl.eval.imagegen.fit_image_classifier`: a small CNN trained on the
+real training pictures, not cmrl's encoder): its accuracy on the real test pictures, on the generated pictures, on the
+generated pictures against another test item's category (the shuffled control), chance and the majority class.
+
+    python benchmarks/imagegen.py --work /tmp/imagegen --epochs 15    # writes benchmarks/imagegen.json
+"""
+import argparse, json, sys, time
+from pathlib import Path
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from benchmarks.results import write_manifests, read_split, SPLIT_FILE
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    p.add_argument('--work', required=True, help='folder for the manifest, the run and the pictures')
+    p.add_argument('--epochs', type=int, default=15)
+    p.add_argument('--clf-epochs', type=int, default=40)
+    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--reuse', action='store_true', help='score the run already in --work instead of training again')
+    p.add_argument('--out', default=str(ROOT / 'benchmarks' / 'imagegen.json'))
+    a = p.parse_args(argv)
+    import numpy as np, torch
+    from PIL import Image
+    import cmrl.train as T
+    from cmrl.generate import generate
+    from cmrl.eval.imagegen import manifest_pictures, fit_image_classifier, imagegen_report
+    work = Path(a.work)
+    m = write_manifests(read_split(SPLIT_FILE), work)
+    manifest, rows = m['paths']['cmrl'], m['rows']
+    t0 = time.time()
+    done = work / 'run' / 'metrics.json'
+    s = json.loads(done.read_text()) if a.reuse and done.exists() else T.train(quiet=True, data=str(manifest), modalities=('image', 'text', 'speech'), decoders='image', image_frontend='pixels',
+                image_size=32, steps=4, epochs=a.epochs, out=str(work / 'run'), overwrite=True, monitor='valid_loss', seed=a.seed)
+    test = [r for r in rows if r['split'] == 'test']
+    gen = {}
+    for src, key in (('text', 'text'), ('speech', 'speech')):
+        pics = []
+        for i, r in enumerate(test):
+            g = generate(work / 'run', r[key], to='image', k=1, out=str(work / 'pictures' / src / str(i)), seed=a.seed)
+            pics.append(torch.from_numpy(np.array(Image.open(g['results'][0]['file']).convert('RGB').resize((32, 32)))).permute(2, 0, 1))
+        gen[src] = torch.stack(pics)
+    tr, te = manifest_pictures(manifest, 'train', 32), manifest_pictures(manifest, 'test', 32)
+    clf, _ = fit_image_classifier(tr['images'], tr['labels'], epochs=a.clf_epochs, seed=a.seed)
+    labels = [r['label'] for r in test]
+    perm = np.random.default_rng(a.seed).permutation(len(labels))
+    while len(labels) > 1 and (perm == np.arange(len(labels))).any(): perm = np.random.default_rng(int(perm[0]) + 1).permutation(len(labels))
+    res = {'command': f"cmrl train --data MANIFEST --modalities image,text,speech --decoders image --image-frontend pixels --image-size 32 "
+                      f"--steps 4 --epochs {a.epochs} --monitor valid_loss --seed {a.seed}",
+           'split_file': str(SPLIT_FILE.relative_to(ROOT)), 'train': {k: s.get(k) for k in ('fit_seconds', 'best', 'n_train', 'n_valid')},
+           'classifier_epochs': a.clf_epochs, 'from': {}}
+    for src, g in gen.items():
+        r = imagegen_report(clf, tr['labels'], te['images'], te['labels'], g, labels)
+        r['shuffled_accuracy'] = clf.accuracy(g, [labels[j] for j in perm])
+        res['from'][src] = r
+    res['total_seconds'] = round(time.time() - t0, 1)
+    Path(a.out).write_text(json.dumps(res, indent=1, default=float))
+    print(json.dumps(res, indent=1, default=float))
+
+if __name__ == '__main__': main()
