@@ -32,16 +32,23 @@ def standardise_frames(x: Tensor,  # `[B, L, F]` log-mel frames
     sd_f = (((x - mu_f) * mf) ** 2).sum((1, 2), keepdim=True).div(n).sqrt().clamp(min=1e-3)
     return (x - mu) / sd * mf, (x - mu_f) / sd_f * mf
 
+class _ChannelNorm(nn.LayerNorm):
+    "LayerNorm over the channels of `[B, C, L]`"
+    def forward(self, x: Tensor) -> Tensor: return super().forward(x.transpose(1, 2)).transpose(1, 2)
+
 class AudioStem(nn.Module):
     "Log-mel frames → convolutional subsampling (×4) → tokens"
     def __init__(self, n_mels: int = 64,  # mel bins of the input
                  d: int = 64,  # token width
-                 cmvn: bool = True):  # cepstral mean normalisation of the input (`cmvn_input`); False: raw log-mel (cmrl < 0.2)
+                 cmvn: bool = True,  # cepstral mean normalisation of the input (`cmvn_input`); False: raw log-mel (cmrl < 0.2)
+                 width: int | None = None):  # hidden channels of a 3-layer stem with layer norm; None: two plain convolutions (cmrl < 0.3)
         super().__init__()
-        store_attr('n_mels')
+        store_attr('n_mels,width')
         self.target_dim = n_mels
         self.register_buffer('cmvn', torch.tensor(bool(cmvn)))  # saved with the weights: a checkpoint keeps its input rule
-        self.conv = nn.Sequential(nn.Conv1d(n_mels, d, 3, 2, 1), nn.GELU(), nn.Conv1d(d, d, 3, 2, 1), nn.GELU())
+        if width: self.conv = nn.Sequential(nn.Conv1d(n_mels, width, 5, 2, 2), _ChannelNorm(width), nn.GELU(), nn.Conv1d(width, width, 5, 2, 2),
+                                            _ChannelNorm(width), nn.GELU(), nn.Conv1d(width, d, 3, 1, 1), nn.GELU())
+        else: self.conv = nn.Sequential(nn.Conv1d(n_mels, d, 3, 2, 1), nn.GELU(), nn.Conv1d(d, d, 3, 2, 1), nn.GELU())
     def _load_from_state_dict(self, sd, prefix, *args, **kw):
         sd.setdefault(prefix + 'cmvn', torch.tensor(False))  # weights saved before the rule existed were trained on raw log-mel
         super()._load_from_state_dict(sd, prefix, *args, **kw)
@@ -191,6 +198,7 @@ def make_encoder(modality: str,  # 'image', 'video', 'audio', 'speech', 'text' (
                  spec_layers: int | None = 1,  # specific transformer layers; None: no specific branch
                  n_heads: int = 4,  # attention heads
                  n_mels: int = 64,  # audio/speech: mel bins
+                 audio_width: int | None = None,  # audio/speech: hidden channels of the wider 3-layer stem (`AudioStem(width=)`); None: the 2-layer stem
                  in_ch: int = 3,  # image/video: channels
                  grid: int = 4,  # image: tokens per side
                  size: int | None = None,  # image/video: frame size (recorded only; the stems take any size)
@@ -202,7 +210,7 @@ def make_encoder(modality: str,  # 'image', 'video', 'audio', 'speech', 'text' (
     "The encoder of `modality` with the given widths"
     kind = kind or {SPEECH: AUDIO}.get(modality, modality)
     if in_dim is not None: stem = FeatureStem(in_dim, d)
-    elif kind == AUDIO: stem = AudioStem(n_mels, d)
+    elif kind == AUDIO: stem = AudioStem(n_mels, d, width=audio_width)
     elif kind == IMAGE: stem = ImageStem(d, in_ch, grid)
     elif kind == VIDEO: stem = VideoStem(d, in_ch)
     elif kind == TEXT: stem = TextStem(d, vocab)

@@ -39,7 +39,7 @@ class TrainConfig:
     data: str = 'tuxpaint'  # 'tuxpaint', 'synth', or a JSON Lines manifest path
     model: str = 'unicode'  # a model of the registry (`cmrl.models.registry.MODELS`)
     modalities: tuple | None = None  # modalities to train on, comma-separated; default: image, text, speech for tuxpaint, else all the source has
-    epochs: int = 20  # epochs
+    epochs: int = 40  # epochs
     out: str = ''  # output folder; default: the next free runs/cmrl-train, runs/cmrl-train-2, ...
     bs: int = 32  # batch size
     lr: float = 2e-3  # peak learning rate (one-cycle schedule)
@@ -66,6 +66,7 @@ class TrainConfig:
     valid_pct: float = 0.2  # fraction of the items without a `split` field held out (by group) for validation
     image_frontend: str = 'efficientnet_lite0'  # tuxpaint/manifest: 'efficientnet_lite0' (frozen ImageNet features, computed once and cached) or 'pixels' (a CNN trained from scratch)
     image_size: int = 32  # tuxpaint/manifest: image side in pixels of the 'pixels' front-end
+    audio_width: int = 128  # speech/audio: hidden channels of the wider 3-layer log-mel stem (`AudioStem(width=)`); 0: the 2-layer stem of cmrl < 0.3
     max_speech: int = 300  # tuxpaint/manifest: longest speech/audio in log-mel frames (10 ms each)
     max_text: int = 64  # tuxpaint/manifest: longest text in tokens
     n_train: int = 256  # synth: training items
@@ -89,7 +90,7 @@ class TrainConfig:
 # %% ../nbs/35_train.ipynb #330016e0
 def flag(name: str) -> str: return '--' + name.replace('_', '-')  # the `cmrl train` option of config field `name`
 
-_AT_LEAST = {'epochs': 1, 'bs': 1, 'd': 1, 'steps': 1, 'n_layers': 1, 'n_codes': 2, 'image_size': 8, 'max_speech': 1,
+_AT_LEAST = {'epochs': 1, 'audio_width': 0, 'bs': 1, 'd': 1, 'steps': 1, 'n_layers': 1, 'n_codes': 2, 'image_size': 8, 'max_speech': 1,
              'max_text': 1, 'n_train': 1, 'n_valid': 0, 'mi_steps': 0, 'dead_after': 0, 'num_workers': 0, 'threads': 0}
 _CHOICES = {'precision': ('fp32', 'fp16', 'bf16'), 'mm_ema': ('reference', 'paper', 'none'), 'cross_commit': ('reference', 'paper', 'none'),
             'monitor': ('valid_R@10', 'valid_loss', 'none'), 'image_frontend': ('pixels', 'efficientnet_lite0')}
@@ -267,6 +268,7 @@ def build_learner(cfg: TrainConfig,  # the run's settings
     mods = [m for m in (cfg.modalities or info['modalities']) if m in xb.x]
     if not mods: raise ValueError(f"none of the modalities {cfg.modalities} is in the data (it has {', '.join(info['modalities'])})")
     dims = input_dims(xb, vocab=info['vocab'], features=info['feature_dims'])
+    if cfg.audio_width: dims = {m: {**v, 'audio_width': cfg.audio_width} if 'n_mels' in v else v for m, v in dims.items()}  # recorded: old runs rebuild their 2-layer stem
     set_seed(cfg.seed)
     model = make_model(cfg.model, mods, dims, **cfg.model_options())
     if cfg.decoders: model = with_decoders(model, cfg.decoders, info['src'])  # records the text vocabulary (ids -> strings) in model.config

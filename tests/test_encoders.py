@@ -94,3 +94,14 @@ def test_input_dims():
     b = collate_items([ds[0], ds[1]])
     d = input_dims(b, vocab=len(ds.vocab))
     assert d == {VIDEO: dict(in_ch=3, size=32), AUDIO: dict(n_mels=64), TEXT: dict(vocab=len(ds.vocab))}
+
+
+def test_audio_width_stem_follows_the_recorded_dims():
+    "The wider log-mel stem is chosen by `audio_width` in the dims; dims recorded without it rebuild the 2-layer stem"
+    old = make_encoder('speech', d=32, steps=1, n_mels=64)  # what a run trained before `--audio-width` recorded
+    new = make_encoder('speech', d=32, steps=1, n_mels=64, audio_width=128)
+    assert not any(k.startswith('stem.conv.6.') for k in old.state_dict()) and any(k.startswith('stem.conv.6.') for k in new.state_dict())
+    x, m = torch.randn(2, 50, 64), torch.ones(2, 50).bool()
+    assert old(x, m).sem.shape == new(x, m).sem.shape == (2, 1, 32)
+    with pytest.raises(RuntimeError): old.load_state_dict(new.state_dict())  # the two stems are not interchangeable
+

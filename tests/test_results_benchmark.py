@@ -65,3 +65,35 @@ def test_committed_split_is_disjoint_and_grouped():
 def test_read_split_refuses_other_files(tmp_path):
     (tmp_path / 'x.json').write_text(json.dumps({'lang': 'fr'}))
     with pytest.raises(ValueError, match='not a split file'): R.read_split(tmp_path / 'x.json')
+
+
+def _bench(name):
+    s = importlib.util.spec_from_file_location(f'{name}_bench', ROOT / 'benchmarks' / f'{name}.py')
+    m = importlib.util.module_from_spec(s); s.loader.exec_module(m)
+    return m
+
+
+def test_main_job_reads_time_v():
+    M = _bench('main_job')
+    rep = ("\tCommand being timed: \"cmrl\"\n\tElapsed (wall clock) time (h:mm:ss or m:ss): 5:46.70\n"
+           "\tMaximum resident set size (kbytes): 1298400\n")
+    assert M.parse_time_v(rep) == {'wall_s': 346.7, 'peak_rss_mb': 1298.4}
+    assert M.parse_time_v(rep.replace('5:46.70', '1:02:03'))['wall_s'] == 3723.0  # h:mm:ss
+    with pytest.raises(ValueError, match='time -v'): M.parse_time_v('no report here')
+
+
+def test_ceiling_speech_classifiers_train_and_score():
+    "benchmarks/ceiling.py: both speech classifiers train through fastai on tiny log-mels and report last and best epochs"
+    C = _bench('ceiling')
+    g = torch.Generator().manual_seed(0)
+    def part(n):
+        lab = [f'c{i % 2}' for i in range(n)]
+        sp = [torch.randn(30 + i % 7, 64, generator=g) + (2. * (i % 2)) * (torch.arange(64) < 32) for i in range(n)]
+        return {'speech': sp, 'label': lab}
+    tr, te = part(32), part(12)
+    x, m = C.pad(te['speech'])
+    assert x.shape == (12, 36, 64) and m.sum(1).tolist() == [len(s) for s in te['speech']]
+    for arch in ('cmrl', 'conv1d'):
+        r = C.train_speech(arch, tr, te, ['c0', 'c1'], seed=0, epochs=2, bs=8)
+        assert 1 <= r['best_epoch'] <= 2 and r['best']['bacc'] >= r['last']['bacc'] - 1e-9
+        assert all(0 <= r[w][k] <= 100 for w in ('last', 'best') for k in ('acc', 'bacc')) and r['last']['chance'] == 50.0

@@ -166,3 +166,10 @@ def test_gpu_training(tmp_path, precision):
     ck = read_checkpoint(tmp_path)
     assert all(torch.isfinite(v).all() for v in ck['model'].values() if v.is_floating_point())
     assert ck['model']['codebook.embed'].dtype == torch.float32
+
+
+def test_train_records_audio_width():
+    "The main job's defaults: 40 epochs, the wider log-mel stem; a negative width is refused by its option"
+    from cmrl.train import TrainConfig, check_config
+    assert TrainConfig().audio_width == 128 and TrainConfig().epochs == 40
+    with pytest.raises(ValueError, match='--audio-width'): check_config(TrainConfig(audio_width=-1))
