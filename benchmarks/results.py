@@ -414,7 +414,7 @@ def main(argv=None):
         man['paths']['cmrl'] = fm
     outp = Path(a.out)
     res = json.loads(outp.read_text()) if a.merge and outp.exists() else {}
-    res.update(protocol=__doc__.split('\n\n')[1:3], split_file=str(Path(a.split_file).relative_to(ROOT)) if Path(a.split_file).resolve().is_relative_to(ROOT) else a.split_file,
+    res.update(protocol=__doc__.split('\n\n')[1:3], split_file=str(Path(a.split_file).resolve().relative_to(ROOT)) if Path(a.split_file).resolve().is_relative_to(ROOT) else a.split_file,
                lang=split['lang'], counts=split['counts'], left_out=split.get('left_out'), scored_part=a.split, targets_doc=TARGETS_DOC,
                machine=dict(cpus=os.cpu_count(), torch=torch.__version__, threads=torch.get_num_threads()))
     if res.get('scored_part_rows') not in (None, a.split) and a.merge: raise ValueError(f"{outp} holds rows scored on another part; use another --out")
