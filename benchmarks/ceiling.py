@@ -7,8 +7,8 @@ speech encoder learns about the category **when it is trained on the category la
 labels used on purpose: a diagnostic, not a row of the results table), on the same committed split and scored with
 the same `probe_scores` (accuracy, balanced accuracy, majority rate):
 
-* `speech: cmrl encoder` - cmrl's speech branch (`make_encoder('speech')`: log-mel stem with per-item cepstral mean
-  normalisation, 2-layer Transformer, pooled to one step) and a linear head, cross-entropy, SpecAugment, AdamW,
+* `speech: cmrl encoder` - cmrl's speech branch (`make_encoder('speech')`: `cmrl train`'s log-mel stem with per-item
+  cepstral mean normalisation, 2-layer Transformer, pooled to one step) and a linear head, cross-entropy, SpecAugment, AdamW,
   one-cycle schedule, through a fastai `Learner`;
 * `speech: conv1d` - a 1-D convolution stack over time with batch norm and mean pooling (the shape small-data speech
   classifiers usually take), same training;
@@ -43,7 +43,8 @@ def parts(manifest: Path, part: str) -> dict:
         src = get_source(str(manifest), modalities=('image', 'speech'), image_frontend='efficientnet_lite0')
         out = {}
         for p in ('train', part):
-            items = [src.dataset(p)[i] for i in range(len(src.dataset(p)))]
+            ds = src.dataset(p)
+            items = [ds[i] for i in range(len(ds))]
             out[p] = {'speech': [it['speech'] for it in items], 'image': torch.cat([it['image'] for it in items]),
                       'label': [it['extra']['category'] for it in items]}
     return out
@@ -59,11 +60,13 @@ def pad(seqs, max_len: int = 300):
 
 
 class CmrlSpeech(nn.Module):
-    "cmrl's speech branch pooled to one step, then a linear head"
+    "cmrl's speech branch (with `cmrl train`'s log-mel stem) pooled to one step, then a linear head"
     def __init__(self, n_classes: int, d: int = 64, dropout: float = 0.1):
         super().__init__()
         from cmrl.encoders import make_encoder
-        self.enc = make_encoder('speech', d=d, steps=1, n_layers=2, spec_layers=None, n_heads=4, n_mels=64, dropout=dropout)
+        from cmrl.train import TrainConfig
+        self.enc = make_encoder('speech', d=d, steps=1, n_layers=2, spec_layers=None, n_heads=4, n_mels=64, dropout=dropout,
+                                audio_width=TrainConfig.audio_width or None)
         self.head = nn.Sequential(nn.Dropout(0.3), nn.Linear(d, n_classes))
     def forward(self, x, m): return self.head(self.enc(x, m).sem[:, 0])
 

@@ -27,11 +27,11 @@ def main(argv=None):
     from cmrl.generate import text_generation_eval, eval_table
     work = Path(a.work)
     manifest = write_manifests(read_split(SPLIT_FILE), work)['paths']['cmrl']
-    opts = dict(data=str(manifest), modalities=('image', 'text', 'speech'), decoders='text', steps=4, epochs=a.epochs,
+    opts = dict(data=str(manifest), modalities=('image', 'text', 'speech'), decoders='text', steps=4, epochs=a.epochs, audio_width=0,
                 out=str(work / 'run'), overwrite=True, monitor='valid_loss', seed=a.seed)
     t0 = time.time()
     s = T.train(quiet=True, **opts)
-    res = {'command': f"cmrl train --data MANIFEST --modalities image,text,speech --decoders text --steps 4 --epochs {a.epochs} "
+    res = {'command': f"cmrl train --data MANIFEST --modalities image,text,speech --decoders text --steps 4 --epochs {a.epochs} --audio-width 0 "
                       f"--monitor valid_loss --seed {a.seed}", 'split_file': str(SPLIT_FILE.relative_to(ROOT)),
            'train': {k: s.get(k) for k in ('fit_seconds', 'train_loss', 'valid_loss', 'best', 'n_train', 'n_valid')}, 'eval': {}}
     for m in a.methods.split(','):

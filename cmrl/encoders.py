@@ -220,6 +220,7 @@ def make_encoder(modality: str,  # 'image', 'video', 'audio', 'speech', 'text' (
 def input_dims(b: ModalityBatch,  # a batch
                vocab: int | None = None,  # vocabulary size for token-id text
                features=None,  # modalities that arrive as precomputed float `[B, T, D]` features (names, or a dict name -> D)
+               audio_width: int | None = None,  # log-mel modalities: hidden channels of the wider stem (`AudioStem(width=)`), recorded with the dims
               ) -> dict:  # modality -> keyword arguments for `make_encoder`
     "Input settings of each modality in `b` (mel bins, channels, text vocabulary or feature width)"
     b, out, features = ModalityBatch.of(b), {}, set(features or ())
@@ -227,7 +228,7 @@ def input_dims(b: ModalityBatch,  # a batch
         feat = x.is_floating_point() and x.ndim == 3 and (m in features or m not in AURAL)  # log-mels look like features: only on request
         if feat: out[m] = dict(in_dim=x.shape[-1])
         elif m in features: raise ValueError(f"input_dims: {m!r} should be float features [B, T, D], got {tuple(x.shape)} {x.dtype}")
-        elif m in AURAL: out[m] = dict(n_mels=x.shape[-1])
+        elif m in AURAL: out[m] = dict(n_mels=x.shape[-1], **({'audio_width': audio_width} if audio_width else {}))
         elif m in VISUAL: out[m] = dict(in_ch=x.shape[-3], size=x.shape[-1])
         elif m == TEXT: out[m] = dict(vocab=vocab)
         else: out[m] = {}

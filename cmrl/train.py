@@ -267,8 +267,7 @@ def build_learner(cfg: TrainConfig,  # the run's settings
     xb, = dls.train.one_batch()
     mods = [m for m in (cfg.modalities or info['modalities']) if m in xb.x]
     if not mods: raise ValueError(f"none of the modalities {cfg.modalities} is in the data (it has {', '.join(info['modalities'])})")
-    dims = input_dims(xb, vocab=info['vocab'], features=info['feature_dims'])
-    if cfg.audio_width: dims = {m: {**v, 'audio_width': cfg.audio_width} if 'n_mels' in v else v for m, v in dims.items()}  # recorded: old runs rebuild their 2-layer stem
+    dims = input_dims(xb, vocab=info['vocab'], features=info['feature_dims'], audio_width=cfg.audio_width)  # recorded: old runs rebuild their 2-layer stem
     set_seed(cfg.seed)
     model = make_model(cfg.model, mods, dims, **cfg.model_options())
     if cfg.decoders: model = with_decoders(model, cfg.decoders, info['src'])  # records the text vocabulary (ids -> strings) in model.config

@@ -94,6 +94,8 @@ def test_input_dims():
     b = collate_items([ds[0], ds[1]])
     d = input_dims(b, vocab=len(ds.vocab))
     assert d == {VIDEO: dict(in_ch=3, size=32), AUDIO: dict(n_mels=64), TEXT: dict(vocab=len(ds.vocab))}
+    assert input_dims(b, vocab=len(ds.vocab), audio_width=128)[AUDIO] == dict(n_mels=64, audio_width=128)  # only log-mel modalities get it
+    assert input_dims(b, vocab=len(ds.vocab), audio_width=128)[VIDEO] == dict(in_ch=3, size=32)
 
 
 def test_audio_width_stem_follows_the_recorded_dims():
