@@ -104,18 +104,24 @@ class VideoStem(nn.Module):
 
 # %% ../nbs/20_encoders.ipynb #62ea73f0
 class TextStem(nn.Module):
-    "Token ids → embeddings; target: each position's one-hot word"
+    "Token ids → embeddings (with `ngram`: plus a residual convolution over `ngram` neighbouring tokens); target: each position's one-hot word"
     def __init__(self, d: int = 64,  # token width
-                 vocab: int | None = None):  # vocabulary size of the token ids (id 0 = padding)
+                 vocab: int | None = None,  # vocabulary size of the token ids (id 0 = padding)
+                 ngram: int = 0):  # odd kernel of the residual n-gram convolution over neighbouring tokens; 0: embeddings only
         super().__init__()
         if vocab is None: raise ValueError("TextStem: needs `vocab` (token ids); float features go through `FeatureStem` (make_encoder(..., in_dim=D))")
+        if ngram < 0 or (ngram and ngram % 2 == 0): raise ValueError(f"TextStem: ngram {ngram}: give 0 (none) or an odd kernel such as 3 or 5")
         self.vocab = self.target_dim = vocab
+        self.ngram = ngram
         self.emb = nn.Embedding(vocab, d, padding_idx=0)
+        self.conv = nn.Conv1d(d, d, ngram, padding=ngram // 2) if ngram else None
     def forward(self, x: Tensor, mask: Tensor):
         if x.is_floating_point() or x.ndim != 2: raise ValueError(f"TextStem: expected token ids [B, L] (long), got {tuple(x.shape)} {x.dtype}")
         x = x.masked_fill(~mask, 0)
         if int(x.max()) >= self.vocab: raise ValueError(f"TextStem: token id {int(x.max())} >= vocab {self.vocab}; build the encoder with the data set's vocabulary size")
-        return self.emb(x), mask, F.one_hot(x, self.vocab).to(torch.float32)
+        h = self.emb(x)  # padding embeds to 0 (padding_idx), so the convolution sees zeros past the ends
+        if self.conv is not None: h = h + F.gelu(self.conv(h.transpose(1, 2)).transpose(1, 2))
+        return h, mask, F.one_hot(x, self.vocab).to(torch.float32)
 
 
 # %% ../nbs/20_encoders.ipynb #3bc799e4
@@ -203,6 +209,7 @@ def make_encoder(modality: str,  # 'image', 'video', 'audio', 'speech', 'text' (
                  grid: int = 4,  # image: tokens per side
                  size: int | None = None,  # image/video: frame size (recorded only; the stems take any size)
                  vocab: int | None = None,  # text: vocabulary size of token ids
+                 text_ngram: int | None = None,  # text: odd kernel of the token stem's residual n-gram convolution (`TextStem(ngram=)`); None: embeddings only
                  in_dim: int | None = None,  # any modality: width D of precomputed float features `[L, D]` (a `FeatureStem`)
                  kind: str | None = None,  # stem kind for a modality name cmrl does not know: 'audio', 'image', 'video', 'text'
                  dropout: float = 0.,  # transformer dropout
@@ -213,7 +220,7 @@ def make_encoder(modality: str,  # 'image', 'video', 'audio', 'speech', 'text' (
     elif kind == AUDIO: stem = AudioStem(n_mels, d, width=audio_width)
     elif kind == IMAGE: stem = ImageStem(d, in_ch, grid)
     elif kind == VIDEO: stem = VideoStem(d, in_ch)
-    elif kind == TEXT: stem = TextStem(d, vocab)
+    elif kind == TEXT: stem = TextStem(d, vocab, ngram=text_ngram or 0)
     else: raise ValueError(f"make_encoder: unknown modality {modality!r}; pass kind= one of audio, image, video, text, or in_dim= for float features")
     return ModalityEncoder(stem, d, d, steps, n_layers, spec_layers, n_heads, dropout)
 
@@ -221,6 +228,7 @@ def input_dims(b: ModalityBatch,  # a batch
                vocab: int | None = None,  # vocabulary size for token-id text
                features=None,  # modalities that arrive as precomputed float `[B, T, D]` features (names, or a dict name -> D)
                audio_width: int | None = None,  # log-mel modalities: hidden channels of the wider stem (`AudioStem(width=)`), recorded with the dims
+               text_ngram: int | None = None,  # token-id text: kernel of the stem's n-gram convolution (`TextStem(ngram=)`), recorded with the dims
               ) -> dict:  # modality -> keyword arguments for `make_encoder`
     "Input settings of each modality in `b` (mel bins, channels, text vocabulary or feature width)"
     b, out, features = ModalityBatch.of(b), {}, set(features or ())
@@ -230,6 +238,6 @@ def input_dims(b: ModalityBatch,  # a batch
         elif m in features: raise ValueError(f"input_dims: {m!r} should be float features [B, T, D], got {tuple(x.shape)} {x.dtype}")
         elif m in AURAL: out[m] = dict(n_mels=x.shape[-1], **({'audio_width': audio_width} if audio_width else {}))
         elif m in VISUAL: out[m] = dict(in_ch=x.shape[-3], size=x.shape[-1])
-        elif m == TEXT: out[m] = dict(vocab=vocab)
+        elif m == TEXT: out[m] = dict(vocab=vocab, **({'text_ngram': text_ngram} if text_ngram else {}))
         else: out[m] = {}
     return out

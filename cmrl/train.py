@@ -67,6 +67,7 @@ class TrainConfig:
     image_frontend: str = 'efficientnet_lite0'  # tuxpaint/manifest: 'efficientnet_lite0' (frozen ImageNet features, computed once and cached) or 'pixels' (a CNN trained from scratch)
     image_size: int = 32  # tuxpaint/manifest: image side in pixels of the 'pixels' front-end
     audio_width: int = 128  # speech/audio: hidden channels of the wider 3-layer log-mel stem (`AudioStem(width=)`); 0: the 2-layer stem of cmrl < 0.3
+    text_ngram: int = 5  # text (token ids): odd kernel of the residual byte/character n-gram convolution (`TextStem(ngram=)`); 0: embeddings only, the stem of cmrl < 0.3
     max_speech: int = 300  # tuxpaint/manifest: longest speech/audio in log-mel frames (10 ms each)
     max_text: int = 64  # tuxpaint/manifest: longest text in tokens
     n_train: int = 256  # synth: training items
@@ -90,7 +91,7 @@ class TrainConfig:
 # %% ../nbs/35_train.ipynb #330016e0
 def flag(name: str) -> str: return '--' + name.replace('_', '-')  # the `cmrl train` option of config field `name`
 
-_AT_LEAST = {'epochs': 1, 'audio_width': 0, 'bs': 1, 'd': 1, 'steps': 1, 'n_layers': 1, 'n_codes': 2, 'image_size': 8, 'max_speech': 1,
+_AT_LEAST = {'epochs': 1, 'audio_width': 0, 'text_ngram': 0, 'bs': 1, 'd': 1, 'steps': 1, 'n_layers': 1, 'n_codes': 2, 'image_size': 8, 'max_speech': 1,
              'max_text': 1, 'n_train': 1, 'n_valid': 0, 'mi_steps': 0, 'dead_after': 0, 'num_workers': 0, 'threads': 0}
 _CHOICES = {'precision': ('fp32', 'fp16', 'bf16'), 'mm_ema': ('reference', 'paper', 'none'), 'cross_commit': ('reference', 'paper', 'none'),
             'monitor': ('valid_R@10', 'valid_loss', 'none'), 'image_frontend': ('pixels', 'efficientnet_lite0')}
@@ -108,6 +109,7 @@ def check_config(cfg: TrainConfig) -> TrainConfig:
     if not cfg.lr > 0: errs.append(f"--lr {cfg.lr!r}: give a positive learning rate")
     if not cfg.wd >= 0: errs.append(f"--wd {cfg.wd!r}: give a weight decay of at least 0")
     if not cfg.tau > 0: errs.append(f"--tau {cfg.tau!r}: give a positive temperature")
+    if isinstance(cfg.text_ngram, int) and cfg.text_ngram > 0 and cfg.text_ngram % 2 == 0: errs.append(f"--text-ngram {cfg.text_ngram}: give 0 (none) or an odd kernel such as 3 or 5")
     if not 0 <= cfg.aug_text < 1: errs.append(f"--aug-text {cfg.aug_text!r}: give a probability in [0, 1)")
     if cfg.resume and cfg.overwrite: errs.append("--resume and --overwrite: give one (continue the run, or replace it)")
     errs += decoder_errors(cfg.decoders, cfg.steps)  # unknown names; --steps < 4
@@ -267,7 +269,7 @@ def build_learner(cfg: TrainConfig,  # the run's settings
     xb, = dls.train.one_batch()
     mods = [m for m in (cfg.modalities or info['modalities']) if m in xb.x]
     if not mods: raise ValueError(f"none of the modalities {cfg.modalities} is in the data (it has {', '.join(info['modalities'])})")
-    dims = input_dims(xb, vocab=info['vocab'], features=info['feature_dims'], audio_width=cfg.audio_width)  # recorded: old runs rebuild their 2-layer stem
+    dims = input_dims(xb, vocab=info['vocab'], features=info['feature_dims'], audio_width=cfg.audio_width, text_ngram=cfg.text_ngram)  # recorded: old runs rebuild their 2-layer stem
     set_seed(cfg.seed)
     model = make_model(cfg.model, mods, dims, **cfg.model_options())
     if cfg.decoders: model = with_decoders(model, cfg.decoders, info['src'])  # records the text vocabulary (ids -> strings) in model.config
@@ -365,10 +367,11 @@ def valid_retrieval(learn, dl=None) -> dict:
 
 # %% ../nbs/35_train.ipynb #7941ae96
 _SAVED = {f.name for f in fields(TrainConfig)} - {'out', 'resume', 'overwrite'}  # settings a resumed run takes from its checkpoint
+_BEFORE = {'audio_width': 0, 'text_ngram': 0}  # what a run saved before these settings existed trained with (not today's defaults)
 
 def _resumed_config(saved: dict, given: dict) -> TrainConfig:
     "The run's own settings from its checkpoint, overridden by the options `given` now"
-    base = {k: v for k, v in saved.items() if k in _SAVED}
+    base = {**_BEFORE, **{k: v for k, v in saved.items() if k in _SAVED}}
     if isinstance(base.get('modalities'), list): base['modalities'] = tuple(base['modalities'])
     return TrainConfig(**{**base, **given})
 

@@ -96,6 +96,8 @@ def test_input_dims():
     assert d == {VIDEO: dict(in_ch=3, size=32), AUDIO: dict(n_mels=64), TEXT: dict(vocab=len(ds.vocab))}
     assert input_dims(b, vocab=len(ds.vocab), audio_width=128)[AUDIO] == dict(n_mels=64, audio_width=128)  # only log-mel modalities get it
     assert input_dims(b, vocab=len(ds.vocab), audio_width=128)[VIDEO] == dict(in_ch=3, size=32)
+    assert input_dims(b, vocab=len(ds.vocab), text_ngram=5)[TEXT] == dict(vocab=len(ds.vocab), text_ngram=5)  # only token-id text gets it
+    assert input_dims(b, vocab=len(ds.vocab), text_ngram=5)[AUDIO] == dict(n_mels=64)
 
 
 def test_audio_width_stem_follows_the_recorded_dims():
@@ -106,4 +108,17 @@ def test_audio_width_stem_follows_the_recorded_dims():
     x, m = torch.randn(2, 50, 64), torch.ones(2, 50).bool()
     assert old(x, m).sem.shape == new(x, m).sem.shape == (2, 1, 32)
     with pytest.raises(RuntimeError): old.load_state_dict(new.state_dict())  # the two stems are not interchangeable
+
+
+def test_text_ngram_stem_follows_the_recorded_dims():
+    "The n-gram convolution of the token stem is built from `text_ngram` in the dims; dims without it rebuild the plain embedding stem"
+    old = make_encoder('text', d=16, steps=1, vocab=30)
+    new = make_encoder('text', d=16, steps=1, vocab=30, text_ngram=5)
+    assert 'stem.conv.weight' not in old.state_dict() and new.state_dict()['stem.conv.weight'].shape == (16, 16, 5)
+    x, m = torch.randint(1, 30, (2, 9)), torch.ones(2, 9).bool()
+    m[1, 4:] = False
+    assert old(x, m).sem.shape == new(x, m).sem.shape == (2, 1, 16)
+    x2 = x.clone(); x2[1, 4:] = 7  # what stands in the padding never reaches the real tokens
+    torch.testing.assert_close(new.stem(x2, m)[0][1, :4], new.stem(x, m)[0][1, :4])
+    with pytest.raises(ValueError, match='odd kernel'): make_encoder('text', d=16, vocab=30, text_ngram=2)
 

@@ -171,5 +171,17 @@ def test_gpu_training(tmp_path, precision):
 def test_train_records_audio_width():
     "The main job's defaults: 40 epochs, the wider log-mel stem; a negative width is refused by its option"
     from cmrl.train import TrainConfig, check_config
-    assert TrainConfig().audio_width == 128 and TrainConfig().epochs == 40
+    assert TrainConfig().audio_width == 128 and TrainConfig().epochs == 40 and TrainConfig().text_ngram == 5
     with pytest.raises(ValueError, match='--audio-width'): check_config(TrainConfig(audio_width=-1))
+
+
+def test_train_records_text_ngram(tmp_path):
+    "`--text-ngram K` builds the token stem's n-gram convolution, records K in the run's dims, and the checkpoint loads with it"
+    from cmrl.train import TrainConfig, check_config
+    for bad in (-1, 4):
+        with pytest.raises(ValueError, match='--text-ngram'): check_config(TrainConfig(text_ngram=bad))
+    train(TrainConfig(**{**TINY, 'epochs': 1, 'text_ngram': 3}, out=str(tmp_path)), quiet=True)
+    ck = read_checkpoint(tmp_path)
+    assert ck['config']['dims']['text']['text_ngram'] == 3 and ck['model']['encoders.text.stem.conv.weight'].shape[-1] == 3
+    from cmrl.checkpoint import load_model
+    assert load_model(tmp_path)[0].encoders['text'].stem.ngram == 3
