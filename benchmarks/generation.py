@@ -9,19 +9,15 @@ retrieval, and a shuffled-input control (the decoder fed another test item's cod
 
     python benchmarks/generation.py --work /tmp/gen --epochs 20    # writes benchmarks/generation.json (about 15 min on 2 cores)
 """
-import argparse, json, sys, time
+import json, sys, time
 from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from benchmarks.results import write_manifests, read_split, SPLIT_FILE
+from benchmarks.results import write_manifests, read_split, bench_parser, SPLIT_FILE
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    p.add_argument('--work', required=True, help='folder for the manifest and the run')
-    p.add_argument('--epochs', type=int, default=20)
-    p.add_argument('--seed', type=int, default=0)
+    p = bench_parser(__doc__, 'folder for the manifest and the run', 20, 'generation.json')
     p.add_argument('--methods', default='greedy,beam')
-    p.add_argument('--out', default=str(ROOT / 'benchmarks' / 'generation.json'))
     a = p.parse_args(argv)
     import cmrl.train as T
     from cmrl.generate import text_generation_eval, eval_table

@@ -9,20 +9,16 @@ generated pictures against another test item's category (the shuffled control), 
 
     python benchmarks/imagegen.py --work /tmp/imagegen --epochs 15    # writes benchmarks/imagegen.json
 """
-import argparse, json, sys, time
+import json, sys, time
 from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from benchmarks.results import write_manifests, read_split, SPLIT_FILE
+from benchmarks.results import write_manifests, read_split, bench_parser, SPLIT_FILE
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    p.add_argument('--work', required=True, help='folder for the manifest, the run and the pictures')
-    p.add_argument('--epochs', type=int, default=15)
+    p = bench_parser(__doc__, 'folder for the manifest, the run and the pictures', 15, 'imagegen.json')
     p.add_argument('--clf-epochs', type=int, default=40)
-    p.add_argument('--seed', type=int, default=0)
     p.add_argument('--reuse', action='store_true', help='score the run already in --work instead of training again')
-    p.add_argument('--out', default=str(ROOT / 'benchmarks' / 'imagegen.json'))
     a = p.parse_args(argv)
     import numpy as np, torch
     from PIL import Image

@@ -82,6 +82,15 @@ def make_split(lang: str = 'fr', out: Path | None = None) -> dict:
         out.write_text(head + ',\n "items": [\n' + ',\n'.join('  ' + json.dumps(i, ensure_ascii=False) for i in items) + '\n ]\n}\n')
     return d
 
+def bench_parser(doc: str, work_help: str, epochs: int, out: str) -> argparse.ArgumentParser:
+    "The options the generation benchmarks share: --work, --epochs, --seed and --out (a file under benchmarks/)"
+    p = argparse.ArgumentParser(description=doc.split('\n\n')[0])
+    p.add_argument('--work', required=True, help=work_help)
+    p.add_argument('--epochs', type=int, default=epochs)
+    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--out', default=str(ROOT / 'benchmarks' / out))
+    return p
+
 def read_split(path: Path) -> dict:
     d = json.loads(Path(path).read_text())
     for k in ('lang', 'items'):
