@@ -13,7 +13,7 @@ import json, sys, time
 from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from benchmarks.results import write_manifests, read_split, bench_parser, SPLIT_FILE
+from benchmarks.results import write_manifests, read_split, bench_parser, legacy_stems, SPLIT_FILE
 
 def main(argv=None):
     p = bench_parser(__doc__, 'folder for the manifest and the run', 20, 'generation.json')
@@ -22,12 +22,13 @@ def main(argv=None):
     import cmrl.train as T
     from cmrl.generate import text_generation_eval, eval_table
     work = Path(a.work)
+    stems, stem_flags = legacy_stems()  # the stems generation.json was measured with
     manifest = write_manifests(read_split(SPLIT_FILE), work)['paths']['cmrl']
-    opts = dict(data=str(manifest), modalities=('image', 'text', 'speech'), decoders='text', steps=4, epochs=a.epochs, audio_width=0,
+    opts = dict(data=str(manifest), modalities=('image', 'text', 'speech'), decoders='text', steps=4, epochs=a.epochs, **stems,
                 out=str(work / 'run'), overwrite=True, monitor='valid_loss', seed=a.seed)
     t0 = time.time()
     s = T.train(quiet=True, **opts)
-    res = {'command': f"cmrl train --data MANIFEST --modalities image,text,speech --decoders text --steps 4 --epochs {a.epochs} --audio-width 0 "
+    res = {'command': f"cmrl train --data MANIFEST --modalities image,text,speech --decoders text --steps 4 --epochs {a.epochs} {stem_flags} "
                       f"--monitor valid_loss --seed {a.seed}", 'split_file': str(SPLIT_FILE.relative_to(ROOT)),
            'train': {k: s.get(k) for k in ('fit_seconds', 'train_loss', 'valid_loss', 'best', 'n_train', 'n_valid')}, 'eval': {}}
     for m in a.methods.split(','):

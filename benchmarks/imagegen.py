@@ -1,6 +1,6 @@
 """Image-generation benchmark (issue 14): pictures written through the shared codes on the French Tux Paint split.
 
-Trains Uni-Code with OPT's two-stage image decoder (`cmrl train --decoders image --image-frontend pixels --steps 4 --audio-width 0`,
+Trains Uni-Code with OPT's two-stage image decoder (`cmrl train --decoders image --image-frontend pixels --steps 4 --audio-width 0 --text-ngram 0`,
 32-pixel pictures, best weights by validation loss) on the training part of the committed split, then generates one
 picture per test item from its caption and one from its spoken description (`cmrl.generate.generate`, top-k samples),
 and scores them with an independent classifier (`cmrl.eval.imagegen.fit_image_classifier`: a small CNN trained on the
@@ -13,7 +13,7 @@ import json, sys, time
 from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from benchmarks.results import write_manifests, read_split, bench_parser, SPLIT_FILE
+from benchmarks.results import write_manifests, read_split, bench_parser, legacy_stems, SPLIT_FILE
 
 def main(argv=None):
     p = bench_parser(__doc__, 'folder for the manifest, the run and the pictures', 15, 'imagegen.json')
@@ -26,12 +26,13 @@ def main(argv=None):
     from cmrl.generate import generate, derangement
     from cmrl.eval.imagegen import manifest_pictures, fit_image_classifier, imagegen_report
     work = Path(a.work)
+    stems, stem_flags = legacy_stems()  # the stems imagegen.json was measured with
     m = write_manifests(read_split(SPLIT_FILE), work)
     manifest, rows = m['paths']['cmrl'], m['rows']
     t0 = time.time()
     done = work / 'run' / 'metrics.json'
     s = json.loads(done.read_text()) if a.reuse and done.exists() else T.train(quiet=True, data=str(manifest), modalities=('image', 'text', 'speech'), decoders='image', image_frontend='pixels',
-                image_size=32, steps=4, epochs=a.epochs, audio_width=0, out=str(work / 'run'), overwrite=True, monitor='valid_loss', seed=a.seed)
+                image_size=32, steps=4, epochs=a.epochs, **stems, out=str(work / 'run'), overwrite=True, monitor='valid_loss', seed=a.seed)
     test = [r for r in rows if r['split'] == 'test']
     gen = {}
     for src, key in (('text', 'text'), ('speech', 'speech')):
@@ -45,7 +46,7 @@ def main(argv=None):
     labels = [r['label'] for r in test]
     perm = derangement(len(labels), a.seed).tolist()  # the shuffled control: every item gets another test item's category
     res = {'command': f"cmrl train --data MANIFEST --modalities image,text,speech --decoders image --image-frontend pixels --image-size 32 "
-                      f"--steps 4 --epochs {a.epochs} --audio-width 0 --monitor valid_loss --seed {a.seed}",
+                      f"--steps 4 --epochs {a.epochs} {stem_flags} --monitor valid_loss --seed {a.seed}",
            'split_file': str(SPLIT_FILE.relative_to(ROOT)), 'train': {k: s.get(k) for k in ('fit_seconds', 'best', 'n_train', 'n_valid')},
            'classifier_epochs': a.clf_epochs, 'from': {}}
     for src, g in gen.items():

@@ -14,8 +14,8 @@ from torch import Tensor
 from .core import *
 
 # %% auto #0
-__all__ = ['standardise_frames', 'AudioStem', 'ImageStem', 'VideoStem', 'TextStem', 'FeatureStem', 'Encoded', 'ModalityEncoder',
-           'make_encoder', 'input_dims']
+__all__ = ['standardise_frames', 'AudioStem', 'ImageStem', 'VideoStem', 'ngram_problem', 'TextStem', 'FeatureStem', 'Encoded',
+           'ModalityEncoder', 'make_encoder', 'input_dims']
 
 # %% ../nbs/20_encoders.ipynb #a72a4e13
 def _sub_mask(mask: Tensor, k: int = 2) -> Tensor: return mask[:, ::k]
@@ -103,6 +103,10 @@ class VideoStem(nn.Module):
 
 
 # %% ../nbs/20_encoders.ipynb #62ea73f0
+def ngram_problem(k: int) -> str | None:
+    "Why `k` is no n-gram kernel (0 = none, else an odd width), or None when it is one"
+    return None if k == 0 or (k > 0 and k % 2 == 1) else "give 0 (none) or an odd kernel such as 3 or 5"
+
 class TextStem(nn.Module):
     "Token ids → embeddings (with `ngram`: plus a residual convolution over `ngram` neighbouring tokens); target: each position's one-hot word"
     def __init__(self, d: int = 64,  # token width
@@ -110,7 +114,7 @@ class TextStem(nn.Module):
                  ngram: int = 0):  # odd kernel of the residual n-gram convolution over neighbouring tokens; 0: embeddings only
         super().__init__()
         if vocab is None: raise ValueError("TextStem: needs `vocab` (token ids); float features go through `FeatureStem` (make_encoder(..., in_dim=D))")
-        if ngram < 0 or (ngram and ngram % 2 == 0): raise ValueError(f"TextStem: ngram {ngram}: give 0 (none) or an odd kernel such as 3 or 5")
+        if why := ngram_problem(ngram): raise ValueError(f"TextStem: ngram {ngram}: {why}")
         self.vocab = self.target_dim = vocab
         self.ngram = ngram
         self.emb = nn.Embedding(vocab, d, padding_idx=0)

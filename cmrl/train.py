@@ -16,7 +16,7 @@ from fastai.callback.core import Callback, CancelValidException
 from fastai.callback.fp16 import MixedPrecision, AMPMode
 from fastai.torch_core import rank_distrib, num_distrib
 from .core import *
-from .encoders import input_dims
+from .encoders import input_dims, ngram_problem
 from .data.loaders import get_source, source_dls
 from .models.registry import MODELS, make_model
 from .models.decoders import with_decoders, decoder_errors
@@ -27,8 +27,8 @@ from .augment import BatchAugment
 from .learner import cmrl_learner, distrib_ctx, init_distributed
 
 # %% auto #0
-__all__ = ['RUN_FILES', 'RUNS', 'TrainConfig', 'flag', 'check_config', 'pick_device', 'run_files', 'numbered', 'next_free',
-           'RunPlan', 'run_folder', 'source_kwargs', 'check_modalities', 'make_dls', 'SkipValidation',
+__all__ = ['RUN_FILES', 'RUNS', 'LEGACY_STEMS', 'TrainConfig', 'flag', 'check_config', 'pick_device', 'run_files', 'numbered',
+           'next_free', 'RunPlan', 'run_folder', 'source_kwargs', 'check_modalities', 'make_dls', 'SkipValidation',
            'without_validation', 'build_learner', 'Interrupted', 'fit', 'ran_precision', 'valid_retrieval', 'train',
            'train_parser', 'summary_text', 'train_cli']
 
@@ -109,7 +109,7 @@ def check_config(cfg: TrainConfig) -> TrainConfig:
     if not cfg.lr > 0: errs.append(f"--lr {cfg.lr!r}: give a positive learning rate")
     if not cfg.wd >= 0: errs.append(f"--wd {cfg.wd!r}: give a weight decay of at least 0")
     if not cfg.tau > 0: errs.append(f"--tau {cfg.tau!r}: give a positive temperature")
-    if isinstance(cfg.text_ngram, int) and cfg.text_ngram > 0 and cfg.text_ngram % 2 == 0: errs.append(f"--text-ngram {cfg.text_ngram}: give 0 (none) or an odd kernel such as 3 or 5")
+    if isinstance(cfg.text_ngram, int) and cfg.text_ngram > 0 and (why := ngram_problem(cfg.text_ngram)): errs.append(f"--text-ngram {cfg.text_ngram}: {why}")  # < 0: said above
     if not 0 <= cfg.aug_text < 1: errs.append(f"--aug-text {cfg.aug_text!r}: give a probability in [0, 1)")
     if cfg.resume and cfg.overwrite: errs.append("--resume and --overwrite: give one (continue the run, or replace it)")
     errs += decoder_errors(cfg.decoders, cfg.steps)  # unknown names; --steps < 4
@@ -367,11 +367,11 @@ def valid_retrieval(learn, dl=None) -> dict:
 
 # %% ../nbs/35_train.ipynb #7941ae96
 _SAVED = {f.name for f in fields(TrainConfig)} - {'out', 'resume', 'overwrite'}  # settings a resumed run takes from its checkpoint
-_BEFORE = {'audio_width': 0, 'text_ngram': 0}  # what a run saved before these settings existed trained with (not today's defaults)
+LEGACY_STEMS = {'audio_width': 0, 'text_ngram': 0}  # the stems of cmrl < 0.3: what a run saved before these settings existed trained with
 
 def _resumed_config(saved: dict, given: dict) -> TrainConfig:
     "The run's own settings from its checkpoint, overridden by the options `given` now"
-    base = {**_BEFORE, **{k: v for k, v in saved.items() if k in _SAVED}}
+    base = {**LEGACY_STEMS, **{k: v for k, v in saved.items() if k in _SAVED}}
     if isinstance(base.get('modalities'), list): base['modalities'] = tuple(base['modalities'])
     return TrainConfig(**{**base, **given})
 

@@ -97,3 +97,14 @@ def test_ceiling_speech_classifiers_train_and_score():
         r = C.train_speech(arch, tr, te, ['c0', 'c1'], seed=0, epochs=2, bs=8)
         assert 1 <= r['best_epoch'] <= 2 and r['best']['bacc'] >= r['last']['bacc'] - 1e-9
         assert all(0 <= r[w][k] <= 100 for w in ('last', 'best') for k in ('acc', 'bacc')) and r['last']['chance'] == 50.0
+
+
+def test_legacy_stems_pin_the_generation_benchmarks():
+    "generation.py / imagegen.py train with cmrl < 0.3's stems (what their JSON was measured with), as options `cmrl train` accepts"
+    from cmrl.train import TrainConfig, check_config
+    opts, flags = R.legacy_stems()
+    check_config(TrainConfig(**opts))
+    assert all(getattr(TrainConfig(), k) != v for k, v in opts.items())  # today's defaults differ, so the pin matters
+    assert flags == '--audio-width 0 --text-ngram 0'
+    for name in ('generation', 'imagegen'):
+        assert '--text-ngram 0' in json.loads((ROOT / 'benchmarks' / f'{name}.json').read_text())['command']

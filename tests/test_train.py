@@ -168,8 +168,8 @@ def test_gpu_training(tmp_path, precision):
     assert ck['model']['codebook.embed'].dtype == torch.float32
 
 
-def test_train_records_audio_width():
-    "The main job's defaults: 40 epochs, the wider log-mel stem; a negative width is refused by its option"
+def test_train_defaults_and_audio_width():
+    "The main job's defaults: 40 epochs, the wider log-mel stem, 5-byte n-grams; a negative width is refused by its option"
     from cmrl.train import TrainConfig, check_config
     assert TrainConfig().audio_width == 128 and TrainConfig().epochs == 40 and TrainConfig().text_ngram == 5
     with pytest.raises(ValueError, match='--audio-width'): check_config(TrainConfig(audio_width=-1))
