@@ -257,10 +257,18 @@ def run_cmrl(model: str, seed: int, manifest: Path, work: Path, part: str, train
                command=' '.join(cmd[len(_cmrl_cmd()):]))
     return res
 
+REF_TIME_BUDGET = '100000'  # the reference's own default wall-clock cap (450 s) cuts its 1000 steps short on a loaded machine
+
+def reference_command(script: Path, seed: int, paths: dict, work: Path, part: str, ref_args: list) -> list:
+    "The reference script's command line: its protocol's full step count, whatever the machine's load, unless `ref_args` set a time budget"
+    dump, outj = work / f'ref-s{seed}-{part}.pt', work / f'ref-s{seed}-{part}.json'
+    budget = [] if any(a.startswith('--time-budget') for a in ref_args) else ['--time-budget', REF_TIME_BUDGET]
+    return [sys.executable, str(script), str(paths['ref_train']), str(paths[f'ref_{part}']), '--seed', str(seed),
+            '--skip-untrained', '--dump', str(dump), '--out', str(outj), *budget, *ref_args]
+
 def run_reference(script: Path, seed: int, paths: dict, work: Path, part: str, ref_args: list, reuse: bool = False) -> dict:
     dump, outj = work / f'ref-s{seed}-{part}.pt', work / f'ref-s{seed}-{part}.json'
-    cmd = [sys.executable, str(script), str(paths['ref_train']), str(paths[f'ref_{part}']), '--seed', str(seed),
-           '--skip-untrained', '--dump', str(dump), '--out', str(outj), *ref_args]
+    cmd = reference_command(script, seed, paths, work, part, ref_args)
     print('  $', ' '.join(shlex.quote(c) for c in cmd), file=sys.stderr, flush=True)
     t = time.time()
     if not (reuse and dump.exists() and outj.exists()):
@@ -276,7 +284,7 @@ def run_reference(script: Path, seed: int, paths: dict, work: Path, part: str, r
         return Part(x['id'], [groups[i] for i in x['id']], x['label'], {'image': x['image'], 'speech': x['audio'], 'text': x['text']})
     res = score(part_of(d['train']), part_of(d['test']), None, seed)
     tr = own['trained']
-    res.update(train_seconds=own.get('train_time_s'), wall_seconds=round(wall, 1), n_params=own.get('params', {}).get('total'),
+    res.update(train_seconds=own.get('train_time_s'), wall_seconds=round(wall, 1), n_params=own.get('params', {}).get('total'), steps=own.get('steps'),
                command=' '.join(cmd[1:]),
                own_scorer={'image->speech R@10': tr['retrieval']['image->audio']['R@10'], 'speech->image R@10': tr['retrieval']['audio->image']['R@10'],
                            'image->speech acc': tr['probe']['img->aud']['acc'], 'speech->image acc': tr['probe']['aud->img']['acc']})

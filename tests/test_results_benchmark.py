@@ -52,14 +52,27 @@ def test_aggregate_table_and_targets():
     assert 'probe/speech->image/acc >= ref+10' not in tg['0']  # not measured: no goal line
 
 
-def test_committed_split_is_disjoint_and_grouped():
-    d = R.read_split(R.SPLIT_FILE)
+@pytest.mark.parametrize('path', sorted((ROOT / 'benchmarks' / 'splits').glob('tuxpaint_*.json')), ids=lambda p: p.stem)
+def test_committed_split_is_disjoint_and_grouped(path):
+    d = R.read_split(path)
+    assert path.stem == f"tuxpaint_{d['lang']}"  # the file names its language
     ids = [i['id'] for i in d['items']]
     assert len(ids) == len(set(ids))
     parts = {}
     for i in d['items']: parts.setdefault(i['group'], set()).add(i['split'])
     assert all(len(s) == 1 for s in parts.values())  # no group straddles parts
     assert d['counts'] == {p: sum(i['split'] == p for i in d['items']) for p in ('train', 'valid', 'test')}
+
+
+@pytest.mark.parametrize('name', ['results', 'results_valid', 'results_ca', 'results_ca_valid', 'results_es', 'results_ru', 'results_bg_valid'])
+def test_committed_results_read_their_own_split(name):
+    # every committed results file names a committed split file of its language and scored exactly that split's part sizes
+    res = json.loads((ROOT / 'benchmarks' / f'{name}.json').read_text())
+    split = R.read_split(ROOT / res['split_file'])
+    assert split['lang'] == res['lang'] and split['counts'] == res['counts'] and '/work/' not in json.dumps(res)
+    for row in res['rows'].values():
+        for r in row.get('per_seed', {}).values():
+            assert r['n_test'] == split['counts'][res['scored_part']]  # the scored part, every item of it
 
 
 def test_read_split_refuses_other_files(tmp_path):
@@ -108,3 +121,14 @@ def test_legacy_stems_pin_the_generation_benchmarks():
     assert flags == '--audio-width 0 --text-ngram 0'
     for name in ('generation', 'imagegen'):
         assert '--text-ngram 0' in json.loads((ROOT / 'benchmarks' / f'{name}.json').read_text())['command']
+
+
+def test_reference_runs_its_full_steps_unless_told():
+    # the reference script stops at 450 s of wall time by default: on a loaded machine that cuts its 1000 steps short,
+    # so the benchmark lifts the cap unless the caller sets one
+    paths = {'ref_train': Path('tr.jsonl'), 'ref_test': Path('te.jsonl')}
+    cmd = R.reference_command(Path('ref.py'), 1, paths, Path('w'), 'test', ['--threads', '1'])
+    assert cmd[cmd.index('--time-budget') + 1] == R.REF_TIME_BUDGET and float(R.REF_TIME_BUDGET) > 450
+    assert cmd[cmd.index('--seed') + 1] == '1' and cmd[-2:] == ['--threads', '1'] and cmd[2:4] == ['tr.jsonl', 'te.jsonl']
+    own = R.reference_command(Path('ref.py'), 0, paths, Path('w'), 'test', ['--time-budget', '60'])
+    assert own.count('--time-budget') == 1 and own[own.index('--time-budget') + 1] == '60'
