@@ -259,15 +259,19 @@ def run_cmrl(model: str, seed: int, manifest: Path, work: Path, part: str, train
 
 REF_TIME_BUDGET = '100000'  # the reference's own default wall-clock cap (450 s) cuts its 1000 steps short on a loaded machine
 
+def _ref_files(work: Path, seed: int, part: str) -> tuple[Path, Path]:
+    "Where one reference run dumps its embeddings and writes its own JSON"
+    return work / f'ref-s{seed}-{part}.pt', work / f'ref-s{seed}-{part}.json'
+
 def reference_command(script: Path, seed: int, paths: dict, work: Path, part: str, ref_args: list) -> list:
     "The reference script's command line: its protocol's full step count, whatever the machine's load, unless `ref_args` set a time budget"
-    dump, outj = work / f'ref-s{seed}-{part}.pt', work / f'ref-s{seed}-{part}.json'
+    dump, outj = _ref_files(work, seed, part)
     budget = [] if any(a.startswith('--time-budget') for a in ref_args) else ['--time-budget', REF_TIME_BUDGET]
     return [sys.executable, str(script), str(paths['ref_train']), str(paths[f'ref_{part}']), '--seed', str(seed),
             '--skip-untrained', '--dump', str(dump), '--out', str(outj), *budget, *ref_args]
 
 def run_reference(script: Path, seed: int, paths: dict, work: Path, part: str, ref_args: list, reuse: bool = False) -> dict:
-    dump, outj = work / f'ref-s{seed}-{part}.pt', work / f'ref-s{seed}-{part}.json'
+    dump, outj = _ref_files(work, seed, part)
     cmd = reference_command(script, seed, paths, work, part, ref_args)
     print('  $', ' '.join(shlex.quote(c) for c in cmd), file=sys.stderr, flush=True)
     t = time.time()

@@ -13,9 +13,9 @@ def test_notebooks_that_read_the_results_rerun_when_the_results_change(tmp_path,
     (tmp_path / 'nbs' / 'plain.ipynb').write_text('{"cells": ["1 + 1"]}')
     (tmp_path / 'benchmarks' / 'results.json').write_text('{"a": 1}')
     monkeypatch.setattr(B, 'ROOT', tmp_path); monkeypatch.setattr(B, 'NBS', tmp_path / 'nbs')
-    before = {n: B._nb_key(Path(n), 'src') for n in ('reads.ipynb', 'plain.ipynb')}
+    before = {n: B._nb_key(Path(n), 'src', B._benchmarks_key()) for n in ('reads.ipynb', 'plain.ipynb')}
     (tmp_path / 'benchmarks' / 'results.json').write_text('{"a": 2}')  # a re-measured benchmark
-    after = {n: B._nb_key(Path(n), 'src') for n in ('reads.ipynb', 'plain.ipynb')}
+    after = {n: B._nb_key(Path(n), 'src', B._benchmarks_key()) for n in ('reads.ipynb', 'plain.ipynb')}
     assert after['reads.ipynb'] != before['reads.ipynb']  # the page rendering the results is executed again
     assert after['plain.ipynb'] == before['plain.ipynb']  # the others keep their cached execution
-    assert B._nb_key(Path('plain.ipynb'), 'other src') != after['plain.ipynb']  # and every page re-runs when the package changes
+    assert B._nb_key(Path('plain.ipynb'), 'other src', B._benchmarks_key()) != after['plain.ipynb']  # and every page re-runs when the package changes
