@@ -343,14 +343,20 @@ def test_frozen_image_features_front_end(tmp_path, capsys):
     assert ck['frontends']['config']['image']['frontend'] == 'efficientnet_lite0'
 
 
-def test_word_vector_text_front_end(tmp_path, capsys):
-    "`--text-frontend wordvec`: French texts become frozen `[T, 300]` word vectors; `cmrl eval` rebuilds them from the checkpoint"
+def _train_french(tmp_path, capsys, *options) -> tuple:
+    "(manifest, run folder) of a one-epoch Uni-Code run on 8 pictures with French captions"
     fr = ['Un tigre.', 'Une pomme rouge.', "L'abeille.", 'Un chat noir.', 'Une poire.', 'Un lion.', 'La mairie.', 'Une fleur.']
     m = manifest(tmp_path, 8, extra=lambda i: {'split': 'valid' if i < 2 else 'train', 'text': fr[i]})
     out = tmp_path / 'run'
     rc, so, se = run(['--data', m, '--out', out, '--cache', tmp_path / 'cache', *SMALL, '--model', 'unicode', '--n-codes', '8',
-                      '--mi-steps', '1', '--text-frontend', 'wordvec', '--quiet'], capsys)
+                      '--mi-steps', '1', *options, '--quiet'], capsys)
     assert rc == 0, se
+    return m, out
+
+
+def test_word_vector_text_front_end(tmp_path, capsys):
+    "`--text-frontend wordvec`: French texts become frozen `[T, 300]` word vectors; `cmrl eval` rebuilds them from the checkpoint"
+    m, out = _train_french(tmp_path, capsys, '--text-frontend', 'wordvec')
     ck = read_checkpoint(out)
     assert ck['config']['dims']['text'] == {'in_dim': 300} and ck['config']['source']['text_kind'] == 'wordvec'
     assert ck['frontends']['config']['text']['kind'] == 'wordvec' and ck['config']['text_frontend'] == 'wordvec'
@@ -363,15 +369,9 @@ def test_word_vector_text_front_end(tmp_path, capsys):
     assert x.shape == (3, 300) and x.dtype == torch.float32  # "L'abeille." -> L', abeille, .
 
 
-
 def test_default_text_is_bytes_with_word_vectors(tmp_path, capsys):
     "The default `--text-frontend bytes+wordvec`: byte ids with their word's vector, `[L, 301]`; the stem records `word_dim`; eval rebuilds it"
-    fr = ['Un tigre.', 'Une pomme rouge.', "L'abeille.", 'Un chat noir.', 'Une poire.', 'Un lion.', 'La mairie.', 'Une fleur.']
-    m = manifest(tmp_path, 8, extra=lambda i: {'split': 'valid' if i < 2 else 'train', 'text': fr[i]})
-    out = tmp_path / 'run'
-    rc, so, se = run(['--data', m, '--out', out, '--cache', tmp_path / 'cache', *SMALL, '--model', 'unicode', '--n-codes', '8',
-                      '--mi-steps', '1', '--quiet'], capsys)
-    assert rc == 0, se
+    m, out = _train_french(tmp_path, capsys)
     ck = read_checkpoint(out)
     assert ck['config']['dims']['text'] == {'vocab': 259, 'text_ngram': 5, 'word_dim': 300}
     assert ck['config']['source']['text_kind'] == 'bytes+wordvec' and ck['model']['encoders.text.stem.words.weight'].shape == (8, 300)
