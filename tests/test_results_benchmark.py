@@ -119,12 +119,12 @@ def test_ceiling_speech_classifiers_train_and_score():
 
 
 def test_legacy_stems_pin_the_generation_benchmarks():
-    "generation.py / imagegen.py train with cmrl < 0.3's stems (what their JSON was measured with), as options `cmrl train` accepts"
+    "generation.py / imagegen.py train with cmrl < 0.3's stems and byte text (what their JSON was measured with), as options `cmrl train` accepts"
     from cmrl.train import TrainConfig, check_config
     opts, flags = R.legacy_stems()
     check_config(TrainConfig(**opts))
     assert all(getattr(TrainConfig(), k) != v for k, v in opts.items())  # today's defaults differ, so the pin matters
-    assert flags == '--audio-width 0 --text-ngram 0'
+    assert flags == '--audio-width 0 --text-ngram 0 --text-frontend bytes'
     for name in ('generation', 'imagegen'):
         assert '--text-ngram 0' in json.loads((ROOT / 'benchmarks' / f'{name}.json').read_text())['command']
 

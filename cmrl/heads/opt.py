@@ -332,7 +332,8 @@ def forward(self: OPT, *args,  # `(ModalityBatch,)` as fastai passes it, or the 
         for m, h in fo.tokens.items():
             r, sel = self.roles[m], tmask[m]
             if r == 'text' and 'mlm' in self.tasks:
-                losses[f'{m}.mlm'] = masked_ce(self.heads[f'{m}_mlm'](h), b.x[m].long(), sel)
+                ids = b.x[m][..., 0].round().long() if b.x[m].is_floating_point() else b.x[m].long()  # bytes with word vectors: the id is column 0
+                losses[f'{m}.mlm'] = masked_ce(self.heads[f'{m}_mlm'](h), ids, sel)
             if r in ('visual', 'audio'):
                 tgt = resample_steps(b.x[m].flatten(2).float(), None, h.shape[1], by='time')[0]  # targets on the token grid
                 for task in (('mfr', 'mfc') if r == 'visual' else ('mar', 'man')):
