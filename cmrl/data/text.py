@@ -162,15 +162,16 @@ class WordVectors:
         k2r = read_uint_map(d / 'key2row')
         if k2r and max(k2r.values()) >= len(v): raise DecodeError(d / 'key2row', f"row {max(k2r.values())} is past the {len(v)} vectors")
         self.vectors, self.key2row, self.dir = torch.from_numpy(np.ascontiguousarray(v, dtype=np.float32)), k2r, d
+        self._row = {}  # token -> row, so that texts read every epoch hash each word once
     @property
     def dim(self) -> int: return self.vectors.shape[1]
     def tokens(self, s: str) -> list[str]: return WORD_RE.findall(normalize_text(s))
     def row(self, w: str) -> int | None:
         "The vector row of token `w` (as written, else lower case), or None"
-        for c in dict.fromkeys((w, w.lower())):
-            r = self.key2row.get(murmurhash64a(c.encode('utf8')))
-            if r is not None: return r
-        return None
+        if w not in self._row:
+            keys = (self.key2row.get(murmurhash64a(c.encode('utf8'))) for c in dict.fromkeys((w, w.lower())))
+            self._row[w] = next((r for r in keys if r is not None), None)
+        return self._row[w]
     def rows(self, s: str) -> list[int | None]: return [self.row(t) for t in self.tokens(s)]
     def __call__(self, s: str) -> Tensor:
         "`[T, D]` vectors of the tokens of `s` that have one; one zero row when none has"
@@ -178,15 +179,13 @@ class WordVectors:
         return self.vectors[rs] if rs else torch.zeros(1, self.dim)
     def per_byte(self, s: str, max_len: int | None = None) -> Tensor:
         "`[L, 1 + D]`: each UTF-8 byte's token id (`ByteTokenizer`), then the vector of the word it belongs to (zeros outside words with one)"
-        s, ids, rows = normalize_text(s), [], []
-        at = {}
+        s, at = normalize_text(s), {}
         for m in WORD_RE.finditer(s):
             if (r := self.row(m.group())) is not None: at.update(dict.fromkeys(range(m.start(), m.end()), r))
-        for k, ch in enumerate(s):
-            for b in ch.encode('utf-8'): ids.append(b + N_SPECIAL); rows.append(at.get(k))
-        ids, rows = ids[:max_len] if max_len else ids, rows[:max_len] if max_len else rows
+        ids = ByteTokenizer(max_len).encode(s)
+        rows = [at.get(k) for k, ch in enumerate(s) for _ in ch.encode('utf-8')][:len(ids)]  # each byte: its character's word
         out = torch.zeros(len(ids), 1 + self.dim)
-        out[:, 0] = torch.tensor(ids, dtype=torch.float32)
+        out[:, 0] = ids.float()
         has = [j for j, r in enumerate(rows) if r is not None]
         if has: out[has, 1:] = self.vectors[[rows[j] for j in has]]
         return out
