@@ -229,13 +229,17 @@ def check_modalities(asked, src) -> list:
     return list(asked)
 
 def wordvec_coverage(src) -> str | None:
-    "A warning when fewer than half the training texts' tokens have a word vector (`--text-frontend wordvec`: the vectors are French)"
-    if src.frontend_cfg.text.kind != 'wordvec' or TEXT not in src.modalities: return None
-    texts = [r[TEXT] for r in src.split('train') if isinstance(r.get(TEXT), str)]
+    "A warning when fewer than half the words of the training texts have a word vector (`--text-frontend wordvec` or `bytes+wordvec`: the vectors are French)"
+    kind = src.frontend_cfg.text.kind
+    if kind not in ('wordvec', 'bytes+wordvec') or TEXT not in src.modalities: return None
+    texts = [r[TEXT] for r in (src.split('train') if 'train' in src.splits else src.records) if isinstance(r.get(TEXT), str)]
     k, n = word_vectors(src.frontend_cfg.text.vectors).coverage(texts)
-    if n and k < n / 2: return (f"--text-frontend wordvec: only {k} of the {n} tokens of the training texts have a word vector "
-                                f"({src.frontend_cfg.text.vectors} holds French vectors); the rest are left out; --text-frontend bytes reads any language")
-    return None
+    if not n or k >= n / 2: return None
+    if kind == 'wordvec': return (f"--text-frontend wordvec: only {k} of the {n} words of the training texts have a word vector "
+                                  f"({src.frontend_cfg.text.vectors} holds French vectors); the rest are left out; --text-frontend bytes reads any language")
+    return (f"--text-frontend bytes+wordvec (the default): only {k} of the {n} words of the training texts have a word vector "
+            f"({src.frontend_cfg.text.vectors} holds French vectors; the others' bytes carry none); --text-frontend bytes reads text "
+            "as bytes alone: compare the two on your validation part")
 
 def _count(src, split: str) -> int:
     try: return len(src.split(split))

@@ -409,3 +409,6 @@ def test_word_vectors_on_other_languages_warn(tmp_path):
     assert wordvec_coverage(get_source(str(m), valid_pct=0.)) is None  # bytes: nothing to say
     fr = manifest(tmp_path, 6, extra=lambda i: {'text': 'Une pomme rouge.'}, name='fr.jsonl')
     assert wordvec_coverage(get_source(str(fr), text_kind='wordvec', valid_pct=0.)) is None
+    why = wordvec_coverage(get_source(str(m), text_kind='bytes+wordvec', valid_pct=0.))  # the default says so too
+    assert why.startswith('--text-frontend bytes+wordvec (the default): only 3 of the 8 words') and 'validation part' in why
+    assert wordvec_coverage(get_source(str(fr), text_kind='bytes+wordvec', valid_pct=0.)) is None
