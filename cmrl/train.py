@@ -230,16 +230,14 @@ def check_modalities(asked, src) -> list:
 
 def wordvec_coverage(src) -> str | None:
     "A warning when fewer than half the words of the training texts have a word vector (`--text-frontend wordvec` or `bytes+wordvec`: the vectors are French)"
-    kind = src.frontend_cfg.text.kind
-    if kind not in ('wordvec', 'bytes+wordvec') or TEXT not in src.modalities: return None
-    texts = [r[TEXT] for r in (src.split('train') if 'train' in src.splits else src.records) if isinstance(r.get(TEXT), str)]
-    k, n = word_vectors(src.frontend_cfg.text.vectors).coverage(texts)
+    t = src.frontend_cfg.text
+    if not t.reads_vectors or TEXT not in src.modalities: return None
+    k, n = word_vectors(t.vectors).coverage([r[TEXT] for r in src.train_records() if isinstance(r.get(TEXT), str)])
     if not n or k >= n / 2: return None
-    if kind == 'wordvec': return (f"--text-frontend wordvec: only {k} of the {n} words of the training texts have a word vector "
-                                  f"({src.frontend_cfg.text.vectors} holds French vectors); the rest are left out; --text-frontend bytes reads any language")
-    return (f"--text-frontend bytes+wordvec (the default): only {k} of the {n} words of the training texts have a word vector "
-            f"({src.frontend_cfg.text.vectors} holds French vectors; the others' bytes carry none); --text-frontend bytes reads text "
-            "as bytes alone: compare the two on your validation part")
+    rest = ("the rest are left out; --text-frontend bytes reads any language" if t.kind == 'wordvec' else
+            "the others' bytes carry none; --text-frontend bytes reads text as bytes alone: compare the two on your validation part")
+    return (f"--text-frontend {t.kind}{' (the default)' if t.kind == TrainConfig.text_frontend else ''}: only {k} of the {n} words of the "
+            f"training texts have a word vector ({t.vectors} holds French vectors); {rest}")
 
 def _count(src, split: str) -> int:
     try: return len(src.split(split))

