@@ -5,17 +5,15 @@ Tux Paint, French) twice, in fp32 and in bf16, and brings back each run's checkp
 Here each checkpoint is scored on the items it did not train on with `cmrl eval` (CPU), and the figures that matter are
 written to one JSON file that the results tutorial renders.
 
-How the check was carried (the device has no network, PyTorch but not fastai, and 64 MiB of files travel with a call):
-`.gpu/` (ignored by git) held the Tux Paint pictures (PNG, at most 256 px a side), the French spoken descriptions, the
-texts and stamp settings; the pure-Python packages the device lacks (fastai, fastcore, fastprogress, plum, soundfile
-with libsndfile, cffi for Python 3.12, ...); and the frozen EfficientNet-Lite0 features of those pictures, computed
-here (the weights package alone is 18 MB), keyed by path, size and a fixed mtime that `device.sh` sets again there.
-Speech features were computed on the device. SVG-only stamps and sound effects were not carried, so the item counts
-differ from a run on the installed stamps.
+How the data and packages reach a machine without network is `prepare.py`'s docstring: the stamps folder there is
+the installed one file for file, with the frozen image features and file hashes computed here, so the run there sees
+the same 678 / 147 / 125 items as a run here (a one-epoch CPU run through that folder repeats a run on the installed
+stamps to the last digit). Each run comes back as a tar in parts (a file back is at most 16 MiB); `cmrl eval` scores
+its checkpoint here on the installed stamps, on every item the run did not train on.
 
     python benchmarks/device/collect.py DEVICE_OUT_DIR [--eval]   # --eval: score the checkpoints with `cmrl eval` first
 """
-import argparse, json, os, re, subprocess, sys
+import argparse, json, os, re, subprocess, sys, tarfile, tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,22 +30,29 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('dir', help="the device call's output folder (run_fp32/, run_bf16/, log_fp32.txt, log_bf16.txt)")
     p.add_argument('--eval', action='store_true', help='score each checkpoint with `cmrl eval` (CPU) before collecting')
-    p.add_argument('--stamps', default=str(ROOT / '.gpu' / 'stamps'), help='the carried stamps folder (CMRL_TUXPAINT for `cmrl eval`)')
+    p.add_argument('--stamps', default=None, help='stamps folder for `cmrl eval` (CMRL_TUXPAINT); default: the installed stamps')
     p.add_argument('--out', default=str(ROOT / 'benchmarks' / 'device_main_job.json'))
     a = p.parse_args(argv)
     d = Path(a.dir)
+    tmp = Path(tempfile.mkdtemp(prefix='cmrl-device-'))
     res = {'device': device_lines(d / 'log_fp32.txt'), 'command': 'cmrl train --precision {fp32,bf16} (defaults otherwise)', 'runs': {}}
     for prec in ('fp32', 'bf16'):
-        run = d / f'run_{prec}'
+        run, parts = d / f'run_{prec}', sorted(d.glob(f'run_{prec}.tar.part-*'))
+        if parts:  # the run's tar, in parts: joined and unpacked here
+            (tmp / 'run.tar').write_bytes(b''.join(q.read_bytes() for q in parts))
+            with tarfile.open(tmp / 'run.tar') as t: t.extractall(tmp, filter='data')
+            run = tmp / f'run_{prec}'
         if not (run / 'metrics.json').exists(): continue
         m = json.loads((run / 'metrics.json').read_text())
         r = {k: m.get(k) for k in ('device', 'precision', 'epochs', 'n_train', 'n_valid', 'n_test', 'n_params', 'fit_seconds', 'total_seconds',
                                    'train_loss', 'valid_loss', 'nan_skipped')}
         r['best'] = m.get('best')
+        r['valid_R@10'] = {k: v['R@10'] for k, v in (m.get('retrieval') or {}).items()}  # the kept weights, on the valid part
         r.update(timed_line(d / f'log_{prec}.txt'))
-        ev = Path(str(run) + '-eval')
-        if a.eval:
-            env = dict(os.environ, CMRL_TUXPAINT=a.stamps)
+        r['checkpoint_back'] = (run / 'checkpoint.pt').exists()  # False: no held-out scores for this run
+        ev = d / f'run_{prec}-eval'
+        if a.eval and (run / 'checkpoint.pt').exists():
+            env = {k: v for k, v in os.environ.items() if k != 'CMRL_TUXPAINT'} | ({'CMRL_TUXPAINT': a.stamps} if a.stamps else {})
             subprocess.run([sys.executable, '-c', 'import sys; from cmrl.cli import main; sys.exit(main())', 'eval', '--ckpt', str(run),
                             '--bits', '0', '--out', str(ev)], env=env, check=True, capture_output=True)
         if (ev / 'metrics.json').exists():
