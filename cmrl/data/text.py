@@ -166,11 +166,13 @@ class WordVectors:
     @property
     def dim(self) -> int: return self.vectors.shape[1]
     def tokens(self, s: str) -> list[str]: return WORD_RE.findall(normalize_text(s))
+    @staticmethod
+    def keys(w: str) -> list[int]:
+        "The vocabulary keys looked up for token `w`, in order: as written, then in lower case"
+        return [murmurhash64a(c.encode('utf8')) for c in dict.fromkeys((w, w.lower()))]
     def row(self, w: str) -> int | None:
         "The vector row of token `w` (as written, else lower case), or None"
-        if w not in self._row:
-            keys = (self.key2row.get(murmurhash64a(c.encode('utf8'))) for c in dict.fromkeys((w, w.lower())))
-            self._row[w] = next((r for r in keys if r is not None), None)
+        if w not in self._row: self._row[w] = next((r for r in map(self.key2row.get, self.keys(w)) if r is not None), None)
         return self._row[w]
     def rows(self, s: str) -> list[int | None]: return [self.row(t) for t in self.tokens(s)]
     def __call__(self, s: str) -> Tensor:

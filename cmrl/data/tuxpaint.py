@@ -210,6 +210,10 @@ class HashMemo(dict):
             except (ValueError, OSError): self._disk = {}
     @staticmethod
     def _k(p) -> str: st = os.stat(p); return f"{p}|{st.st_size}|{st.st_mtime_ns}"
+    @classmethod
+    def of_stamps(cls, root, folder) -> 'HashMemo':
+        "The memo of the stamps folder `root`, kept in `folder` (one file per folder, named by its resolved path)"
+        return cls(Path(folder) / f"tuxpaint-sha1-{hashlib.sha1(str(Path(root).resolve()).encode()).hexdigest()[:10]}.json")
     def __contains__(self, p):
         if dict.__contains__(self, p): return True
         h = self._disk.get(self._k(p)) if self.file else None
@@ -256,7 +260,7 @@ class TuxPaint(Source):
         self.speech_langs, self.text_langs = speech_langs, text_langs
         if hash_cache is None: hash_cache = root.resolve() in {Path(TUXPAINT_ROOT).resolve(), Path(os.environ.get('CMRL_TUXPAINT') or TUXPAINT_ROOT).resolve()}
         hc = None if hash_cache is False else (default_cache_dir() if hash_cache is True else Path(hash_cache))
-        memo = HashMemo(hc / f"tuxpaint-sha1-{hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:10]}.json" if hc else None)
+        memo = HashMemo.of_stamps(root, hc) if hc else HashMemo()
         groups = group_stamps(stamps, memo); memo.save()
         cats = label_map(s.category for s in stamps)
         split_of = dict(zip([s.name for s in stamps], group_split(groups, [s.category for s in stamps], fracs, split_seed)))
