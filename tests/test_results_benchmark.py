@@ -138,3 +138,58 @@ def test_reference_runs_its_full_steps_unless_told():
     assert cmd[cmd.index('--seed') + 1] == '1' and cmd[-2:] == ['--threads', '1'] and cmd[2:4] == ['tr.jsonl', 'te.jsonl']
     own = R.reference_command(Path('ref.py'), 0, paths, Path('w'), 'test', ['--time-budget', '60'])
     assert own.count('--time-budget') == 1 and own[own.index('--time-budget') + 1] == '60'
+
+
+def _kappa_ceiling():
+    spec = importlib.util.spec_from_file_location('kappa_ceiling_bench', ROOT / 'benchmarks' / 'kappa_ceiling.py')
+    K = importlib.util.module_from_spec(spec); spec.loader.exec_module(K)
+    return K
+
+
+def test_kappa_ceiling_aligned_vs_unrelated():
+    "k-means cells of aligned embeddings agree across modalities; of unrelated ones, only by chance"
+    KC = _kappa_ceiling()
+    g = torch.Generator().manual_seed(0)
+    n, d = 240, 8
+    centres = torch.randn(6, d, generator=g) * 4
+    z = centres[torch.arange(n) % 6] + torch.randn(n, d, generator=g)  # six well-separated blobs
+    near = lambda x: x + 0.05 * torch.randn(x.shape, generator=g)
+    mk = lambda emb: R.Part([f'i{i}' for i in range(n)], [f'g{i}' for i in range(n)], ['c'] * n, emb)
+    aligned = mk({'image': z, 'speech': near(z), 'text': near(z)})
+    h = KC.code_health(KC.kmeans_codes(aligned.emb, aligned.emb, 6), 6, aligned)
+    assert h['kappa']['image-speech']['kappa'] > 0.9 and h['perplexity']['image'] > 5  # the same cell for a pair, six cells used
+    assert h['codes_R@10']['image->speech'] < 100  # one code per item: the pair ties with its cell's other items
+    unrelated = mk({'image': z, 'speech': z[torch.randperm(n, generator=g)], 'text': z})
+    u = KC.code_health(KC.kmeans_codes(unrelated.emb, unrelated.emb, 6), 6, unrelated)
+    assert abs(u['kappa']['image-speech']['kappa']) < 0.1 and u['kappa']['image-text']['kappa'] > 0.9
+    # a modality offset alone (the 'modality gap') splits the cells by modality unless each modality is centred
+    pad = lambda x, c: torch.cat([x, torch.full((n, 1), float(c))], 1)  # an offset along a direction of its own
+    shifted = mk({'image': pad(z, 0), 'speech': pad(near(z), 20), 'text': pad(near(z), 0)})
+    assert KC.code_health(KC.kmeans_codes(shifted.emb, shifted.emb, 6, centre=False), 6, shifted)['kappa']['image-speech']['kappa'] < 0.5
+    assert KC.code_health(KC.kmeans_codes(shifted.emb, shifted.emb, 6, centre=True), 6, shifted)['kappa']['image-speech']['kappa'] > 0.9
+
+
+def test_kappa_ceiling_reads_the_curve_at_a_perplexity_floor():
+    KC = _kappa_ceiling()
+    row = lambda ppl, k: {'perplexity': {'image': ppl, 'speech': ppl + 1}, 'kappa': {'image-speech': {'kappa': k}}}
+    sweep = {'8': row(7., 0.5), '16': row(15.9, 0.3), '32': row(20., 0.12), '64': row(30., 0.08)}
+    assert KC.at_perplexity(sweep, 'image-speech') == {'K': 32, 'kappa': 0.12, 'perplexity': 20.}  # the best K whose lower perplexity is >= 16
+    assert KC.at_perplexity(sweep, 'image-speech', floor=40.) is None
+
+
+def test_kappa_ceiling_committed_file():
+    p = ROOT / 'benchmarks' / 'kappa_ceiling.json'
+    if not p.exists(): pytest.skip('benchmarks/kappa_ceiling.json not committed')
+    KC = _kappa_ceiling()
+    res = json.loads(p.read_text())
+    split = R.read_split(R.SPLIT_FILE)
+    assert res['lang'] == split['lang'] and res['counts'] == split['counts'] and res['scored_part'] == 'test'
+    assert res['ks'] == list(KC.KS) and set(res['rows']) == {'unicode', 'reference'}
+    for name, row in res['rows'].items():
+        for s, r in row['per_seed'].items():
+            for sw in r['sweep'].values():
+                assert [int(k) for k in sw] == list(KC.KS)
+                for k, v in sw.items():
+                    assert all(1 <= p <= int(k) + 1e-6 for p in v['perplexity'].values())
+                    assert all(-1 <= x['kappa'] <= 1 for x in v['kappa'].values())
+    assert res['summary'] == KC.summary(res)  # the summary is what the rows say
