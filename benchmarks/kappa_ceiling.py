@@ -90,13 +90,13 @@ def r10(scores: dict) -> dict:
 
 def unicode_row(seed: int, man: dict, work: Path, part: str, train_args: list, reuse: bool) -> dict:
     "Uni-Code (today's defaults + `train_args`): its own codes' health and the k-means sweep of its retrieval embeddings"
-    run = work / f'unicode-s{seed}'
-    if not (reuse and (run / 'metrics.json').exists()): R.run_cmrl('unicode', seed, man['paths']['cmrl'], work, part, train_args)
+    run, sc = work / f'unicode-s{seed}', None
+    if not (reuse and (run / 'metrics.json').exists()): sc = R.run_cmrl('unicode', seed, man['paths']['cmrl'], work, part, train_args)  # trains and scores
     tr, te, K, _ = R.cmrl_parts(run, man['paths']['cmrl'], part)
     mods = [m for m in R.MODS if m in te.emb]
     from cmrl.codebook import item_modes
     own = code_health({m: item_modes(torch.as_tensor(te.codes[m]).long(), K) for m in mods}, K, te)
-    sc = R.score(tr, te, K, seed)
+    sc = sc or R.score(tr, te, K, seed)
     return {'n_codes': K, 'own_codes': own, 'R@10': r10(sc), 'sweep': sweep(tr, te, seed=seed)}
 
 
