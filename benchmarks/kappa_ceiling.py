@@ -8,7 +8,7 @@ with other items. This benchmark estimates that bound with k-means cells (one qu
 
 * It trains (or, with `--reuse`, re-reads) the same runs as `benchmarks/results.py`: Uni-Code through `cmrl train`
   and the independent reference (`--reference PATH`, its `--dump` embeddings), on the committed split.
-* For every K in `--ks` it fits k-means (scikit-learn, 4 restarts, label-free) on the **training** part's embeddings
+* For every K in `KS` (8 to 64) it fits k-means (scikit-learn, 4 restarts, label-free) on the **training** part's embeddings
   of all modalities together: each vector L2-normalised, then centred by its modality's training mean (so a
   modality's offset from the others, the "modality gap", does not decide the clusters), and assigns each scored
   item of each modality to its nearest centre: one code per item.
@@ -103,35 +103,40 @@ def unicode_row(seed: int, man: dict, work: Path, part: str, train_args: list, r
 def reference_row(script: Path, seed: int, man: dict, work: Path, part: str, ref_args: list, reuse: bool) -> dict:
     "The reference's dumped embeddings: the k-means sweep (it has no codes of its own)"
     dump, outj = R._ref_files(work, seed, part)
-    if not (reuse and dump.exists() and outj.exists()): R.run_reference(script, seed, man['paths'], work, part, ref_args)
-    d = torch.load(dump, weights_only=True)
-    emb = lambda x: {'image': x['image'], 'speech': x['audio'], 'text': x['text']}
-    groups = {json.loads(l)['id']: json.loads(l)['group'] for l in man['paths']['cmrl'].read_text().splitlines()}
-    part_of = lambda x: R.Part(x['id'], [groups[i] for i in x['id']], x['label'], emb(x))
-    tr, te = part_of(d['train']), part_of(d['test'])
-    return {'R@10': r10(R.score(tr, te, None, seed)), 'sweep': sweep(tr, te, seed=seed)}
+    sc = None
+    if not (reuse and dump.exists() and outj.exists()): sc = R.run_reference(script, seed, man['paths'], work, part, ref_args)  # trains and scores
+    tr, te = R.reference_parts(dump, man['paths'])
+    return {'R@10': r10(sc or R.score(tr, te, None, seed)), 'sweep': sweep(tr, te, seed=seed)}
+
+
+def codes_r10(health: dict, pair: str) -> float:
+    "Codes-only R@10 of `pair` ('image-speech'), the mean of both directions, from `code_health`'s numbers"
+    a, b = pair.split('-')
+    return float(np.mean([health['codes_R@10'][f'{a}->{b}'], health['codes_R@10'][f'{b}->{a}']]))
 
 
 def at_perplexity(sweep_rows: dict, pair: str, floor: float = 16.) -> dict | None:
-    "The best kappa of `pair` among the K whose codes keep both modalities' perplexity >= `floor` (None if no K does)"
+    "Among the K whose codes keep both modalities' perplexity >= `floor`: the best kappa of `pair` (its K) and the best codes-only R@10 (None if no K does)"
     a, b = pair.split('-')
     ok = [(k, r) for k, r in sweep_rows.items() if min(r['perplexity'][a], r['perplexity'][b]) >= floor]
     if not ok: return None
     k, r = max(ok, key=lambda kr: kr[1]['kappa'][pair]['kappa'])
-    return {'K': int(k), 'kappa': r['kappa'][pair]['kappa'], 'perplexity': min(r['perplexity'][a], r['perplexity'][b])}
+    return {'K': int(k), 'kappa': r['kappa'][pair]['kappa'], 'perplexity': min(r['perplexity'][a], r['perplexity'][b]),
+            'codes_R@10': max(codes_r10(v, pair) for _, v in ok)}
 
 
 def summary(res: dict) -> dict:
-    "Per row, pair and seed: the best kappa at perplexity >= 16 (centred k-means), and Uni-Code's own kappa"
+    "Per row, pair and seed: the pair's R@10, the best kappa and codes-only R@10 at perplexity >= 16 (centred k-means), Uni-Code's own codes"
     out = {}
     for name, row in res['rows'].items():
         out[name] = {}
         for a, b in PAIRS:
             p = f'{a}-{b}'
-            per = {s: at_perplexity(r['sweep']['centred'], p) for s, r in row['per_seed'].items()}
-            own = {s: r['own_codes']['kappa'][p]['kappa'] for s, r in row['per_seed'].items() if 'own_codes' in r}
-            out[name][p] = {'ceiling_at_perplexity_16': per, **({'own_kappa': own} if own else {}),
-                            'R@10': {s: r['R@10'][p] for s, r in row['per_seed'].items()}}
+            ps = row['per_seed']
+            per = {s: at_perplexity(r['sweep']['centred'], p) for s, r in ps.items()}
+            own = {s: {'kappa': r['own_codes']['kappa'][p]['kappa'], 'codes_R@10': codes_r10(r['own_codes'], p)} for s, r in ps.items() if 'own_codes' in r}
+            out[name][p] = {'ceiling_at_perplexity_16': per, **({'own_codes': own} if own else {}),
+                            'R@10': {s: r['R@10'][p] for s, r in ps.items()}}
     return out
 
 
@@ -171,7 +176,7 @@ def main(argv=None):
     for name, pairs in res['summary'].items():
         for pair, v in pairs.items():
             ceil = ', '.join(f"s{s}: {c['kappa']:.2f} (K {c['K']})" if c else f's{s}: none' for s, c in v['ceiling_at_perplexity_16'].items())
-            own = ', '.join(f's{s}: {k:.2f}' for s, k in v.get('own_kappa', {}).items())
+            own = ', '.join(f"s{s}: {o['kappa']:.2f}" for s, o in v.get('own_codes', {}).items())
             print(f"{name:9s} {pair:12s} best kappa at perplexity >= 16: {ceil}" + (f"; own codes {own}" if own else ''))
     print(f'wrote {a.out}')
     return 0

@@ -270,6 +270,16 @@ def reference_command(script: Path, seed: int, paths: dict, work: Path, part: st
     return [sys.executable, str(script), str(paths['ref_train']), str(paths[f'ref_{part}']), '--seed', str(seed),
             '--skip-untrained', '--dump', str(dump), '--out', str(outj), *budget, *ref_args]
 
+def reference_parts(dump: Path, paths: dict) -> tuple[Part, Part]:
+    "The training and scored parts of one reference run from its `--dump` file (groups from the cmrl manifest)"
+    d = torch.load(dump, weights_only=True)
+    groups = {}
+    for line in paths['cmrl'].read_text().splitlines():
+        r = json.loads(line); groups[r['id']] = r['group']
+    def part_of(x):
+        return Part(x['id'], [groups[i] for i in x['id']], x['label'], {'image': x['image'], 'speech': x['audio'], 'text': x['text']})
+    return part_of(d['train']), part_of(d['test'])
+
 def run_reference(script: Path, seed: int, paths: dict, work: Path, part: str, ref_args: list, reuse: bool = False) -> dict:
     dump, outj = _ref_files(work, seed, part)
     cmd = reference_command(script, seed, paths, work, part, ref_args)
@@ -280,13 +290,7 @@ def run_reference(script: Path, seed: int, paths: dict, work: Path, part: str, r
         if p.returncode != 0: raise RuntimeError(f"reference failed ({p.returncode}):\n{p.stderr[-3000:]}")
     wall = time.time() - t
     own = json.loads(outj.read_text())
-    d = torch.load(dump, weights_only=True)
-    groups = {}
-    for line in paths['cmrl'].read_text().splitlines():
-        r = json.loads(line); groups[r['id']] = r['group']
-    def part_of(x):
-        return Part(x['id'], [groups[i] for i in x['id']], x['label'], {'image': x['image'], 'speech': x['audio'], 'text': x['text']})
-    res = score(part_of(d['train']), part_of(d['test']), None, seed)
+    res = score(*reference_parts(dump, paths), None, seed)
     tr = own['trained']
     res.update(train_seconds=own.get('train_time_s'), wall_seconds=round(wall, 1), n_params=own.get('params', {}).get('total'), steps=own.get('steps'),
                command=' '.join(cmd[1:]),

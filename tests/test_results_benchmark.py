@@ -171,9 +171,11 @@ def test_kappa_ceiling_aligned_vs_unrelated():
 
 def test_kappa_ceiling_reads_the_curve_at_a_perplexity_floor():
     KC = _kappa_ceiling()
-    row = lambda ppl, k: {'perplexity': {'image': ppl, 'speech': ppl + 1}, 'kappa': {'image-speech': {'kappa': k}}}
-    sweep = {'8': row(7., 0.5), '16': row(15.9, 0.3), '32': row(20., 0.12), '64': row(30., 0.08)}
-    assert KC.at_perplexity(sweep, 'image-speech') == {'K': 32, 'kappa': 0.12, 'perplexity': 20.}  # the best K whose lower perplexity is >= 16
+    row = lambda ppl, k, c: {'perplexity': {'image': ppl, 'speech': ppl + 1}, 'kappa': {'image-speech': {'kappa': k}},
+                             'codes_R@10': {'image->speech': c, 'speech->image': c + 2}}
+    sweep = {'8': row(7., 0.5, 30.), '16': row(15.9, 0.3, 20.), '32': row(20., 0.12, 8.), '64': row(30., 0.08, 10.)}
+    # the best kappa among the K whose lower perplexity is >= 16, and (at any such K) the best codes-only R@10, mean of both directions
+    assert KC.at_perplexity(sweep, 'image-speech') == {'K': 32, 'kappa': 0.12, 'perplexity': 20., 'codes_R@10': 11.}
     assert KC.at_perplexity(sweep, 'image-speech', floor=40.) is None
 
 
