@@ -3,7 +3,8 @@
 Opens the index and every page the site was built from (`build/docs/manifest.json`, written by the
 build), offline (requests leaving the local server are refused), and checks: the page exists and
 carries its notebook's title, shows no error text, loads no broken image, typesets its formulas
-(KaTeX served by the site) and raises no script error; the sidebar is grouped by area; the search index exists and
+(KaTeX served by the site) and raises no script error; the sidebar is grouped by area, with the Results page on top
+and the walkthrough first under Tutorials; the Results page shows its sections; the search index exists and
 the search box finds pages; a plot from a notebook is visible. Skipped, with the reason, when the
 site was not built (`tools/test.sh` builds it before running pytest).
 """
@@ -122,6 +123,34 @@ def test_sidebar_grouped(open_page):
     hrefs = {re.sub(r'^(\./|/)', '', h) for h in hrefs}
     missing = [p['page'] for p in PAGES if p['page'] != 'index.html' and p['page'] not in hrefs]
     assert not missing, f'pages not linked from the sidebar: {missing}'
+
+
+def test_sidebar_results_and_walkthrough(open_page):
+    "The sidebar links the Results page above the sections, and lists the walkthrough first under Tutorials"
+    if not {'results.html', 'tutorials/01_walkthrough.html'} <= set(IDS): pytest.skip('a partial site (--only)')
+    page = open_page('index.html')
+    links = page.evaluate("Array.from(document.querySelectorAll('#quarto-sidebar a[href]'))"
+                          ".map(a => [a.getAttribute('href'), a.innerText.trim()])")
+    hrefs = [re.sub(r'^(\./|/)', '', h) for h, _ in links]
+    assert 'results.html' in hrefs, f'no Results page in the sidebar: {hrefs}'
+    assert links[hrefs.index('results.html')][1] == 'Results'
+    tutorials = [h for h in hrefs if h.startswith('tutorials/')]
+    assert tutorials and tutorials[0] == 'tutorials/01_walkthrough.html', tutorials
+    text = page.locator('#quarto-sidebar').inner_text()
+    assert text.index('Results') < text.index('Tutorials') < text.index('Walkthrough')
+
+
+def test_results_page(open_page):
+    "The Results page shows the table, the goals with their verdicts, the decision log and the commands"
+    if 'results.html' not in IDS: pytest.skip('a partial site (--only) without the Results page')
+    page = open_page('results.html')
+    body = page.locator('main').first.inner_text()
+    for heading in ('The table', 'The goals', 'The decision log', 'Reproduce'):
+        assert heading in body, f'results.html lacks the section {heading!r}'
+    assert 'Uni-Code' in body and ('missed' in body or 'met at all' in body) and 'python benchmarks/results.py' in body
+    n_log = len((ROOT / 'benchmarks' / 'decisions.jsonl').read_text().splitlines())
+    rows = page.locator('main table tbody tr').count()
+    assert rows >= n_log, f'results.html shows {rows} table rows, the decision log has {n_log} lines'
 
 
 def test_search(open_page, base_url):

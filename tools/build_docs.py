@@ -54,9 +54,9 @@ def _sources_key() -> str:
 
 
 def _benchmarks_key() -> str:
-    "Hash of the committed benchmark results (benchmarks/*.json) that some notebooks render"
+    "Hash of the committed benchmark results (benchmarks/*.json, and the decision log *.jsonl) that some notebooks render"
     h = hashlib.sha256()
-    for p in sorted((ROOT / 'benchmarks').glob('*.json')):
+    for p in sorted((ROOT / 'benchmarks').glob('*.json')) + sorted((ROOT / 'benchmarks').glob('*.jsonl')):
         h.update(p.name.encode()); h.update(p.read_bytes())
     return h.hexdigest()
 
