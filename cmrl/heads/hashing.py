@@ -15,11 +15,8 @@ from torch import nn, Tensor
 import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 import faiss
-from fastai.data.core import DataLoaders
-from fastai.data.load import DataLoader
 from fastai.learner import Learner
-from fastai.optimizer import Adam
-from fastai.callback.schedule import fit_one_cycle
+from ..fit import fit_tensors
 
 # %% auto #0
 __all__ = ['to_binary', 'pack_codes', 'unpack_codes', 'BinaryIndex', 'hamming_distances', 'lsh_codes', 'HashHead',
@@ -233,18 +230,9 @@ def fit_hash_head(embs: dict,  # modality -> `[N, D]` embeddings of the fit item
     X, P, mods = stack_embeddings(embs, present)
     pairs = sum(int((P[:, a] & P[:, b]).sum()) for a in range(len(mods)) for b in range(a + 1, len(mods)))
     if pairs < 2: raise ValueError(f"fit_hash_head: need at least 2 items present in two modalities, got {pairs} pairs")
-    py_state, nt = random.getstate(), torch.get_num_threads()
-    if threads: torch.set_num_threads(threads)  # a tiny linear head: more threads only add overhead
-    try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed); random.seed(seed)
-            head = HashHead(mods, X.shape[-1], bits, normalize)
-            n = len(X)
-            trn = DataLoader(TensorDataset(X, P), bs=min(bs, n), shuffle=True, drop_last=n > bs, device=device)
-            val = DataLoader(TensorDataset(X[:1024], P[:1024]), bs=1024, device=device)  # (up to 1024 of) the fit items: the recorder's valid loss
-            learn = Learner(DataLoaders(trn, val), head, loss_func=HashLoss(gamma, eta), opt_func=Adam, wd=wd)
-            with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(epochs, lr)
-    finally:
-        random.setstate(py_state); torch.set_num_threads(nt)
+    val = TensorDataset(X[:1024], P[:1024])  # (up to 1024 of) the fit items: the recorder's valid loss
+    learn = fit_tensors(lambda: HashHead(mods, X.shape[-1], bits, normalize), TensorDataset(X, P), val, HashLoss(gamma, eta),
+                        epochs, lr, bs, valid_bs=1024, wd=wd, seed=seed, device=device, threads=threads)
+    head = learn.model
     head = head.cpu().eval()
     return (head, learn) if return_learner else head

@@ -13,11 +13,8 @@ import torch
 from torch import nn, Tensor
 import torch.nn.functional as F
 from torch.utils.data import TensorDataset
-from fastai.data.core import DataLoaders
-from fastai.data.load import DataLoader
 from fastai.learner import Learner
-from fastai.optimizer import Adam
-from fastai.callback.schedule import fit_one_cycle
+from ..fit import fit_tensors
 
 # %% auto #0
 __all__ = ['SHAPES', 'toy_pictures', 'ResBlock', 'conv_encoder', 'conv_decoder', 'TokenizerOutput', 'as_pixels', 'ImageTokenizer',
@@ -152,24 +149,6 @@ def own_loss(out, *yb) -> Tensor:
     "The loss fastai optimises: the `loss` field of the model's output (the targets are inside the model's input)"
     return out.loss
 
-def _fit(model: nn.Module, ds: TensorDataset, vds: TensorDataset, loss_func, epochs: int, bs: int, lr: float, wd: float,
-         seed: int, device, threads: int | None) -> Learner:
-    "fastai one-cycle fit of `model` on tensor data sets, seeded, with torch threads set for the fit (restored after)"
-    py_state, nt = random.getstate(), torch.get_num_threads()
-    if threads: torch.set_num_threads(threads)
-    try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed); random.seed(seed)
-            n = len(ds)
-            trn = DataLoader(ds, bs=min(bs, n), shuffle=True, drop_last=n > bs, device=device)
-            val = DataLoader(vds, bs=max(1, min(bs * 4, len(vds))), device=device)
-            if device is not None: model.to(device)  # fastai moves the batches to the model's device
-            learn = Learner(DataLoaders(trn, val), model, loss_func=loss_func, opt_func=Adam, wd=wd)
-            with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(epochs, lr)
-    finally:
-        random.setstate(py_state); torch.set_num_threads(nt)
-    return learn
-
 def fit_tokenizer(images,  # `[N, 3, S, S]` training pictures, float in [0, 1] or uint8
                   valid=None,  # validation pictures (the recorder's valid loss); default up to 256 training ones
                   epochs: int = 20,  # passes over the pictures
@@ -189,7 +168,8 @@ def fit_tokenizer(images,  # `[N, 3, S, S]` training pictures, float in [0, 1] o
     kwargs.setdefault('seed', seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed); tok = ImageTokenizer(**kwargs)
-    learn = _fit(tok, TensorDataset(x, x), TensorDataset(v, v), own_loss, epochs, bs, lr, wd, seed, device, threads)
+    learn = fit_tensors(tok, TensorDataset(x, x), TensorDataset(v, v), own_loss, epochs, lr, bs, wd=wd, seed=seed,
+                        device=device, threads=threads)
     return tok.cpu().eval(), learn
 
 # %% ../../nbs/19b_heads.imagegen.ipynb #17f242ed
@@ -364,7 +344,8 @@ def fit_code_prior(codes: Tensor,  # `[N, L]` long picture codes (from `ImageTok
         vc, vm, vk = valid
         vk = torch.ones(vm.shape[:2], dtype=torch.bool) if vk is None else vk.bool()
         vds = TensorDataset(vm.float(), vk, vc.long(), vc.long())
-    learn = _fit(_TeacherForced(prior), ds, vds, prior_loss, epochs, bs, lr, wd, seed, device, threads)
+    learn = fit_tensors(_TeacherForced(prior), ds, vds, prior_loss, epochs, lr, bs, wd=wd, seed=seed, device=device,
+                        threads=threads)
     return prior.cpu().eval(), learn
 
 class _TeacherForced(nn.Module):
