@@ -29,8 +29,10 @@ import numpy as np
 import torch, torch.nn as nn, torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import results as R  # the committed split, its manifests and the probe
+if __package__: from . import results as R  # python -m benchmarks.ceiling
+else: import results as R  # python benchmarks/ceiling.py (its folder is on the path): the committed split
+from cmrl.data.splits import read_split, write_manifests
+from cmrl.eval.benchmark import fit_probe
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -123,10 +125,10 @@ def train_speech(arch: str, tr: dict, te: dict, classes: list, seed: int, epochs
 
 
 def image_probe(tr: dict, te: dict, classes: list, seed: int) -> dict:
-    "results.py's linear probe (C by cross-validation on the training items) on the frozen image features"
+    "The results benchmark's linear probe (`cmrl.eval.benchmark.fit_probe` (C by cross-validation on the training items) on the frozen image features"
     from cmrl.eval.generalization import probe_scores
     ytr = np.array([classes.index(c) for c in tr['label']]); yte = np.array([classes.index(c) for c in te['label']])
-    head, C = R.fit_probe(tr['image'].numpy(), ytr, seed)
+    head, C = fit_probe(tr['image'].numpy(), ytr, seed)
     s = probe_scores(yte, head.predict(te['image'].numpy().astype(np.float64)), ytr)
     return {'acc': 100 * s['acc'], 'bacc': 100 * s['bacc'], 'majority': 100 * s['majority'], 'chance': 100 * s['chance'], 'C': C}
 
@@ -141,9 +143,9 @@ def main(argv=None):
     p.add_argument('--out', default=str(ROOT / 'benchmarks' / 'ceiling.json'))
     a = p.parse_args(argv)
     torch.set_num_threads(1)
-    split = R.read_split(Path(a.split_file))
+    split = read_split(Path(a.split_file))
     work = Path(a.work or tempfile.mkdtemp(prefix='cmrl-ceiling-'))
-    man = R.write_manifests(split, work)['paths']['cmrl']
+    man = write_manifests(split, work)['paths']['cmrl']
     d = parts(man, a.split)
     tr, te = d['train'], d[a.split]
     classes = sorted(set(tr['label']) | set(te['label']))
