@@ -1,4 +1,4 @@
-"""Nearest-neighbour search for large galleries: a thin faiss wrapper over continuous embeddings (exact, IVF, HNSW), and bag-of-codes tf-idf retrieval over discrete codes through an inverted index.
+"""Nearest-neighbour search for large galleries: a thin faiss wrapper over continuous embeddings (exact, IVF, HNSW), bag-of-codes tf-idf retrieval over discrete codes through an inverted index, and exact Hamming search over binary hash codes.
 
 Docs: https://cmrl-dev.github.io/cmrl/eval.index.html.md"""
 
