@@ -115,9 +115,9 @@ def train_speech(arch: str, tr: dict, te: dict, classes: list, seed: int, epochs
             scores.append(probe_scores(yte, p, ytr.numpy()))
 
     t = time.time()
-    learn = fit_tensors(net, TensorDataset(xtr, mtr, ytr), TensorDataset(xte, mte, torch.as_tensor(yte)), F.cross_entropy,
-                        epochs, lr, bs, valid_bs=bs, wd=0.1, opt_func=Adam, seed=seed, device='cpu', threads=None,
-                        cbs=[SpecAug(), Score()])
+    train, scored = TensorDataset(xtr, mtr, ytr), TensorDataset(xte, mte, torch.as_tensor(yte))
+    learn = fit_tensors(net, train, scored, F.cross_entropy, epochs, lr, bs, valid_bs=bs, wd=0.1, opt_func=Adam,
+                        seed=seed, device='cpu', threads=None, cbs=[SpecAug(), Score()])
     best = max(range(len(scores)), key=lambda i: scores[i]['bacc'])
     pct = lambda s: {'acc': 100 * s['acc'], 'bacc': 100 * s['bacc'], 'majority': 100 * s['majority'], 'chance': 100 * s['chance']}
     return {'last': pct(scores[-1]), 'best_epoch': best + 1, 'best': pct(scores[best]), 'train_seconds': round(time.time() - t, 1),
@@ -125,7 +125,7 @@ def train_speech(arch: str, tr: dict, te: dict, classes: list, seed: int, epochs
 
 
 def image_probe(tr: dict, te: dict, classes: list, seed: int) -> dict:
-    "The results benchmark's linear probe (`cmrl.eval.benchmark.fit_probe` (C by cross-validation on the training items) on the frozen image features"
+    "The results benchmark's probe (`fit_probe`: C by cross-validation on the training items) on the image features"
     from cmrl.eval.generalization import probe_scores
     ytr = np.array([classes.index(c) for c in tr['label']]); yte = np.array([classes.index(c) for c in te['label']])
     head, C = fit_probe(tr['image'].numpy(), ytr, seed)

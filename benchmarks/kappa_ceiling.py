@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 if __package__: from . import results as R  # python -m benchmarks.kappa_ceiling
-else: import results as R  # python benchmarks/kappa_ceiling.py (its folder is on the path): runs of cmrl and the reference
+else: import results as R  # python benchmarks/kappa_ceiling.py (its folder is on the path): runs of both models
 from cmrl.data.splits import read_split, write_manifests
 from cmrl.eval.benchmark import MODS, Part, score, code_health as _health
 
@@ -60,7 +60,8 @@ def code_health(codes: dict,  # modality -> `[M]` long item codes (one per item;
                ) -> dict:  # perplexity per modality, kappa / p_o / p_e per pair, codes-only R@10 per direction
     "The results benchmark's code-health numbers (`cmrl.eval.benchmark.code_health`) of one code per item"
     h = _health(codes, n_codes, test.ids, test.groups)
-    return {'perplexity': h['perplexity'], 'kappa': {p: h['kappa'][p] for p in (f'{a}-{b}' for a, b in PAIRS) if p in h['kappa']},
+    pairs = [p for p in (f'{a}-{b}' for a, b in PAIRS) if p in h['kappa']]
+    return {'perplexity': h['perplexity'], 'kappa': {p: h['kappa'][p] for p in pairs},
             'codes_R@10': {k: v['R@10'] for k, v in h['codes_retrieval'].items()}}
 
 

@@ -8,9 +8,10 @@ Protocol (fixed once; the tutorial `nbs/tutorials/unicode_tuxpaint.ipynb` render
   SVG-only stamps are left out of **every** row (the reference reads pictures with PIL), so every row trains and
   is scored on exactly the same items. `--make-split LANG` writes the same kind of file for another language.
 * **One scorer**: every row (cmrl's models and the reference, whose `--dump` saves its embeddings) is scored by
-  `cmrl.eval.benchmark.score`: cmrl's own retrieval code (`cross_modal_retrieval`: cosine similarity, the same false-negative mask: other
-  members of a query's group are neither hits nor negatives; ties count against the query) and cmrl's own linear
-  probe (`LinearProbe`, C chosen by stratified cross-validation on the fitting modality's training items only).
+  `cmrl.eval.benchmark.score`: cmrl's own retrieval code (`cross_modal_retrieval`: cosine similarity, the same
+  false-negative mask: other members of a query's group are neither hits nor negatives; ties count against the
+  query) and cmrl's own linear probe (`LinearProbe`, C chosen by stratified cross-validation on the fitting
+  modality's training items only).
 * **Label-free training**: no row trains with category labels; labels are used only by the probes.
 * **Tune on valid, report test**: `--split valid` scores the valid part (for choices), `--split test` the test
   part (once per seed). Training never sees test items; `cmrl train` may use the valid part for model selection.
@@ -64,14 +65,14 @@ def legacy_stems() -> tuple[dict, str]:
 
 # ----------------------------------------------------------------------------- the length reference
 def length_features(rows: list) -> 'Features':
-    "Manifest rows as `Features` whose lengths are seconds of speech and characters of text (all the length reference reads)"
+    "Manifest rows as `Features` with lengths in seconds of speech and characters of text (what `length_reference` reads)"
     import soundfile as sf
     from cmrl.eval.generalization import Features
     n, mods = len(rows), ('speech', 'text')
     lengths = {'speech': torch.tensor([sf.info(r['speech']).duration for r in rows], dtype=torch.float64),
                'text': torch.tensor([float(len(r['text'])) for r in rows], dtype=torch.float64)}
-    return Features(ids=[r['id'] for r in rows], y=torch.full((n,), -1), emb={m: torch.zeros(n, 0) for m in mods}, feats={},
-                    mask={}, codes={}, present={m: torch.ones(n, dtype=torch.bool) for m in mods},
+    return Features(ids=[r['id'] for r in rows], y=torch.full((n,), -1), emb={m: torch.zeros(n, 0) for m in mods},
+                    feats={}, mask={}, codes={}, present={m: torch.ones(n, dtype=torch.bool) for m in mods},
                     extra={'group': [r['group'] for r in rows]}, lengths=lengths)
 
 def length_row(rows: list, part: str) -> dict:
@@ -167,7 +168,7 @@ def run_reference(script: Path, seed: int, paths: dict, work: Path, part: str, r
     return res
 
 
-# ----------------------------------------------------------------------------- the table (means over seeds: `cmrl.eval.benchmark.aggregate`)
+# ----------------------------------------------------------------------------- the table (seeds: `aggregate`)
 COLUMNS = [  # (header, leaf key)
     ('acc i>s', 'probe/image->speech/acc'), ('bacc i>s', 'probe/image->speech/bacc'),
     ('acc s>i', 'probe/speech->image/acc'), ('bacc s>i', 'probe/speech->image/bacc'),

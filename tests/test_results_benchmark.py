@@ -35,7 +35,8 @@ def test_score_perfect_and_shuffled():
     base = torch.nn.functional.one_hot(torch.arange(n) % 4, 4).float() * 3 + 0.1 * torch.randn(n, 4, generator=g)
     uniq = torch.randn(n, 16, generator=g)
     emb = torch.cat([base, uniq], 1)
-    mk = lambda e: Part([f'i{i}' for i in range(n)], [f'g{i}' for i in range(n)], labels, {'image': e, 'speech': e.clone(), 'text': e.clone()})
+    ids, groups = [f'i{i}' for i in range(n)], [f'g{i}' for i in range(n)]
+    mk = lambda e: Part(ids, groups, labels, {'image': e, 'speech': e.clone(), 'text': e.clone()})
     res = score(mk(emb), mk(emb), None)
     assert res['retrieval']['image->speech']['R@1'] == 100.0  # identical embeddings: every partner first
     assert res['probe']['image->speech']['acc'] == 100.0

@@ -38,7 +38,7 @@ def write_split(d: dict,  # a split: its header fields and `items`
 def make_split(lang: str = 'fr',  # the language of the texts and spoken descriptions
                out: Path | None = None,  # write the split here (`write_split`)
                **source_kw,  # more `get_source('tuxpaint', ...)` arguments (`root=` another stamps folder)
-              ) -> dict:  # header fields (source, lang, rule, left_out, counts) and `items` (id, split, group, category)
+              ) -> dict:  # header (source, lang, rule, left_out, counts) and `items` (id, split, group, category)
     "The grouped train/valid/test item ids of Tux Paint in `lang`: PNG stamps with speech and text only"
     src = get_source('tuxpaint', langs=lang, modalities=('image', 'text', 'speech'), **source_kw)
     items, left = [], {}
@@ -76,8 +76,8 @@ def write_manifests(split: dict,  # a split (`read_split`)
     if miss: raise ValueError(f"{len(miss)} split item(s) are not in the installed Tux Paint stamps (e.g. {miss[:3]}); "
                               f"install tuxpaint-stamps-default or rewrite the split with --make-split")
     work = Path(work); work.mkdir(parents=True, exist_ok=True)
-    rows = [{'id': i['id'], 'image': recs[i['id']]['image'], 'speech': recs[i['id']]['speech'], 'text': recs[i['id']]['text'],
-             'label': i['category'], 'lang': split['lang'], 'split': i['split'], 'group': i['group']} for i in split['items']]
+    rows = [{'id': i['id'], **{m: recs[i['id']][m] for m in ('image', 'speech', 'text')}, 'label': i['category'],
+             'lang': split['lang'], 'split': i['split'], 'group': i['group']} for i in split['items']]
     paths = {'cmrl': work / 'cmrl.jsonl'}
     paths['cmrl'].write_text(''.join(json.dumps(r, ensure_ascii=False) + '\n' for r in rows))
     for part in PARTS:

@@ -66,14 +66,16 @@ def code_health(codes: dict,  # modality -> `[M]` or `[M, T]` long codes of the 
                 ids, groups,  # the scored items' ids and groups (for codes-only retrieval)
                ) -> dict:  # perplexity per modality, kappa per pair, codes-only retrieval per direction
     "Perplexity, code agreement of the items' most frequent codes (`code_kappa`), codes-only R@1 and R@10"
-    codes = {m: (c if c.ndim == 2 else c[:, None]) for m, c in ((m, torch.as_tensor(c).long()) for m, c in codes.items())}
+    codes = {m: torch.as_tensor(c).long() for m, c in codes.items()}
+    codes = {m: c if c.ndim == 2 else c[:, None] for m, c in codes.items()}
     mods = [m for m in MODS if m in codes] + [m for m in codes if m not in MODS]
     modes = {m: item_modes(c, n_codes) for m, c in codes.items()}
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
         rc = cross_modal_retrieval(tfidf_embeddings(codes, n_codes), ids=ids, groups=groups, chance=False)
     return {'perplexity': {m: float(perplexity(code_histogram(codes[m], n_codes))) for m in mods},
-            'kappa': {f'{a}-{b}': code_kappa(modes[a], modes[b], n_codes) for i, a in enumerate(mods) for b in mods[i + 1:]},
+            'kappa': {f'{a}-{b}': code_kappa(modes[a], modes[b], n_codes)
+                      for i, a in enumerate(mods) for b in mods[i + 1:]},
             'codes_retrieval': {k: {'R@1': v['R@1'], 'R@10': v['R@10']} for k, v in rc.items()}}
 
 # %% ../../nbs/49_eval.benchmark.ipynb #d1274e1b
@@ -81,7 +83,7 @@ def score(train: Part,  # the training part (the probes fit on it)
           test: Part,  # the scored part
           n_codes: int | None = None,  # K of a codebook model (adds code health when `test.codes`)
           seed: int = 0,  # the probes' cross-validation seed
-         ) -> dict:  # n_train, n_test, probe, probe_emb, retrieval (and retrieval_semantic, perplexity, kappa, codes_retrieval)
+         ) -> dict:  # n_train, n_test, probe, probe_emb, retrieval (+ retrieval_semantic and `code_health`'s)
     "Every number of one row: probes, retrieval, codebook health"
     classes = sorted(set(train.labels) | set(test.labels))
     ytr, yte = (np.array([classes.index(y) for y in p.labels]) for p in (train, test))
