@@ -65,7 +65,7 @@ def legacy_stems() -> tuple[dict, str]:
 
 # ----------------------------------------------------------------------------- the length reference
 def length_features(rows: list) -> 'Features':
-    "Manifest rows as `Features` with lengths in seconds of speech and characters of text (what `length_reference` reads)"
+    "Manifest rows as `Features` with lengths in seconds of speech and characters of text (for `length_reference`)"
     import soundfile as sf
     from cmrl.eval.generalization import Features
     n, mods = len(rows), ('speech', 'text')
