@@ -24,13 +24,15 @@ Usage (from the repository root, with the project's venv):
 """
 from __future__ import annotations
 import argparse, json, sys, tempfile, time, warnings
-from functools import partial
 from pathlib import Path
 import numpy as np
 import torch, torch.nn as nn, torch.nn.functional as F
+from torch.utils.data import TensorDataset
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import results as R  # the committed split, its manifests and the probe
+if __package__: from . import results as R  # python -m benchmarks.ceiling
+else: import results as R  # python benchmarks/ceiling.py (its folder is on the path): the committed split
+from cmrl.data.splits import read_split, write_manifests
+from cmrl.eval.benchmark import fit_probe
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -88,21 +90,14 @@ class Conv1dSpeech(nn.Module):
 
 def train_speech(arch: str, tr: dict, te: dict, classes: list, seed: int, epochs: int, bs: int = 32, lr: float = 2e-3) -> dict:
     "Fit a supervised speech classifier through fastai; probe scores of its last and best epoch on the scored part"
-    from fastai.data.core import DataLoaders
-    from fastai.learner import Learner
     from fastai.callback.core import Callback
-    from fastai.callback.schedule import fit_one_cycle  # noqa: F401 (patches Learner)
-    from fastai.callback.progress import ProgressCallback  # noqa: F401 (patches no_bar)
-    from fastai.optimizer import Adam  # decoupled weight decay (AdamW) by default
+    from fastai.optimizer import Adam  # decoupled weight decay (AdamW)
     from cmrl.augment import spec_augment
     from cmrl.eval.generalization import probe_scores
-    torch.manual_seed(seed); np.random.seed(seed)
+    from cmrl.fit import fit_tensors
     (xtr, mtr), (xte, mte) = pad(tr['speech']), pad(te['speech'])
     ytr = torch.tensor([classes.index(c) for c in tr['label']]); yte = np.array([classes.index(c) for c in te['label']])
-    dtr = list(zip(xtr, mtr, ytr)); dte = list(zip(xte, mte, torch.as_tensor(yte)))
-    dls = DataLoaders.from_dsets(dtr, dte, bs=bs, shuffle=True, drop_last=True, device='cpu')
-    dls.valid.shuffle = dls.valid.drop_last = False
-    net = CmrlSpeech(len(classes)) if arch == 'cmrl' else Conv1dSpeech(len(classes))
+    net = lambda: CmrlSpeech(len(classes)) if arch == 'cmrl' else Conv1dSpeech(len(classes))
     scores = []
 
     class SpecAug(Callback):
@@ -119,20 +114,21 @@ def train_speech(arch: str, tr: dict, te: dict, classes: list, seed: int, epochs
             with torch.no_grad(): p = self.learn.model(xte, mte).argmax(1).numpy()
             scores.append(probe_scores(yte, p, ytr.numpy()))
 
-    learn = Learner(dls, net, loss_func=F.cross_entropy, opt_func=partial(Adam, wd=0.1), cbs=[SpecAug(), Score()])
     t = time.time()
-    with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(epochs, lr)
+    train, scored = TensorDataset(xtr, mtr, ytr), TensorDataset(xte, mte, torch.as_tensor(yte))
+    learn = fit_tensors(net, train, scored, F.cross_entropy, epochs, lr, bs, valid_bs=bs, wd=0.1, opt_func=Adam,
+                        seed=seed, device='cpu', threads=None, cbs=[SpecAug(), Score()])
     best = max(range(len(scores)), key=lambda i: scores[i]['bacc'])
     pct = lambda s: {'acc': 100 * s['acc'], 'bacc': 100 * s['bacc'], 'majority': 100 * s['majority'], 'chance': 100 * s['chance']}
     return {'last': pct(scores[-1]), 'best_epoch': best + 1, 'best': pct(scores[best]), 'train_seconds': round(time.time() - t, 1),
-            'n_params': sum(p.numel() for p in net.parameters())}
+            'n_params': sum(p.numel() for p in learn.model.parameters())}
 
 
 def image_probe(tr: dict, te: dict, classes: list, seed: int) -> dict:
-    "results.py's linear probe (C by cross-validation on the training items) on the frozen image features"
+    "The results benchmark's probe (`fit_probe`: C by cross-validation on the training items) on the image features"
     from cmrl.eval.generalization import probe_scores
     ytr = np.array([classes.index(c) for c in tr['label']]); yte = np.array([classes.index(c) for c in te['label']])
-    head, C = R.fit_probe(tr['image'].numpy(), ytr, seed)
+    head, C = fit_probe(tr['image'].numpy(), ytr, seed)
     s = probe_scores(yte, head.predict(te['image'].numpy().astype(np.float64)), ytr)
     return {'acc': 100 * s['acc'], 'bacc': 100 * s['bacc'], 'majority': 100 * s['majority'], 'chance': 100 * s['chance'], 'C': C}
 
@@ -147,9 +143,9 @@ def main(argv=None):
     p.add_argument('--out', default=str(ROOT / 'benchmarks' / 'ceiling.json'))
     a = p.parse_args(argv)
     torch.set_num_threads(1)
-    split = R.read_split(Path(a.split_file))
+    split = read_split(Path(a.split_file))
     work = Path(a.work or tempfile.mkdtemp(prefix='cmrl-ceiling-'))
-    man = R.write_manifests(split, work)['paths']['cmrl']
+    man = write_manifests(split, work)['paths']['cmrl']
     d = parts(man, a.split)
     tr, te = d['train'], d[a.split]
     classes = sorted(set(tr['label']) | set(te['label']))

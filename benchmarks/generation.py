@@ -9,11 +9,12 @@ retrieval, and a shuffled-input control (the decoder fed another test item's cod
 
     python benchmarks/generation.py --work /tmp/gen --epochs 20    # writes benchmarks/generation.json (about 15 min on 2 cores)
 """
-import json, sys, time
+import json, time
 from pathlib import Path
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-from benchmarks.results import write_manifests, read_split, bench_parser, legacy_stems, SPLIT_FILE
+from cmrl.data.splits import write_manifests, read_split
+if __package__: from . import results as R  # python -m benchmarks.generation
+else: import results as R  # python benchmarks/generation.py (its folder is on the path)
+bench_parser, legacy_stems, SPLIT_FILE, ROOT = R.bench_parser, R.legacy_stems, R.SPLIT_FILE, R.ROOT
 
 def main(argv=None):
     p = bench_parser(__doc__, 'folder for the manifest and the run', 20, 'generation.json')

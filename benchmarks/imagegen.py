@@ -9,11 +9,12 @@ generated pictures against another test item's category (the shuffled control), 
 
     python benchmarks/imagegen.py --work /tmp/imagegen --epochs 15    # writes benchmarks/imagegen.json
 """
-import json, sys, time
+import json, time
 from pathlib import Path
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-from benchmarks.results import write_manifests, read_split, bench_parser, legacy_stems, SPLIT_FILE
+from cmrl.data.splits import write_manifests, read_split
+if __package__: from . import results as R  # python -m benchmarks.imagegen
+else: import results as R  # python benchmarks/imagegen.py (its folder is on the path)
+bench_parser, legacy_stems, SPLIT_FILE, ROOT = R.bench_parser, R.legacy_stems, R.SPLIT_FILE, R.ROOT
 
 def main(argv=None):
     p = bench_parser(__doc__, 'folder for the manifest, the run and the pictures', 15, 'imagegen.json')

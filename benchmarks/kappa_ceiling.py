@@ -28,8 +28,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import results as R  # the results benchmark: split, runs, scorer
+if __package__: from . import results as R  # python -m benchmarks.kappa_ceiling
+else: import results as R  # python benchmarks/kappa_ceiling.py (its folder is on the path): runs of both models
+from cmrl.data.splits import read_split, write_manifests
+from cmrl.eval.benchmark import MODS, Part, score, code_health as _health
 
 KS = (8, 12, 16, 24, 32, 48, 64)
 PAIRS = [('image', 'speech'), ('image', 'text'), ('speech', 'text')]
@@ -54,22 +56,18 @@ def kmeans_codes(train: dict,  # modality -> `[N, D]` training embeddings
 
 def code_health(codes: dict,  # modality -> `[M]` long item codes (one per item; -1 = none)
                 n_codes: int,  # K
-                test: R.Part,  # the scored items (ids and groups, for codes-only retrieval)
+                test: Part,  # the scored items (ids and groups, for codes-only retrieval)
                ) -> dict:  # perplexity per modality, kappa / p_o / p_e per pair, codes-only R@10 per direction
-    "The results benchmark's code-health numbers of one code per item: perplexity, kappa (`code_kappa`), codes-only R@10"
-    from cmrl.codebook import code_histogram, perplexity
-    code_kappa, tfidf = R._report('code_kappa'), R._report('tfidf_embeddings')
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore')
-        rc = R._metrics('cross_modal_retrieval')(tfidf({m: c[:, None] for m, c in codes.items()}, n_codes), ids=test.ids, groups=test.groups, chance=False)
-    return {'perplexity': {m: float(perplexity(code_histogram(c, n_codes))) for m, c in codes.items()},
-            'kappa': {f'{a}-{b}': code_kappa(codes[a], codes[b], n_codes) for a, b in PAIRS if a in codes and b in codes},
-            'codes_R@10': {k: v['R@10'] for k, v in rc.items()}}
+    "The results benchmark's code-health numbers (`cmrl.eval.benchmark.code_health`) of one code per item"
+    h = _health(codes, n_codes, test.ids, test.groups)
+    pairs = [p for p in (f'{a}-{b}' for a, b in PAIRS) if p in h['kappa']]
+    return {'perplexity': h['perplexity'], 'kappa': {p: h['kappa'][p] for p in pairs},
+            'codes_R@10': {k: v['R@10'] for k, v in h['codes_retrieval'].items()}}
 
 
-def sweep(train: R.Part, test: R.Part, ks=KS, seed: int = 0) -> dict:
+def sweep(train: Part, test: Part, ks=KS, seed: int = 0) -> dict:
     "Code health of k-means cells of the retrieval embeddings for every K, centred and not"
-    mods = [m for m in R.MODS if m in test.emb and m in train.emb]
+    mods = [m for m in MODS if m in test.emb and m in train.emb]
     out = {}
     for centre in (True, False):
         rows = {}
@@ -93,10 +91,10 @@ def unicode_row(seed: int, man: dict, work: Path, part: str, train_args: list, r
     run, sc = work / f'unicode-s{seed}', None
     if not (reuse and (run / 'metrics.json').exists()): sc = R.run_cmrl('unicode', seed, man['paths']['cmrl'], work, part, train_args)  # trains and scores
     tr, te, K, _ = R.cmrl_parts(run, man['paths']['cmrl'], part)
-    mods = [m for m in R.MODS if m in te.emb]
+    mods = [m for m in MODS if m in te.emb]
     from cmrl.codebook import item_modes
     own = code_health({m: item_modes(torch.as_tensor(te.codes[m]).long(), K) for m in mods}, K, te)
-    sc = sc or R.score(tr, te, K, seed)
+    sc = sc or score(tr, te, K, seed)
     return {'n_codes': K, 'own_codes': own, 'R@10': r10(sc), 'sweep': sweep(tr, te, seed=seed)}
 
 
@@ -106,7 +104,7 @@ def reference_row(script: Path, seed: int, man: dict, work: Path, part: str, ref
     sc = None
     if not (reuse and dump.exists() and outj.exists()): sc = R.run_reference(script, seed, man['paths'], work, part, ref_args)  # trains and scores
     tr, te = R.reference_parts(dump, man['paths'])
-    return {'R@10': r10(sc or R.score(tr, te, None, seed)), 'sweep': sweep(tr, te, seed=seed)}
+    return {'R@10': r10(sc or score(tr, te, None, seed)), 'sweep': sweep(tr, te, seed=seed)}
 
 
 def codes_r10(health: dict, pair: str) -> float:
@@ -154,9 +152,9 @@ def main(argv=None):
     p.add_argument('--merge', action='store_true', help='keep the seeds of an existing --out that this run does not redo')
     a = p.parse_args(argv)
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
-    split = R.read_split(Path(a.split_file))
+    split = read_split(Path(a.split_file))
     work = Path(a.work) if a.work else Path(tempfile.mkdtemp(prefix='cmrl-kappa-'))
-    man = R.write_manifests(split, work)
+    man = write_manifests(split, work)
     seeds = [int(s) for s in a.seeds.split(',') if s.strip()]
     res = {'doc': __doc__.split('\n\n')[1:4], 'lang': split['lang'], 'scored_part': a.split, 'counts': split['counts'], 'ks': list(KS),
            'train_args': a.train_args, 'ref_args': a.ref_args, 'rows': {}}

@@ -7,22 +7,25 @@ Protocol (fixed once; the tutorial `nbs/tutorials/unicode_tuxpaint.ipynb` render
   straddle parts). Only stamps with a **PNG** picture, a French spoken description and a French text are in it:
   SVG-only stamps are left out of **every** row (the reference reads pictures with PIL), so every row trains and
   is scored on exactly the same items. `--make-split LANG` writes the same kind of file for another language.
-* **One scorer**: every row (cmrl's models and the reference, whose `--dump` saves its embeddings) is scored here
-  with cmrl's own retrieval code (`cross_modal_retrieval`: cosine similarity, the same false-negative mask: other
-  members of a query's group are neither hits nor negatives; ties count against the query) and cmrl's own linear
-  probe (`LinearProbe`, C chosen by stratified cross-validation on the fitting modality's training items only).
+* **One scorer**: every row (cmrl's models and the reference, whose `--dump` saves its embeddings) is scored by
+  `cmrl.eval.benchmark.score`: cmrl's own retrieval code (`cross_modal_retrieval`: cosine similarity, the same
+  false-negative mask: other members of a query's group are neither hits nor negatives; ties count against the
+  query) and cmrl's own linear probe (`LinearProbe`, C chosen by stratified cross-validation on the fitting
+  modality's training items only).
 * **Label-free training**: no row trains with category labels; labels are used only by the probes.
 * **Tune on valid, report test**: `--split valid` scores the valid part (for choices), `--split test` the test
   part (once per seed). Training never sees test items; `cmrl train` may use the valid part for model selection.
 * Probes: fit on modality A's training items, scored on modality B's items of the scored part. Codebook models
   are probed on their **quantised** features (the Uni-Code protocol) and, shown beside, on their embeddings.
 * Codebook health on the scored part: chance-corrected agreement kappa = (p_o - p_e) / (1 - p_e) per modality pair
-  (p_o: paired items whose most frequent codes coincide; p_e = sum_k p_a(k) p_b(k) from the items' most frequent
-  codes), per-modality perplexity, and codes-only retrieval (tf-idf bags of codes).
+  (`cmrl.eval.report.code_kappa`; p_o: paired items whose most frequent codes coincide; p_e = sum_k p_a(k) p_b(k)
+  from the items' most frequent codes; undefined, NaN, where p_e = 1), per-modality perplexity, and codes-only
+  retrieval (tf-idf bags of codes).
 * Reference rows: chance (retrieval: a random ranking under the same mask; probes: 1 / classes), majority class
-  (fit on train), and the no-learning length reference for speech <-> text (duration ~ a * characters + b).
+  (fit on train), and the no-learning length reference for speech <-> text (`cmrl.eval.report.length_reference`
+  on seconds and characters: duration ~ a * characters + b).
 
-Usage (from the repository root, with the project's venv):
+Usage (from the repository root, with the project's venv; `python -m benchmarks.results ...` works the same):
 
     python benchmarks/results.py --split valid --seeds 0 --models unicode           # a tuning run
     python benchmarks/results.py --split test --seeds 0,1 --reference ../shared/reference/clip_baseline.py
@@ -33,55 +36,19 @@ not redo. Training goes through the public CLI (`cmrl train --data MANIFEST ...`
 for every cmrl row: `--train-args "--epochs 40 --image-size 64"`.
 """
 from __future__ import annotations
-import argparse, inspect, json, math, os, shlex, subprocess, sys, tempfile, time, warnings
+import argparse, json, os, shlex, subprocess, sys, tempfile, time
 from pathlib import Path
 import numpy as np
 import torch
+from cmrl.data.splits import make_split, read_split, write_manifests
+from cmrl.eval.benchmark import MODS, Part, score, leaves, aggregate
 
 ROOT = Path(__file__).resolve().parent.parent
 SPLIT_FILE = ROOT / 'benchmarks' / 'splits' / 'tuxpaint_fr.json'
 MODELS = ('unicode', 'liu2022', 'plain_codebook', 'continuous')
-MODS = ('image', 'speech', 'text')
-DIRS = [(a, b) for a in MODS for b in MODS if a != b]  # retrieval directions
-CS = (0.01, 0.1, 1.0, 10.0)  # probe regularisation grid (inverse L2 strength)
 
 
-# ----------------------------------------------------------------------------- cmrl imports (modules move; try both homes)
-def _first(*cands):
-    "The first importable `module:attribute` of `cands`"
-    import importlib
-    for c in cands:
-        mod, attr = c.split(':')
-        try: return getattr(importlib.import_module(mod), attr)
-        except (ImportError, AttributeError): continue
-    raise ImportError(f"none of {cands} is importable")
-
-def _metrics(name): return _first(f'cmrl.metrics:{name}', f'cmrl.eval.metrics:{name}')
-def _report(name): return _first(f'cmrl.eval.report:{name}', f'cmrl.eval.cli:{name}')
-
-
-# ----------------------------------------------------------------------------- the split
-def make_split(lang: str = 'fr', out: Path | None = None) -> dict:
-    "The grouped train/valid/test item ids of Tux Paint in `lang`, PNG stamps with speech and text only"
-    from cmrl.data.loaders import get_source
-    src = get_source('tuxpaint', langs=lang, modalities=('image', 'text', 'speech'))
-    items, left = [], {}
-    for part in ('train', 'valid', 'test'):
-        for r in src.split(part):
-            why = ('no picture' if not r.get('image') else 'SVG-only picture' if not str(r['image']).lower().endswith('.png')
-                   else 'no speech' if not r.get('speech') else 'no text' if not r.get('text') else None)
-            if why: left[why] = left.get(why, 0) + 1; continue
-            items.append({'id': r['id'], 'split': part, 'group': r['group'], 'category': r['category']})
-    counts = {p: sum(i['split'] == p for i in items) for p in ('train', 'valid', 'test')}
-    d = {'source': 'tuxpaint', 'lang': lang, 'split_rule': "cmrl's TuxPaint grouped split (fracs 0.7/0.15/0.15, split_seed 0)",
-         'kept': 'stamps with a PNG picture, a spoken description and a text in this language',
-         'left_out': left, 'counts': counts, 'items': items}
-    if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        head = json.dumps({k: v for k, v in d.items() if k != 'items'}, indent=1, ensure_ascii=False)[:-2]
-        out.write_text(head + ',\n "items": [\n' + ',\n'.join('  ' + json.dumps(i, ensure_ascii=False) for i in items) + '\n ]\n}\n')
-    return d
-
+# ----------------------------------------------------------------------------- shared by the generation benchmarks
 def bench_parser(doc: str, work_help: str, epochs: int, out: str) -> argparse.ArgumentParser:
     "The options the generation benchmarks share: --work, --epochs, --seed and --out (a file under benchmarks/)"
     p = argparse.ArgumentParser(description=doc.split('\n\n')[0])
@@ -96,122 +63,25 @@ def legacy_stems() -> tuple[dict, str]:
     from cmrl.train import LEGACY_STEMS, flag
     return dict(LEGACY_STEMS), ' '.join(f'{flag(k)} {v}' for k, v in LEGACY_STEMS.items())
 
-def read_split(path: Path) -> dict:
-    d = json.loads(Path(path).read_text())
-    for k in ('lang', 'items'):
-        if k not in d: raise ValueError(f"{path}: not a split file (no {k!r}); write one with --make-split LANG")
-    return d
-
-def write_manifests(split: dict, work: Path) -> dict:
-    "cmrl's manifest (one file, `split` fields, speech) and the reference's (one per part, speech as `audio`)"
-    from cmrl.data.loaders import get_source
-    src = get_source('tuxpaint', langs=split['lang'], modalities=('image', 'text', 'speech'))
-    recs = {r['id']: r for r in src.records}
-    miss = [i['id'] for i in split['items'] if i['id'] not in recs]
-    if miss: raise ValueError(f"{len(miss)} split item(s) are not in the installed Tux Paint stamps (e.g. {miss[:3]}); "
-                              f"install tuxpaint-stamps-default or rewrite the split with --make-split")
-    work.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for i in split['items']:
-        r = recs[i['id']]
-        rows.append({'id': i['id'], 'image': r['image'], 'speech': r['speech'], 'text': r['text'], 'label': i['category'],
-                     'lang': split['lang'], 'split': i['split'], 'group': i['group']})
-    paths = {'cmrl': work / 'cmrl.jsonl'}
-    paths['cmrl'].write_text(''.join(json.dumps(r, ensure_ascii=False) + '\n' for r in rows))
-    for part in ('train', 'valid', 'test'):
-        p = paths[f'ref_{part}'] = work / f'ref_{part}.jsonl'
-        p.write_text(''.join(json.dumps({'id': r['id'], 'image': r['image'], 'audio': r['speech'], 'text': r['text'],
-                                         'label': r['label'], 'lang': r['lang']}, ensure_ascii=False) + '\n'
-                             for r in rows if r['split'] == part))
-    return {'paths': paths, 'rows': rows}
-
-
-# ----------------------------------------------------------------------------- the scorer
-class Part:
-    "What the scorer needs of one part of the split: ids, groups, labels and per-modality vectors / codes"
-    def __init__(self, ids, groups, labels, emb: dict, probe: dict | None = None, codes: dict | None = None, semantic: dict | None = None):
-        self.ids, self.groups, self.labels = list(ids), list(groups), list(labels)
-        self.semantic = {m: torch.as_tensor(v).float() for m, v in (semantic or {}).items()}
-        self.emb = {m: torch.as_tensor(v).float() for m, v in emb.items()}
-        self.probe = {m: torch.as_tensor(v).float() for m, v in (probe or emb).items()}
-        self.codes = codes or {}
-
-def fit_probe(Xtr, ytr, seed: int = 0):
-    "cmrl's `LinearProbe`, C chosen by stratified k-fold on the fitting items only: (fitted head, chosen C)"
-    LinearProbe = _first('cmrl.eval.generalization:LinearProbe')
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore')
-        head = LinearProbe(C='cv', Cs=CS, cv=3, max_iter=300, seed=seed).fit(np.asarray(Xtr, np.float64), np.asarray(ytr))
-    return head, head.C_
-
-def probe_pairs(train: dict, ytr, test: dict, yte, mods, seed: int = 0) -> dict:
-    "Every (fit on a, score on b) pair: accuracy, balanced accuracy, majority and chance (percent), the chosen C"
-    probe_scores = _first('cmrl.eval.generalization:probe_scores')
-    out = {}
-    for a in mods:
-        head, C = fit_probe(train[a], ytr, seed)
-        for b in mods:
-            s = probe_scores(yte, head.predict(np.asarray(test[b], np.float64)), ytr)
-            out[f'{a}->{b}'] = {'acc': 100 * s['acc'], 'bacc': 100 * s['bacc'], 'majority': 100 * s['majority'], 'chance': 100 * s['chance'], 'C': C}
-    return out
-
-def kappa(ma: np.ndarray, mb: np.ndarray) -> dict:
-    "Chance-corrected agreement of two modalities' item codes (most frequent code per item; -1 = none)"
-    ok = (ma >= 0) & (mb >= 0)
-    a, b = ma[ok], mb[ok]
-    if not len(a): return {'kappa': math.nan, 'p_o': math.nan, 'p_e': math.nan}
-    K = int(max(a.max(), b.max())) + 1
-    pa, pb = np.bincount(a, minlength=K) / len(a), np.bincount(b, minlength=K) / len(b)
-    po, pe = float((a == b).mean()), float((pa * pb).sum())
-    return {'kappa': (po - pe) / (1 - pe) if pe < 1 else 0.0, 'p_o': po, 'p_e': pe}
-
-def score(train: Part, test: Part, n_codes: int | None = None, seed: int = 0) -> dict:
-    "Every number of one row: probes, retrieval, codebook health"
-    cross_modal_retrieval = _metrics('cross_modal_retrieval')
-    classes = sorted(set(train.labels) | set(test.labels))
-    ytr = np.array([classes.index(y) for y in train.labels]); yte = np.array([classes.index(y) for y in test.labels])
-    out = {'n_train': len(train.ids), 'n_test': len(test.ids), 'probe': {}, 'probe_emb': {}, 'retrieval': {}}
-    mods = [m for m in MODS if m in test.emb and m in train.emb]
-    out['probe'] = probe_pairs(train.probe, ytr, test.probe, yte, mods, seed)
-    if test.semantic: out['probe_emb'] = probe_pairs(train.semantic, ytr, test.semantic, yte, mods, seed)
-    def retr(embs):
-        with warnings.catch_warnings():
-            warnings.simplefilter('ignore')
-            r = cross_modal_retrieval({m: embs[m] for m in mods}, ids=test.ids, groups=test.groups)
-        return {k: {'R@1': v['R@1'], 'R@10': v['R@10'], 'medr': v['medr'], 'chance_R@1': v['chance']['R@1'],
-                    'chance_R@10': v['chance']['R@10'], 'n': v['n']} for k, v in r.items()}
-    out['retrieval'] = retr(test.emb)
-    if test.semantic: out['retrieval_semantic'] = retr(test.semantic)
-    if test.codes and n_codes:
-        from cmrl.codebook import item_modes, code_histogram, perplexity
-        codes = {m: torch.as_tensor(c).long() for m, c in test.codes.items() if m in mods}
-        modes = {m: item_modes(c if c.ndim == 2 else c[:, None], n_codes).numpy() for m, c in codes.items()}
-        out['perplexity'] = {m: float(perplexity(code_histogram(c, n_codes))) for m, c in codes.items()}
-        out['kappa'] = {f'{a}-{b}': kappa(modes[a], modes[b]) for i, a in enumerate(mods) for b in mods[i + 1:] if a in modes and b in modes}
-        tfidf = _report('tfidf_embeddings')
-        with warnings.catch_warnings():
-            warnings.simplefilter('ignore')
-            rc = cross_modal_retrieval(tfidf({m: c if c.ndim == 2 else c[:, None] for m, c in codes.items()}, n_codes),
-                                       ids=test.ids, groups=test.groups, chance=False)
-        out['codes_retrieval'] = {k: {'R@1': v['R@1'], 'R@10': v['R@10']} for k, v in rc.items()}
-    return out
-
-def length_reference(rows: list, part: str) -> dict:
-    "No-learning speech <-> text ranking by |duration - a * characters - b|, (a, b) fit on the training part"
+# ----------------------------------------------------------------------------- the length reference
+def length_features(rows: list) -> 'Features':
+    "Manifest rows as `Features` with lengths in seconds of speech and characters of text (for `length_reference`)"
     import soundfile as sf
-    fit_length_model, length_similarity = _metrics('fit_length_model'), _metrics('length_similarity')
-    relevance, retrieval_metrics = _metrics('relevance'), _metrics('retrieval_metrics')
-    tr = [r for r in rows if r['split'] == 'train']; te = [r for r in rows if r['split'] == part]
-    dur = lambda rs: [sf.info(r['speech']).duration for r in rs]
-    a, b = fit_length_model(dur(tr), [len(r['text']) for r in tr])
-    S = length_similarity(dur(te), [len(r['text']) for r in te], a, b)
-    ids, g = [r['id'] for r in te], [r['group'] for r in te]
-    rel, ign = relevance(ids, ids, g, g)
-    res = {}
-    for k, (s, rl, ig) in {'speech->text': (S, rel, ign), 'text->speech': (S.T, rel.T, ign.T)}.items():
-        m = retrieval_metrics(s, rl, ig, warn=False)
-        res[k] = {'R@1': m['R@1'], 'R@10': m['R@10'], 'medr': m['medr']}
-    return {'retrieval': res, 'a': a, 'b': b}
+    from cmrl.eval.generalization import Features
+    n, mods = len(rows), ('speech', 'text')
+    lengths = {'speech': torch.tensor([sf.info(r['speech']).duration for r in rows], dtype=torch.float64),
+               'text': torch.tensor([float(len(r['text'])) for r in rows], dtype=torch.float64)}
+    return Features(ids=[r['id'] for r in rows], y=torch.full((n,), -1), emb={m: torch.zeros(n, 0) for m in mods},
+                    feats={}, mask={}, codes={}, present={m: torch.ones(n, dtype=torch.bool) for m in mods},
+                    extra={'group': [r['group'] for r in rows]}, lengths=lengths)
+
+def length_row(rows: list, part: str) -> dict:
+    "No-learning speech <-> text ranking by |duration - a * characters - b|, (a, b) fit on the training part"
+    from cmrl.eval.report import length_reference
+    res = length_reference(length_features([r for r in rows if r['split'] == 'train']),
+                           length_features([r for r in rows if r['split'] == part]))
+    a, b = res['speech->text']['a'], res['speech->text']['b']
+    return {'retrieval': {k: {m: v[m] for m in ('R@1', 'R@10', 'medr')} for k, v in res.items()}, 'a': a, 'b': b}
 
 
 # ----------------------------------------------------------------------------- rows
@@ -222,8 +92,7 @@ def _cmrl_cmd() -> list:
 def cmrl_parts(run: Path, manifest: Path, part: str) -> tuple:
     "Frozen features of the training part and of `part` from a `cmrl train` output folder (its best weights)"
     from cmrl.checkpoint import load_model
-    ckpt_source, usable_modalities, max_lengths = _report('ckpt_source'), _report('usable_modalities'), _report('max_lengths')
-    records_features, semantic_embeddings = _report('records_features'), _report('semantic_embeddings')
+    from cmrl.eval.report import ckpt_source, usable_modalities, max_lengths, records_features, semantic_embeddings
     model, ck = load_model(run, weights='best')
     src = ckpt_source(ck, str(manifest))
     mods = [m for m in MODS if m in usable_modalities(model, src)]
@@ -299,25 +168,7 @@ def run_reference(script: Path, seed: int, paths: dict, work: Path, part: str, r
     return res
 
 
-# ----------------------------------------------------------------------------- aggregation and the table
-def _leaves(d: dict, prefix: str = '') -> dict:
-    out = {}
-    for k, v in d.items():
-        key = f'{prefix}{k}'
-        if isinstance(v, dict): out.update(_leaves(v, key + '/'))
-        elif isinstance(v, (int, float)) and not isinstance(v, bool): out[key] = float(v)
-    return out
-
-def aggregate(per_seed: dict) -> dict:
-    "Mean, min and max over seeds of every numeric leaf"
-    leaves = {s: _leaves(r) for s, r in per_seed.items()}
-    keys = sorted(set().union(*[set(l) for l in leaves.values()])) if leaves else []
-    out = {}
-    for k in keys:
-        v = [l[k] for l in leaves.values() if k in l and math.isfinite(l[k])]
-        if v: out[k] = {'mean': float(np.mean(v)), 'min': float(np.min(v)), 'max': float(np.max(v)), 'n': len(v)}
-    return out
-
+# ----------------------------------------------------------------------------- the table (seeds: `aggregate`)
 COLUMNS = [  # (header, leaf key)
     ('acc i>s', 'probe/image->speech/acc'), ('bacc i>s', 'probe/image->speech/bacc'),
     ('acc s>i', 'probe/speech->image/acc'), ('bacc s>i', 'probe/speech->image/bacc'),
@@ -385,8 +236,8 @@ def targets(res: dict, row: str = 'unicode', ref: str = 'reference') -> dict:
     if not (R.get(row, {}).get('per_seed')): return {}
     out = {}
     for s, u in R[row]['per_seed'].items():
-        f, t = _leaves(u), {}
-        g = _leaves(R[ref]['per_seed'][s]) if R.get(ref, {}).get('per_seed', {}).get(s) else None
+        f, t = leaves(u), {}
+        g = leaves(R[ref]['per_seed'][s]) if R.get(ref, {}).get('per_seed', {}).get(s) else None
         for d in ('image->speech', 'speech->image'):
             for k in ('acc', 'bacc'):
                 key = f'probe/{d}/{k}'
@@ -450,7 +301,7 @@ def main(argv=None):
     if res.get('scored_part_rows') not in (None, a.split) and a.merge: raise ValueError(f"{outp} holds rows scored on another part; use another --out")
     res['scored_part_rows'] = a.split
     res.setdefault('rows', {})
-    res['length_reference'] = length_reference(man['rows'], a.split)
+    res['length_reference'] = length_row(man['rows'], a.split)
     jobs = [(m, m + a.tag) for m in models] + ([('reference', 'reference' + a.tag)] if a.reference else [])
     for kind, name in jobs:
         row = res['rows'].get(name) if a.merge else None

@@ -13,7 +13,7 @@ search time / code-index search time; R = fraction of the exact top-k that the c
 
 Before it, the binary hash codes line (`--bits`, default 64; `--bits 0` skips it):
 `hashing: B bits, memory per item b/8 B vs 4*D B float (ratio M), queries/s hamming H vs float F (speedup S),
-recall@10 vs exact: learned RL, lsh RS` -- Hamming search over packed codes (`cmrl.heads.hashing.BinaryIndex`,
+recall@10 vs exact: learned RL, lsh RS` -- Hamming search over packed codes (`cmrl.eval.index.BinaryIndex`,
 faiss `IndexBinaryFlat`) against the exact float search of the same run (its median time). The learned codes come from
 a `HashHead` fitted (`fit_hash_head`) on `--hash-fit` gallery items paired with their exact nearest neighbour (there
 are no modalities here: the pairs teach the head which items should share a code); LSH = random hyperplanes, same bits.
@@ -52,8 +52,8 @@ def timed(f):
 def hashing(a, G, Q, exact, t_float, faiss) -> str:
     "The binary hash codes line: learned codes and LSH at `a.bits` bits, Hamming search over all of `G`"
     import torch
-    from cmrl.heads.hashing import BinaryIndex, fit_hash_head, lsh_codes, pack_codes
-    from cmrl.eval.index import knn_recall, rerank
+    from cmrl.heads.hashing import fit_hash_head, lsh_codes, pack_codes
+    from cmrl.eval.index import BinaryIndex, knn_recall, rerank
     B, n, d = a.bits, len(G), G.shape[1]
     # the learned head: pairs = sampled gallery items and their exact nearest neighbour among the sample (cosine)
     rng = np.random.default_rng(1)

@@ -17,8 +17,8 @@ import torch.nn.functional as F
 
 # %% auto #0
 __all__ = ['IMAGE', 'VIDEO', 'AUDIO', 'SPEECH', 'TEXT', 'MODALITIES', 'VISUAL', 'AURAL', 'ModalityBatch', 'pad_stack',
-           'collate_items', 'trim_padding', 'masked_mean', 'pool_steps', 'resample_steps', 'set_seed', 'default_device',
-           'seeded_generator', 'modality_dl', 'modality_dls']
+           'collate_items', 'trim_padding', 'masked_mean', 'pool_steps', 'resample_steps', 'tensor_of', 'set_seed',
+           'default_device', 'seeded_generator', 'modality_dl', 'modality_dls']
 
 # %% ../nbs/00_core.ipynb #7a989974
 IMAGE, VIDEO, AUDIO, SPEECH, TEXT = 'image', 'video', 'audio', 'speech', 'text'
@@ -233,6 +233,11 @@ def resample_steps(x: Tensor,  # `[B, L, ...]`
     w = w / s.clamp(min=1e-12)  # [B,T,L], rows sum to 1 (or 0 for an empty bin)
     y = torch.bmm(w.to(x.dtype), x.reshape(B, L, -1)).view(B, steps, *x.shape[2:])
     return y, (mask.any(1, keepdim=True).expand(B, steps) if by == 'item' else s[..., 0] > 0)
+
+# %% ../nbs/00_core.ipynb #20ca7e8c
+def tensor_of(x) -> Tensor:  # `x` itself when it is a tensor, else `torch.as_tensor(np.asarray(x))`
+    "A tensor from a tensor, an array or a nested list (a tensor is returned as it is)"
+    return x if isinstance(x, Tensor) else torch.as_tensor(np.asarray(x))
 
 # %% ../nbs/00_core.ipynb #9ad0bd8b
 def set_seed(seed: int = 0,  # the seed for Python, NumPy and torch (CPU and CUDA)

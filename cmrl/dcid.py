@@ -76,6 +76,7 @@ def _mlp(d_in: int, hidden: int, d_out: int, depth: int, tanh: bool) -> nn.Seque
     if tanh: layers.append(nn.Tanh())
     return nn.Sequential(*layers)
 
+# %% ../nbs/12_dcid.ipynb #7deb9364
 class CLUB(nn.Module):
     "CLUB MI upper bound with its Gaussian variational network q(y|x) = N(mu(x), diag exp(logvar(x)))"
     def __init__(self, x_dim: int,  # width of x (e.g. the semantic features)
@@ -181,6 +182,7 @@ def _cpc_pairs(mods, cross_weight, same_weight, pairs):
     if same_weight: out += [(a, a, same_weight) for a in mods]
     return out
 
+# %% ../nbs/12_dcid.ipynb #5f834dea
 def cross_cpc_loss(preds: dict[str, Tensor],  # source modality a -> `[K, B, T, D]`, `preds[a][k-1, i, t]` = W^a_k c^a_{i,t}
                    z: dict[str, Tensor],  # target modality b -> `[B, T, D]` features to predict
                    mask: dict[str, Tensor] | None = None,  # modality -> `[B, T]` bool, True = valid; missing: all valid

@@ -11,14 +11,13 @@ from typing import Sequence
 import numpy as np
 import torch
 from torch import Tensor
+from .core import tensor_of
 
 # %% auto #0
 __all__ = ['retrieval_ranks', 'retrieval_metrics', 'chance_metrics', 'relevance', 'similarity', 'direction',
            'cross_modal_retrieval', 'fit_length_model', 'length_similarity']
 
 # %% ../nbs/28_metrics.ipynb #0ad44af5
-def _t(x) -> Tensor: return x if isinstance(x, Tensor) else torch.as_tensor(np.asarray(x))
-
 def retrieval_ranks(sim,  # `[Q, G]` similarity, higher = more similar
                     relevant,  # `[Q, G]` bool, True where the gallery item is a hit for the query
                     ignore=None,  # `[Q, G]` bool false-negative mask: neither hit nor negative
@@ -26,11 +25,11 @@ def retrieval_ranks(sim,  # `[Q, G]` similarity, higher = more similar
                     chunk: int = 4096,  # queries scored at once (bounds memory)
                    ) -> Tensor:  # `[Q]` float ranks (1 = best); NaN where a query has no relevant item
     "Rank of the best relevant gallery item of every query among the negatives"
-    sim, relevant = _t(sim).float(), _t(relevant).bool()
+    sim, relevant = tensor_of(sim).float(), tensor_of(relevant).bool()
     if sim.ndim != 2 or relevant.shape != sim.shape:
         raise ValueError(f"retrieval_ranks: need sim [Q, G] and relevant of the same shape, got {tuple(sim.shape)} and {tuple(relevant.shape)}")
     if ties not in ('pessimistic', 'optimistic', 'mean'): raise ValueError(f"ties must be 'pessimistic', 'optimistic' or 'mean', not {ties!r}")
-    ignore = torch.zeros_like(relevant) if ignore is None else _t(ignore).bool().to(relevant.device)
+    ignore = torch.zeros_like(relevant) if ignore is None else tensor_of(ignore).bool().to(relevant.device)
     if ignore.shape != sim.shape: raise ValueError(f"retrieval_ranks: ignore has shape {tuple(ignore.shape)}, expected {tuple(sim.shape)}")
     if torch.isnan(sim).any(): raise ValueError("retrieval_ranks: the similarity matrix holds NaN; check the embeddings")
     out = []
@@ -70,8 +69,8 @@ def chance_metrics(relevant,  # `[Q, G]` bool ground truth
                    ks: Sequence[int] = (1, 5, 10),  # recall cut-offs
                   ) -> dict:  # expected `R@k` (percent) and `meanr` of a random ranking
     "Expected metrics of a random ranking with this ground truth (the chance level)"
-    relevant = _t(relevant).bool()
-    ignore = torch.zeros_like(relevant) if ignore is None else _t(ignore).bool()
+    relevant = tensor_of(relevant).bool()
+    ignore = torch.zeros_like(relevant) if ignore is None else tensor_of(ignore).bool()
     r = relevant.sum(1).double(); n = (~relevant & ~ignore).sum(1).double()
     ok = r > 0; r, n = r[ok], n[ok]
     def p_hit(k):  # 1 - C(n, k) / C(n + r, k) through log-gamma
@@ -111,8 +110,8 @@ def similarity(q,  # `[Q, D]` query embeddings
                metric='cos',  # 'cos' (cosine), 'dot', or a function `(q, g) -> [Q, G]` similarities (higher = closer)
               ) -> Tensor:  # `[Q, G]`
     "Similarity matrix between two sets of embeddings"
-    if callable(metric): return _t(metric(q, g)).float()
-    q, g = _t(q).float(), _t(g).float()
+    if callable(metric): return tensor_of(metric(q, g)).float()
+    q, g = tensor_of(q).float(), tensor_of(g).float()
     if metric == 'cos': q, g = torch.nn.functional.normalize(q, dim=-1), torch.nn.functional.normalize(g, dim=-1)
     elif metric != 'dot': raise ValueError(f"metric must be 'cos' or 'dot' (or a function), not {metric!r}")
     return q @ g.T
@@ -138,7 +137,7 @@ def cross_modal_retrieval(embs: dict,  # modality -> `[N, D]` embeddings, rows a
     ids = list(range(N)) if ids is None else list(ids)
     if len(ids) != N: raise ValueError(f"cross_modal_retrieval: {len(ids)} ids for {N} rows")
     if groups is not None and len(groups) != N: raise ValueError(f"cross_modal_retrieval: {len(groups)} groups for {N} rows")
-    pres = {m: (torch.ones(N, dtype=torch.bool) if present is None or m not in present else _t(present[m]).bool().cpu()) for m in mods}
+    pres = {m: (torch.ones(N, dtype=torch.bool) if present is None or m not in present else tensor_of(present[m]).bool().cpu()) for m in mods}
     directions = [(a, b) for a in mods for b in mods if a != b] if directions is None else list(directions)
     out = {}
     for a, b in directions:
@@ -148,7 +147,7 @@ def cross_modal_retrieval(embs: dict,  # modality -> `[N, D]` embeddings, rows a
         if not qi or not gi: warnings.warn(f"cross_modal_retrieval: {direction(a, b)} has no items; skipped"); continue
         rel, ign = relevance([ids[i] for i in qi], [ids[i] for i in gi],
                              None if groups is None else [groups[i] for i in qi], None if groups is None else [groups[i] for i in gi], match)
-        sim = similarity(_t(embs[a])[qi], _t(embs[b])[gi], metric)
+        sim = similarity(tensor_of(embs[a])[qi], tensor_of(embs[b])[gi], metric)
         res = retrieval_metrics(sim, rel, ign, ks, ties, warn=False)  # queries whose partner lacks b: counted in 'skipped'
         if chance: res['chance'] = chance_metrics(rel, ign, ks)
         out[direction(a, b)] = res

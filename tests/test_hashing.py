@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from cmrl.heads.hashing import (to_binary, pack_codes, unpack_codes, BinaryIndex, hamming_distances, lsh_codes, HashHead,
+from cmrl.eval.index import BinaryIndex, hamming_distances
+from cmrl.heads.hashing import (to_binary, pack_codes, unpack_codes, lsh_codes, HashHead,
                                 pairwise_likelihood_loss, quantization_loss, bit_balance_loss, HashLoss, fit_hash_head)
 from cmrl.eval.hashing import hash_retrieval, hash_retrieval_report, hash_report_table
 from cmrl.metrics import cross_modal_retrieval

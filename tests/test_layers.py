@@ -9,7 +9,7 @@ PKG = Path(__file__).resolve().parents[1] / 'cmrl'
 LAYERS = [
     ('core', r'cmrl(\.core)?$|cmrl\._modidx$'),
     ('data', r'cmrl\.data(\..*)?$'),
-    ('parts', r'cmrl\.(encoders|codebook|losses|dcid|augment)$|cmrl\.heads(\..*)?$'),
+    ('parts', r'cmrl\.(fit|encoders|codebook|losses|dcid|augment)$|cmrl\.heads(\..*)?$'),
     ('models', r'cmrl\.models(\..*)?$'),
     ('metrics and checkpoints', r'cmrl\.(metrics|checkpoint)$'),
     ('training', r'cmrl\.(learner|callbacks|train)$'),

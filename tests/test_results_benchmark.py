@@ -1,20 +1,32 @@
-"benchmarks/results.py: the scorer's pieces on small known inputs (no training; the benchmark itself is run by hand)"
-import importlib.util, json, math
+"""benchmarks/*.py: thin drivers over the library's scorer (`cmrl.eval.benchmark`) and splits (`cmrl.data.splits`),
+their pieces on small known inputs (no training; the benchmarks themselves are run by hand)"""
+import json, math, re, subprocess, sys, tempfile
 from pathlib import Path
 import numpy as np, pytest, torch
+from cmrl.data.splits import read_split, write_manifests
+from cmrl.eval.benchmark import Part, score, aggregate
+from cmrl.eval.report import code_kappa
+from benchmarks import results as R, kappa_ceiling as KC, ceiling, main_job
 
 ROOT = Path(__file__).resolve().parent.parent
-spec = importlib.util.spec_from_file_location('results_bench', ROOT / 'benchmarks' / 'results.py')
-R = importlib.util.module_from_spec(spec); spec.loader.exec_module(R)
 
 
 def test_kappa_worked_example():
+    "The one kappa the benchmarks score with (`cmrl.eval.report.code_kappa`)"
     # 4 paired items: codes agree on 3 (p_o = 0.75); a uses codes 0,0,1,1 and b 0,0,1,0: p_e = .5*.75 + .5*.25 = .5
-    k = R.kappa(np.array([0, 0, 1, 1]), np.array([0, 0, 1, 0]))
+    k = code_kappa(np.array([0, 0, 1, 1]), np.array([0, 0, 1, 0]), 2)
     assert k['p_o'] == pytest.approx(0.75) and k['p_e'] == pytest.approx(0.5)
     assert k['kappa'] == pytest.approx(0.5)  # (0.75 - 0.5) / (1 - 0.5)
-    assert R.kappa(np.array([3, 3]), np.array([3, 3]))['kappa'] == 0.0  # one code everywhere: agreement by chance only
-    assert math.isnan(R.kappa(np.array([-1]), np.array([2]))['kappa'])  # no paired item
+    one = code_kappa(np.array([3, 3]), np.array([3, 3]), 4)  # one code everywhere: p_e = 1, kappa undefined
+    assert one['p_e'] == 1.0 and math.isnan(one['kappa'])
+    assert math.isnan(code_kappa(np.array([-1]), np.array([2]), 4)['kappa'])  # no paired item
+
+
+def test_one_kappa_and_one_length_reference():
+    "No second scorer in the drivers: kappa and the length reference come from cmrl.eval.report"
+    for f in (ROOT / 'benchmarks').rglob('*.py'):
+        src = f.read_text()
+        assert not re.search(r'^def (kappa|length_reference|aggregate|score|_leaves)\(', src, re.M), f
 
 
 def test_score_perfect_and_shuffled():
@@ -23,14 +35,15 @@ def test_score_perfect_and_shuffled():
     base = torch.nn.functional.one_hot(torch.arange(n) % 4, 4).float() * 3 + 0.1 * torch.randn(n, 4, generator=g)
     uniq = torch.randn(n, 16, generator=g)
     emb = torch.cat([base, uniq], 1)
-    mk = lambda e: R.Part([f'i{i}' for i in range(n)], [f'g{i}' for i in range(n)], labels, {'image': e, 'speech': e.clone(), 'text': e.clone()})
-    res = R.score(mk(emb), mk(emb), None)
+    ids, groups = [f'i{i}' for i in range(n)], [f'g{i}' for i in range(n)]
+    mk = lambda e: Part(ids, groups, labels, {'image': e, 'speech': e.clone(), 'text': e.clone()})
+    res = score(mk(emb), mk(emb), None)
     assert res['retrieval']['image->speech']['R@1'] == 100.0  # identical embeddings: every partner first
     assert res['probe']['image->speech']['acc'] == 100.0
     assert 0 < res['retrieval']['image->speech']['chance_R@10'] < 100
-    sh = R.Part([f'i{i}' for i in range(n)], [f'g{i}' for i in range(n)], labels,
+    sh = Part([f'i{i}' for i in range(n)], [f'g{i}' for i in range(n)], labels,
                 {'image': emb, 'speech': emb[torch.randperm(n, generator=g)], 'text': emb})
-    assert R.score(mk(emb), sh, None)['retrieval']['image->speech']['R@1'] < 50
+    assert score(mk(emb), sh, None)['retrieval']['image->speech']['R@1'] < 50
 
 
 def test_aggregate_table_and_targets():
@@ -40,7 +53,7 @@ def test_aggregate_table_and_targets():
                     'reference': {'per_seed': {'0': row(40.), '1': row(40.)}, 'seeds': [0, 1]},
                     'liu2022': {'per_seed': {}, 'seeds': [], 'note': 'not run'}}}
     for r in res['rows'].values():
-        if r['per_seed']: r['summary'] = R.aggregate(r['per_seed'])
+        if r['per_seed']: r['summary'] = aggregate(r['per_seed'])
     s = res['rows']['unicode']['summary']['probe/image->speech/acc']
     assert (s['mean'], s['min'], s['max'], s['n']) == (55., 50., 60., 2)
     t = R.table(res)
@@ -54,7 +67,7 @@ def test_aggregate_table_and_targets():
 
 @pytest.mark.parametrize('path', sorted((ROOT / 'benchmarks' / 'splits').glob('tuxpaint_*.json')), ids=lambda p: p.stem)
 def test_committed_split_is_disjoint_and_grouped(path):
-    d = R.read_split(path)
+    d = read_split(path)
     assert path.stem == f"tuxpaint_{d['lang']}"  # the file names its language
     ids = [i['id'] for i in d['items']]
     assert len(ids) == len(set(ids))
@@ -74,7 +87,7 @@ def test_results_files_found():
 def test_committed_results_read_their_own_split(path):
     # every committed results file names a committed split file of its language and scored exactly that split's part sizes
     res = json.loads(path.read_text())
-    split = R.read_split(ROOT / res['split_file'])
+    split = read_split(ROOT / res['split_file'])
     assert split['lang'] == res['lang'] and split['counts'] == res['counts'] and '/work/' not in json.dumps(res)
     for row in res['rows'].values():
         for r in row.get('per_seed', {}).values():
@@ -83,17 +96,45 @@ def test_committed_results_read_their_own_split(path):
 
 def test_read_split_refuses_other_files(tmp_path):
     (tmp_path / 'x.json').write_text(json.dumps({'lang': 'fr'}))
-    with pytest.raises(ValueError, match='not a split file'): R.read_split(tmp_path / 'x.json')
+    with pytest.raises(ValueError, match='not a split file'): read_split(tmp_path / 'x.json')
 
 
-def _bench(name):
-    s = importlib.util.spec_from_file_location(f'{name}_bench', ROOT / 'benchmarks' / f'{name}.py')
-    m = importlib.util.module_from_spec(s); s.loader.exec_module(m)
-    return m
+def _stamps_installed() -> bool:
+    from cmrl.data.tuxpaint import tuxpaint_root
+    try: return bool(tuxpaint_root())
+    except FileNotFoundError: return False
+
+
+@pytest.mark.skipif(not _stamps_installed(), reason='Tux Paint stamps not installed')
+@pytest.mark.parametrize('name', ['results', 'results_ru'])
+def test_length_reference_through_the_library_reproduces_the_committed_rows(name):
+    "the driver's length row goes through cmrl.eval.report.length_reference (seconds and characters): same numbers"
+    res = json.loads((ROOT / 'benchmarks' / f'{name}.json').read_text())
+    rows = write_manifests(read_split(ROOT / res['split_file']), Path(tempfile.mkdtemp()))['rows']
+    assert R.length_row(rows, res['scored_part']) == res['length_reference']
+
+
+DRIVERS = ['results', 'kappa_ceiling', 'ceiling', 'generation', 'imagegen']
+
+@pytest.mark.parametrize('how', ['file', 'module'])
+@pytest.mark.parametrize('name', DRIVERS)
+def test_drivers_run_as_files_and_modules(name, how):
+    "`python benchmarks/X.py` and `python -m benchmarks.X` both start (no sys.path edits)"
+    cmd = [sys.executable, f'benchmarks/{name}.py'] if how == 'file' else [sys.executable, '-m', f'benchmarks.{name}']
+    p = subprocess.run(cmd + ['--help'], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and 'usage' in p.stdout, p.stderr[-2000:]
+
+
+def test_no_sys_path_edits_and_no_benchmarks_import_in_the_library():
+    for f in [*(ROOT / 'cmrl').rglob('*.py'), *(ROOT / 'benchmarks').rglob('*.py'), *(ROOT / 'nbs').rglob('*.ipynb')]:
+        src = f.read_text()
+        assert not re.search(r'sys\.path\s*(\.(insert|append)|\+=|=)', src), f
+        if f.suffix == '.ipynb' or f.is_relative_to(ROOT / 'cmrl'):
+            assert not re.search(r'(from|import) benchmarks\b', src), f
 
 
 def test_main_job_reads_time_v():
-    M = _bench('main_job')
+    M = main_job
     rep = ("\tCommand being timed: \"cmrl\"\n\tElapsed (wall clock) time (h:mm:ss or m:ss): 5:46.70\n"
            "\tMaximum resident set size (kbytes): 1298400\n")
     assert M.parse_time_v(rep) == {'wall_s': 346.7, 'peak_rss_mb': 1298.4}
@@ -103,7 +144,7 @@ def test_main_job_reads_time_v():
 
 def test_ceiling_speech_classifiers_train_and_score():
     "benchmarks/ceiling.py: both speech classifiers train through fastai on tiny log-mels and report last and best epochs"
-    C = _bench('ceiling')
+    C = ceiling
     g = torch.Generator().manual_seed(0)
     def part(n):
         lab = [f'c{i % 2}' for i in range(n)]
@@ -140,21 +181,14 @@ def test_reference_runs_its_full_steps_unless_told():
     assert own.count('--time-budget') == 1 and own[own.index('--time-budget') + 1] == '60'
 
 
-def _kappa_ceiling():
-    spec = importlib.util.spec_from_file_location('kappa_ceiling_bench', ROOT / 'benchmarks' / 'kappa_ceiling.py')
-    K = importlib.util.module_from_spec(spec); spec.loader.exec_module(K)
-    return K
-
-
 def test_kappa_ceiling_aligned_vs_unrelated():
     "k-means cells of aligned embeddings agree across modalities; of unrelated ones, only by chance"
-    KC = _kappa_ceiling()
     g = torch.Generator().manual_seed(0)
     n, d = 240, 8
     centres = torch.randn(6, d, generator=g) * 4
     z = centres[torch.arange(n) % 6] + torch.randn(n, d, generator=g)  # six well-separated blobs
     near = lambda x: x + 0.05 * torch.randn(x.shape, generator=g)
-    mk = lambda emb: R.Part([f'i{i}' for i in range(n)], [f'g{i}' for i in range(n)], ['c'] * n, emb)
+    mk = lambda emb: Part([f'i{i}' for i in range(n)], [f'g{i}' for i in range(n)], ['c'] * n, emb)
     aligned = mk({'image': z, 'speech': near(z), 'text': near(z)})
     h = KC.code_health(KC.kmeans_codes(aligned.emb, aligned.emb, 6), 6, aligned)
     assert h['kappa']['image-speech']['kappa'] > 0.9 and h['perplexity']['image'] > 5  # the same cell for a pair, six cells used
@@ -170,7 +204,6 @@ def test_kappa_ceiling_aligned_vs_unrelated():
 
 
 def test_kappa_ceiling_reads_the_curve_at_a_perplexity_floor():
-    KC = _kappa_ceiling()
     row = lambda ppl, k, c: {'perplexity': {'image': ppl, 'speech': ppl + 1}, 'kappa': {'image-speech': {'kappa': k}},
                              'codes_R@10': {'image->speech': c, 'speech->image': c + 2}}
     sweep = {'8': row(7., 0.5, 30.), '16': row(15.9, 0.3, 20.), '32': row(20., 0.12, 8.), '64': row(30., 0.08, 10.)}
@@ -182,9 +215,8 @@ def test_kappa_ceiling_reads_the_curve_at_a_perplexity_floor():
 def test_kappa_ceiling_committed_file():
     p = ROOT / 'benchmarks' / 'kappa_ceiling.json'
     if not p.exists(): pytest.skip('benchmarks/kappa_ceiling.json not committed')
-    KC = _kappa_ceiling()
     res = json.loads(p.read_text())
-    split = R.read_split(R.SPLIT_FILE)
+    split = read_split(R.SPLIT_FILE)
     assert res['lang'] == split['lang'] and res['counts'] == split['counts'] and res['scored_part'] == 'test'
     assert res['ks'] == list(KC.KS) and set(res['rows']) == {'unicode', 'reference'}
     for name, row in res['rows'].items():

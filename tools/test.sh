@@ -51,6 +51,7 @@ step "nbdev-test --n-workers 2"
 
 step "nbs/sidebar.yml up to date"
 $PY tools/sidebar.py --check || fail "nbs/sidebar.yml is stale"
+$PY tools/cells.py --check || fail "exported notebook cells over the size goal (python tools/cells.py lists them)"
 
 step "docs site (tools/build_docs.py)"
 $PY tools/build_docs.py --workers 2 || fail "docs build"

@@ -5,6 +5,7 @@ cd "$(dirname "$0")/../.." || exit 1  # the repository root
 R=$(cat .gpu/root.txt)  # the carried cache keys name files under this path: work there
 if [ "$PWD" != "$R" ]; then mkdir -p "$R" && cp -r . "$R"/ && cd "$R" || exit 1; fi
 export PYTHONUNBUFFERED=1 CMRL_TUXPAINT=$R/.gpu/stamps CMRL_CACHE=/tmp/cmrl_cache
+export PYTHONPATH="$R:$R/.gpu/bin${PYTHONPATH:+:$PYTHONPATH}"  # this cmrl; the carried word vectors
 find .gpu/stamps -type f -exec touch -d @1700000000 {} +  # the carried features and hashes are keyed by path, size and this mtime
 rm -rf $CMRL_CACHE && mkdir -p $CMRL_CACHE && cp -r .gpu/cache/. $CMRL_CACHE/
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader

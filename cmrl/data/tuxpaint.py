@@ -18,6 +18,7 @@ from .image import svg_support
 from .text import normalize_text
 from .cache import FrontendConfig, default_cache_dir
 from .source import *
+from fastcore.basics import patch
 
 # %% auto #0
 __all__ = ['TUXPAINT_ROOT', 'AUDIO_EXTS', 'IMAGE_EXTS', 'tuxpaint_root', 'norm_lang', 'parse_stamp_text', 'Stamp',
@@ -89,6 +90,7 @@ def _split_lang(stem: str, names, tag: str = '') -> tuple[str, str] | None:
         if base in names and lang: return base, lang
     return None
 
+# %% ../../nbs/06_data.tuxpaint.ipynb #0ef7ea68
 def scan_tuxpaint(root=None,  # stamps folder; default `tuxpaint_root()`
                  ) -> tuple[list[Stamp], list[tuple[str, str]]]:  # (stamps sorted by name, (file, reason) skipped)
     "Sort the files of a Tux Paint stamps folder into stamps and skipped files"
@@ -282,19 +284,22 @@ class TuxPaint(Source):
         super().__init__(records, splits, cats, modalities, fe, skipped, root, 'tuxpaint',
                          dropped={'other_languages_speech': dict(other.most_common())} if other else None)
 
-    def stamp_summary(self) -> dict:
-        "Counts per stamp (over all languages, not only the chosen ones)"
-        S, ok = self.stamps, lambda p: p is not None and p not in self.failed  # `failed`: files `check()` could not decode
-        return {'total': len(S), 'with_image': sum(ok(s.image) for s in S),
-                'with_image_and_text': sum(ok(s.image) and bool(s.texts) for s in S),
-                'with_speech_any_language': sum(any(ok(p) for p in s.speech.values()) for s in S),
-                'with_speech_chosen_languages': sum(any(ok(s.speech.get(l)) for l in self.langs) for s in S),
-                'with_sound_effect': sum(ok(s.sfx) for s in S),
-                'png': sum(bool(s.image) and s.image.endswith('.png') for s in S), 'svg_only': sum(bool(s.image) and s.image.endswith('.svg') for s in S),
-                'groups': len({r['group'] for r in self.records}),
-                'speech_per_language': dict(sorted(Counter(l for s in S for l in s.speech).items(), key=lambda kv: -kv[1])),
-                'fine_categories': len({s.fine for s in S})}
     def summary(self, max_files: int = 25) -> dict:
         out = super().summary(max_files)
         return {'source': out.pop('source'), 'root': out.pop('root'), 'files_decoded': out.pop('files_decoded'), 'languages_chosen': self.langs, 'per_lang': self.per_lang,
                 'stamps': self.stamp_summary(), **out}
+
+# %% ../../nbs/06_data.tuxpaint.ipynb #48ee3ea7
+@patch
+def stamp_summary(self: TuxPaint) -> dict:
+    "Counts per stamp (over all languages, not only the chosen ones)"
+    S, ok = self.stamps, lambda p: p is not None and p not in self.failed  # `failed`: files `check()` could not decode
+    return {'total': len(S), 'with_image': sum(ok(s.image) for s in S),
+            'with_image_and_text': sum(ok(s.image) and bool(s.texts) for s in S),
+            'with_speech_any_language': sum(any(ok(p) for p in s.speech.values()) for s in S),
+            'with_speech_chosen_languages': sum(any(ok(s.speech.get(l)) for l in self.langs) for s in S),
+            'with_sound_effect': sum(ok(s.sfx) for s in S),
+            'png': sum(bool(s.image) and s.image.endswith('.png') for s in S), 'svg_only': sum(bool(s.image) and s.image.endswith('.svg') for s in S),
+            'groups': len({r['group'] for r in self.records}),
+            'speech_per_language': dict(sorted(Counter(l for s in S for l in s.speech).items(), key=lambda kv: -kv[1])),
+            'fine_categories': len({s.fine for s in S})}

@@ -14,6 +14,7 @@ import torch, torch.nn.functional as F
 from torch import Tensor
 from ..core import *
 from ..metrics import direction
+from fastcore.basics import patch
 
 # %% auto #0
 __all__ = ['one_thread', 'stratified_folds', 'LinearProbe', 'probe_scores', 'cross_modal_generalization', 'localization',
@@ -46,6 +47,7 @@ def stratified_folds(y,  # `[N]` labels
         start = (start + len(ix)) % k  # the next class starts where this one stopped: folds stay even
     return fold
 
+# %% ../../nbs/42_eval.generalization.ipynb #dd95bb8a
 class LinearProbe:
     "A linear classifier on frozen features: logistic regression whose `C` is chosen by cross-validation on the fitting data"
     def __init__(self, C: float | str = 'cv',  # inverse L2 strength (scikit-learn's convention), or 'cv': the best of `Cs` by k-fold CV
@@ -85,45 +87,51 @@ class LinearProbe:
 
     def _stats(self, X): return (X.mean(0), X.std(0) + 1e-6) if self.standardize else (0., 1.)
 
-    def choose_C(self, X, y) -> tuple[float, dict]:  # (chosen C, {'k', 'scores': {C: mean fold accuracy}, 'note'})
-        "Stratified k-fold cross-validation of `Cs` on (X, y) only; classes with one item are left out of the folds"
-        X, y = np.asarray(X, np.float64), np.asarray(y).astype(np.int64)
-        cls, cnt = np.unique(y, return_counts=True)
-        ok = np.isin(y, cls[cnt >= 2])
-        if (cnt >= 2).sum() < 2: return 1., {'k': 0, 'scores': {}, 'note': 'no cross-validation: fewer than 2 classes have 2 items; C = 1'}
-        k = int(min(self.cv, cnt[cnt >= 2].min()))
-        Xc, yc = X[ok], y[ok]
-        fold = stratified_folds(yc, k, self.seed)
-        scores = {}
-        for C in self.Cs:
-            acc = []
-            for f in range(k):
-                tr, va = fold != f, fold == f
-                mu, sd = self._stats(Xc[tr])
-                head, hc = self._fit_head((Xc[tr] - mu) / sd, yc[tr], C)
-                acc.append(float((hc[self._scores(head, (Xc[va] - mu) / sd).argmax(1)] == yc[va]).mean()))
-            scores[C] = float(np.mean(acc))
-        best = max(self.Cs, key=lambda c: (scores[c], -c))  # ties: the stronger regularisation
-        note = f"{int((~ok).sum())} item(s) of single-item classes kept out of the folds" if (~ok).any() else ''
-        return best, {'k': k, 'scores': scores, 'note': note}
+# %% ../../nbs/42_eval.generalization.ipynb #4d6f7ed0
+@patch
+def choose_C(self: LinearProbe, X, y) -> tuple[float, dict]:  # (chosen C, {'k', 'scores': {C: mean fold accuracy}, 'note'})
+    "Stratified k-fold cross-validation of `Cs` on (X, y) only; classes with one item are left out of the folds"
+    X, y = np.asarray(X, np.float64), np.asarray(y).astype(np.int64)
+    cls, cnt = np.unique(y, return_counts=True)
+    ok = np.isin(y, cls[cnt >= 2])
+    if (cnt >= 2).sum() < 2: return 1., {'k': 0, 'scores': {}, 'note': 'no cross-validation: fewer than 2 classes have 2 items; C = 1'}
+    k = int(min(self.cv, cnt[cnt >= 2].min()))
+    Xc, yc = X[ok], y[ok]
+    fold = stratified_folds(yc, k, self.seed)
+    scores = {}
+    for C in self.Cs:
+        acc = []
+        for f in range(k):
+            tr, va = fold != f, fold == f
+            mu, sd = self._stats(Xc[tr])
+            head, hc = self._fit_head((Xc[tr] - mu) / sd, yc[tr], C)
+            acc.append(float((hc[self._scores(head, (Xc[va] - mu) / sd).argmax(1)] == yc[va]).mean()))
+        scores[C] = float(np.mean(acc))
+    best = max(self.Cs, key=lambda c: (scores[c], -c))  # ties: the stronger regularisation
+    note = f"{int((~ok).sum())} item(s) of single-item classes kept out of the folds" if (~ok).any() else ''
+    return best, {'k': k, 'scores': scores, 'note': note}
 
-    def fit(self, X, y):  # `[N, D]` features, `[N]` int labels
-        "Choose `C` (when `C='cv'`), then fit the head on all of (X, y)"
-        X, y = np.asarray(X, np.float64), np.asarray(y).astype(np.int64)
-        if X.ndim != 2 or len(X) != len(y): raise ValueError(f"LinearProbe.fit: need X [N, D] and y [N], got {X.shape} and {y.shape}")
-        if len(np.unique(y)) < 2: raise ValueError(f"LinearProbe.fit: need at least 2 classes in the labels, got {np.unique(y).tolist()}")
-        with one_thread():
-            self.C_, self.cv_ = self.choose_C(X, y) if self.C == 'cv' else (float(self.C), None)
-            self.mu, self.sd = self._stats(X)
-            self.model, self.classes_ = self._fit_head((X - self.mu) / self.sd, y, self.C_)
-        return self
+# %% ../../nbs/42_eval.generalization.ipynb #93e28abd
+@patch
+def fit(self: LinearProbe, X, y):  # `[N, D]` features, `[N]` int labels
+    "Choose `C` (when `C='cv'`), then fit the head on all of (X, y)"
+    X, y = np.asarray(X, np.float64), np.asarray(y).astype(np.int64)
+    if X.ndim != 2 or len(X) != len(y): raise ValueError(f"LinearProbe.fit: need X [N, D] and y [N], got {X.shape} and {y.shape}")
+    if len(np.unique(y)) < 2: raise ValueError(f"LinearProbe.fit: need at least 2 classes in the labels, got {np.unique(y).tolist()}")
+    with one_thread():
+        self.C_, self.cv_ = self.choose_C(X, y) if self.C == 'cv' else (float(self.C), None)
+        self.mu, self.sd = self._stats(X)
+        self.model, self.classes_ = self._fit_head((X - self.mu) / self.sd, y, self.C_)
+    return self
 
-    def decision_function(self, X) -> np.ndarray:  # `[N, classes]` class scores
-        return self._scores(self.model, (np.asarray(X, np.float64) - self.mu) / self.sd)
+@patch
+def decision_function(self: LinearProbe, X) -> np.ndarray:  # `[N, classes]` class scores
+    return self._scores(self.model, (np.asarray(X, np.float64) - self.mu) / self.sd)
 
-    def predict(self, X) -> np.ndarray:  # `[N]` predicted labels
-        "Predicted class of every row"
-        return self.classes_[self.decision_function(X).argmax(1)]
+@patch
+def predict(self: LinearProbe, X) -> np.ndarray:  # `[N]` predicted labels
+    "Predicted class of every row"
+    return self.classes_[self.decision_function(X).argmax(1)]
 
 # %% ../../nbs/42_eval.generalization.ipynb #f6d24f04
 def probe_scores(y_true,  # `[N]` test labels
@@ -254,6 +262,7 @@ def _cat_steps(xs: list, fill) -> Tensor:
     T = max(x.shape[1] for x in xs)
     return torch.cat([F.pad(x, (0, 0) * (x.ndim - 2) + (0, T - x.shape[1]), value=fill) for x in xs])
 
+# %% ../../nbs/42_eval.generalization.ipynb #7571215a
 @torch.no_grad()
 def extract_features(model,  # a cmrl model (`CrossModalModel`): `represent(batch)` gives a `ModelOutput`
                      data,  # a map-style data set of item dicts, a `DataLoader` of `(ModalityBatch,)`, or one `ModalityBatch`

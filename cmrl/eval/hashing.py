@@ -12,7 +12,9 @@ from typing import Sequence
 import numpy as np
 import torch
 from torch import Tensor
-from ..heads.hashing import _t, to_binary, hamming_distances, lsh_codes, fit_hash_head, HashHead
+from ..core import tensor_of
+from ..heads.hashing import to_binary, lsh_codes, fit_hash_head, HashHead
+from .index import hamming_distances
 from ..metrics import cross_modal_retrieval, direction
 
 # %% auto #0
@@ -49,14 +51,14 @@ def hash_retrieval_report(fit_embs: dict,  # modality -> `[N_fit, D]` embeddings
     if len(mods) < 2: raise ValueError(f"hash_retrieval_report: need at least 2 modalities embedded in both parts, got {mods}")
     if head is None: head = fit_hash_head({m: fit_embs[m] for m in mods}, fit_present, bits=bits, seed=seed, **fit_kw)
     elif head.bits != bits: raise ValueError(f"hash_retrieval_report: the head has {head.bits} bits, asked for {bits}")
-    ev = {m: _t(eval_embs[m]).float() for m in mods}
+    ev = {m: tensor_of(eval_embs[m]).float() for m in mods}
     if directions is not None:
         gone = [(a, b) for a, b in directions if a not in mods or b not in mods]
         if gone: warnings.warn(f"hash_retrieval_report: no embeddings of both parts for {', '.join(direction(a, b) for a, b in gone)}; left out")
         directions = [(a, b) for a, b in directions if a in mods and b in mods]
     kw = dict(ids=ids, groups=groups, present=present, directions=directions, match=match, ks=ks)
     D = ev[mods[0]].shape[1]
-    return {'bits': bits, 'n_fit': len(_t(fit_embs[mods[0]])), 'n_eval': len(ev[mods[0]]),
+    return {'bits': bits, 'n_fit': len(tensor_of(fit_embs[mods[0]])), 'n_eval': len(ev[mods[0]]),
             'bytes_per_item': {'float': 4 * D, 'hash': bits // 8, 'lsh': bits // 8},
             'float': cross_modal_retrieval(ev, **kw),
             'hash': hash_retrieval(head.encode(ev), **kw),

@@ -13,14 +13,11 @@ import torch
 from torch import nn, Tensor
 import torch.nn.functional as F
 from torch.utils.data import TensorDataset
-from fastai.data.core import DataLoaders
-from fastai.data.load import DataLoader
 from fastai.learner import Learner
 from fastai.callback.core import Callback
-from fastai.optimizer import Adam
 from fastai.losses import CrossEntropyLossFlat
 from fastai.metrics import accuracy
-from fastai.callback.schedule import fit_one_cycle
+from ..fit import fit_tensors
 
 # %% auto #0
 __all__ = ['load_pictures', 'manifest_pictures', 'PictureCNN', 'RandomFlip', 'ImageClassifier', 'fit_image_classifier',
@@ -101,6 +98,7 @@ class ImageClassifier:
         if not len(labels): return float('nan')
         return sum(p == str(l) for p, l in zip(self.predict(images), labels)) / len(labels)
 
+# %% ../../nbs/48_eval.imagegen.ipynb #698269e3
 def fit_image_classifier(images,  # `[N, 3, S, S]` real training pictures (float in [0, 1] or uint8)
                          labels: Sequence,  # N category labels (any hashable; kept as strings)
                          valid: tuple | None = None,  # (pictures, labels) for the recorder's accuracy; default the training ones
@@ -128,22 +126,10 @@ def fit_image_classifier(images,  # `[N, 3, S, S]` real training pictures (float
         vx = as_pixels(valid[0], name='fit_image_classifier: valid')
         keep = [i for i, l in enumerate(valid[1]) if str(l) in idx]  # categories unseen in training cannot be scored
         vx, vy = vx[keep], torch.tensor([idx[str(valid[1][i])] for i in keep])
-    py_state, nt = random.getstate(), torch.get_num_threads()
-    if threads: torch.set_num_threads(threads)
-    try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed); random.seed(seed)
-            model = PictureCNN(len(classes), width, dropout)
-            if device is not None: model.to(device)  # fastai moves the batches to the model's device
-            n = len(x)
-            trn = DataLoader(TensorDataset(x, y), bs=min(bs, n), shuffle=True, drop_last=n > bs, device=device)
-            val = DataLoader(TensorDataset(vx, vy), bs=256, device=device)
-            learn = Learner(DataLoaders(trn, val), model, loss_func=CrossEntropyLossFlat(), opt_func=Adam, wd=wd,
-                            metrics=accuracy, cbs=[RandomFlip()] if flip else [])
-            with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(epochs, lr)
-    finally:
-        random.setstate(py_state); torch.set_num_threads(nt)
-    return ImageClassifier(model.cpu(), classes), learn
+    learn = fit_tensors(lambda: PictureCNN(len(classes), width, dropout), TensorDataset(x, y), TensorDataset(vx, vy),
+                        CrossEntropyLossFlat(), epochs, lr, bs, valid_bs=256, wd=wd, seed=seed, device=device,
+                        threads=threads, metrics=accuracy, cbs=[RandomFlip()] if flip else [])
+    return ImageClassifier(learn.model.cpu(), classes), learn
 
 # %% ../../nbs/48_eval.imagegen.ipynb #f22f1716
 def reference_accuracies(train_labels: Sequence,  # labels the classifier was trained on

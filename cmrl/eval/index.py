@@ -1,4 +1,4 @@
-"""Nearest-neighbour search for large galleries: a thin faiss wrapper over continuous embeddings (exact, IVF, HNSW), and bag-of-codes tf-idf retrieval over discrete codes through an inverted index.
+"""Nearest-neighbour search for large galleries: a thin faiss wrapper over continuous embeddings (exact, IVF, HNSW), bag-of-codes tf-idf retrieval over discrete codes through an inverted index, and exact Hamming search over binary hash codes.
 
 Docs: https://cmrl-dev.github.io/cmrl/eval.index.html.md"""
 
@@ -14,9 +14,11 @@ import numpy as np
 import torch
 from torch import Tensor
 import scipy.sparse as sp
+from ..heads.hashing import pack_codes
+from fastcore.basics import patch
 
 # %% auto #0
-__all__ = ['EmbeddingIndex', 'knn_recall', 'bag_of_codes', 'CodeIndex', 'rerank']
+__all__ = ['EmbeddingIndex', 'knn_recall', 'bag_of_codes', 'CodeIndex', 'BinaryIndex', 'hamming_distances', 'rerank']
 
 # %% ../../nbs/41_eval.index.ipynb #5a187322
 def _np32(x) -> np.ndarray:
@@ -65,41 +67,6 @@ class EmbeddingIndex:
             _faiss().normalize_L2(x)
         return x
 
-    def train(self, x):  # `[N, D]` training vectors (IVF only; a no-op for the others)
-        "Train the coarse quantiser of an IVF index on `x`"
-        if not self.index.is_trained: self.index.train(self._prep(x))
-        return self
-
-    def add(self, x,  # `[N, D]` gallery vectors (tensor or array)
-            ids: Sequence | None = None):  # an id per vector; default the running position
-        "Add gallery vectors"
-        x = self._prep(x)
-        if ids is not None and len(ids) != len(x): raise ValueError(f"EmbeddingIndex.add: {len(ids)} ids for {len(x)} vectors")
-        if not self.index.is_trained:
-            n = min(len(x), 256 * self.index.nlist)
-            if n < self.index.nlist: raise ValueError(f"EmbeddingIndex: an IVF index with nlist={self.index.nlist} needs at least that many vectors to train, got {len(x)}")
-            self.index.train(x[np.random.default_rng(0).choice(len(x), n, replace=False)] if n < len(x) else x)
-        self.ids.extend(list(ids) if ids is not None else range(len(self), len(self) + len(x)))
-        self.index.add(x)
-        return self
-
-    def search(self, q,  # `[Q, D]` query vectors
-               k: int = 10,  # neighbours per query
-              ) -> tuple[np.ndarray, np.ndarray]:  # (`[Q, k]` scores, `[Q, k]` gallery positions; -1 where fewer than k)
-        "The `k` most similar gallery items of every query, best first"
-        if len(self) == 0: raise ValueError("EmbeddingIndex.search: the index is empty; add vectors first")
-        return self.index.search(self._prep(q), int(k))
-
-    def ids_of(self, idx) -> list[list]:  # `[Q, k]` positions -> ids (None for -1)
-        "Item ids of search results"
-        return [[self.ids[j] if j >= 0 else None for j in row] for row in np.asarray(idx)]
-
-    def save(self, path):  # a folder; written: index.faiss, meta.json
-        "Write the index and its ids to the folder `path`"
-        p = Path(path); p.mkdir(parents=True, exist_ok=True)
-        _faiss().write_index(self.index, str(p / 'index.faiss'))
-        (p / 'meta.json').write_text(json.dumps(dict(dim=self.dim, kind=self.kind, metric=self.metric, ids=[str(i) for i in self.ids])))
-
     @classmethod
     def load(cls, path) -> 'EmbeddingIndex':
         "Read an index written by `save`"
@@ -108,6 +75,48 @@ class EmbeddingIndex:
         self.dim, self.kind, self.metric, self.ids = meta['dim'], meta['kind'], meta['metric'], meta['ids']
         self.index = _faiss().read_index(str(p / 'index.faiss'))
         return self
+
+# %% ../../nbs/41_eval.index.ipynb #d5a07ffe
+@patch
+def train(self: EmbeddingIndex, x):  # `[N, D]` training vectors (IVF only; a no-op for the others)
+    "Train the coarse quantiser of an IVF index on `x`"
+    if not self.index.is_trained: self.index.train(self._prep(x))
+    return self
+
+@patch
+def add(self: EmbeddingIndex, x,  # `[N, D]` gallery vectors (tensor or array)
+        ids: Sequence | None = None):  # an id per vector; default the running position
+    "Add gallery vectors"
+    x = self._prep(x)
+    if ids is not None and len(ids) != len(x): raise ValueError(f"EmbeddingIndex.add: {len(ids)} ids for {len(x)} vectors")
+    if not self.index.is_trained:
+        n = min(len(x), 256 * self.index.nlist)
+        if n < self.index.nlist: raise ValueError(f"EmbeddingIndex: an IVF index with nlist={self.index.nlist} needs at least that many vectors to train, got {len(x)}")
+        self.index.train(x[np.random.default_rng(0).choice(len(x), n, replace=False)] if n < len(x) else x)
+    self.ids.extend(list(ids) if ids is not None else range(len(self), len(self) + len(x)))
+    self.index.add(x)
+    return self
+
+@patch
+def search(self: EmbeddingIndex, q,  # `[Q, D]` query vectors
+           k: int = 10,  # neighbours per query
+          ) -> tuple[np.ndarray, np.ndarray]:  # (`[Q, k]` scores, `[Q, k]` gallery positions; -1 where fewer than k)
+    "The `k` most similar gallery items of every query, best first"
+    if len(self) == 0: raise ValueError("EmbeddingIndex.search: the index is empty; add vectors first")
+    return self.index.search(self._prep(q), int(k))
+
+@patch
+def ids_of(self: EmbeddingIndex, idx) -> list[list]:  # `[Q, k]` positions -> ids (None for -1)
+    "Item ids of search results"
+    return [[self.ids[j] if j >= 0 else None for j in row] for row in np.asarray(idx)]
+
+# %% ../../nbs/41_eval.index.ipynb #005e4e68
+@patch
+def save(self: EmbeddingIndex, path):  # a folder; written: index.faiss, meta.json
+    "Write the index and its ids to the folder `path`"
+    p = Path(path); p.mkdir(parents=True, exist_ok=True)
+    _faiss().write_index(self.index, str(p / 'index.faiss'))
+    (p / 'meta.json').write_text(json.dumps(dict(dim=self.dim, kind=self.kind, metric=self.metric, ids=[str(i) for i in self.ids])))
 
 # %% ../../nbs/41_eval.index.ipynb #b784d23a
 def knn_recall(approx,  # `[Q, k']` gallery positions found by an approximate search
@@ -192,37 +201,81 @@ class CodeIndex:
         self._post = self._weigh(self.counts).T.tocsr()  # [K, N]: row k = posting list of code k with weights
         return self
 
+# %% ../../nbs/41_eval.index.ipynb #94e8ed5c
+@patch(as_prop=True)
+def postings(self: CodeIndex) -> sp.csr_matrix: return self._post  # `[K, N]` weighted posting lists (row k: the items using code k)
+
+@patch
+def query_weights(self: CodeIndex, codes, mask=None) -> sp.csr_matrix:  # `[Q, K]` normalised tf-idf query vectors
+    "Weigh query codes with the gallery's idf"
+    return self._weigh(bag_of_codes(codes, self.n_codes, mask))
+
+@patch
+def search(self: CodeIndex, codes,  # `[Q, T]` query codes or a list of sequences
+           k: int = 10,  # results per query
+           mask=None,  # `[Q, T]` padding mask of the queries
+           batch: int = 256,  # queries scored at once (bounds memory)
+          ) -> tuple[np.ndarray, np.ndarray]:  # (`[Q, k]` scores, `[Q, k]` positions; -1 / -inf where fewer than k items share a code)
+    "The `k` gallery items with the highest tf-idf cosine to every query"
+    if self._post is None or len(self) == 0: raise ValueError("CodeIndex.search: the index is empty; add items first")
+    qw = self.query_weights(codes, mask)
+    Q = qw.shape[0]
+    S = np.full((Q, k), -np.inf, np.float32); I = np.full((Q, k), -1, np.int64)
+    for s in range(0, Q, batch):
+        r = (qw[s:s + batch] @ self._post).tocsr()  # only items sharing a code with the query get an entry
+        for i in range(r.shape[0]):
+            a, b = r.indptr[i], r.indptr[i + 1]
+            d, j = r.data[a:b], r.indices[a:b]
+            if len(d) > k:
+                top = np.argpartition(-d, k - 1)[:k]; d, j = d[top], j[top]
+            o = np.lexsort((j, -d))  # best first; ties by position, deterministic
+            S[s + i, :len(o)], I[s + i, :len(o)] = d[o], j[o]
+    return S, I
+
+@patch
+def ids_of(self: CodeIndex, idx) -> list[list]:
+    "Item ids of search results"
+    return [[self.ids[j] if j >= 0 else None for j in row] for row in np.asarray(idx)]
+
+# %% ../../nbs/41_eval.index.ipynb #4e1c6c5a
+def _packed(codes, bits: int, name: str) -> np.ndarray:
+    "Packed `[N, bits/8]` uint8 from packed bytes (uint8) or +-1 codes"
+    a = codes.detach().cpu().numpy() if isinstance(codes, Tensor) else np.asarray(codes)
+    if a.dtype == np.uint8:
+        if a.ndim != 2 or a.shape[1] != bits // 8: raise ValueError(f"{name}: packed codes must be [N, {bits // 8}] uint8, got {a.shape}")
+        return np.ascontiguousarray(a)
+    if a.ndim != 2 or a.shape[1] != bits: raise ValueError(f"{name}: need [N, {bits}] +-1 codes (or [N, {bits // 8}] packed uint8), got shape {a.shape}")
+    return pack_codes(a)
+
+class BinaryIndex:
+    "Exact Hamming search over B-bit codes with `faiss.IndexBinaryFlat`"
+    def __init__(self, bits: int):  # code length B (a multiple of 8)
+        if bits <= 0 or bits % 8: raise ValueError(f"BinaryIndex: bits must be a positive multiple of 8, got {bits}")
+        self.bits, self.index = bits, _faiss().IndexBinaryFlat(bits)
+    def __len__(self): return int(self.index.ntotal)
+    def __repr__(self): return f"BinaryIndex(bits={self.bits}, n={len(self)})"
     @property
-    def postings(self) -> sp.csr_matrix: return self._post  # `[K, N]` weighted posting lists (row k: the items using code k)
+    def bytes_per_item(self) -> int: return self.bits // 8
+    def add(self, codes,  # `[N, B]` +-1 codes or `[N, B/8]` packed uint8
+           ) -> 'BinaryIndex':
+        self.index.add(_packed(codes, self.bits, 'BinaryIndex.add')); return self
+    def search(self, q,  # `[Q, B]` +-1 codes or `[Q, B/8]` packed uint8
+               k: int = 10,  # neighbours per query (at most the gallery size)
+              ) -> tuple[np.ndarray, np.ndarray]:  # (`[Q, k]` int32 Hamming distances, ascending; `[Q, k]` int64 positions)
+        if not len(self): raise ValueError("BinaryIndex.search: the index is empty; add codes first")
+        return self.index.search(_packed(q, self.bits, 'BinaryIndex.search'), min(int(k), len(self)))
 
-    def query_weights(self, codes, mask=None) -> sp.csr_matrix:  # `[Q, K]` normalised tf-idf query vectors
-        "Weigh query codes with the gallery's idf"
-        return self._weigh(bag_of_codes(codes, self.n_codes, mask))
-
-    def search(self, codes,  # `[Q, T]` query codes or a list of sequences
-               k: int = 10,  # results per query
-               mask=None,  # `[Q, T]` padding mask of the queries
-               batch: int = 256,  # queries scored at once (bounds memory)
-              ) -> tuple[np.ndarray, np.ndarray]:  # (`[Q, k]` scores, `[Q, k]` positions; -1 / -inf where fewer than k items share a code)
-        "The `k` gallery items with the highest tf-idf cosine to every query"
-        if self._post is None or len(self) == 0: raise ValueError("CodeIndex.search: the index is empty; add items first")
-        qw = self.query_weights(codes, mask)
-        Q = qw.shape[0]
-        S = np.full((Q, k), -np.inf, np.float32); I = np.full((Q, k), -1, np.int64)
-        for s in range(0, Q, batch):
-            r = (qw[s:s + batch] @ self._post).tocsr()  # only items sharing a code with the query get an entry
-            for i in range(r.shape[0]):
-                a, b = r.indptr[i], r.indptr[i + 1]
-                d, j = r.data[a:b], r.indices[a:b]
-                if len(d) > k:
-                    top = np.argpartition(-d, k - 1)[:k]; d, j = d[top], j[top]
-                o = np.lexsort((j, -d))  # best first; ties by position, deterministic
-                S[s + i, :len(o)], I[s + i, :len(o)] = d[o], j[o]
-        return S, I
-
-    def ids_of(self, idx) -> list[list]:
-        "Item ids of search results"
-        return [[self.ids[j] if j >= 0 else None for j in row] for row in np.asarray(idx)]
+def hamming_distances(q,  # `[Q, B]` +-1 codes (or packed)
+                      g,  # `[G, B]` +-1 codes (or packed)
+                      bits: int | None = None,  # B; default from the unpacked `q`
+                     ) -> Tensor:  # `[Q, G]` int64 Hamming distances, through `BinaryIndex`
+    "Every query's Hamming distance to every gallery item, from faiss's binary search"
+    bits = bits or np.asarray(q).shape[1]
+    ix = BinaryIndex(bits).add(g)
+    D, I = ix.search(q, len(ix))
+    out = torch.empty(D.shape, dtype=torch.int64)
+    out.scatter_(1, torch.from_numpy(I), torch.from_numpy(D.astype(np.int64)))
+    return out
 
 # %% ../../nbs/41_eval.index.ipynb #face5027
 def rerank(q,  # `[Q, D]` query embeddings

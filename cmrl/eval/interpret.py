@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 from ..core import *
 from .index import bag_of_codes
+from fastcore.basics import patch
 
 # %% auto #0
 __all__ = ['item_code_counts', 'code_label_table', 'code_word_table', 'step_of_position', 'plot_codes_on_spectrogram',
@@ -202,74 +203,84 @@ class CodeExplorer:
         if not 0 <= row < self.N: raise IndexError(f"CodeExplorer: item {row} out of range 0..{self.N - 1}")
         return {m: [int(v) for v in c[row] if v >= 0] for m, c in self.codes.items()}
 
-    def describe(self, row: int) -> str:
-        "One line about item `row`: id, label, caption"
-        s = self.ids[row]
-        if self.labels is not None and self.labels[row] >= 0:
-            y = int(self.labels[row]); s += f" [{self.class_names[y] if self.class_names else y}]"
-        if self.texts is not None and self.texts[row]: s += f" \"{self.texts[row]}\""
-        return s
+# %% ../../nbs/43_eval.interpret.ipynb #f51c6800
+@patch
+def describe(self: CodeExplorer, row: int) -> str:
+    "One line about item `row`: id, label, caption"
+    s = self.ids[row]
+    if self.labels is not None and self.labels[row] >= 0:
+        y = int(self.labels[row]); s += f" [{self.class_names[y] if self.class_names else y}]"
+    if self.texts is not None and self.texts[row]: s += f" \"{self.texts[row]}\""
+    return s
 
-    def code_report(self, k: int) -> str:
-        "Text listing the items of every modality that use code `k`"
-        lines = []
-        for m, lst in self.items_for_code(k).items():
-            lines.append(f"{m}: {len(lst)} item(s) use code {k}")
-            lines += [f"   {n}x  {self.describe(r)}" for r, n in lst[:self.max_items]]
-        return '\n'.join(lines)
+@patch
+def code_report(self: CodeExplorer, k: int) -> str:
+    "Text listing the items of every modality that use code `k`"
+    lines = []
+    for m, lst in self.items_for_code(k).items():
+        lines.append(f"{m}: {len(lst)} item(s) use code {k}")
+        lines += [f"   {n}x  {self.describe(r)}" for r, n in lst[:self.max_items]]
+    return '\n'.join(lines)
 
-    def item_report(self, row: int) -> str:
-        "Text listing the codes of item `row` in every modality"
-        return '\n'.join([self.describe(row)] + [f"   {m}: {' '.join(map(str, cs)) if cs else '(absent)'}" for m, cs in self.codes_for_item(row).items()])
+@patch
+def item_report(self: CodeExplorer, row: int) -> str:
+    "Text listing the codes of item `row` in every modality"
+    return '\n'.join([self.describe(row)] + [f"   {m}: {' '.join(map(str, cs)) if cs else '(absent)'}" for m, cs in self.codes_for_item(row).items()])
 
-    def used_codes(self) -> list[int]:
-        "Codes used by at least one item, most used first"
-        tot = sum(np.asarray((u > 0).sum(0)).ravel() for u in self._use.values())
-        return [int(k) for k in np.argsort(-tot, kind='stable') if tot[k] > 0]
+@patch
+def used_codes(self: CodeExplorer) -> list[int]:
+    "Codes used by at least one item, most used first"
+    tot = sum(np.asarray((u > 0).sum(0)).ravel() for u in self._use.values())
+    return [int(k) for k in np.argsort(-tot, kind='stable') if tot[k] > 0]
 
-    def _render(self, out, obj):
-        import ipywidgets as W
-        from IPython.display import display
-        with out:
-            if obj is None: return
-            if isinstance(obj, W.Widget): display(obj)
-            elif hasattr(obj, 'savefig'):
-                import matplotlib.pyplot as plt
-                display(obj); plt.close(obj)
-            else: print(obj)
+# %% ../../nbs/43_eval.interpret.ipynb #355d65f8
+@patch
+def _render(self: CodeExplorer, out, obj):
+    import ipywidgets as W
+    from IPython.display import display
+    with out:
+        if obj is None: return
+        if isinstance(obj, W.Widget): display(obj)
+        elif hasattr(obj, 'savefig'):
+            import matplotlib.pyplot as plt
+            display(obj); plt.close(obj)
+        else: print(obj)
 
-    def _html(self, row: int | None = None, k: int | None = None) -> str:
-        import html
-        txt = self.code_report(k) if k is not None else self.item_report(row)
-        return f"<pre style='font-size:11px;max-height:320px;overflow:auto'>{html.escape(txt)}</pre>"
+@patch
+def _html(self: CodeExplorer, row: int | None = None, k: int | None = None) -> str:
+    import html
+    txt = self.code_report(k) if k is not None else self.item_report(row)
+    return f"<pre style='font-size:11px;max-height:320px;overflow:auto'>{html.escape(txt)}</pre>"
 
-    def widget(self):
-        "The ipywidgets panel (the lists are HTML widgets: they show in Jupyter, VS Code and saved notebooks alike)"
-        import ipywidgets as W
-        codes = self.used_codes()
-        code_dd = W.Dropdown(options=[(f"code {k}", k) for k in codes], description='code')
-        item_dd = W.Dropdown(options=[(self.describe(i)[:60], i) for i in range(self.N)], description='item')
-        code_html, item_html, extra = W.HTML(), W.HTML(), W.Output()
-        def on_code(ch=None):
-            if code_dd.value is None: return
-            self.last_report = self.code_report(code_dd.value); code_html.value = self._html(k=code_dd.value)
-            if self.show is not None:
-                extra.clear_output()
-                for m, lst in self.items_for_code(code_dd.value).items():
-                    for r, _ in lst[:3]: self._render(extra, self.show(r, m))
-        def on_item(ch=None):
-            if item_dd.value is None: return
-            self.last_report = self.item_report(item_dd.value); item_html.value = self._html(row=item_dd.value)
-            if self.show is not None:
-                extra.clear_output()
-                for m in self.codes: self._render(extra, self.show(item_dd.value, m))
-        code_dd.observe(on_code, names='value'); item_dd.observe(on_item, names='value')
-        on_code(); on_item()
-        self._w = W.VBox([W.HTML('<b>Codes</b>: pick a code to see the items of every modality that use it; pick an item to see its codes.'),
-                          W.HBox([W.VBox([code_dd, code_html]), W.VBox([item_dd, item_html])]), extra])
-        self._w._code_dd, self._w._item_dd, self._w._html = code_dd, item_dd, (code_html, item_html)
-        return self._w
+@patch
+def widget(self: CodeExplorer):
+    "The ipywidgets panel (the lists are HTML widgets: they show in Jupyter, VS Code and saved notebooks alike)"
+    import ipywidgets as W
+    codes = self.used_codes()
+    code_dd = W.Dropdown(options=[(f"code {k}", k) for k in codes], description='code')
+    item_dd = W.Dropdown(options=[(self.describe(i)[:60], i) for i in range(self.N)], description='item')
+    code_html, item_html, extra = W.HTML(), W.HTML(), W.Output()
+    def on_code(ch=None):
+        if code_dd.value is None: return
+        self.last_report = self.code_report(code_dd.value); code_html.value = self._html(k=code_dd.value)
+        if self.show is not None:
+            extra.clear_output()
+            for m, lst in self.items_for_code(code_dd.value).items():
+                for r, _ in lst[:3]: self._render(extra, self.show(r, m))
+    def on_item(ch=None):
+        if item_dd.value is None: return
+        self.last_report = self.item_report(item_dd.value); item_html.value = self._html(row=item_dd.value)
+        if self.show is not None:
+            extra.clear_output()
+            for m in self.codes: self._render(extra, self.show(item_dd.value, m))
+    code_dd.observe(on_code, names='value'); item_dd.observe(on_item, names='value')
+    on_code(); on_item()
+    self._w = W.VBox([W.HTML('<b>Codes</b>: pick a code to see the items of every modality that use it; pick an item to see its codes.'),
+                      W.HBox([W.VBox([code_dd, code_html]), W.VBox([item_dd, item_html])]), extra])
+    self._w._code_dd, self._w._item_dd, self._w._html = code_dd, item_dd, (code_html, item_html)
+    return self._w
 
-    def _ipython_display_(self):
-        from IPython.display import display
-        display(self.widget())
+@patch
+def _ipython_display_(self: CodeExplorer):
+    from IPython.display import display
+    display(self.widget())

@@ -12,6 +12,7 @@ import torch
 from torch import nn, Tensor
 import torch.nn.functional as F
 from ..core import *
+from fastcore.basics import patch
 
 # %% auto #0
 __all__ = ['FusionOutput', 'FusionEncoder']
@@ -48,47 +49,50 @@ class FusionEncoder(nn.Module):
         self.encoder = nn.TransformerEncoder(layer, n_layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(d_model)
 
-    def forward(self, tokens: dict,  # modality -> `[B, T_m, D]` token sequence
-                mask: dict | None = None,  # modality -> `[B, T_m]` bool padding mask (True = real); default all real
-                present: dict | None = None,  # modality -> `[B]` bool; default all present
-                token_mask: dict | None = None,  # modality -> `[B, T_m]` bool, positions replaced by [MASK]
-               ) -> FusionOutput:
-        unknown = [m for m in tokens if m not in self.modalities]
-        if unknown: raise ValueError(f"FusionEncoder: unknown modalities {unknown}; it was built for {self.modalities}")
-        mask, present, token_mask = mask or {}, present or {}, token_mask or {}
-        seqs, valids, used, B = [], {}, [], None
-        for i, m in enumerate(self.modalities):
-            if m not in tokens: continue
-            z = tokens[m]
-            if z.ndim != 3 or z.shape[-1] != self.d_model:
-                raise ValueError(f"FusionEncoder: {m} tokens must be [B, T, {self.d_model}], got {tuple(z.shape)}")
-            Bm, T, _ = z.shape
-            if B is None: B = Bm
-            elif Bm != B: raise ValueError(f"FusionEncoder: batch sizes differ ({m} has {Bm}, expected {B})")
-            if T > self.max_len: raise ValueError(f"FusionEncoder: {m} has {T} tokens > max_len={self.max_len}; raise max_len")
-            v = mask[m].bool() if m in mask else torch.ones(B, T, dtype=torch.bool, device=z.device)
-            if m in present: v = v & present[m].bool()[:, None]
-            if not v.any(): continue  # absent from the whole batch: contributes no tokens
-            z = z * v.unsqueeze(-1).to(z.dtype)  # zero-imputation of padded / absent positions
-            if m in token_mask:
-                tm = (token_mask[m].bool() & v).unsqueeze(-1)
-                z = torch.where(tm, self.mask_emb[i].to(z.dtype), z)
-            pos = self.pos_emb(torch.arange(T, device=z.device))
-            seqs.append(z + pos + self.type_emb.weight[i])
-            valids[m] = v; used.append((m, T))
-        if B is None:
-            if not tokens: raise ValueError("FusionEncoder: no modality tokens given")
-            B = next(iter(tokens.values())).shape[0]
-        dev = self.cls.device
-        cls = self.cls.expand(B, 1, self.d_model).to(seqs[0].dtype if seqs else self.cls.dtype)
-        x = torch.cat([cls, *seqs], 1)
-        keep = torch.cat([torch.ones(B, 1, dtype=torch.bool, device=x.device), *[valids[m] for m, _ in used]], 1)
-        h = self.norm(self.encoder(x, src_key_padding_mask=~keep))
-        h = h * keep.unsqueeze(-1).to(h.dtype)
-        out, o = {}, 1
-        for m, T in used: out[m] = h[:, o:o + T]; o += T
-        return FusionOutput(h[:, 0], out, valids, ~keep)
+# %% ../../nbs/15_heads.fusion.ipynb #340f6fd5
+@patch
+def forward(self: FusionEncoder, tokens: dict,  # modality -> `[B, T_m, D]` token sequence
+            mask: dict | None = None,  # modality -> `[B, T_m]` bool padding mask (True = real); default all real
+            present: dict | None = None,  # modality -> `[B]` bool; default all present
+            token_mask: dict | None = None,  # modality -> `[B, T_m]` bool, positions replaced by [MASK]
+           ) -> FusionOutput:
+    unknown = [m for m in tokens if m not in self.modalities]
+    if unknown: raise ValueError(f"FusionEncoder: unknown modalities {unknown}; it was built for {self.modalities}")
+    mask, present, token_mask = mask or {}, present or {}, token_mask or {}
+    seqs, valids, used, B = [], {}, [], None
+    for i, m in enumerate(self.modalities):
+        if m not in tokens: continue
+        z = tokens[m]
+        if z.ndim != 3 or z.shape[-1] != self.d_model:
+            raise ValueError(f"FusionEncoder: {m} tokens must be [B, T, {self.d_model}], got {tuple(z.shape)}")
+        Bm, T, _ = z.shape
+        if B is None: B = Bm
+        elif Bm != B: raise ValueError(f"FusionEncoder: batch sizes differ ({m} has {Bm}, expected {B})")
+        if T > self.max_len: raise ValueError(f"FusionEncoder: {m} has {T} tokens > max_len={self.max_len}; raise max_len")
+        v = mask[m].bool() if m in mask else torch.ones(B, T, dtype=torch.bool, device=z.device)
+        if m in present: v = v & present[m].bool()[:, None]
+        if not v.any(): continue  # absent from the whole batch: contributes no tokens
+        z = z * v.unsqueeze(-1).to(z.dtype)  # zero-imputation of padded / absent positions
+        if m in token_mask:
+            tm = (token_mask[m].bool() & v).unsqueeze(-1)
+            z = torch.where(tm, self.mask_emb[i].to(z.dtype), z)
+        pos = self.pos_emb(torch.arange(T, device=z.device))
+        seqs.append(z + pos + self.type_emb.weight[i])
+        valids[m] = v; used.append((m, T))
+    if B is None:
+        if not tokens: raise ValueError("FusionEncoder: no modality tokens given")
+        B = next(iter(tokens.values())).shape[0]
+    dev = self.cls.device
+    cls = self.cls.expand(B, 1, self.d_model).to(seqs[0].dtype if seqs else self.cls.dtype)
+    x = torch.cat([cls, *seqs], 1)
+    keep = torch.cat([torch.ones(B, 1, dtype=torch.bool, device=x.device), *[valids[m] for m, _ in used]], 1)
+    h = self.norm(self.encoder(x, src_key_padding_mask=~keep))
+    h = h * keep.unsqueeze(-1).to(h.dtype)
+    out, o = {}, 1
+    for m, T in used: out[m] = h[:, o:o + T]; o += T
+    return FusionOutput(h[:, 0], out, valids, ~keep)
 
-    def summaries(self, out: FusionOutput) -> dict:
-        "Per-modality masked mean of the fused tokens: modality -> `[B, D]`"
-        return {m: masked_mean(t, out.valid[m]) for m, t in out.tokens.items()}
+@patch
+def summaries(self: FusionEncoder, out: FusionOutput) -> dict:
+    "Per-modality masked mean of the fused tokens: modality -> `[B, D]`"
+    return {m: masked_mean(t, out.valid[m]) for m, t in out.tokens.items()}

@@ -1,4 +1,4 @@
-"""SSAH-style B-bit codes of the shared embedding: a hashing head per modality trained with a cross-modal pairwise likelihood and a quantisation loss, Hamming search through faiss's binary indexes, and random-hyperplane hashing (LSH) as the baseline.
+"""SSAH-style B-bit codes of the shared embedding: a hashing head per modality trained with a cross-modal pairwise likelihood and a quantisation loss (searched by Hamming distance with `cmrl.eval.index.BinaryIndex`), and random-hyperplane hashing (LSH) as the baseline.
 
 Docs: https://cmrl-dev.github.io/cmrl/heads.hashing.html.md"""
 
@@ -14,25 +14,19 @@ import torch
 from torch import nn, Tensor
 import torch.nn.functional as F
 from torch.utils.data import TensorDataset
-import faiss
-from fastai.data.core import DataLoaders
-from fastai.data.load import DataLoader
 from fastai.learner import Learner
-from fastai.optimizer import Adam
-from fastai.callback.schedule import fit_one_cycle
+from ..fit import fit_tensors
+from ..core import tensor_of
 
 # %% auto #0
-__all__ = ['to_binary', 'pack_codes', 'unpack_codes', 'BinaryIndex', 'hamming_distances', 'lsh_codes', 'HashHead',
-           'pairwise_likelihood_loss', 'quantization_loss', 'bit_balance_loss', 'HashLoss', 'stack_embeddings',
-           'fit_hash_head']
+__all__ = ['to_binary', 'pack_codes', 'unpack_codes', 'lsh_codes', 'HashHead', 'pairwise_likelihood_loss', 'quantization_loss',
+           'bit_balance_loss', 'HashLoss', 'stack_embeddings', 'fit_hash_head']
 
 # %% ../../nbs/19_heads.hashing.ipynb #bd026f09
-def _t(x) -> Tensor: return x if isinstance(x, Tensor) else torch.as_tensor(np.asarray(x))
-
 def to_binary(h,  # `[..., B]` logits or relaxed codes (tensor or array)
              ) -> Tensor:  # int8 codes in {-1, +1}
     "b = sign(h) in {-1, +1}, with sign(0) = +1 (every bit is decided)"
-    return torch.where(_t(h) >= 0, 1, -1).to(torch.int8)
+    return torch.where(tensor_of(h) >= 0, 1, -1).to(torch.int8)
 
 def _check_codes(codes, name: str = 'codes') -> np.ndarray:
     c = np.asarray(codes.detach().cpu() if isinstance(codes, Tensor) else codes)
@@ -53,53 +47,13 @@ def unpack_codes(packed,  # `[N, B/8]` uint8 from `pack_codes`
     if p.dtype != np.uint8 or p.ndim != 2: raise ValueError(f"unpack_codes: need an [N, B/8] uint8 array, got {p.dtype} {p.shape}")
     return (np.unpackbits(p, axis=1).astype(np.int8) * 2 - 1)
 
-# %% ../../nbs/19_heads.hashing.ipynb #65847402
-def _packed(codes, bits: int, name: str) -> np.ndarray:
-    "Packed `[N, bits/8]` uint8 from packed bytes (uint8) or +-1 codes"
-    a = codes.detach().cpu().numpy() if isinstance(codes, Tensor) else np.asarray(codes)
-    if a.dtype == np.uint8:
-        if a.ndim != 2 or a.shape[1] != bits // 8: raise ValueError(f"{name}: packed codes must be [N, {bits // 8}] uint8, got {a.shape}")
-        return np.ascontiguousarray(a)
-    if a.ndim != 2 or a.shape[1] != bits: raise ValueError(f"{name}: need [N, {bits}] +-1 codes (or [N, {bits // 8}] packed uint8), got shape {a.shape}")
-    return pack_codes(a)
-
-class BinaryIndex:
-    "Exact Hamming search over B-bit codes with `faiss.IndexBinaryFlat`"
-    def __init__(self, bits: int):  # code length B (a multiple of 8)
-        if bits <= 0 or bits % 8: raise ValueError(f"BinaryIndex: bits must be a positive multiple of 8, got {bits}")
-        self.bits, self.index = bits, faiss.IndexBinaryFlat(bits)
-    def __len__(self): return int(self.index.ntotal)
-    def __repr__(self): return f"BinaryIndex(bits={self.bits}, n={len(self)})"
-    @property
-    def bytes_per_item(self) -> int: return self.bits // 8
-    def add(self, codes,  # `[N, B]` +-1 codes or `[N, B/8]` packed uint8
-           ) -> 'BinaryIndex':
-        self.index.add(_packed(codes, self.bits, 'BinaryIndex.add')); return self
-    def search(self, q,  # `[Q, B]` +-1 codes or `[Q, B/8]` packed uint8
-               k: int = 10,  # neighbours per query (at most the gallery size)
-              ) -> tuple[np.ndarray, np.ndarray]:  # (`[Q, k]` int32 Hamming distances, ascending; `[Q, k]` int64 positions)
-        if not len(self): raise ValueError("BinaryIndex.search: the index is empty; add codes first")
-        return self.index.search(_packed(q, self.bits, 'BinaryIndex.search'), min(int(k), len(self)))
-
-def hamming_distances(q,  # `[Q, B]` +-1 codes (or packed)
-                      g,  # `[G, B]` +-1 codes (or packed)
-                      bits: int | None = None,  # B; default from the unpacked `q`
-                     ) -> Tensor:  # `[Q, G]` int64 Hamming distances, through `BinaryIndex`
-    "Every query's Hamming distance to every gallery item, from faiss's binary search"
-    bits = bits or np.asarray(q).shape[1]
-    ix = BinaryIndex(bits).add(g)
-    D, I = ix.search(q, len(ix))
-    out = torch.empty(D.shape, dtype=torch.int64)
-    out.scatter_(1, torch.from_numpy(I), torch.from_numpy(D.astype(np.int64)))
-    return out
-
 # %% ../../nbs/19_heads.hashing.ipynb #a7313ff6
 def lsh_codes(emb,  # `[N, D]` embeddings (tensor or array)
               bits: int = 64,  # B
               seed: int = 0,  # seed of the random directions (use the same one for every modality)
              ) -> Tensor:  # `[N, B]` int8 codes in {-1, +1}
     "Random-hyperplane (SimHash) codes: b_k = sign(r_k . e), r_k ~ N(0, I)"
-    e = _t(emb).float()
+    e = tensor_of(emb).float()
     if e.ndim != 2: raise ValueError(f"lsh_codes: need [N, D] embeddings, got shape {tuple(e.shape)}")
     R = torch.randn(e.shape[1], bits, generator=torch.Generator().manual_seed(seed))
     return to_binary(e @ R)
@@ -122,7 +76,7 @@ class HashHead(nn.Module):
     def logits(self, e, m: str) -> Tensor:
         "h = W_m e + c_m for `[N, D]` embeddings of modality `m`"
         if m not in self.proj: raise KeyError(f"HashHead: no head for modality {m!r}; have {list(self.modalities)}")
-        e = _t(e).float().to(self.proj[m].weight.device)
+        e = tensor_of(e).float().to(self.proj[m].weight.device)
         if e.shape[-1] != self.d: raise ValueError(f"HashHead: {m} embeddings have width {e.shape[-1]}, the head expects {self.d}")
         return self.proj[m](F.normalize(e, dim=-1) if self.normalize else e)
 
@@ -200,11 +154,11 @@ def stack_embeddings(embs: dict,  # modality -> `[N, D]` embeddings, rows are th
     "Embeddings of every modality stacked per item, absent ones zeroed; checks widths, rows and finiteness"
     mods = tuple(embs)
     if len(mods) < 2: raise ValueError(f"need embeddings of at least 2 modalities to learn cross-modal codes, got {list(mods)}")
-    X = [_t(embs[m]).float().cpu() for m in mods]
+    X = [tensor_of(embs[m]).float().cpu() for m in mods]
     N, D = X[0].shape if X[0].ndim == 2 else (None, None)
     for m, x in zip(mods, X):
         if x.ndim != 2 or x.shape != (N, D): raise ValueError(f"embeddings of {m} have shape {tuple(x.shape)}; every modality needs [N, D] = [{N}, {D}] (rows are the same items)")
-    P = torch.stack([torch.ones(N, dtype=torch.bool) if present is None or m not in present else _t(present[m]).bool().cpu() for m in mods], 1)
+    P = torch.stack([torch.ones(N, dtype=torch.bool) if present is None or m not in present else tensor_of(present[m]).bool().cpu() for m in mods], 1)
     if P.shape != (N, len(mods)): raise ValueError(f"present: need one flag per item and modality, got {tuple(P.shape)}")
     X = torch.stack(X, 1)
     bad = (~torch.isfinite(X).all(-1)) & P
@@ -233,18 +187,9 @@ def fit_hash_head(embs: dict,  # modality -> `[N, D]` embeddings of the fit item
     X, P, mods = stack_embeddings(embs, present)
     pairs = sum(int((P[:, a] & P[:, b]).sum()) for a in range(len(mods)) for b in range(a + 1, len(mods)))
     if pairs < 2: raise ValueError(f"fit_hash_head: need at least 2 items present in two modalities, got {pairs} pairs")
-    py_state, nt = random.getstate(), torch.get_num_threads()
-    if threads: torch.set_num_threads(threads)  # a tiny linear head: more threads only add overhead
-    try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed); random.seed(seed)
-            head = HashHead(mods, X.shape[-1], bits, normalize)
-            n = len(X)
-            trn = DataLoader(TensorDataset(X, P), bs=min(bs, n), shuffle=True, drop_last=n > bs, device=device)
-            val = DataLoader(TensorDataset(X[:1024], P[:1024]), bs=1024, device=device)  # (up to 1024 of) the fit items: the recorder's valid loss
-            learn = Learner(DataLoaders(trn, val), head, loss_func=HashLoss(gamma, eta), opt_func=Adam, wd=wd)
-            with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(epochs, lr)
-    finally:
-        random.setstate(py_state); torch.set_num_threads(nt)
+    val = TensorDataset(X[:1024], P[:1024])  # (up to 1024 of) the fit items: the recorder's valid loss
+    learn = fit_tensors(lambda: HashHead(mods, X.shape[-1], bits, normalize), TensorDataset(X, P), val, HashLoss(gamma, eta),
+                        epochs, lr, bs, valid_bs=1024, wd=wd, seed=seed, device=device, threads=threads)
+    head = learn.model
     head = head.cpu().eval()
     return (head, learn) if return_learner else head

@@ -13,11 +13,9 @@ import torch
 from torch import nn, Tensor
 import torch.nn.functional as F
 from torch.utils.data import TensorDataset
-from fastai.data.core import DataLoaders
-from fastai.data.load import DataLoader
 from fastai.learner import Learner
-from fastai.optimizer import Adam
-from fastai.callback.schedule import fit_one_cycle
+from ..fit import fit_tensors
+from fastcore.basics import patch
 
 # %% auto #0
 __all__ = ['SHAPES', 'toy_pictures', 'ResBlock', 'conv_encoder', 'conv_decoder', 'TokenizerOutput', 'as_pixels', 'ImageTokenizer',
@@ -91,6 +89,7 @@ def as_pixels(img, size: int | None = None, name: str = 'pictures') -> Tensor:
         raise ValueError(f"{name}: pixel values must be in [0, 1] (got {img.min().item():.3g}..{img.max().item():.3g}); do not normalise them")
     return img
 
+# %% ../../nbs/19b_heads.imagegen.ipynb #01572e53
 class ImageTokenizer(nn.Module):
     "Stage one: conv encoder -> `SharedCodebook` (EMA VQ) -> conv decoder; a picture is `h*w` discrete codes"
     def __init__(self, n_codes: int = 256,  # K, picture vocabulary size
@@ -152,24 +151,6 @@ def own_loss(out, *yb) -> Tensor:
     "The loss fastai optimises: the `loss` field of the model's output (the targets are inside the model's input)"
     return out.loss
 
-def _fit(model: nn.Module, ds: TensorDataset, vds: TensorDataset, loss_func, epochs: int, bs: int, lr: float, wd: float,
-         seed: int, device, threads: int | None) -> Learner:
-    "fastai one-cycle fit of `model` on tensor data sets, seeded, with torch threads set for the fit (restored after)"
-    py_state, nt = random.getstate(), torch.get_num_threads()
-    if threads: torch.set_num_threads(threads)
-    try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed); random.seed(seed)
-            n = len(ds)
-            trn = DataLoader(ds, bs=min(bs, n), shuffle=True, drop_last=n > bs, device=device)
-            val = DataLoader(vds, bs=max(1, min(bs * 4, len(vds))), device=device)
-            if device is not None: model.to(device)  # fastai moves the batches to the model's device
-            learn = Learner(DataLoaders(trn, val), model, loss_func=loss_func, opt_func=Adam, wd=wd)
-            with learn.no_bar(), learn.no_logging(): learn.fit_one_cycle(epochs, lr)
-    finally:
-        random.setstate(py_state); torch.set_num_threads(nt)
-    return learn
-
 def fit_tokenizer(images,  # `[N, 3, S, S]` training pictures, float in [0, 1] or uint8
                   valid=None,  # validation pictures (the recorder's valid loss); default up to 256 training ones
                   epochs: int = 20,  # passes over the pictures
@@ -189,7 +170,8 @@ def fit_tokenizer(images,  # `[N, 3, S, S]` training pictures, float in [0, 1] o
     kwargs.setdefault('seed', seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed); tok = ImageTokenizer(**kwargs)
-    learn = _fit(tok, TensorDataset(x, x), TensorDataset(v, v), own_loss, epochs, bs, lr, wd, seed, device, threads)
+    learn = fit_tensors(tok, TensorDataset(x, x), TensorDataset(v, v), own_loss, epochs, lr, bs, wd=wd, seed=seed,
+                        device=device, threads=threads)
     return tok.cpu().eval(), learn
 
 # %% ../../nbs/19b_heads.imagegen.ipynb #17f242ed
@@ -246,88 +228,98 @@ class CodePrior(nn.Module):
         self.decoder = nn.TransformerDecoder(layer, n_layers)
         self.norm, self.head = nn.LayerNorm(d_model), nn.Linear(d_model, n_codes)
 
-    def _memory(self, memory: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
-        "Projected memory with positions and the null slot `[B, 1+T, d]`, and its key padding mask (True = ignore)"
-        if not isinstance(memory, Tensor) or memory.ndim != 3 or memory.shape[-1] != self.d_memory:
-            raise ValueError(f"CodePrior: memory must be [B, T, {self.d_memory}], got {tuple(getattr(memory, 'shape', ()))}")
-        B, T, _ = memory.shape
-        dev = self.null.device
-        mask = torch.ones(B, T, dtype=torch.bool, device=dev) if mask is None else mask.to(dev).bool()
-        if mask.shape != (B, T): raise ValueError(f"CodePrior: mask must be [B, T] = [{B}, {T}], got {tuple(mask.shape)}")
-        m = self.mem_proj(memory.to(dev).float()) + _sinusoid(T, self.d_model, dev)
-        m = torch.cat([self.null.expand(B, 1, -1), m], 1)
-        pad = torch.cat([torch.zeros(B, 1, dtype=torch.bool, device=dev), ~mask], 1)
-        return m, pad
+# %% ../../nbs/19b_heads.imagegen.ipynb #babc488c
+@patch
+def _memory(self: CodePrior, memory: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor]:
+    "Projected memory with positions and the null slot `[B, 1+T, d]`, and its key padding mask (True = ignore)"
+    if not isinstance(memory, Tensor) or memory.ndim != 3 or memory.shape[-1] != self.d_memory:
+        raise ValueError(f"CodePrior: memory must be [B, T, {self.d_memory}], got {tuple(getattr(memory, 'shape', ()))}")
+    B, T, _ = memory.shape
+    dev = self.null.device
+    mask = torch.ones(B, T, dtype=torch.bool, device=dev) if mask is None else mask.to(dev).bool()
+    if mask.shape != (B, T): raise ValueError(f"CodePrior: mask must be [B, T] = [{B}, {T}], got {tuple(mask.shape)}")
+    m = self.mem_proj(memory.to(dev).float()) + _sinusoid(T, self.d_model, dev)
+    m = torch.cat([self.null.expand(B, 1, -1), m], 1)
+    pad = torch.cat([torch.zeros(B, 1, dtype=torch.bool, device=dev), ~mask], 1)
+    return m, pad
 
-    def _check_codes(self, codes: Tensor):
-        if codes.ndim != 2 or not 1 <= codes.shape[1] <= self.seq_len:
-            raise ValueError(f"CodePrior: codes must be [B, L] with 1 <= L <= {self.seq_len}, got {tuple(codes.shape)}")
-        if codes.is_floating_point() or len(codes) and (codes.min() < 0 or codes.max() >= self.n_codes):
-            raise ValueError(f"CodePrior: codes must be integers in [0, {self.n_codes})")
+@patch
+def _check_codes(self: CodePrior, codes: Tensor):
+    if codes.ndim != 2 or not 1 <= codes.shape[1] <= self.seq_len:
+        raise ValueError(f"CodePrior: codes must be [B, L] with 1 <= L <= {self.seq_len}, got {tuple(codes.shape)}")
+    if codes.is_floating_point() or len(codes) and (codes.min() < 0 or codes.max() >= self.n_codes):
+        raise ValueError(f"CodePrior: codes must be integers in [0, {self.n_codes})")
 
-    def _decode(self, inp: Tensor, mem: Tensor, pad: Tensor) -> Tensor:
-        "`[B, l, K]` logits for input tokens `[B, l]` (BOS first), causal self-attention, cross-attention to the memory"
-        l = inp.shape[1]
-        h = self.tok(inp) + self.pos[:l]
-        causal = torch.triu(torch.ones(l, l, dtype=torch.bool, device=inp.device), 1)
-        h = self.decoder(h, mem, tgt_mask=causal, tgt_is_causal=True, memory_key_padding_mask=pad)
-        return self.head(self.norm(h))
+@patch
+def _decode(self: CodePrior, inp: Tensor, mem: Tensor, pad: Tensor) -> Tensor:
+    "`[B, l, K]` logits for input tokens `[B, l]` (BOS first), causal self-attention, cross-attention to the memory"
+    l = inp.shape[1]
+    h = self.tok(inp) + self.pos[:l]
+    causal = torch.triu(torch.ones(l, l, dtype=torch.bool, device=inp.device), 1)
+    h = self.decoder(h, mem, tgt_mask=causal, tgt_is_causal=True, memory_key_padding_mask=pad)
+    return self.head(self.norm(h))
 
-    def forward(self, codes: Tensor,  # `[B, L]` long target codes (teacher forcing)
-                memory: Tensor,  # `[B, T, D_m]`
-                mask: Tensor | None = None,  # `[B, T]` bool, True = real step; None: all
-               ) -> Tensor:  # `[B, L, K]` logits: [:, t] predicts codes[:, t]
-        self._check_codes(codes)
+# %% ../../nbs/19b_heads.imagegen.ipynb #cb3259ac
+@patch
+def forward(self: CodePrior, codes: Tensor,  # `[B, L]` long target codes (teacher forcing)
+            memory: Tensor,  # `[B, T, D_m]`
+            mask: Tensor | None = None,  # `[B, T]` bool, True = real step; None: all
+           ) -> Tensor:  # `[B, L, K]` logits: [:, t] predicts codes[:, t]
+    self._check_codes(codes)
+    mem, pad = self._memory(memory, mask)
+    codes = codes.to(mem.device).long()
+    inp = torch.cat([torch.full_like(codes[:, :1], self.bos), codes[:, :-1]], 1)
+    return self._decode(inp, mem, pad)
+
+@patch
+def loss(self: CodePrior, codes: Tensor, memory: Tensor, mask: Tensor | None = None,  # as `forward`
+         present: Tensor | None = None,  # `[B]` bool, items that count (have a picture); None: all
+        ) -> Tensor:  # scalar mean cross-entropy over the codes of the present items
+    "Teacher-forced cross-entropy -1/L sum_t log p(c_t | c_<t, m), averaged over items"
+    logits = self(codes, memory, mask)
+    ce = F.cross_entropy(logits.transpose(1, 2).float(), codes.to(logits.device).long(), reduction='none').mean(1)
+    if present is None: return ce.mean()
+    present = present.to(ce.device).bool()
+    return ce[present].mean() if present.any() else (logits * 0).sum()
+
+@patch
+def log_prob(self: CodePrior, codes: Tensor, memory: Tensor, mask: Tensor | None = None) -> Tensor:  # `[B]`
+    "log p(c | m) of whole code sequences (a score)"
+    return sequence_log_prob(self(codes, memory, mask), codes.to(self.null.device).long())
+
+# %% ../../nbs/19b_heads.imagegen.ipynb #7b85bc2c
+@patch
+@torch.no_grad()
+def sample(self: CodePrior, memory: Tensor,  # `[B, T, D_m]`
+           mask: Tensor | None = None,  # `[B, T]` bool
+           k: int = 1,  # sequences per item
+           top_k: int | None = 32,  # sample among the k most likely codes at each step; 1: greedy
+           temperature: float = 1.,  # τ; 0: greedy
+           generator: torch.Generator | None = None,  # for reproducible samples (a CPU generator also serves a GPU model)
+           length: int | None = None,  # codes to generate; default `seq_len`
+          ) -> Tensor:  # `[B, k, L]` long
+    "Generate code sequences autoregressively with top-k sampling (greedy for `top_k=1` or `temperature=0`)"
+    if k < 1: raise ValueError(f"CodePrior.sample: k must be >= 1, got {k}")
+    L = self.seq_len if length is None else length
+    if not 1 <= L <= self.seq_len: raise ValueError(f"CodePrior.sample: length must be 1..{self.seq_len}, got {L}")
+    was = self.training; self.eval()
+    try:
         mem, pad = self._memory(memory, mask)
-        codes = codes.to(mem.device).long()
-        inp = torch.cat([torch.full_like(codes[:, :1], self.bos), codes[:, :-1]], 1)
-        return self._decode(inp, mem, pad)
-
-    def loss(self, codes: Tensor, memory: Tensor, mask: Tensor | None = None,  # as `forward`
-             present: Tensor | None = None,  # `[B]` bool, items that count (have a picture); None: all
-            ) -> Tensor:  # scalar mean cross-entropy over the codes of the present items
-        "Teacher-forced cross-entropy -1/L sum_t log p(c_t | c_<t, m), averaged over items"
-        logits = self(codes, memory, mask)
-        ce = F.cross_entropy(logits.transpose(1, 2).float(), codes.to(logits.device).long(), reduction='none').mean(1)
-        if present is None: return ce.mean()
-        present = present.to(ce.device).bool()
-        return ce[present].mean() if present.any() else (logits * 0).sum()
-
-    def log_prob(self, codes: Tensor, memory: Tensor, mask: Tensor | None = None) -> Tensor:  # `[B]`
-        "log p(c | m) of whole code sequences (a score)"
-        return sequence_log_prob(self(codes, memory, mask), codes.to(self.null.device).long())
-
-    @torch.no_grad()
-    def sample(self, memory: Tensor,  # `[B, T, D_m]`
-               mask: Tensor | None = None,  # `[B, T]` bool
-               k: int = 1,  # sequences per item
-               top_k: int | None = 32,  # sample among the k most likely codes at each step; 1: greedy
-               temperature: float = 1.,  # τ; 0: greedy
-               generator: torch.Generator | None = None,  # for reproducible samples (a CPU generator also serves a GPU model)
-               length: int | None = None,  # codes to generate; default `seq_len`
-              ) -> Tensor:  # `[B, k, L]` long
-        "Generate code sequences autoregressively with top-k sampling (greedy for `top_k=1` or `temperature=0`)"
-        if k < 1: raise ValueError(f"CodePrior.sample: k must be >= 1, got {k}")
-        L = self.seq_len if length is None else length
-        if not 1 <= L <= self.seq_len: raise ValueError(f"CodePrior.sample: length must be 1..{self.seq_len}, got {L}")
-        was = self.training; self.eval()
-        try:
-            mem, pad = self._memory(memory, mask)
-            B = len(mem)
-            mem, pad = mem.repeat_interleave(k, 0), pad.repeat_interleave(k, 0)
-            seq = torch.full((B * k, 1), self.bos, dtype=torch.long, device=mem.device)
-            greedy = top_k == 1 or temperature == 0
-            for _ in range(L):
-                lg = self._decode(seq, mem, pad)[:, -1]
-                if greedy: nxt = lg.argmax(-1, keepdim=True)
-                else:
-                    p = top_k_probs(lg, top_k, temperature)
-                    if generator is not None and generator.device.type != p.device.type:  # a CPU generator for a GPU model: draw on the CPU
-                        nxt = torch.multinomial(p.cpu(), 1, generator=generator).to(p.device)
-                    else: nxt = torch.multinomial(p, 1, generator=generator)
-                seq = torch.cat([seq, nxt], 1)
-        finally: self.train(was)
-        return seq[:, 1:].view(B, k, L)
+        B = len(mem)
+        mem, pad = mem.repeat_interleave(k, 0), pad.repeat_interleave(k, 0)
+        seq = torch.full((B * k, 1), self.bos, dtype=torch.long, device=mem.device)
+        greedy = top_k == 1 or temperature == 0
+        for _ in range(L):
+            lg = self._decode(seq, mem, pad)[:, -1]
+            if greedy: nxt = lg.argmax(-1, keepdim=True)
+            else:
+                p = top_k_probs(lg, top_k, temperature)
+                if generator is not None and generator.device.type != p.device.type:  # a CPU generator for a GPU model: draw on the CPU
+                    nxt = torch.multinomial(p.cpu(), 1, generator=generator).to(p.device)
+                else: nxt = torch.multinomial(p, 1, generator=generator)
+            seq = torch.cat([seq, nxt], 1)
+    finally: self.train(was)
+    return seq[:, 1:].view(B, k, L)
 
 # %% ../../nbs/19b_heads.imagegen.ipynb #f6e1ebb8
 def prior_loss(logits: Tensor,  # `[B, L, K]`
@@ -364,7 +356,8 @@ def fit_code_prior(codes: Tensor,  # `[N, L]` long picture codes (from `ImageTok
         vc, vm, vk = valid
         vk = torch.ones(vm.shape[:2], dtype=torch.bool) if vk is None else vk.bool()
         vds = TensorDataset(vm.float(), vk, vc.long(), vc.long())
-    learn = _fit(_TeacherForced(prior), ds, vds, prior_loss, epochs, bs, lr, wd, seed, device, threads)
+    learn = fit_tensors(_TeacherForced(prior), ds, vds, prior_loss, epochs, lr, bs, wd=wd, seed=seed, device=device,
+                        threads=threads)
     return prior.cpu().eval(), learn
 
 class _TeacherForced(nn.Module):

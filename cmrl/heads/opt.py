@@ -128,6 +128,7 @@ def _pick(cand: Tensor, generator, device) -> tuple[Tensor, Tensor]:
     score = torch.where(cand, _rand(cand.shape, generator, device), torch.full(cand.shape, -1., device=device))
     return score.argmax(1), cand.any(1)
 
+# %% ../../nbs/16_heads.opt.ipynb #ee594bb1
 def matching_negatives(present: dict,  # modality -> `[B]` bool for (at least) the three roles
                        roles: tuple = (VIDEO, AUDIO, TEXT),  # the modalities playing visual, audio, text
                        y: Tensor | None = None,  # `[B]` labels; donors are taken from other classes (-1 = unknown)
@@ -180,6 +181,7 @@ def matching_negatives(present: dict,  # modality -> `[B]` bool for (at least) t
     for m in roles: src[m] = torch.where(ok, src[m], ar)
     return MatchingNegatives(src, labels)
 
+# %% ../../nbs/16_heads.opt.ipynb #2cc61f44
 def shuffle_modalities(x: dict,  # modality -> tensor with the batch first (`[B, ...]`)
                        src: dict,  # modality -> `[B]` long source items (`MatchingNegatives.src`)
                       ) -> dict:
@@ -229,6 +231,7 @@ class OPTOutput(NamedTuple):
 
 def _mlp(d: int, out: int) -> nn.Module: return nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.LayerNorm(d), nn.Linear(d, out))
 
+# %% ../../nbs/16_heads.opt.ipynb #d40ff34d
 class OPT(nn.Module):
     "OPT pre-training heads over per-modality encoders and a `FusionEncoder`; `forward(b)` returns `OPTOutput`"
     def __init__(self, encoders: dict,  # modality -> module mapping `b.x[m]` to `[B, T_m, D]`
@@ -278,7 +281,6 @@ class OPT(nn.Module):
         self._warned = False
 
     def role(self, r: str) -> str | None: return next((m for m, rr in self.roles.items() if rr == r), None)
-
 
 # %% ../../nbs/16_heads.opt.ipynb #616ce19a
 @patch

@@ -113,6 +113,7 @@ class PlainCodebook(CrossModalModel):
                 if a in emb and c in emb: losses[f'nce_{a}-{c}'] = self.w_nce * self.nce(emb[a], emb[c], valid=pair_valid(pres, a, c))
         return ModelOutput(sum(losses.values()), losses, emb, dict(q.quantized), dict(q.indices), {m: e.mask for m, e in enc.items()}, {})
 
+# %% ../../nbs/25_models.baselines.ipynb #18826687
 @records_config('plain_codebook')
 def plain_codebook_baseline(modalities: Sequence[str],  # modalities to encode
                             dims: dict,  # modality -> input settings (`input_dims(batch, vocab)`)

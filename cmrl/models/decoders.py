@@ -214,6 +214,7 @@ def attach_decoders(base: nn.Module,  # the model to wrap
     w.config = {**cfg, 'decoders': spec}
     return w
 
+# %% ../../nbs/25a_models.decoders.ipynb #31bc6bb8
 def with_decoders(model: nn.Module,  # a cmrl model built by `make_model` (it recorded `model.config`)
                   decoders='text',  # 'text', 'image', 'text,image' or a list
                   src=None,  # the training source: gives the vocabulary spec (`text_vocab`) and the picture size

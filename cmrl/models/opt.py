@@ -41,6 +41,7 @@ def opt_roles(modalities: Sequence[str]) -> dict:
         roles[m] = r
     return roles
 
+# %% ../../nbs/24_models.opt.ipynb #10155d67
 class OPTModel(CrossModalModel):
     "cmrl encoders under OPT's pre-training heads, optionally SCALE-weighted and with a GRL modality discriminator"
     def __init__(self, encoders: dict,  # modality -> `ModalityEncoder` (steps=None)

@@ -16,6 +16,7 @@ from .core import *
 from ..codebook import SharedCodebook
 from ..dcid import CLUB, CrossCPC
 from ..losses import cmcm_pairs_loss, InfoNCELoss
+from fastcore.basics import patch
 
 # %% auto #0
 __all__ = ['UniCode', 'unicode_model']
@@ -67,41 +68,47 @@ class UniCode(CrossModalModel):
               for m in self.club if f'club_x/{m}' in aux]
         return sum(ls) if ls else None
 
-    def _quantise(self, b: ModalityBatch):
-        enc = self.encode(b)
-        pres = self.present(b, enc)
-        q = quantise(self.codebook, {m: e.sem for m, e in enc.items()}, {m: e.mask for m, e in enc.items()}, pres, probs=bool(self.w['cmcm']))
-        return enc, pres, q
+# %% ../../nbs/22_models.unicode.ipynb #65bf6942
+@patch
+def _quantise(self: UniCode, b: ModalityBatch):
+    enc = self.encode(b)
+    pres = self.present(b, enc)
+    q = quantise(self.codebook, {m: e.sem for m, e in enc.items()}, {m: e.mask for m, e in enc.items()}, pres, probs=bool(self.w['cmcm']))
+    return enc, pres, q
 
-    def _output(self, enc, q, loss, losses, aux) -> ModelOutput:
-        emb = {m: masked_mean(q.quantized[m] if self.emb_from == 'quantised' else e.sem, e.mask) for m, e in enc.items()}
-        return ModelOutput(loss, losses, emb, dict(q.quantized), dict(q.indices), {m: e.mask for m, e in enc.items()}, aux)
+@patch
+def _output(self: UniCode, enc, q, loss, losses, aux) -> ModelOutput:
+    emb = {m: masked_mean(q.quantized[m] if self.emb_from == 'quantised' else e.sem, e.mask) for m, e in enc.items()}
+    return ModelOutput(loss, losses, emb, dict(q.quantized), dict(q.indices), {m: e.mask for m, e in enc.items()}, aux)
 
-    def represent(self, *args) -> ModelOutput:
-        b = as_batch(*args)
-        enc, pres, q = self._quantise(b)
-        return self._output(enc, q, q.loss * 0, {}, {})
+@patch
+def represent(self: UniCode, *args) -> ModelOutput:
+    b = as_batch(*args)
+    enc, pres, q = self._quantise(b)
+    return self._output(enc, q, q.loss * 0, {}, {})
 
-    def forward(self, *args) -> ModelOutput:
-        b = as_batch(*args)
-        enc, pres, q = self._quantise(b)
-        losses, aux = dict(q.losses), {}
-        for m, e in enc.items():
-            if self.decoders is not None:
-                losses[f'recon/{m}'] = self.w['recon'] * masked_mse(self.decoders[m](q.quantized[m], e.spec), e.target, e.mask)
-            if self.club is not None:
-                x = e.sem if self.club_on == 'semantic' else q.quantized[m]
-                losses[f'club/{m}'] = self.w['club'] * self.club[m](x, e.spec, e.mask)
-                aux[f'club_x/{m}'], aux[f'club_y/{m}'], aux[f'club_mask/{m}'] = x.detach(), e.spec.detach(), e.mask
-        if self.cpc is not None and len(enc) > 1:
-            losses['cpc'] = self.w['cpc'] * self.cpc({m: e.sem for m, e in enc.items()}, {m: e.mask for m, e in enc.items()}, pres).loss
-        if self.w['cmcm'] and len(enc) > 1:
-            losses['cmcm'] = self.w['cmcm'] * cmcm_pairs_loss({m: q.probs[m] for m in enc}, pres)[0]
-        if self.nce is not None:
-            pooled = {m: masked_mean(e.sem, e.mask) for m, e in enc.items()}
-            for a, c in modality_pairs(self.modalities):
-                if a in pooled and c in pooled: losses[f'nce_{a}-{c}'] = self.w['nce'] * self.nce(pooled[a], pooled[c], valid=pair_valid(pres, a, c))
-        return self._output(enc, q, sum(losses.values()), losses, aux)
+# %% ../../nbs/22_models.unicode.ipynb #30de0110
+@patch
+def forward(self: UniCode, *args) -> ModelOutput:
+    b = as_batch(*args)
+    enc, pres, q = self._quantise(b)
+    losses, aux = dict(q.losses), {}
+    for m, e in enc.items():
+        if self.decoders is not None:
+            losses[f'recon/{m}'] = self.w['recon'] * masked_mse(self.decoders[m](q.quantized[m], e.spec), e.target, e.mask)
+        if self.club is not None:
+            x = e.sem if self.club_on == 'semantic' else q.quantized[m]
+            losses[f'club/{m}'] = self.w['club'] * self.club[m](x, e.spec, e.mask)
+            aux[f'club_x/{m}'], aux[f'club_y/{m}'], aux[f'club_mask/{m}'] = x.detach(), e.spec.detach(), e.mask
+    if self.cpc is not None and len(enc) > 1:
+        losses['cpc'] = self.w['cpc'] * self.cpc({m: e.sem for m, e in enc.items()}, {m: e.mask for m, e in enc.items()}, pres).loss
+    if self.w['cmcm'] and len(enc) > 1:
+        losses['cmcm'] = self.w['cmcm'] * cmcm_pairs_loss({m: q.probs[m] for m in enc}, pres)[0]
+    if self.nce is not None:
+        pooled = {m: masked_mean(e.sem, e.mask) for m, e in enc.items()}
+        for a, c in modality_pairs(self.modalities):
+            if a in pooled and c in pooled: losses[f'nce_{a}-{c}'] = self.w['nce'] * self.nce(pooled[a], pooled[c], valid=pair_valid(pres, a, c))
+    return self._output(enc, q, sum(losses.values()), losses, aux)
 
 # %% ../../nbs/22_models.unicode.ipynb #8631bcc3
 @records_config('unicode')
