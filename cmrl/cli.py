@@ -17,11 +17,13 @@ COMMANDS = {  # sub-command -> (module, function, one-line help)
     'train': ('cmrl.train', 'train_cli', 'train a model and write checkpoint, config, metrics.json and plots'),
     'eval': ('cmrl.eval.report', 'eval_cli', 'evaluate a checkpoint: retrieval, cross-modal generalisation, codes'),
     'retrieve': ('cmrl.retrieve', 'retrieve_cli', 'top-k gallery items for a query file or text'),
-    'generate': ('cmrl.generate', 'generate_cli', 'generate texts (or pictures) from a picture, a sound or a text through the shared codes'),
+    'generate': ('cmrl.generate', 'generate_cli',
+                 'generate texts (or pictures) from a picture, a sound or a text through the shared codes'),
 }
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog='cmrl', description='cmrl: one discrete vocabulary shared by images, audio and text.')
+    p = argparse.ArgumentParser(prog='cmrl',
+                                description='cmrl: one discrete vocabulary shared by images, audio and text.')
     sub = p.add_subparsers(dest='command', metavar='COMMAND')
     for name, (_, _, h) in COMMANDS.items(): sub.add_parser(name, help=h, add_help=False)
     return p

@@ -13,27 +13,36 @@ import torch
 from .core import *
 from .checkpoint import load_model
 from .eval.index import EmbeddingIndex, CodeIndex
-from .eval.report import ckpt_source, usable_modalities, max_lengths, records_features, eval_device, check_request, run_cli
+from .command import command
+from .eval.ckpt import ckpt_source, usable_modalities, max_lengths, records_features, eval_device, check_request
 
 # %% auto #0
-__all__ = ['IMAGE_EXT', 'AUDIO_EXT', 'query_kind', 'query_item', 'retrieve', 'results_table', 'retrieve_cmd', 'retrieve_cli']
+__all__ = ['IMAGE_EXT', 'AUDIO_EXT', 'retrieve_cli', 'query_kind', 'query_item', 'retrieve', 'results_table', 'retrieve_cmd']
 
 # %% ../nbs/46_retrieve.ipynb #0cc59c8d
 IMAGE_EXT = {'.png', '.jpg', '.jpeg', '.gif', '.bmp', '.webp', '.svg', '.tif', '.tiff'}  # queries with these endings are image files
 AUDIO_EXT = {'.wav', '.ogg', '.flac', '.mp3', '.opus', '.aiff', '.aif'}  # ... and sound files
 
+def _is_file(p: Path) -> bool:
+    try: return p.is_file()
+    except OSError: return False  # a name too long for a file: a text
+
 def query_kind(query: str,  # a file path or a text
               ) -> tuple[str, Path | str]:  # ('image', path), ('sound', path) or ('text', the text)
-    "Tell a query file from a text query; refuse blank queries and files that are not there"
+    "Tell a query file from a text query; refuse blank queries, media files that are not there, and other files"
     q = '' if query is None else str(query).strip()
     if not q: raise ValueError("--query is empty; give an image or sound file, or some words to search for")
     p = Path(q).expanduser()
     ext = p.suffix.lower() if len(q) < 4096 else ''
     if ext in IMAGE_EXT | AUDIO_EXT and ('/' in q or '\\' in q or not any(c.isspace() for c in q)):
-        if not p.is_file():
+        if not _is_file(p):
             raise FileNotFoundError(f"--query: no such file {q} (to search by text, write words without a file extension, e.g. --query 'a frog')")
         return ('image' if ext in IMAGE_EXT else 'sound'), p
+    if len(q) < 4096 and _is_file(p):  # an existing file that is no picture and no sound: not silently searched as words
+        raise ValueError(f"--query {q}: that file is neither a picture ({' '.join(sorted(IMAGE_EXT))}) nor a sound "
+                         f"({' '.join(sorted(AUDIO_EXT))}); to search by its words, pass them: --query \"$(cat {q})\"")
     return 'text', q
+
 
 # %% ../nbs/46_retrieve.ipynb #2fadb1da
 def query_item(kind: str, q,  # from `query_kind`
@@ -112,6 +121,10 @@ def retrieve(ckpt,  # checkpoint folder or file
             s, i = CodeIndex(K).add(fe.codes[m][rows]).search(qout.codes[qm].cpu().masked_fill(~qout.mask[qm].cpu(), -1), k)
         else: s, i = EmbeddingIndex(fe.emb[m].shape[1]).add(fe.emb[m][rows]).search(qout.emb[qm].float().cpu(), k)
         res['results'][m] = _hits(s[0], i[0], rows, fe, recs, src, m)
+        if codes and not res['results'][m]:
+            why = (f"no {m} item of the gallery shares a code with the query (its codes: "
+                   f"{sorted(set(qout.codes[qm][qout.mask[qm]].tolist()))[:8]}); rank by embeddings (leave out --codes)")
+            res.setdefault('empty', {})[m] = why; warnings.warn(f"--codes: {why}")
     return res
 
 # %% ../nbs/46_retrieve.ipynb #651d0d95
@@ -120,6 +133,7 @@ def results_table(res: dict) -> str:
     lines = [f"query ({res['modality']}): {res['query']}  ->  {res['gallery']}:{res['split']}, by {res['by']}"]
     for m, hits in res['results'].items():
         lines.append(f"  {m}:")
+        if not hits: lines.append(f"    (none: {res.get('empty', {}).get(m, 'no item of this modality in the gallery')})")
         lines += [f"    {h['rank']:>3}  {h['score']:+.4f}  {h['id']}  [{h['label']}]" + (f"  \"{h['text']}\"" if h['text'] else '') for h in hits]
     return '\n'.join(lines)
 
@@ -143,7 +157,4 @@ def retrieve_cmd(ckpt: Annotated[str, dict(opt=True, required=True)],  # folder 
                    n_test, langs, bs, device, weights)
     return res if json else (results_table(res), res)
 
-def retrieve_cli(argv: list[str] | None = None  # arguments after `cmrl retrieve`
-                ) -> int:  # exit status
-    "The `cmrl retrieve` command"
-    return run_cli(retrieve_cmd, 'cmrl retrieve', argv)
+retrieve_cli = command(retrieve_cmd, 'cmrl retrieve')  # the `cmrl retrieve` command: `f(argv) -> exit status`

@@ -6,19 +6,19 @@ Docs: https://cmrl-dev.github.io/cmrl/data.loaders.html.md"""
 
 # %% ../../nbs/09_data.loaders.ipynb #61c684d2
 from __future__ import annotations
-import json, sys, warnings
+import json, warnings
 from pathlib import Path
 from fastcore.basics import patch
-from fastcore.script import anno_parser
 from fastai.data.core import DataLoaders
 from ..core import *
+from ..command import command, check_out, jsonable
 from .source import *
 from .tuxpaint import TuxPaint
 from .manifest import ManifestSource
 from .synth import SynthSource
 
 # %% auto #0
-__all__ = ['SOURCES', 'get_source', 'source_dls', 'source_dl', 'data', 'data_cli']
+__all__ = ['SOURCES', 'data_cli', 'get_source', 'source_dls', 'source_dl', 'data']
 
 # %% ../../nbs/09_data.loaders.ipynb #4dc31491
 SOURCES = {'tuxpaint': TuxPaint, 'synth': SynthSource}  # built-in sources by name
@@ -51,6 +51,9 @@ def get_source(source='tuxpaint',  # 'tuxpaint', 'synth', a JSON Lines manifest 
     if p.is_file():
         return ManifestSource(p, langs=langs, modalities=modalities, valid_pct=valid_pct, split_seed=kwargs.pop('split_seed', seed),
                               **({'size': size} if size else {}), **kwargs)
+    if p.exists(): raise ValueError(f"{s}: not a manifest file (it is neither a regular file nor a folder); give a JSON Lines manifest")
+    if any(c in s for c in '/\\') or p.suffix.lower() in ('.jsonl', '.json', '.ndjson'):
+        raise FileNotFoundError(f"no such file: {s} (the data source names a manifest path that is not there)")
     raise ValueError(f"unknown data source {s!r}: use one of {', '.join(SOURCES)}, or the path of a JSON Lines manifest "
                      f"(one item per line: {{\"id\": ..., \"image\": ..., \"audio\": ..., \"text\": ..., \"label\": ..., \"lang\": ...}})")
 
@@ -125,23 +128,12 @@ def data(source: str = 'tuxpaint',  # 'tuxpaint', 'synth', or the path of a JSON
          out: str = None,  # also write the JSON to this file
         ) -> dict:  # the summary
     "Summarise a data source as JSON: items per modality, language, category and split, and the files skipped with reasons"
+    if out: check_out(out, 'data', folder=False)  # before any work
     kw = {k: v for k, v in dict(root=root, n=n, n_train=n_train, n_valid=n_valid, image_frontend=image_frontend).items() if v is not None}
     src = get_source(source, modalities=modalities, langs=langs, size=size, valid_pct=valid_pct, seed=seed, **kw)
     if check and not isinstance(src, SynthSource): src.check(cache=cache or True)
     s = src.summary(max_files=max_files)
-    if out: Path(out).write_text(json.dumps(s, indent=1, ensure_ascii=False))
+    if out: Path(out).expanduser().write_text(json.dumps(jsonable(s), indent=1, ensure_ascii=False))
     return s
 
-def data_cli(argv: list[str] | None = None  # arguments after `cmrl data`
-            ) -> int:  # exit status
-    "`cmrl data SOURCE`: print a JSON summary of a data source"
-    a = vars(anno_parser(data, prog='cmrl data', pos=['source']).parse_args(argv))
-    for k in ('pdb', 'xtra'): a.pop(k, None)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter('ignore')
-            s = data(**a)
-    except (ValueError, TypeError, FileNotFoundError, KeyError) as e:
-        print(f"cmrl data: {e}", file=sys.stderr); return 2
-    print(json.dumps(s, indent=1, ensure_ascii=False))
-    return 0
+data_cli = command(data, 'cmrl data', pos=('source',), refused=(TypeError,))  # the `cmrl data` command: `f(argv) -> exit status`
