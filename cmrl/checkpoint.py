@@ -46,7 +46,7 @@ def plain(o, where: str = 'checkpoint'):  # `where`: named in the error
     if isinstance(o, (list, L)): return [plain(v, where) for v in o]
     raise TypeError(f"{where}: a {type(o).__name__} cannot be stored safely; use tensors, numbers, strings, lists and dicts")
 
-def _json(o) -> str: return json.dumps(jsonable(o, 'checkpoint configuration'))  # `o` as strict JSON text (`cmrl.command.jsonable`)
+def _json(o) -> str: return json.dumps(jsonable(o, 'checkpoint configuration'))  # strict JSON text (`cmrl.command`)
 
 # %% ../nbs/29_checkpoint.ipynb #ad8ca144
 def _py_state(st) -> list: return [st[0], list(st[1]), st[2]]  # `random.getstate()` as a list
@@ -126,13 +126,14 @@ def find_checkpoint(path: str | Path,  # a checkpoint file, or the folder `cmrl 
     p = Path(path).expanduser()
     if p.is_dir():
         if (p / 'checkpoint.pt').is_file(): return p / 'checkpoint.pt'
-        raise FileNotFoundError(f"no checkpoint at {p}: it is a folder with no checkpoint.pt in it; give the folder `cmrl train --out` "
-                                "wrote, or the checkpoint file")
-    if p.exists() and not p.is_file():
-        raise FileNotFoundError(f"no checkpoint at {p}: it is not a regular file (a device, pipe or socket); give the folder "
+        raise FileNotFoundError(f"no checkpoint at {p}: it is a folder with no checkpoint.pt in it; give the folder "
                                 "`cmrl train --out` wrote, or the checkpoint file")
-    if not p.is_file(): raise FileNotFoundError(f"no checkpoint at {p}: no such file or folder; give the folder `cmrl train --out` wrote "
-                                                "(it holds checkpoint.pt)")
+    if p.exists() and not p.is_file():
+        raise FileNotFoundError(f"no checkpoint at {p}: it is not a regular file (a device, pipe or socket); "
+                                "give the folder `cmrl train --out` wrote, or the checkpoint file")
+    if not p.is_file():
+        raise FileNotFoundError(f"no checkpoint at {p}: no such file or folder; give the folder `cmrl train --out` wrote "
+                                "(it holds checkpoint.pt)")
     return p
 
 
@@ -160,8 +161,8 @@ def read_checkpoint(path: str | Path,  # a checkpoint file or its folder
         raise CheckpointError(f"{p} is empty (0 bytes): it was not written completely; train again or use another checkpoint")
     with open(p, 'rb') as f: head = f.read(4)
     if head != b'PK\x03\x04' and head[:1] != b'\x80':  # neither the zip archive of `torch.save` nor a (legacy) pickle
-        raise CheckpointError(f"{p} is not a cmrl checkpoint: it is not a file torch.save wrote (it starts with the bytes "
-                              f"{head.hex(' ') or 'of an empty file'}); give the checkpoint.pt that `cmrl train` wrote")
+        raise CheckpointError(f"{p} is not a cmrl checkpoint: it is not a file torch.save wrote (it starts with "
+                              f"the bytes {head.hex(' ')}); give the checkpoint.pt that `cmrl train` wrote")
     try: ck = torch.load(p, map_location='cpu', weights_only=True)
     except pickle.UnpicklingError as e:
         msg = str(e)
@@ -180,7 +181,8 @@ def read_checkpoint(path: str | Path,  # a checkpoint file or its folder
         raise CheckpointError(f"{p} is not a cmrl checkpoint: it holds {what}")
     v = ck.get('version')
     if not isinstance(v, int) or isinstance(v, bool):
-        raise CheckpointError(f"{p} is not a checkpoint cmrl wrote: its format version is {v!r} (a {type(v).__name__}), "
+        raise CheckpointError(f"{p} is not a checkpoint cmrl wrote: its format version is {v!r} "
+                              f"(a {type(v).__name__}), "
                               f"not a whole number; cmrl writes version {VERSION}")
     if v > VERSION:
         raise CheckpointError(f"{p} was written by a newer cmrl (checkpoint format version {v}; this one reads version {VERSION}): upgrade cmrl")
@@ -253,9 +255,10 @@ def load_model(ckpt: str | Path | dict,  # checkpoint file, its folder, or a `re
     bad = [k for k, v in sd.items() if k in own and tuple(own[k].shape) != tuple(getattr(v, 'shape', ()))]
     if bad:
         k = bad[0]
-        raise CheckpointError(f"{ckpt}: the weights do not fit the rebuilt {name!r} model: {k} is {tuple(getattr(sd[k], 'shape', ()))} "
-                              f"in the file, the model built from its configuration wants {tuple(own[k].shape)}"
-                              f"{f' ({len(bad)} weights differ)' if len(bad) > 1 else ''}; the file is damaged or was edited")
+        more = f' ({len(bad)} weights differ)' if len(bad) > 1 else ''
+        raise CheckpointError(f"{ckpt}: the weights do not fit the rebuilt {name!r} model: {k} is "
+                              f"{tuple(getattr(sd[k], 'shape', ()))} in the file, the model built from its configuration wants "
+                              f"{tuple(own[k].shape)}{more}; the file is damaged or was edited")
     missing, unexpected = model.load_state_dict(sd, strict=False)
     if missing or unexpected:
         raise CheckpointError(f"{ckpt}: the weights do not fit the rebuilt {name!r} model (missing {list(missing)[:5]}, unexpected {list(unexpected)[:5]})")

@@ -6,7 +6,7 @@ Docs: https://cmrl-dev.github.io/cmrl/command.html.md"""
 
 # %% ../nbs/00a_command.ipynb #9c845d3d
 from __future__ import annotations
-import json, math, os, shutil, sys, tempfile, warnings
+import contextlib, json, math, os, shutil, sys, tempfile, warnings
 from pathlib import Path
 from typing import Callable
 import numpy as np
@@ -136,7 +136,7 @@ def run_command(func: Callable,  # the command: keyword arguments -> result, or 
         if a.get('out') not in (None, '', '-'):
             why = _writable(Path(a['out']).expanduser())
             if why: raise ValueError(f"--out {a['out']}: {why}; give a folder you can write to")
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), contextlib.redirect_stdout(sys.stderr):  # libraries' prints (progress bars)
             warnings.filterwarnings('ignore', category=FutureWarning)
             warnings.showwarning = _warner(prog)
             res = func(**a)

@@ -55,7 +55,7 @@ def generate(ckpt,  # checkpoint folder or file (trained with --decoders)
     if not temperature > 0: raise ValueError(f"--temperature {temperature}: give a number above 0")
     kind, q = query_kind(query)  # before any loading: a missing file is refused at once
     dev = eval_device(device) if not isinstance(device, torch.device) else device
-    o = (Path(out) if out else (Path(ckpt) if Path(ckpt).is_dir() else Path(ckpt).parent) / 'generated') if to == 'image' else None
+    o = None if to != 'image' else Path(out) if out else (Path(ckpt) if Path(ckpt).is_dir() else Path(ckpt).parent) / 'generated'
     if o is not None: check_out(o, 'generate')  # before any work: writable, and no other command's output
     model, ck = load_generator(ckpt, weights, dev)
     dec = model.text if to == 'text' else model.image

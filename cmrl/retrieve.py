@@ -38,7 +38,7 @@ def query_kind(query: str,  # a file path or a text
         if not _is_file(p):
             raise FileNotFoundError(f"--query: no such file {q} (to search by text, write words without a file extension, e.g. --query 'a frog')")
         return ('image' if ext in IMAGE_EXT else 'sound'), p
-    if len(q) < 4096 and _is_file(p):  # an existing file that is no picture and no sound: not silently searched as words
+    if len(q) < 4096 and _is_file(p):  # a file that is no picture and no sound: not silently searched as words
         raise ValueError(f"--query {q}: that file is neither a picture ({' '.join(sorted(IMAGE_EXT))}) nor a sound "
                          f"({' '.join(sorted(AUDIO_EXT))}); to search by its words, pass them: --query \"$(cat {q})\"")
     return 'text', q
@@ -122,8 +122,9 @@ def retrieve(ckpt,  # checkpoint folder or file
         else: s, i = EmbeddingIndex(fe.emb[m].shape[1]).add(fe.emb[m][rows]).search(qout.emb[qm].float().cpu(), k)
         res['results'][m] = _hits(s[0], i[0], rows, fe, recs, src, m)
         if codes and not res['results'][m]:
-            why = (f"no {m} item of the gallery shares a code with the query (its codes: "
-                   f"{sorted(set(qout.codes[qm][qout.mask[qm]].tolist()))[:8]}); rank by embeddings (leave out --codes)")
+            qc = sorted(set(qout.codes[qm][qout.mask[qm]].tolist()))[:8]
+            why = (f"no {m} item of the gallery shares a code with the query (its codes: {qc}); "
+                   "rank by embeddings (leave out --codes)")
             res.setdefault('empty', {})[m] = why; warnings.warn(f"--codes: {why}")
     return res
 
@@ -133,7 +134,7 @@ def results_table(res: dict) -> str:
     lines = [f"query ({res['modality']}): {res['query']}  ->  {res['gallery']}:{res['split']}, by {res['by']}"]
     for m, hits in res['results'].items():
         lines.append(f"  {m}:")
-        if not hits: lines.append(f"    (none: {res.get('empty', {}).get(m, 'no item of this modality in the gallery')})")
+        if not hits: lines.append(f"    (none: {res.get('empty', {}).get(m, 'no item of this modality here')})")
         lines += [f"    {h['rank']:>3}  {h['score']:+.4f}  {h['id']}  [{h['label']}]" + (f"  \"{h['text']}\"" if h['text'] else '') for h in hits]
     return '\n'.join(lines)
 

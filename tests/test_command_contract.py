@@ -143,7 +143,7 @@ def test_a_query_file_that_is_no_picture_or_sound_is_refused(run, gen, tmp_path)
 
 @pytest.mark.parametrize('flag,value', [('--alpha', 'nan'), ('--alpha', 'inf'), ('--alpha', '-inf'), ('--temperature', 'nan')])
 def test_non_finite_generation_settings_are_refused(gen, flag, value):
-    one_line(*invoke(generate_cli, ['--ckpt', str(gen[0]), '--query', str(gen[1]), flag, value]), f'{flag} {value}: give a finite')
+    one_line(*invoke(generate_cli, ['--ckpt', str(gen[0]), '--query', str(gen[1]), f'{flag}={value}']), f'{flag} {value}: give a finite')
 
 
 # --- 16: standard output is exactly one JSON document ---------------------------------------------------------------------------
@@ -151,6 +151,7 @@ def test_non_finite_generation_settings_are_refused(gen, flag, value):
 def test_every_command_prints_one_json_document(run, gen, tmp_path):
     cases = [(data_cli, ['synth', '--n-train', '8']),
              (train_cli, ['--data', 'synth', *TINY, '--out', str(tmp_path / 'train')]),
+             (train_cli, ['--data', 'synth', *TINY[:-1], '--progress', '--out', str(tmp_path / 'bars')]),  # bars: stderr
              (eval_cli, ['--ckpt', str(run), '--out', '-']),
              (eval_cli, ['--ckpt', str(run), '--task', 'codes', '--out', str(tmp_path / 'ev')]),
              (retrieve_cli, ['--ckpt', str(run), '--query', 'a red circle', '--k', '2']),

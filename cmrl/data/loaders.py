@@ -51,7 +51,7 @@ def get_source(source='tuxpaint',  # 'tuxpaint', 'synth', a JSON Lines manifest 
     if p.is_file():
         return ManifestSource(p, langs=langs, modalities=modalities, valid_pct=valid_pct, split_seed=kwargs.pop('split_seed', seed),
                               **({'size': size} if size else {}), **kwargs)
-    if p.exists(): raise ValueError(f"{s}: not a manifest file (it is neither a regular file nor a folder); give a JSON Lines manifest")
+    if p.exists(): raise ValueError(f"{s}: not a manifest (neither a regular file nor a folder); give a JSON Lines manifest")
     if any(c in s for c in '/\\') or p.suffix.lower() in ('.jsonl', '.json', '.ndjson'):
         raise FileNotFoundError(f"no such file: {s} (the data source names a manifest path that is not there)")
     raise ValueError(f"unknown data source {s!r}: use one of {', '.join(SOURCES)}, or the path of a JSON Lines manifest "
@@ -136,4 +136,4 @@ def data(source: str = 'tuxpaint',  # 'tuxpaint', 'synth', or the path of a JSON
     if out: Path(out).expanduser().write_text(json.dumps(jsonable(s), indent=1, ensure_ascii=False))
     return s
 
-data_cli = command(data, 'cmrl data', pos=('source',), refused=(TypeError,))  # the `cmrl data` command: `f(argv) -> exit status`
+data_cli = command(data, 'cmrl data', pos=('source',), refused=(TypeError,))  # `cmrl data`: `f(argv) -> exit status`

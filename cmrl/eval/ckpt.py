@@ -21,7 +21,7 @@ __all__ = ['FRONTEND_KW', 'TASKS', 'run_source', 'ckpt_source', 'eval_parts', 'm
            'records_features', 'semantic_embeddings', 'eval_device', 'check_request', 'load_generator']
 
 # %% ../../nbs/40_eval.ckpt.ipynb #b7c7cd4b
-FRONTEND_KW = ('size', 'n_mels', 'image_frontend', 'text_kind')  # `get_source` settings that shape the model's inputs: kept for other data
+FRONTEND_KW = ('size', 'n_mels', 'image_frontend', 'text_kind')  # settings that shape the inputs: kept for other data
 
 def run_source(ck: dict,  # checkpoint dict (`cmrl.checkpoint.load_model`)
               ) -> dict:  # `{'name': ..., **kwargs}` of the `get_source` call of the training run
@@ -30,7 +30,8 @@ def run_source(ck: dict,  # checkpoint dict (`cmrl.checkpoint.load_model`)
     s = dict(cfg.get('source') or {})
     if s.get('name'): return s
     if cfg.get('data'): return {'name': cfg['data']}
-    raise CheckpointError("the checkpoint records no data source (config 'source' or 'data'); name the data with --data")
+    raise CheckpointError("the checkpoint records no data source (config 'source' or 'data'); "
+                          "name the data with --data")
 
 def ckpt_source(ck: dict,  # checkpoint dict
                 data: str | None = None,  # source to evaluate on; None: the checkpoint's own
@@ -42,9 +43,11 @@ def ckpt_source(ck: dict,  # checkpoint dict
     args = s if own else {k: v for k, v in s.items() if k in FRONTEND_KW}
     args = {**args, **{k: v for k, v in kw.items() if v is not None}}
     tok = ((ck.get('frontends') or {}).get('tokenizer') or {}).get('kind')
-    if not own and tok == 'chars': warnings.warn(f"the checkpoint's text tokenizer was fitted on its own data; {data} fits its own, so text ids may differ")
+    if not own and tok == 'chars':
+        warnings.warn(f"the checkpoint's text tokenizer was fitted on its own data; {data} fits its own, so text ids may differ")
     try: return get_source(name if own else data, **args)
-    except TypeError as e: raise ValueError(f"{name if own else data}: a setting does not apply to this source ({e}); leave it out") from None
+    except TypeError as e:
+        raise ValueError(f"{name if own else data}: a setting does not apply to this source ({e}); leave it out") from None
 
 # %% ../../nbs/40_eval.ckpt.ipynb #750e9d8d
 def _ids(recs) -> list[str]: return [str(r['id']) for r in recs]
@@ -57,7 +60,7 @@ def eval_parts(src,  # the source to score (`ckpt_source`)
                own: bool,  # `src` is the checkpoint's own data
                split: str | None = None,  # split of `src` to score; None: every item
                fit_src=None,  # source to fit probes on; None: the checkpoint's own training items
-               fit_split: str | None = None,  # split of the fit source; None: its trained items (own) or every item (other)
+               fit_split: str | None = None,  # split of the fit source; None: its trained items (own) or all (other)
                own_src=None,  # the checkpoint's own source when `src` is other data and the fit needs it
               ) -> dict:  # {'scored': records, 'fit': records or None, 'report': what was used for what}
     "The records to score and to fit on, and the counts and ids the report gives"
@@ -71,7 +74,8 @@ def eval_parts(src,  # the source to score (`ckpt_source`)
     else: cand = src.split(split or 'all')
     scored = [r for r in cand if trained is None or str(r['id']) not in trained]
     name = getattr(src, 'name', 'data')
-    if not scored: raise ValueError(f"nothing to score: the {len(cand)} item(s) of {name}:{split or 'all'} were all trained on; "
+    if not scored:
+        raise ValueError(f"nothing to score: the {len(cand)} item(s) of {name}:{split or 'all'} were all trained on; "
                                     "evaluate on other data (--data) or another split (--split)")
     rep = {'scored': _part(name, split or 'all', scored, left_out_trained=len(cand) - len(scored))}
     fsrc = fit_src if fit_src is not None else (src if own else own_src)
@@ -81,9 +85,12 @@ def eval_parts(src,  # the source to score (`ckpt_source`)
         elif fit_src is None and trained is not None: fit = [r for r in fsrc.split('all') if str(r['id']) in trained]
         else: fit = fsrc.split('train' if fit_src is None else 'all')
         both = set(_ids(fit)) & set(_ids(scored))
-        if both: raise ValueError(f"the fit items ({getattr(fsrc, 'name', 'fit')}:{fit_split or 'trained'}) and the scored items share "
-                                  f"{len(both)} item(s), e.g. {sorted(both)[:3]}; choose disjoint data or splits (--fit, --fit-split, --split)")
-        rep['fit'] = _part(getattr(fsrc, 'name', 'fit'), fit_split or ('trained' if fit_src is None and trained is not None else 'all'), fit)
+        if both:
+            raise ValueError(f"the fit items ({getattr(fsrc, 'name', 'fit')}:{fit_split or 'trained'}) and the scored items "
+                             f"share {len(both)} item(s), e.g. {sorted(both)[:3]}; choose disjoint data or splits "
+                             "(--fit, --fit-split, --split)")
+        what = fit_split or ('trained' if fit_src is None and trained is not None else 'all')
+        rep['fit'] = _part(getattr(fsrc, 'name', 'fit'), what, fit)
     return {'scored': scored, 'fit': fit, 'report': rep}
 
 # %% ../../nbs/40_eval.ckpt.ipynb #f5c0c3d3
@@ -101,10 +108,13 @@ def usable_modalities(model, src) -> list[str]:
     for m in model.modalities:
         if m not in src.modalities: continue
         d, shp = dims.get(m, {}), shapes.get(m, ((), None))[0]
-        if 'n_mels' in d and shp and shp[-1] != d['n_mels']: why.append(f"{m}: the model takes {d['n_mels']} mel bins, the source gives {shp[-1]}")
+        if 'n_mels' in d and shp and shp[-1] != d['n_mels']:
+            why.append(f"{m}: the model takes {d['n_mels']} mel bins, the source gives {shp[-1]}")
         elif d.get('vocab') is not None and src.text_vocab_size > d['vocab']:
-            why.append(f"{m}: the model knows {d['vocab']} token ids, the source's tokenizer makes {src.text_vocab_size}")
-        elif d.get('in_dim') is not None and shp and shp[-1] != d['in_dim']: why.append(f"{m}: the model takes {d['in_dim']}-wide features, the source gives {shp[-1]}")
+            why.append(f"{m}: the model knows {d['vocab']} token ids, the source's tokenizer makes "
+                       f"{src.text_vocab_size}")
+        elif d.get('in_dim') is not None and shp and shp[-1] != d['in_dim']:
+            why.append(f"{m}: the model takes {d['in_dim']}-wide features, the source gives {shp[-1]}")
         else: out.append(m)
     if why: warnings.warn("left out: " + '; '.join(why) + ". Evaluate on data prepared like the model's training data.")
     return out
@@ -126,12 +136,13 @@ def records_features(model, src,  # the model and the source the records come fr
     shapes = {m: v for m, v in src.shapes.items() if m in modalities}
     with warnings.catch_warnings():
         warnings.filterwarnings('ignore', message='.*nested tensors.*')
-        return extract_features(model, _subset(src, records), bs=bs, progress=progress, modalities=list(modalities), shapes=shapes, max_len=max_len)
+        return extract_features(model, _subset(src, records), bs=bs, progress=progress, modalities=list(modalities),
+                                shapes=shapes, max_len=max_len)
 
 @torch.no_grad()
 def semantic_embeddings(model, src, records: Sequence[dict], modalities: Sequence[str], bs: int = 64,
                         max_len: dict | None = None) -> dict:  # modality -> `[N, D]`, rows in the order of `records`
-    "A codebook model's continuous embeddings: its encoders' semantic features before quantisation, mean-pooled over real steps"
+    "A codebook model's continuous embeddings: semantic features before quantisation, mean-pooled over real steps"
     sub, dev = _subset(src, records), next(model.parameters()).device
     shapes = {m: v for m, v in src.shapes.items() if m in modalities}
     out, was = {}, model.training
@@ -140,8 +151,10 @@ def semantic_embeddings(model, src, records: Sequence[dict], modalities: Sequenc
         with warnings.catch_warnings():
             warnings.filterwarnings('ignore', message='.*nested tensors.*')
             for s in range(0, len(sub), bs):
-                b = collate_items([sub[i] for i in range(s, min(s + bs, len(sub)))], modalities=list(modalities), shapes=shapes, max_len=max_len)
-                for m, e in model.encode(b.to(dev)).items(): out.setdefault(m, []).append(masked_mean(e.sem, e.mask).float().cpu())
+                b = collate_items([sub[i] for i in range(s, min(s + bs, len(sub)))], modalities=list(modalities),
+                                  shapes=shapes, max_len=max_len)
+                for m, e in model.encode(b.to(dev)).items():
+                    out.setdefault(m, []).append(masked_mean(e.sem, e.mask).float().cpu())
     finally: model.train(was)
     return {m: torch.cat(v) for m, v in out.items()}
 
@@ -153,14 +166,18 @@ def eval_device(name: str | None = None  # 'auto'/None, 'cpu', 'cuda', 'cuda:1',
     "The device `name` names, checked (a clear error for unknown or absent devices)"
     if name in (None, '', 'auto'): return default_device()
     try: dev = torch.device(name)
-    except (RuntimeError, ValueError): raise ValueError(f"--device {name!r}: use auto, cpu, cuda, cuda:N or mps") from None
-    if dev.type == 'cuda' and not torch.cuda.is_available(): raise ValueError(f"--device {name}: no CUDA device here; use --device cpu")
-    if dev.type == 'mps' and not torch.backends.mps.is_available(): raise ValueError(f"--device {name}: no MPS device here; use --device cpu")
+    except (RuntimeError, ValueError):
+        raise ValueError(f"--device {name!r}: use auto, cpu, cuda, cuda:N or mps") from None
+    if dev.type == 'cuda' and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: no CUDA device here; use --device cpu")
+    if dev.type == 'mps' and not torch.backends.mps.is_available():
+        raise ValueError(f"--device {name}: no MPS device here; use --device cpu")
     return dev
 
 def check_request(task: str = 'retrieval', bs: int = 64, pool: str = 'mean', k: int | None = None, bits: int = 0):
     "Refuse impossible settings with a message that names the flag"
-    if int(bits) < 0 or int(bits) % 8: raise ValueError(f"--bits {bits}: the hash code length must be a multiple of 8 (0: no hashing)")
+    if int(bits) < 0 or int(bits) % 8:
+        raise ValueError(f"--bits {bits}: the hash code length must be a multiple of 8 (0: no hashing)")
     if task not in TASKS: raise ValueError(f"--task must be one of {', '.join(TASKS)}, not {task!r}")
     if int(bs) < 1: raise ValueError(f"--bs {bs}: the batch size must be at least 1")
     if pool not in ('mean', 'max'): raise ValueError(f"--pool must be mean or max, not {pool!r}")
@@ -172,10 +189,11 @@ def load_generator(ckpt,  # checkpoint folder or file, or a `read_checkpoint` di
                    weights: str = 'best',  # 'best' (falls back to 'last') or 'last'
                    device='cpu',  # where the model goes
                   ) -> tuple[WithDecoders, dict]:  # (model in eval mode, the checkpoint with `weights` used)
-    "`load_model` for a checkpoint trained with decoders; a clear error, with the flag to train one, for a checkpoint without"
+    "`load_model` for a checkpoint trained with decoders; for one without, a clear error with the flag that trains one"
     ck = ckpt if isinstance(ckpt, dict) else read_checkpoint(ckpt)
     if not (ck.get('model_config') or {}).get('decoders'):
         where = 'the checkpoint' if isinstance(ckpt, dict) else str(ckpt)
-        raise CheckpointError(f"{where} was trained without decoders: nothing in it can write text or pictures. Train a model that can, "
-                              f"e.g. `cmrl train --decoders text,image --steps 4 ...` (the decoders read per-step codes: --steps 4 or more)")
-    return load_model(ck, weights, device)  # the registry's `rebuild` rebuilds the decoders from the recorded `decoders` entry
+        raise CheckpointError(f"{where} was trained without decoders: nothing in it can write text or pictures. Train a model "
+                              "that can, e.g. `cmrl train --decoders text,image --steps 4 ...` (the decoders read per-step codes: "
+                              "--steps 4 or more)")
+    return load_model(ck, weights, device)  # the registry's `rebuild` rebuilds the decoders from the recorded entry

@@ -13,7 +13,8 @@ import torch
 from torch import Tensor
 from ..core import *
 from ..metrics import similarity
-from .ckpt import load_generator, ckpt_source, eval_parts, usable_modalities, max_lengths, records_features, eval_device
+from .ckpt import (load_generator, ckpt_source, eval_parts, usable_modalities, max_lengths, records_features,
+                            eval_device)
 
 # %% auto #0
 __all__ = ['text_scores', 'medoid_caption', 'derangement', 'char_edits', 'paired_bootstrap', 'source_sets',
@@ -56,7 +57,8 @@ def derangement(n: int,  # items
     return p
 
 # %% ../../nbs/45a_eval.textgen.ipynb #a7ba2783
-def char_edits(hyps: Sequence[str], refs: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:  # (edits per item, reference lengths)
+def char_edits(hyps: Sequence[str], refs: Sequence[str]
+              ) -> tuple[np.ndarray, np.ndarray]:  # (edits per item, reference lengths)
     "Per-item character edits and reference lengths, whose sums give the corpus CER of `text_scores`"
     import jiwer
     o = jiwer.process_characters(list(refs), list(hyps))
@@ -107,16 +109,20 @@ def text_generation_eval(ckpt,  # checkpoint folder or file (trained with --deco
                          bs: int = 64, device=None, weights: str = 'best',
                          n_examples: int = 5,  # examples (reference, generated) per source set
                         ) -> dict:
-    "CER / BLEU / chrF of captions generated from each set of sources, beside the medoid, nearest-caption and shuffled-input references"
+    "CER / BLEU / chrF of captions written from each set of sources, beside the medoid, nearest and shuffled references"
     if method not in ('greedy', 'beam'): raise ValueError(f"--method {method!r}: scoring uses greedy or beam")
     model, ck = load_generator(ckpt, weights, eval_device(device) if not isinstance(device, torch.device) else device)
-    if model.text is None: raise ValueError(f"the checkpoint has no text decoder (it was trained with --decoders {','.join(model.decoders)}); train with --decoders text")
+    if model.text is None:
+        raise ValueError(f"the checkpoint has no text decoder (it was trained with --decoders {','.join(model.decoders)}); "
+                         "train with --decoders text")
     src = ckpt_source(ck)
     parts = eval_parts(src, ck, own=True, split=split)
-    if not parts['fit']: raise ValueError("the checkpoint records no training items; the references need the training captions")
+    if not parts['fit']:
+        raise ValueError("the checkpoint records no training items; the references need the training captions")
     mods, ml = usable_modalities(model, src), max_lengths(ck, src)
     srcs = [m for m in model.text_sources() if m in mods]
-    if TEXT not in mods or not srcs: raise ValueError(f"the data has no text or none of the decoder's sources ({', '.join(model.text_sources())})")
+    if TEXT not in mods or not srcs:
+        raise ValueError(f"the data has no text or none of the decoder's sources ({', '.join(model.text_sources())})")
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
         fe = records_features(model, src, parts['scored'], srcs + [TEXT], bs, ml)
@@ -141,8 +147,10 @@ def text_generation_eval(ckpt,  # checkpoint folder or file (trained with --deco
         edits = {w: char_edits(h, R)[0] for w, h in outs.items()}
         lens = char_edits(R, R)[1]
         res['sets'][name] = {'n': len(rows), **{w: text_scores(h, R) for w, h in outs.items()},
-                             'vs': {w: paired_bootstrap(edits['generated'], edits[w], lens, seed=seed) for w in ('medoid', 'nearest', 'shuffled')},
-                             'examples': [{'id': str(fe.ids[int(rows[i])]), 'true': R[i], 'generated': gen[i], 'nearest': near[i]}
+                             'vs': {w: paired_bootstrap(edits['generated'], edits[w], lens, seed=seed)
+                                    for w in ('medoid', 'nearest', 'shuffled')},
+                             'examples': [{'id': str(fe.ids[int(rows[i])]), 'true': R[i], 'generated': gen[i],
+                                           'nearest': near[i]}
                                           for i in range(min(n_examples, len(R)))]}
     if not res['sets']: raise ValueError("no scored item has a caption and the decoder's sources")
     return res
@@ -151,10 +159,12 @@ def text_generation_eval(ckpt,  # checkpoint folder or file (trained with --deco
 def eval_table(res: dict) -> str:
     "The human-readable table of `text_generation_eval`"
     lines = [f"text generation ({res['method']}), {res['scored']} scored item(s); medoid caption: {res['medoid']!r}",
-             f"{'sources':<16}{'what':<11}{'CER':>7}{'BLEU':>7}{'chrF':>7}{'n':>6}   CER(generated) - CER(this) [95% paired bootstrap]"]
+             f"{'sources':<16}{'what':<11}{'CER':>7}{'BLEU':>7}{'chrF':>7}{'n':>6}"
+             "   CER(generated) - CER(this) [95% paired bootstrap]"]
     for name, r in res['sets'].items():
         for w in ('generated', 'medoid', 'nearest', 'shuffled'):
             s, v = r[w], r.get('vs', {}).get(w)
             ci = f"   {v['diff']:+.3f} [{v['lo']:+.3f}, {v['hi']:+.3f}]" if v else ''
-            lines.append(f"{name if w == 'generated' else '':<16}{w:<11}{s['cer']:>7.3f}{s['bleu']:>7.1f}{s['chrf']:>7.1f}{s['n']:>6}{ci}")
+            lines.append(f"{name if w == 'generated' else '':<16}{w:<11}{s['cer']:>7.3f}{s['bleu']:>7.1f}{s['chrf']:>7.1f}"
+                         f"{s['n']:>6}{ci}")
     return '\n'.join(lines)
