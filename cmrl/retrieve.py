@@ -151,7 +151,7 @@ def retrieve_cmd(ckpt: Annotated[str, dict(opt=True, required=True)],  # folder 
                  bs: int = 64,  # batch size
                  device: str = None,  # 'cpu', 'cuda', ... (default: the best available)
                  weights: Annotated[str, dict(choices=('best', 'last'))] = 'best',  # which weights of the checkpoint
-                 json: bool = False,  # print the JSON only
+                 json: bool = False,  # no table on stderr (stdout holds the JSON either way)
                 ):
     "Top-k gallery items for a query file (image or sound) or text."
     res = retrieve(ckpt, query, gallery, k, None if split == 'all' else split, to.split(',') if to else None, query_modality, codes,
