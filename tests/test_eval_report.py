@@ -260,7 +260,8 @@ def test_flags_superset_of_the_old_cli():
 
 
 def test_evaluation_does_not_import_training():
-    code = "import sys, cmrl.eval.report, cmrl.retrieve; print(sorted(m for m in sys.modules if m in ('cmrl.train', 'cmrl.learner', 'cmrl.callbacks')))"
+    code = ("import sys, cmrl.eval.report, cmrl.retrieve, cmrl.generate, cmrl.eval.textgen; "
+            "print(sorted(m for m in sys.modules if m in ('cmrl.train', 'cmrl.learner', 'cmrl.callbacks', 'cmrl.distributed')))")
     out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == '[]'
 
