@@ -6,7 +6,7 @@ Docs: https://cmrl-dev.github.io/cmrl/cli.html.md"""
 
 # %% ../nbs/60_cli.ipynb #6d503702
 from __future__ import annotations
-import argparse, importlib, sys
+import argparse, importlib, sys, warnings
 
 # %% auto #0
 __all__ = ['COMMANDS', 'main']
@@ -42,7 +42,10 @@ def main(argv: list[str] | None = None  # arguments after `cmrl`; default `sys.a
     if name not in COMMANDS:
         print(f"cmrl: unknown command {name!r}; choose from {', '.join(COMMANDS)}", file=sys.stderr); return 2
     mod, fn, _ = COMMANDS[name]
-    try: f = getattr(importlib.import_module(mod), fn)
+    try:
+        with warnings.catch_warnings():  # libraries' deprecation notices at import time are not the user's business
+            warnings.simplefilter('ignore', FutureWarning)
+            f = getattr(importlib.import_module(mod), fn)
     except (ImportError, AttributeError) as e:
         print(f"cmrl {name}: not available in this installation ({e})", file=sys.stderr); return 2
     return int(f(rest) or 0)

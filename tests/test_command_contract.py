@@ -193,3 +193,12 @@ def test_read_only_folder_is_refused(run, tmp_path):
     ro = tmp_path / 'ro'; ro.mkdir(); ro.chmod(0o555)
     try: one_line(*invoke(eval_cli, ['--ckpt', str(run), '--out', str(ro / 'ev')]), 'cannot write')
     finally: ro.chmod(0o755)
+
+
+def test_a_refusal_from_the_console_is_one_line():
+    "`python -m cmrl.cli` (what the `cmrl` script runs): libraries' import-time notices do not bury the one line"
+    env = {k: v for k, v in os.environ.items() if k != 'PYTHONWARNINGS'}
+    p = subprocess.run([sys.executable, '-m', 'cmrl.cli', 'eval', '--ckpt', '/dev/zero'], capture_output=True, text=True,
+                       timeout=300, env=env)
+    assert (p.returncode, p.stdout) == (2, '') and p.stderr.count('\n') == 1, p.stderr
+    assert p.stderr.startswith('cmrl eval: no checkpoint at /dev/zero: it is not a regular file')
