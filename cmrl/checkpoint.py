@@ -132,8 +132,8 @@ def find_checkpoint(path: str | Path,  # a checkpoint file, or the folder `cmrl 
         raise FileNotFoundError(f"no checkpoint at {p}: it is not a regular file (a device, pipe or socket); "
                                 "give the folder `cmrl train --out` wrote, or the checkpoint file")
     if not p.is_file():
-        raise FileNotFoundError(f"no checkpoint at {p}: no such file or folder; give the folder `cmrl train --out` wrote "
-                                "(it holds checkpoint.pt)")
+        raise FileNotFoundError(f"no checkpoint at {p}: no such file or folder; give the folder `cmrl train --out` "
+                                "wrote (it holds checkpoint.pt)")
     return p
 
 
@@ -246,9 +246,11 @@ def load_model(ckpt: str | Path | dict,  # checkpoint file, its folder, or a `re
     if isinstance(ckpt, dict): ckpt = 'the checkpoint'  # for the messages
     mc, name = ck.get('model_config') or {}, (ck.get('model_config') or {}).get('model')
     if name not in MODELS:
-        raise CheckpointError(f"{ckpt}: the checkpoint's model {name!r} is unknown to this installation; known: {', '.join(MODELS)}")
+        raise CheckpointError(f"{ckpt}: the checkpoint's model {name!r} is unknown to this installation; "
+                              f"known: {', '.join(MODELS)}")
     try: model = rebuild(mc)
-    except (ValueError, TypeError, KeyError) as e: raise CheckpointError(f"{ckpt}: cannot rebuild the {name!r} model from its recorded configuration ({e})") from None
+    except (ValueError, TypeError, KeyError) as e:
+        raise CheckpointError(f"{ckpt}: cannot rebuild the {name!r} model from its recorded configuration ({e})") from None
     used = 'best' if weights == 'best' and ck.get('best') else 'last'
     sd = ck['best']['model'] if used == 'best' else ck['model']
     own = model.state_dict()
@@ -257,10 +259,11 @@ def load_model(ckpt: str | Path | dict,  # checkpoint file, its folder, or a `re
         k = bad[0]
         more = f' ({len(bad)} weights differ)' if len(bad) > 1 else ''
         raise CheckpointError(f"{ckpt}: the weights do not fit the rebuilt {name!r} model: {k} is "
-                              f"{tuple(getattr(sd[k], 'shape', ()))} in the file, the model built from its configuration wants "
-                              f"{tuple(own[k].shape)}{more}; the file is damaged or was edited")
+                              f"{tuple(getattr(sd[k], 'shape', ()))} in the file, the model built from its configuration "
+                              f"wants {tuple(own[k].shape)}{more}; the file is damaged or was edited")
     missing, unexpected = model.load_state_dict(sd, strict=False)
     if missing or unexpected:
-        raise CheckpointError(f"{ckpt}: the weights do not fit the rebuilt {name!r} model (missing {list(missing)[:5]}, unexpected {list(unexpected)[:5]})")
+        raise CheckpointError(f"{ckpt}: the weights do not fit the rebuilt {name!r} model (missing {list(missing)[:5]}, "
+                              f"unexpected {list(unexpected)[:5]})")
     ck = {**ck, 'weights': used}
     return model.to(device).eval(), ck

@@ -140,9 +140,9 @@ def run_command(func: Callable,  # the command: keyword arguments -> result, or 
             warnings.filterwarnings('ignore', category=FutureWarning)
             warnings.showwarning = _warner(prog)
             res = func(**a)
-    except KeyboardInterrupt as e:
+    except KeyboardInterrupt as e:  # Ctrl-C (or a signal the command turns into one: its `exit_status`, e.g. 143)
         if _rank0(): print(f"{prog}: {str(e) or interrupted}", file=sys.stderr, flush=True)
-        return 130
+        return int(getattr(e, 'exit_status', 130))
     except REFUSED + tuple(refused) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         if _rank0(): print(f"{prog}: {msg}", file=sys.stderr, flush=True)

@@ -29,7 +29,8 @@ def _png(pic: Tensor, path: Path) -> Path:
     Image.fromarray(a).save(path)
     return path
 
-def _sources_of(model: WithDecoders, to: str) -> list: return model.text_sources() if to == 'text' else model.image_sources()
+def _sources_of(model: WithDecoders, to: str) -> list:
+    return model.text_sources() if to == 'text' else model.image_sources()
 
 # %% ../nbs/47_generate.ipynb #5d32cffd
 @torch.no_grad()
@@ -55,21 +56,24 @@ def generate(ckpt,  # checkpoint folder or file (trained with --decoders)
     if not temperature > 0: raise ValueError(f"--temperature {temperature}: give a number above 0")
     kind, q = query_kind(query)  # before any loading: a missing file is refused at once
     dev = eval_device(device) if not isinstance(device, torch.device) else device
-    o = None if to != 'image' else Path(out) if out else (Path(ckpt) if Path(ckpt).is_dir() else Path(ckpt).parent) / 'generated'
+    run = Path(ckpt) if Path(ckpt).is_dir() else Path(ckpt).parent
+    o = None if to != 'image' else Path(out) if out else run / 'generated'
     if o is not None: check_out(o, 'generate')  # before any work: writable, and no other command's output
     model, ck = load_generator(ckpt, weights, dev)
     dec = model.text if to == 'text' else model.image
     if dec is None:
-        raise ValueError(f"--to {to}: the checkpoint has no {to} decoder (it was trained with --decoders {','.join(model.decoders)}); "
-                         f"train with --decoders {to}" + (" (and a picture modality with --image-frontend pixels)" if to == 'image' else ''))
+        raise ValueError(f"--to {to}: the checkpoint has no {to} decoder (it was trained with --decoders "
+                         f"{','.join(model.decoders)}); train with --decoders {to}"
+                         + (" (and a picture modality with --image-frontend pixels)" if to == 'image' else ''))
     src = ckpt_source(ck)
     srcs = _sources_of(model, to)
     try: qm, item = query_item(kind, q, model, src, modality)
     except ValueError as e: raise ValueError(f"{e}; the {to} decoder reads {' or '.join(srcs)}") from None
     if qm not in srcs:
         what = {'text': 'a text', 'image': 'a picture', 'sound': 'a sound'}[kind]
-        raise ValueError(f"--to {to}: the query is {what} ({qm}), but the {to} decoder writes from {' and/or '.join(srcs)}; "
-                         f"give a {' or '.join('sound file' if m in AURAL else 'picture file' if m in VISUAL else 'text' for m in srcs)}")
+        kinds = ' or '.join('sound file' if m in AURAL else 'picture file' if m in VISUAL else 'text' for m in srcs)
+        raise ValueError(f"--to {to}: the query is {what} ({qm}), but the {to} decoder writes from "
+                         f"{' and/or '.join(srcs)}; give a {kinds}")
     ml = max_lengths(ck, src) or {}
     qb = collate_items([item], modalities=[qm], shapes={m: v for m, v in src.shapes.items() if m == qm},
                        max_len={qm: ml[qm]} if qm in ml else None).to(dev)
@@ -79,25 +83,28 @@ def generate(ckpt,  # checkpoint folder or file (trained with --decoders)
     res = {'query': str(query).strip(), 'modality': qm, 'to': to, 'k': k, 'weights': ck['weights']}
     if to == 'text':
         mem, mk = model.text_memory(feats, masks, pres)
-        hs = model.text.generate(mem, mk, method, n=k, width=width, k=top_k, temperature=temperature, alpha=alpha, generator=g)[0]
+        hs = model.text.generate(mem, mk, method, n=k, width=width, k=top_k, temperature=temperature, alpha=alpha,
+                                 generator=g)[0]
         res.update(method=method, results=[{'rank': i + 1, 'text': model.vocab.decode(h.tokens), 'score': round(h.score, 4),
-                                            'logp': round(h.logp, 4), 'finished': h.finished} for i, h in enumerate(hs)])
+                                            'logp': round(h.logp, 4), 'finished': h.finished}
+                                           for i, h in enumerate(hs)])
     else:
         tk = 1 if method == 'greedy' else top_k
         pics, lp = model.image.generate(feats, masks, pres, n=k, top_k=tk, temperature=temperature, generator=g)
         o.mkdir(parents=True, exist_ok=True)
         order = lp[0].argsort(descending=True).tolist()
         res.update(method='greedy' if tk == 1 else 'topk', out=str(o),
-                   results=[{'rank': r + 1, 'file': str(_png(pics[0, i], o / f'generated-{r + 1}.png')), 'score': round(float(lp[0, i]), 4)}
+                   results=[{'rank': r + 1, 'file': str(_png(pics[0, i], o / f'generated-{r + 1}.png')),
+                             'score': round(float(lp[0, i]), 4)}
                             for r, i in enumerate(order)])
     return res
 
 # %% ../nbs/47_generate.ipynb #178279ef
-def generate_cmd(ckpt: Annotated[str, dict(opt=True, required=True)],  # folder written by `cmrl train --decoders ...` (or its checkpoint file)
+def generate_cmd(ckpt: Annotated[str, dict(opt=True, required=True)],  # folder `cmrl train --decoders ...` wrote (or its file)
                  query: str = None,  # a picture or sound file, or a text
                  to: Annotated[str, dict(choices=('text', 'image'))] = 'text',  # what to generate
                  k: int = 5,  # texts or pictures to make
-                 method: Annotated[str, dict(choices=('greedy', 'beam', 'topk'))] = 'beam',  # text decoding (pictures: top-k samples; greedy for --method greedy)
+                 method: Annotated[str, dict(choices=('greedy', 'beam', 'topk'))] = 'beam',  # text decoding (pictures: top-k)
                  out: str = None,  # --to image: folder for the PNG files (default CKPT/generated)
                  top_k: int = 10,  # top-k sampling: candidates per step
                  temperature: float = 1.,  # top-k sampling: temperature
@@ -105,19 +112,22 @@ def generate_cmd(ckpt: Annotated[str, dict(opt=True, required=True)],  # folder 
                  alpha: float = 1.,  # length normalisation exponent of the scores
                  seed: int = 0,  # seed of the samples (and of the shuffled-input control)
                  query_modality: str = None,  # force the modality of the query (e.g. speech or audio for a sound)
-                 evaluate: bool = False,  # score captions generated for the held-out items (CER, BLEU, chrF) against the three references
+                 evaluate: bool = False,  # score captions written for the held-out items (CER, BLEU, chrF) beside references
                  split: str = None,  # --evaluate: split to score (default: every item not trained on)
                  device: str = None,  # 'cpu', 'cuda', ... (default: the best available)
                  weights: Annotated[str, dict(choices=('best', 'last'))] = 'best',  # which weights of the checkpoint
                 ):
     "Generate texts or pictures from a query (or, with --evaluate, score generated captions)."
     if evaluate:
-        res = text_generation_eval(ckpt, split, 'beam' if method == 'beam' else 'greedy', width or 4, seed, device=device, weights=weights)
+        res = text_generation_eval(ckpt, split, 'beam' if method == 'beam' else 'greedy', width or 4, seed, device=device,
+                                   weights=weights)
         return eval_table(res), res
     if query is None: raise ValueError("give --query (a picture or sound file, or a text), or --evaluate")
-    res = generate(ckpt, query, to, k, method, out, top_k, temperature, width, alpha, seed, query_modality, device, weights)
+    res = generate(ckpt, query, to, k, method, out, top_k, temperature, width, alpha, seed, query_modality, device,
+                   weights)
     head = f"query ({res['modality']}): {res['query']}  ->  {res['to']} ({res['method']})"
-    rows = [f"  {r['rank']:>2}  {r['score']:+.4f}  " + (r['text'] if res['to'] == 'text' else r['file']) for r in res['results']]
+    rows = [f"  {r['rank']:>2}  {r['score']:+.4f}  " + (r['text'] if res['to'] == 'text' else r['file'])
+            for r in res['results']]
     return '\n'.join([head] + rows), res
 
 generate_cli = command(generate_cmd, 'cmrl generate')  # the `cmrl generate` command: `f(argv) -> exit status`

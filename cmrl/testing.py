@@ -163,15 +163,16 @@ def tiny_ckpt(path,  # folder to write `checkpoint.pt` into
     src = SynthSource(**kw)
     dls = source_dls(src, bs=bs, cache=True, device='cpu')
     xb, = dls.one_batch()
-    base = make_model('unicode', list(src.modalities), input_dims(xb, vocab=src.text_vocab_size), d=32, steps=4, n_layers=1,
-                      n_codes=16)
+    base = make_model('unicode', list(src.modalities), input_dims(xb, vocab=src.text_vocab_size), d=32, steps=4,
+                      n_layers=1, n_codes=16)
     model = with_decoders(base, decoders, src, **{**dict(d=32, n_layers=1, n_heads=2, max_len=16, dropout=0.),
                                                   **dec_kw})
     learn = cmrl_learner(dls, model, lr=1e-2, mi_steps=1, progress=False, retrieval_k=None)
     with learn.no_logging(), warnings.catch_warnings():
         warnings.simplefilter('ignore'); learn.fit_one_cycle(epochs, 1e-2)
     cfg = {'data': 'synth', 'source': {'name': 'synth', **kw}, 'model_config': model.config}
-    ck = save_checkpoint(learn, Path(path) / 'checkpoint.pt', epoch=epochs - 1, config=cfg, train_ids=src.split_ids()['train'])
+    ck = save_checkpoint(learn, Path(path) / 'checkpoint.pt', epoch=epochs - 1, config=cfg,
+                         train_ids=src.split_ids()['train'])
     return ck, learn
 
 # %% ../nbs/90_testing.ipynb #f418b61d

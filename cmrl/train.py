@@ -478,19 +478,25 @@ from .command import command, check_out
 def summary_text(s: dict) -> str:
     "A few human lines about a finished run"
     f4 = lambda v: 'n/a' if v is None else f"{v:.4f}"
-    lines = [f"cmrl train: {s['model']} on {s['data']} ({', '.join(s['modalities'])}), {s['epochs']} epoch(s), {s['n_params']:,} parameters, "
-             f"{s['device']} {s['precision']}",
-             f"  items: {s['n_train']} train / {s['n_valid']} valid / {s['n_test']} test" + ('' if s['n_valid'] else ' (trained without validation)')]
+    lines = [f"cmrl train: {s['model']} on {s['data']} ({', '.join(s['modalities'])}), {s['epochs']} epoch(s), "
+             f"{s['n_params']:,} parameters, {s['device']} {s['precision']}",
+             f"  items: {s['n_train']} train / {s['n_valid']} valid / {s['n_test']} test"
+             + ('' if s['n_valid'] else ' (trained without validation)')]
     if s['train_loss'] is None: lines.append("  no epoch trained")
-    else: lines.append(f"  loss: train {f4(s['first_train_loss'])} -> {f4(s['train_loss'])}" + (f", valid {f4(s['valid_loss'])}" if s['valid_loss'] is not None else ''))
-    lines.append(f"  time: {s['fit_seconds']} s training, {s['total_seconds']} s total; skipped non-finite batches: {s['nan_skipped']}")
+    else: lines.append(f"  loss: train {f4(s['first_train_loss'])} -> {f4(s['train_loss'])}"
+                       + (f", valid {f4(s['valid_loss'])}" if s['valid_loss'] is not None else ''))
+    lines.append(f"  time: {s['fit_seconds']} s training, {s['total_seconds']} s total; "
+                 f"skipped non-finite batches: {s['nan_skipped']}")
     if s.get('retrieval'):
-        lines.append('  valid retrieval R@10 (chance): ' + ', '.join(f"{k} {v['R@10']:.0f} ({v['chance_R@10'] or 0:.0f})" for k, v in s['retrieval'].items()))
-    if s.get('best'): lines.append(f"  best weights (kept in the checkpoint): epoch {s['best']['epoch'] + 1}, {s['best']['metric']} {s['best']['value']:.4g}")
+        lines.append('  valid retrieval R@10 (chance): '
+                     + ', '.join(f"{k} {v['R@10']:.0f} ({v['chance_R@10'] or 0:.0f})" for k, v in s['retrieval'].items()))
+    if s.get('best'): lines.append(f"  best weights (kept in the checkpoint): epoch {s['best']['epoch'] + 1}, "
+                                   f"{s['best']['metric']} {s['best']['value']:.4g}")
     if s.get('codebook'):
         last = s['codebook'][-1]
         lines.append('  codebook: ' + ', '.join(f"{k} {v:.3g}" for k, v in last.items() if k != 'epoch'))
-    lines.append(f"  wrote {s['out']}/: checkpoint.pt, config.json, metrics.json" + ''.join(f", {p}" for p in s['plots']))
+    lines.append(f"  wrote {s['out']}/: checkpoint.pt, config.json, metrics.json"
+                 + ''.join(f", {p}" for p in s['plots']))
     return '\n'.join(lines)
 
 def train_cmd(quiet: bool = False,  # no progress bars and no per-epoch lines

@@ -14,12 +14,13 @@ import torch
 from ..core import *
 from ..command import jsonable, check_out, command
 from ..codebook import item_modes, code_histogram, perplexity, used_fraction, usage_stats
-from ..metrics import cross_modal_retrieval, retrieval_metrics, relevance, fit_length_model, length_similarity, direction
+from ..metrics import (cross_modal_retrieval, retrieval_metrics, relevance, fit_length_model, length_similarity,
+                          direction)
 from ..checkpoint import load_model
 from .index import bag_of_codes
 from .generalization import Features, cross_modal_generalization, localization
-from .ckpt import (TASKS, run_source, ckpt_source, eval_parts, max_lengths, usable_modalities, records_features,
-                            semantic_embeddings, eval_device, check_request)
+from .ckpt import (TASKS, run_source, ckpt_source, eval_parts, max_lengths, usable_modalities,
+                            records_features, semantic_embeddings, eval_device, check_request)
 from .interpret import code_label_table, code_word_table
 from .hashing import hash_retrieval_report
 
@@ -180,7 +181,8 @@ def codes_task(fe: Features, src, K: int) -> tuple[dict, dict]:
     res = {'usage': {k: float(v) for k, v in usage_stats(dict(fe.codes), K).items()},
            'codes': code_label_table(fe.codes, fe.y, src.class_names, K).head(30).reset_index().to_dict('records')}
     texts = _texts(fe, src)
-    if texts is not None: res['code_words'] = code_word_table(fe.codes, texts, K).head(30).reset_index().to_dict('records')
+    if texts is not None:
+        res['code_words'] = code_word_table(fe.codes, texts, K).head(30).reset_index().to_dict('records')
     return res, {'code_usage.png': usage_plot(fe.codes, K)}
 
 def localization_task(fit: Features, fe: Features, pairs) -> dict | str | None:
@@ -236,7 +238,7 @@ def run_eval(ckpt,  # checkpoint folder or file
              data: str | None = None,  # source to score: every item not trained on; None: the checkpoint's own data
              task: str = 'retrieval',  # 'retrieval', 'generalization' or 'codes'
              src_from: str | None = None, to: str | None = None,  # restrict to pairs from A / to B
-             fit: str | None = None,  # source the probes and the length reference are fit on; None: the checkpoint's training items
+             fit: str | None = None,  # source the probes and the length reference are fit on; None: the trained items
              split: str | None = None,  # split of `data` to score; None: every item not trained on
              fit_split: str | None = None,  # split of the fit source; None: the trained items (or every item of `fit`)
              pool: str = 'mean',  # generalisation: pooling over time steps
@@ -245,13 +247,15 @@ def run_eval(ckpt,  # checkpoint folder or file
              langs: str | None = None,  # Tux Paint / manifest languages, comma-separated or 'all'
              bs: int = 64, progress: bool = False, device=None,
              weights: str = 'best',  # 'best' or 'last' weights of the checkpoint
-             bits: int = 64,  # retrieval: B-bit hash codes (a head fitted on the fit items, and LSH) beside float retrieval; 0: none
+             bits: int = 64,  # retrieval: B-bit hash codes (a head fitted on the fit items, and LSH); 0: none
             ) -> dict:
     "Evaluate a checkpoint; the dict `cmrl eval` prints"
     check_request(task, bs, pool, bits=bits)
     if out is not None: out = check_out(out, 'eval')  # before any work: writable, and no other command's output
-    p = plan_eval(ckpt, data, task, src_from, to, fit, split, fit_split, n_test, langs, device, weights, bits if task == 'retrieval' else 0)
-    model, ck, src, fsrc, mods, pairs, K, parts = (p[k] for k in ('model', 'ck', 'src', 'fit_src', 'mods', 'pairs', 'K', 'parts'))
+    p = plan_eval(ckpt, data, task, src_from, to, fit, split, fit_split, n_test, langs, device, weights,
+                  bits if task == 'retrieval' else 0)
+    model, ck, src, fsrc, mods, pairs, K, parts = (p[k] for k in ('model', 'ck', 'src', 'fit_src', 'mods', 'pairs', 'K',
+                                                                  'parts'))
     res, figs = dict(p['head']), {}
     fe = records_features(model, src, parts['scored'], mods, bs, max_lengths(ck, src), progress)
     if p['need_fit']:
@@ -264,7 +268,8 @@ def run_eval(ckpt,  # checkpoint folder or file
         figs['retrieval_r10.png'] = pair_heatmap(r['embedding'], 'R@10', 'R@10 (embeddings)')
         if bits:  # `cmrl.eval.hashing`: learned codes and LSH, scored like 'embedding' (which is their float reference)
             try:
-                h = hash_retrieval_report(ffe.emb, fe.emb, bits, fit_present=ffe.present, present=fe.present, ids=fe.ids,
+                h = hash_retrieval_report(ffe.emb, fe.emb, bits, fit_present=ffe.present, present=fe.present,
+                                          ids=fe.ids,
                                           groups=fe.groups, directions=pairs)
                 res['hashing'] = {k: v for k, v in h.items() if k != 'float'}
             except ValueError as e:
@@ -273,7 +278,8 @@ def run_eval(ckpt,  # checkpoint folder or file
         cont = None if K is None else (semantic_embeddings(model, fsrc, parts['fit'], fmods, bs, max_lengths(ck, fsrc)),
                                        semantic_embeddings(model, src, parts['scored'], mods, bs, max_lengths(ck, src)))
         res.update(probe_report(ffe, fe, pairs, cont, pool))
-        figs['generalization_bacc.png'] = pair_heatmap(res['generalization'], 'bacc', 'balanced accuracy (fit on row, scored on column)', fmt='{:.2f}')
+        figs['generalization_bacc.png'] = pair_heatmap(res['generalization'], 'bacc',
+                                                       'balanced accuracy (fit on row, scored on column)', fmt='{:.2f}')
         loc = localization_task(ffe, fe, pairs)
         if loc is not None: res['localization'] = loc
     else:
@@ -291,14 +297,14 @@ def write_report(res: dict, figs: dict, out=None) -> dict:
     return res
 
 # %% ../../nbs/45_eval.report.ipynb #7d99cc64
-def eval_cmd(ckpt: Annotated[str, dict(opt=True, required=True)],  # folder written by `cmrl train --out` (or its checkpoint file)
-             data: str = None,  # data to score ('tuxpaint', 'synth' or a JSON Lines manifest): every item not trained on; default the checkpoint's own held-out items
+def eval_cmd(ckpt: Annotated[str, dict(opt=True, required=True)],  # folder `cmrl train --out` wrote (or its checkpoint file)
+             data: str = None,  # data to score ('tuxpaint', 'synth', a manifest; default: the checkpoint's own held-out items)
              task: Annotated[str, dict(choices=TASKS)] = 'retrieval',  # what to measure
              src_from: str = None,  # query / fit modality (default: all)
              to: str = None,  # gallery / scored modality (default: all)
-             fit: str = None,  # data to fit the probes and the length reference on (default: the checkpoint's own training items)
+             fit: str = None,  # data to fit the probes and the length reference on (default: the trained items)
              split: str = None,  # split of --data to score (default: every item not trained on; 'all' the same)
-             fit_split: str = None,  # split of --fit to fit on (default: every item of --fit; the trained items without --fit)
+             fit_split: str = None,  # split of --fit to fit on (default: all of --fit; the trained items without --fit)
              pool: Annotated[str, dict(choices=('mean', 'max'))] = 'mean',  # generalisation: pooling over time steps
              out: str = None,  # folder for metrics.json and plots (default CKPT/eval-TASK; '-' for none)
              n_test: int = None,  # synth: items of the test split
@@ -307,20 +313,22 @@ def eval_cmd(ckpt: Annotated[str, dict(opt=True, required=True)],  # folder writ
              device: str = None,  # 'cpu', 'cuda', ... (default: the best available)
              weights: Annotated[str, dict(choices=('best', 'last'))] = 'best',  # which weights of the checkpoint
              progress: bool = False,  # progress bars
-             bits: int = 64,  # retrieval: length of the binary hash codes reported beside float retrieval (learned on the fit items, and LSH); 0: none
+             bits: int = 64,  # retrieval: bits of the hash codes beside float retrieval (learned, and LSH); 0: none
             ):
     "Evaluate a cmrl checkpoint; print the metrics as JSON and write them with plots to --out."
     ck = Path(ckpt)
     o = None if out == '-' else Path(out) if out else (ck if ck.is_dir() else ck.parent) / f'eval-{task}'
     if o is not None: check_out(o, 'eval')
     split = None if split == 'all' else split
-    res = run_eval(ckpt, data, task, src_from, to, fit, split, fit_split, pool, o, n_test, langs, bs, progress, device, weights, bits=bits)
+    res = run_eval(ckpt, data, task, src_from, to, fit, split, fit_split, pool, o, n_test, langs, bs, progress, device,
+                   weights, bits=bits)
     return items_line(res['items']), res
 
 def items_line(items: dict) -> str:
     "One line for people: what was scored, how many trained items were left out, what the probes were fit on"
     sc = items['scored']
-    s = f"scored {sc['n']} item(s) of {sc['data']}:{sc['split']} ({sc['left_out_trained']} the checkpoint trained on left out)"
+    s = (f"scored {sc['n']} item(s) of {sc['data']}:{sc['split']} "
+         f"({sc['left_out_trained']} the checkpoint trained on left out)")
     if 'fit' in items: s += f"; fit on {items['fit']['n']} item(s) of {items['fit']['data']}:{items['fit']['split']}"
     return s
 
