@@ -21,7 +21,7 @@ def main(argv=None):
     p.add_argument('--methods', default='greedy,beam')
     a = p.parse_args(argv)
     import cmrl.train as T
-    from cmrl.generate import text_generation_eval, eval_table
+    from cmrl.eval.textgen import text_generation_eval, eval_table
     work = Path(a.work)
     stems, stem_flags = legacy_stems()  # the stems generation.json was measured with
     manifest = write_manifests(read_split(SPLIT_FILE), work)['paths']['cmrl']

@@ -24,7 +24,8 @@ def main(argv=None):
     import numpy as np, torch
     from PIL import Image
     import cmrl.train as T
-    from cmrl.generate import generate, derangement
+    from cmrl.generate import generate
+    from cmrl.eval.textgen import derangement
     from cmrl.eval.imagegen import manifest_pictures, fit_image_classifier, imagegen_report
     work = Path(a.work)
     stems, stem_flags = legacy_stems()  # the stems imagegen.json was measured with

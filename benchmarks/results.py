@@ -92,7 +92,7 @@ def _cmrl_cmd() -> list:
 def cmrl_parts(run: Path, manifest: Path, part: str) -> tuple:
     "Frozen features of the training part and of `part` from a `cmrl train` output folder (its best weights)"
     from cmrl.checkpoint import load_model
-    from cmrl.eval.report import ckpt_source, usable_modalities, max_lengths, records_features, semantic_embeddings
+    from cmrl.eval.ckpt import ckpt_source, usable_modalities, max_lengths, records_features, semantic_embeddings
     model, ck = load_model(run, weights='best')
     src = ckpt_source(ck, str(manifest))
     mods = [m for m in MODS if m in usable_modalities(model, src)]

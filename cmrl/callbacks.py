@@ -6,55 +6,29 @@ Docs: https://cmrl-dev.github.io/cmrl/callbacks.html.md"""
 
 # %% ../nbs/31_callbacks.ipynb #ed3cff6e
 from __future__ import annotations
-import contextlib, hashlib, math, os, sys, warnings
+import math, sys, warnings
 from pathlib import Path
 import numpy as np
-import torch, torch.nn as nn
+import torch
 from torch import Tensor
 from fastai.callback.core import Callback, CancelBatchException, CancelStepException, CancelFitException
-from fastai.callback.progress import ProgressCallback
-from fastai.distributed import DistributedDL, DistributedTrainer
 from fastai.learner import Metric
-from fastai.torch_core import get_model, rank_distrib, num_distrib
+from fastai.torch_core import get_model, rank_distrib
 from fastcore.basics import store_attr
 from fastai.imports import noop  # what `learn.no_logging()` sets (not fastcore's)
 from fastcore.foundation import L
-from accelerate.utils import DistributedDataParallelKwargs
 from .core import *
-from .codebook import CodeUsage, perplexity, used_fraction
+from .codebook import CodeUsage, perplexity, used_fraction, is_distributed
+from .distributed import all_sum, all_mean_grads, all_gather_objects
 from .metrics import cross_modal_retrieval
 from .checkpoint import save_checkpoint
 
 # %% auto #0
-__all__ = ['unwrap', 'is_distributed', 'all_sum', 'all_mean_grads', 'all_gather_objects', 'CallbackValue', 'ModelLoss',
-           'LossBreakdown', 'plot_loss_history', 'NaNGuard', 'MIEstimatorSteps', 'CodebookStats', 'ValidRetrieval',
-           'EpochLog', 'SaveCheckpoint', 'CmrlDistributedTrainer', 'init_distributed', 'state_fingerprint',
-           'check_ranks_agree', 'distrib_ctx']
+__all__ = ['unwrap', 'CallbackValue', 'ModelLoss', 'LossBreakdown', 'plot_loss_history', 'NaNGuard', 'MIEstimatorSteps',
+           'CodebookStats', 'ValidRetrieval', 'EpochLog', 'SaveCheckpoint']
 
 # %% ../nbs/31_callbacks.ipynb #b3deb52c
 unwrap = get_model  # the model inside a `DistributedDataParallel` / `DataParallel` wrapper (fastai)
-
-def is_distributed() -> bool: return torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1
-
-def all_sum(t: Tensor) -> Tensor:
-    "`t` summed over the processes of a distributed run (a copy; `t` itself when not distributed)"
-    if not is_distributed(): return t
-    t = t.clone(); torch.distributed.all_reduce(t); return t
-
-def all_mean_grads(params: list):
-    "Average the gradients of `params` over the processes of a distributed run"
-    if not is_distributed(): return
-    ws = torch.distributed.get_world_size()
-    for p in params:
-        if p.grad is None: p.grad = torch.zeros_like(p)
-        torch.distributed.all_reduce(p.grad); p.grad.div_(ws)
-
-def all_gather_objects(o) -> list:
-    "`[o of rank 0, o of rank 1, ...]` in a distributed run, `[o]` otherwise"
-    if not is_distributed(): return [o]
-    out = [None] * torch.distributed.get_world_size()
-    torch.distributed.all_gather_object(out, o)
-    return out
 
 class CallbackValue(Metric):
     "A number a callback computes (`owner.current[key]`), shown by fastai's recorder as a metric column"
@@ -378,66 +352,3 @@ class SaveCheckpoint(Callback):
             self.last_path = save_checkpoint(self.learn, Path(self.learn.path) / self.fname, e, self.config, self.extra,
                                         best=self.best, train_ids=self.train_ids, frontends=self.frontends)
     def from_checkpoint(self, ck: dict): self.best = ck.get('best')  # on resume: the best weights so far
-
-# %% ../nbs/31_callbacks.ipynb #fc47f567
-class _DistributedDL(DistributedDL):
-    "fastai's `DistributedDL`, broadcasting the order on the process group's device (CPU for gloo)"
-    def _broadcast(self, t, rank):
-        dev = 'cuda' if torch.distributed.get_backend() == 'nccl' else 'cpu'
-        t = torch.tensor(t, dtype=torch.long, device=dev)
-        torch.distributed.broadcast(t, rank)
-        return t.cpu().tolist()
-
-class CmrlDistributedTrainer(DistributedTrainer):
-    "fastai's `DistributedTrainer` with `_DistributedDL` (any backend), leaving the MI estimators out of DDP"
-    def before_fit(self):
-        m = self.learn.model
-        if hasattr(m, 'mi_estimators') and m.mi_estimators():  # their own optimiser steps would fire DDP's gradient hooks
-            est = {id(p) for e in m.mi_estimators() for p in e.parameters()}
-            names = [n for n, p in m.named_parameters() if id(p) in est]
-            nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(m, names)
-        super().before_fit()
-    def _wrap_dl(self, dl):
-        if isinstance(dl, DistributedDL): return dl
-        dev = getattr(self.learn.model, 'device', None) or next(self.learn.model.parameters()).device
-        return _DistributedDL(dl, device=dev)
-
-def init_distributed(backend: str | None = None):  # 'nccl' on CUDA, else 'gloo'; default by device
-    "Join the process group that `torchrun` / `accelerate launch` describe in the environment (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT)"
-    if num_distrib() <= 1 or torch.distributed.is_initialized(): return
-    miss = [k for k in ('RANK', 'MASTER_ADDR', 'MASTER_PORT') if k not in os.environ]
-    if miss: raise RuntimeError(f"WORLD_SIZE={os.environ.get('WORLD_SIZE')} but {', '.join(miss)} not set: launch with `torchrun --nproc_per_node N`")
-    if backend is None: backend = 'nccl' if torch.cuda.is_available() else 'gloo'
-    if backend == 'nccl': torch.cuda.set_device(int(os.environ.get('LOCAL_RANK', rank_distrib())))
-    torch.distributed.init_process_group(backend=backend, init_method='env://')
-
-def state_fingerprint(model: nn.Module) -> str:
-    "SHA-1 of a model's parameters and buffers (names, dtypes, shapes and bytes)"
-    h = hashlib.sha1()
-    for k, v in sorted(unwrap(model).state_dict().items()):
-        t = v.detach().cpu().contiguous()
-        h.update(f'{k}:{t.dtype}:{tuple(t.shape)};'.encode()); h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-def check_ranks_agree(learn) -> dict:
-    "Whether every process holds the same model (gathers `state_fingerprint`s; warns when they differ)"
-    fps = all_gather_objects(state_fingerprint(learn.model))
-    res = {'world': len(fps), 'same': len(set(fps)) == 1, 'fingerprint': fps[0]}
-    if not res['same']: warnings.warn(f"cmrl: the {len(fps)} processes ended with different models (fingerprints {', '.join(f[:8] for f in fps)})")
-    elif rank_distrib() == 0 and learn.logger is not noop:
-        print(f"cmrl: the {len(fps)} processes hold the same parameters and codebook (sha1 {fps[0]})", file=sys.stderr, flush=True)
-    return res
-
-@contextlib.contextmanager
-def distrib_ctx(learn,  # a cmrl Learner
-                check: bool = True):  # after training, check that every process holds the same model (`learn.ranks_agree`)
-    "Train `learn` with DDP when launched on several processes (a no-op otherwise)"
-    if num_distrib() <= 1: yield learn; return
-    init_distributed()
-    cb = CmrlDistributedTrainer(sync_bn=False, cpu=not torch.cuda.is_available(),
-                                kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
-    learn.add_cb(cb)
-    if rank_distrib(): learn.remove_cb(ProgressCallback)
-    try: yield learn
-    finally: learn.remove_cb(cb)
-    if check: learn.ranks_agree = check_ranks_agree(learn)

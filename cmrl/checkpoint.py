@@ -13,6 +13,7 @@ import torch, torch.nn as nn
 from torch import Tensor
 from fastai.torch_core import get_model
 from fastcore.foundation import L
+from .command import jsonable
 from .models.registry import MODELS, model_config, rebuild
 
 # %% auto #0
@@ -45,14 +46,7 @@ def plain(o, where: str = 'checkpoint'):  # `where`: named in the error
     if isinstance(o, (list, L)): return [plain(v, where) for v in o]
     raise TypeError(f"{where}: a {type(o).__name__} cannot be stored safely; use tensors, numbers, strings, lists and dicts")
 
-def _json(o) -> str:
-    "`o` as JSON text (tuples become lists, paths and devices strings)"
-    def default(x):
-        if isinstance(x, (Path, torch.device, torch.dtype)): return str(x)
-        if isinstance(x, np.generic): return x.item()
-        if isinstance(x, (set, frozenset)): return sorted(x)
-        raise TypeError(f"checkpoint: a {type(x).__name__} in a configuration cannot be written as JSON")
-    return json.dumps(o, default=default)
+def _json(o) -> str: return json.dumps(jsonable(o, 'checkpoint configuration'))  # strict JSON text (`cmrl.command`)
 
 # %% ../nbs/29_checkpoint.ipynb #ad8ca144
 def _py_state(st) -> list: return [st[0], list(st[1]), st[2]]  # `random.getstate()` as a list
@@ -129,13 +123,21 @@ def save_checkpoint(learn,  # the Learner
 def find_checkpoint(path: str | Path,  # a checkpoint file, or the folder `cmrl train --out` wrote
                    ) -> Path:
     "The checkpoint file at `path` (`path/checkpoint.pt` for a folder)"
-    p = Path(path)
+    p = Path(path).expanduser()
     if p.is_dir():
         if (p / 'checkpoint.pt').is_file(): return p / 'checkpoint.pt'
-        raise FileNotFoundError(f"no checkpoint at {p} (no checkpoint.pt in it); give the folder `cmrl train --out` wrote, or the file")
-    if not p.is_file(): raise FileNotFoundError(f"no checkpoint at {p}; give the folder `cmrl train --out` wrote (it holds checkpoint.pt)")
+        raise FileNotFoundError(f"no checkpoint at {p}: it is a folder with no checkpoint.pt in it; give the folder "
+                                "`cmrl train --out` wrote, or the checkpoint file")
+    if p.exists() and not p.is_file():
+        raise FileNotFoundError(f"no checkpoint at {p}: it is not a regular file (a device, pipe or socket); "
+                                "give the folder `cmrl train --out` wrote, or the checkpoint file")
+    if not p.is_file():
+        raise FileNotFoundError(f"no checkpoint at {p}: no such file or folder; give the folder `cmrl train --out` "
+                                "wrote (it holds checkpoint.pt)")
     return p
 
+
+# %% ../nbs/29_checkpoint.ipynb #2c464ec5
 def _unsafe_reason(msg: str) -> str:
     m = re.search(r'(?:Unsupported global|unsupported GLOBAL):? (?:GLOBAL )?(\S+)', msg)
     return f"it holds {m.group(1)}, which only an unsafe load would rebuild" if m else 'it holds Python objects that only an unsafe load would rebuild'
@@ -157,6 +159,10 @@ def read_checkpoint(path: str | Path,  # a checkpoint file or its folder
     p = find_checkpoint(path)
     if p.stat().st_size == 0:
         raise CheckpointError(f"{p} is empty (0 bytes): it was not written completely; train again or use another checkpoint")
+    with open(p, 'rb') as f: head = f.read(4)
+    if head != b'PK\x03\x04' and head[:1] != b'\x80':  # neither the zip archive of `torch.save` nor a (legacy) pickle
+        raise CheckpointError(f"{p} is not a cmrl checkpoint: it is not a file torch.save wrote (it starts with "
+                              f"the bytes {head.hex(' ')}); give the checkpoint.pt that `cmrl train` wrote")
     try: ck = torch.load(p, map_location='cpu', weights_only=True)
     except pickle.UnpicklingError as e:
         msg = str(e)
@@ -174,7 +180,11 @@ def read_checkpoint(path: str | Path,  # a checkpoint file or its folder
         what = f"a {type(ck).__name__}" if not isinstance(ck, dict) else f"a dict without 'format': {FORMAT!r} (keys: {', '.join(map(str, list(ck)[:6]))})"
         raise CheckpointError(f"{p} is not a cmrl checkpoint: it holds {what}")
     v = ck.get('version')
-    if not isinstance(v, int) or v > VERSION:
+    if not isinstance(v, int) or isinstance(v, bool):
+        raise CheckpointError(f"{p} is not a checkpoint cmrl wrote: its format version is {v!r} "
+                              f"(a {type(v).__name__}), "
+                              f"not a whole number; cmrl writes version {VERSION}")
+    if v > VERSION:
         raise CheckpointError(f"{p} was written by a newer cmrl (checkpoint format version {v}; this one reads version {VERSION}): upgrade cmrl")
     if v < VERSION: raise CheckpointError(f"{p} has the older checkpoint format version {v}; this cmrl reads version {VERSION}: train again")
     return _decode(ck, p)
@@ -236,13 +246,24 @@ def load_model(ckpt: str | Path | dict,  # checkpoint file, its folder, or a `re
     if isinstance(ckpt, dict): ckpt = 'the checkpoint'  # for the messages
     mc, name = ck.get('model_config') or {}, (ck.get('model_config') or {}).get('model')
     if name not in MODELS:
-        raise CheckpointError(f"{ckpt}: the checkpoint's model {name!r} is unknown to this installation; known: {', '.join(MODELS)}")
+        raise CheckpointError(f"{ckpt}: the checkpoint's model {name!r} is unknown to this installation; "
+                              f"known: {', '.join(MODELS)}")
     try: model = rebuild(mc)
-    except (ValueError, TypeError, KeyError) as e: raise CheckpointError(f"{ckpt}: cannot rebuild the {name!r} model from its recorded configuration ({e})") from None
+    except (ValueError, TypeError, KeyError) as e:
+        raise CheckpointError(f"{ckpt}: cannot rebuild the {name!r} model from its recorded configuration ({e})") from None
     used = 'best' if weights == 'best' and ck.get('best') else 'last'
     sd = ck['best']['model'] if used == 'best' else ck['model']
+    own = model.state_dict()
+    bad = [k for k, v in sd.items() if k in own and tuple(own[k].shape) != tuple(getattr(v, 'shape', ()))]
+    if bad:
+        k = bad[0]
+        more = f' ({len(bad)} weights differ)' if len(bad) > 1 else ''
+        raise CheckpointError(f"{ckpt}: the weights do not fit the rebuilt {name!r} model: {k} is "
+                              f"{tuple(getattr(sd[k], 'shape', ()))} in the file, the model built from its configuration "
+                              f"wants {tuple(own[k].shape)}{more}; the file is damaged or was edited")
     missing, unexpected = model.load_state_dict(sd, strict=False)
     if missing or unexpected:
-        raise CheckpointError(f"{ckpt}: the weights do not fit the rebuilt {name!r} model (missing {list(missing)[:5]}, unexpected {list(unexpected)[:5]})")
+        raise CheckpointError(f"{ckpt}: the weights do not fit the rebuilt {name!r} model (missing {list(missing)[:5]}, "
+                              f"unexpected {list(unexpected)[:5]})")
     ck = {**ck, 'weights': used}
     return model.to(device).eval(), ck

@@ -6,7 +6,7 @@ Docs: https://cmrl-dev.github.io/cmrl/cli.html.md"""
 
 # %% ../nbs/60_cli.ipynb #6d503702
 from __future__ import annotations
-import argparse, importlib, sys
+import argparse, importlib, sys, warnings
 
 # %% auto #0
 __all__ = ['COMMANDS', 'main']
@@ -17,11 +17,13 @@ COMMANDS = {  # sub-command -> (module, function, one-line help)
     'train': ('cmrl.train', 'train_cli', 'train a model and write checkpoint, config, metrics.json and plots'),
     'eval': ('cmrl.eval.report', 'eval_cli', 'evaluate a checkpoint: retrieval, cross-modal generalisation, codes'),
     'retrieve': ('cmrl.retrieve', 'retrieve_cli', 'top-k gallery items for a query file or text'),
-    'generate': ('cmrl.generate', 'generate_cli', 'generate texts (or pictures) from a picture, a sound or a text through the shared codes'),
+    'generate': ('cmrl.generate', 'generate_cli',
+                 'generate texts (or pictures) from a picture, a sound or a text through the shared codes'),
 }
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog='cmrl', description='cmrl: one discrete vocabulary shared by images, audio and text.')
+    p = argparse.ArgumentParser(prog='cmrl',
+                                description='cmrl: one discrete vocabulary shared by images, audio and text.')
     sub = p.add_subparsers(dest='command', metavar='COMMAND')
     for name, (_, _, h) in COMMANDS.items(): sub.add_parser(name, help=h, add_help=False)
     return p
@@ -40,7 +42,10 @@ def main(argv: list[str] | None = None  # arguments after `cmrl`; default `sys.a
     if name not in COMMANDS:
         print(f"cmrl: unknown command {name!r}; choose from {', '.join(COMMANDS)}", file=sys.stderr); return 2
     mod, fn, _ = COMMANDS[name]
-    try: f = getattr(importlib.import_module(mod), fn)
+    try:
+        with warnings.catch_warnings():  # libraries' deprecation notices at import time are not the user's business
+            warnings.simplefilter('ignore', FutureWarning)
+            f = getattr(importlib.import_module(mod), fn)
     except (ImportError, AttributeError) as e:
         print(f"cmrl {name}: not available in this installation ({e})", file=sys.stderr); return 2
     return int(f(rest) or 0)

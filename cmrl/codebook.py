@@ -17,7 +17,7 @@ from .core import seeded_generator
 # %% auto #0
 __all__ = ['nearest_code', 'ema_update_', 'mm_ema_targets', 'cross_commit_errors', 'code_distributions', 'code_histogram',
            'perplexity', 'used_fraction', 'dead_codes', 'item_modes', 'code_agreement', 'usage_stats', 'CodeUsage',
-           'CodebookOutput', 'SharedCodebook']
+           'is_distributed', 'CodebookOutput', 'SharedCodebook']
 
 # %% ../nbs/10_codebook.ipynb #2ab86854
 def _argmax_rows(s: Tensor, out: Tensor | None = None) -> Tensor:
@@ -261,11 +261,13 @@ class CodeUsage:
 
 
 # %% ../nbs/10_codebook.ipynb #f6955627
-def _dist_on() -> bool: return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+def is_distributed() -> bool:
+    "Whether this process is one of several in an initialised `torch.distributed` group"
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 def _all_reduce_(t: Tensor) -> Tensor:
     "Sum `t` over all processes in place (no-op outside DDP)"
-    if _dist_on(): dist.all_reduce(t)
+    if is_distributed(): dist.all_reduce(t)
     return t
 
 def _layout(names: list, counts: list, ddp: bool) -> tuple[list, int]:
@@ -378,7 +380,7 @@ class SharedCodebook(nn.Module):
             if b.dtype != torch.float32: self._buffers[n] = b.float()
         return self
 
-    def _ddp(self) -> bool: return self.sync and _dist_on()
+    def _ddp(self) -> bool: return self.sync and is_distributed()
 
 
 # %% ../nbs/10_codebook.ipynb #948526d3

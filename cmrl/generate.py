@@ -6,58 +6,20 @@ Docs: https://cmrl-dev.github.io/cmrl/generate.html.md"""
 
 # %% ../nbs/47_generate.ipynb #1963fefa
 from __future__ import annotations
-import itertools, warnings
+import math
 from pathlib import Path
-from typing import Annotated, Sequence
-import numpy as np
+from typing import Annotated
 import torch
 from torch import Tensor
 from .core import *
-from .metrics import similarity
-from .checkpoint import read_checkpoint, load_model, CheckpointError
+from .command import command, check_out
 from .models.decoders import WithDecoders
-from .eval.report import ckpt_source, eval_parts, usable_modalities, max_lengths, records_features, eval_device, run_cli
+from .eval.ckpt import load_generator, ckpt_source, max_lengths, eval_device
+from .eval.textgen import text_generation_eval, eval_table
 from .retrieve import query_kind, query_item
 
 # %% auto #0
-__all__ = ['load_generator', 'generate', 'text_scores', 'medoid_caption', 'derangement', 'char_edits', 'paired_bootstrap',
-           'source_sets', 'text_generation_eval', 'eval_table', 'generate_cmd', 'generate_cli']
-
-# %% ../nbs/47_generate.ipynb #a0105054
-def load_generator(ckpt,  # checkpoint folder or file, or a `read_checkpoint` dict
-                   weights: str = 'best',  # 'best' (falls back to 'last') or 'last'
-                   device='cpu',  # where the model goes
-                  ) -> tuple[WithDecoders, dict]:  # (model in eval mode, the checkpoint with `weights` used)
-    "`load_model` for a checkpoint trained with decoders; a clear error, with the flag to train one, for a checkpoint without"
-    ck = ckpt if isinstance(ckpt, dict) else read_checkpoint(ckpt)
-    if not (ck.get('model_config') or {}).get('decoders'):
-        where = 'the checkpoint' if isinstance(ckpt, dict) else str(ckpt)
-        raise CheckpointError(f"{where} was trained without decoders: nothing in it can write text or pictures. Train a model that can, "
-                              f"e.g. `cmrl train --decoders text,image --steps 4 ...` (the decoders read per-step codes: --steps 4 or more)")
-    return load_model(ck, weights, device)  # the registry's `rebuild` rebuilds the decoders from the recorded `decoders` entry
-
-# %% ../nbs/47_generate.ipynb #b6a81c05
-def _tiny_ckpt(path, decoders='text', epochs: int = 10, n: int = 64, seed: int = 0, bs: int = 16, **dec_kw):
-    "A synthetic-events checkpoint with decoders, trained for a few seconds (lessons and tests): (its path, the Learner)"
-    from cmrl.data.synth import SynthSource
-    from cmrl.data.loaders import source_dls
-    from cmrl.encoders import input_dims
-    from cmrl.learner import cmrl_learner
-    from cmrl.checkpoint import save_checkpoint
-    from cmrl.models.registry import make_model
-    from cmrl.models.decoders import with_decoders
-    set_seed(seed)
-    kw = dict(n_train=n, n_valid=16, n_test=16, seed=seed)
-    src = SynthSource(**kw)
-    dls = source_dls(src, bs=bs, cache=True, device='cpu')
-    xb, = dls.one_batch()
-    base = make_model('unicode', list(src.modalities), input_dims(xb, vocab=src.text_vocab_size), d=32, steps=4, n_layers=1, n_codes=16)
-    model = with_decoders(base, decoders, src, **{**dict(d=32, n_layers=1, n_heads=2, max_len=16, dropout=0.), **dec_kw})
-    learn = cmrl_learner(dls, model, lr=1e-2, mi_steps=1, progress=False, retrieval_k=None)
-    with learn.no_logging(), warnings.catch_warnings():
-        warnings.simplefilter('ignore'); learn.fit_one_cycle(epochs, 1e-2)
-    cfg = {'data': 'synth', 'source': {'name': 'synth', **kw}, 'model_config': model.config}
-    return save_checkpoint(learn, Path(path) / 'checkpoint.pt', epoch=epochs - 1, config=cfg, train_ids=src.split_ids()['train']), learn
+__all__ = ['generate_cli', 'generate', 'generate_cmd']
 
 # %% ../nbs/47_generate.ipynb #7cf178d4
 def _png(pic: Tensor, path: Path) -> Path:
@@ -67,8 +29,10 @@ def _png(pic: Tensor, path: Path) -> Path:
     Image.fromarray(a).save(path)
     return path
 
-def _sources_of(model: WithDecoders, to: str) -> list: return model.text_sources() if to == 'text' else model.image_sources()
+def _sources_of(model: WithDecoders, to: str) -> list:
+    return model.text_sources() if to == 'text' else model.image_sources()
 
+# %% ../nbs/47_generate.ipynb #5d32cffd
 @torch.no_grad()
 def generate(ckpt,  # checkpoint folder or file (trained with --decoders)
              query: str,  # a picture or sound file, or a text
@@ -87,21 +51,29 @@ def generate(ckpt,  # checkpoint folder or file (trained with --decoders)
     if to not in ('text', 'image'): raise ValueError(f"--to {to!r}: choose text or image")
     if method not in ('greedy', 'beam', 'topk'): raise ValueError(f"--method {method!r}: choose greedy, beam or topk")
     if k < 1 or top_k < 1: raise ValueError(f"--k {k}, --top-k {top_k}: give whole numbers of at least 1")
+    for name, v in (('--alpha', alpha), ('--temperature', temperature)):
+        if not math.isfinite(float(v)): raise ValueError(f"{name} {v}: give a finite number")
+    if not temperature > 0: raise ValueError(f"--temperature {temperature}: give a number above 0")
     kind, q = query_kind(query)  # before any loading: a missing file is refused at once
     dev = eval_device(device) if not isinstance(device, torch.device) else device
+    run = Path(ckpt) if Path(ckpt).is_dir() else Path(ckpt).parent
+    o = None if to != 'image' else Path(out) if out else run / 'generated'
+    if o is not None: check_out(o, 'generate')  # before any work: writable, and no other command's output
     model, ck = load_generator(ckpt, weights, dev)
     dec = model.text if to == 'text' else model.image
     if dec is None:
-        raise ValueError(f"--to {to}: the checkpoint has no {to} decoder (it was trained with --decoders {','.join(model.decoders)}); "
-                         f"train with --decoders {to}" + (" (and a picture modality with --image-frontend pixels)" if to == 'image' else ''))
+        raise ValueError(f"--to {to}: the checkpoint has no {to} decoder (it was trained with --decoders "
+                         f"{','.join(model.decoders)}); train with --decoders {to}"
+                         + (" (and a picture modality with --image-frontend pixels)" if to == 'image' else ''))
     src = ckpt_source(ck)
     srcs = _sources_of(model, to)
     try: qm, item = query_item(kind, q, model, src, modality)
     except ValueError as e: raise ValueError(f"{e}; the {to} decoder reads {' or '.join(srcs)}") from None
     if qm not in srcs:
         what = {'text': 'a text', 'image': 'a picture', 'sound': 'a sound'}[kind]
-        raise ValueError(f"--to {to}: the query is {what} ({qm}), but the {to} decoder writes from {' and/or '.join(srcs)}; "
-                         f"give a {' or '.join('sound file' if m in AURAL else 'picture file' if m in VISUAL else 'text' for m in srcs)}")
+        kinds = ' or '.join('sound file' if m in AURAL else 'picture file' if m in VISUAL else 'text' for m in srcs)
+        raise ValueError(f"--to {to}: the query is {what} ({qm}), but the {to} decoder writes from "
+                         f"{' and/or '.join(srcs)}; give a {kinds}")
     ml = max_lengths(ck, src) or {}
     qb = collate_items([item], modalities=[qm], shapes={m: v for m, v in src.shapes.items() if m == qm},
                        max_len={qm: ml[qm]} if qm in ml else None).to(dev)
@@ -111,164 +83,28 @@ def generate(ckpt,  # checkpoint folder or file (trained with --decoders)
     res = {'query': str(query).strip(), 'modality': qm, 'to': to, 'k': k, 'weights': ck['weights']}
     if to == 'text':
         mem, mk = model.text_memory(feats, masks, pres)
-        hs = model.text.generate(mem, mk, method, n=k, width=width, k=top_k, temperature=temperature, alpha=alpha, generator=g)[0]
+        hs = model.text.generate(mem, mk, method, n=k, width=width, k=top_k, temperature=temperature, alpha=alpha,
+                                 generator=g)[0]
         res.update(method=method, results=[{'rank': i + 1, 'text': model.vocab.decode(h.tokens), 'score': round(h.score, 4),
-                                            'logp': round(h.logp, 4), 'finished': h.finished} for i, h in enumerate(hs)])
+                                            'logp': round(h.logp, 4), 'finished': h.finished}
+                                           for i, h in enumerate(hs)])
     else:
         tk = 1 if method == 'greedy' else top_k
         pics, lp = model.image.generate(feats, masks, pres, n=k, top_k=tk, temperature=temperature, generator=g)
-        o = Path(out) if out else (Path(ckpt) if Path(ckpt).is_dir() else Path(ckpt).parent) / 'generated'
         o.mkdir(parents=True, exist_ok=True)
         order = lp[0].argsort(descending=True).tolist()
         res.update(method='greedy' if tk == 1 else 'topk', out=str(o),
-                   results=[{'rank': r + 1, 'file': str(_png(pics[0, i], o / f'generated-{r + 1}.png')), 'score': round(float(lp[0, i]), 4)}
+                   results=[{'rank': r + 1, 'file': str(_png(pics[0, i], o / f'generated-{r + 1}.png')),
+                             'score': round(float(lp[0, i]), 4)}
                             for r, i in enumerate(order)])
     return res
 
-# %% ../nbs/47_generate.ipynb #2cf088f6
-def text_scores(hyps: Sequence[str],  # generated texts
-                refs: Sequence[str],  # the true texts, one per hypothesis
-               ) -> dict:  # {'cer', 'bleu', 'chrf', 'n'}
-    "Corpus character error rate (jiwer), BLEU and chrF (sacrebleu) of hypotheses against references"
-    try: import jiwer, sacrebleu
-    except ImportError: raise ImportError("scoring generated text needs `pip install jiwer sacrebleu`") from None
-    hyps, refs = [str(h) for h in hyps], [str(r) for r in refs]
-    if len(hyps) != len(refs): raise ValueError(f"text_scores: {len(hyps)} hypotheses for {len(refs)} references")
-    if not refs or not all(refs): raise ValueError("text_scores: give at least one reference, and no empty one")
-    return {'cer': float(jiwer.cer(refs, hyps)), 'bleu': float(sacrebleu.corpus_bleu(hyps, [refs]).score),
-            'chrf': float(sacrebleu.corpus_chrf(hyps, [refs]).score), 'n': len(refs)}
-
-# %% ../nbs/47_generate.ipynb #39fbf6cd
-def medoid_caption(captions: Sequence[str],  # the training captions
-                  ) -> tuple[str, float]:  # (the medoid, its CER to the other captions)
-    "The caption with the lowest character error rate against all the other captions (set median)"
-    import jiwer
-    caps = [c for c in captions if c]
-    if len(caps) < 2: raise ValueError("medoid_caption: needs at least two non-empty captions")
-    best = (None, float('inf'))
-    for u in dict.fromkeys(caps):
-        others = list(caps); others.remove(u)
-        e = float(jiwer.cer(others, [u] * len(others)))
-        if e < best[1]: best = (u, e)
-    return best
-
-def derangement(n: int,  # items
-                seed: int = 0) -> Tensor:  # `[n]` long, `p[i] != i` for every i (n >= 2)
-    "A seeded permutation with no fixed point: item i gets item p[i]'s input"
-    if n < 2: raise ValueError("derangement: needs at least two items")
-    o = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    p = torch.empty(n, dtype=torch.long)
-    p[o] = o.roll(-1)  # each item in the random cycle takes the next one's input
-    return p
-
-# %% ../nbs/47_generate.ipynb #a7ba2783
-def char_edits(hyps: Sequence[str], refs: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:  # (edits per item, reference lengths)
-    "Per-item character edits and reference lengths, whose sums give the corpus CER of `text_scores`"
-    import jiwer
-    o = jiwer.process_characters(list(refs), list(hyps))
-    def cost(c): return (c.ref_end_idx - c.ref_start_idx if c.type in ('delete', 'substitute') else
-                         c.hyp_end_idx - c.hyp_start_idx if c.type == 'insert' else 0)
-    e = np.array([sum(cost(c) for c in al) for al in o.alignments], dtype=np.float64)
-    n = np.array([len(r) for r in o.references], dtype=np.float64)
-    return e, n
-
-def paired_bootstrap(edits_a: np.ndarray, edits_b: np.ndarray,  # per-item edits of two systems on the same items
-                     lengths: np.ndarray,  # reference lengths
-                     iters: int = 2000, seed: int = 0) -> dict:  # {'diff', 'lo', 'hi', 'p_better'}
-    "CER(a) - CER(b) with a 95% paired-bootstrap interval and the fraction of resamples where a is better"
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(lengths), (iters, len(lengths)))
-    d = (edits_a[idx].sum(1) - edits_b[idx].sum(1)) / lengths[idx].sum(1)
-    return {'diff': float((edits_a.sum() - edits_b.sum()) / lengths.sum()), 'lo': float(np.quantile(d, .025)),
-            'hi': float(np.quantile(d, .975)), 'p_better': float((d < 0).mean())}
-
-# %% ../nbs/47_generate.ipynb #85a1fef1
-def _captions(fe, records, vocab) -> list[str]:
-    "The true captions of the featured items, as the model's tokenizer sees them (normalised, cut to its length)"
-    raw = list(fe.extra['caption']) if 'caption' in fe.extra else [r.get(TEXT) for r in records]
-    return [vocab.decode(vocab.encode(c)) if c else '' for c in raw]
-
-@torch.no_grad()
-def _write(model, fe, rows, sources, method: str, perm=None, bs: int = 64, **kw) -> list[str]:
-    "Texts the decoder writes for items `rows` from `sources` (optionally from the items `perm` points to)"
-    take = rows if perm is None else rows[perm]
-    dev, out = next(model.parameters()).device, []
-    for s in range(0, len(take), bs):
-        r = take[s:s + bs]
-        f = {m: fe.feats[m][r].to(dev) for m in sources}; mk = {m: fe.mask[m][r].to(dev) for m in sources}
-        mem, mmask = model.text_memory(f, mk, {m: fe.present[m][r].to(dev) for m in sources})
-        out += [model.vocab.decode(hs[0].tokens) for hs in model.text.generate(mem, mmask, method, n=1, **kw)]
-    return out
-
-def source_sets(sources: Sequence[str]) -> list[tuple]:
-    "Every non-empty set of memory sources, singles first (image, speech, image+speech)"
-    return [c for r in range(1, len(sources) + 1) for c in itertools.combinations(sources, r)]
-
-def text_generation_eval(ckpt,  # checkpoint folder or file (trained with --decoders text)
-                         split: str | None = None,  # split to score; default the items not trained on
-                         method: str = 'greedy',  # 'greedy' or 'beam' (the best beam)
-                         width: int = 4,  # beam width
-                         seed: int = 0,  # seed of the shuffled-input control
-                         bs: int = 64, device=None, weights: str = 'best',
-                         n_examples: int = 5,  # examples (reference, generated) per source set
-                        ) -> dict:
-    "CER / BLEU / chrF of captions generated from each set of sources, beside the medoid, nearest-caption and shuffled-input references"
-    if method not in ('greedy', 'beam'): raise ValueError(f"--method {method!r}: scoring uses greedy or beam")
-    model, ck = load_generator(ckpt, weights, eval_device(device) if not isinstance(device, torch.device) else device)
-    if model.text is None: raise ValueError(f"the checkpoint has no text decoder (it was trained with --decoders {','.join(model.decoders)}); train with --decoders text")
-    src = ckpt_source(ck)
-    parts = eval_parts(src, ck, own=True, split=split)
-    if not parts['fit']: raise ValueError("the checkpoint records no training items; the references need the training captions")
-    mods, ml = usable_modalities(model, src), max_lengths(ck, src)
-    srcs = [m for m in model.text_sources() if m in mods]
-    if TEXT not in mods or not srcs: raise ValueError(f"the data has no text or none of the decoder's sources ({', '.join(model.text_sources())})")
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore')
-        fe = records_features(model, src, parts['scored'], srcs + [TEXT], bs, ml)
-        tr = records_features(model, src, parts['fit'], [TEXT], bs, ml)
-    refs, train_caps = _captions(fe, parts['scored'], model.vocab), _captions(tr, parts['fit'], model.vocab)
-    has_ref = torch.tensor([bool(c) for c in refs]) & fe.present[TEXT]
-    tr_rows = torch.tensor([bool(c) for c in train_caps]).nonzero().flatten()
-    medoid, medoid_cer = medoid_caption([train_caps[i] for i in tr_rows])
-    kw = dict(width=width) if method == 'beam' else {}
-    res = {'method': method, 'scored': parts['report']['scored']['n'], 'n_train_captions': len(tr_rows),
-           'medoid': medoid, 'medoid_train_cer': round(medoid_cer, 4), 'sets': {}}
-    for S in source_sets(srcs):
-        rows = (has_ref & torch.stack([fe.present[m] for m in S]).all(0)).nonzero().flatten()
-        if len(rows) < 2: continue
-        R = [refs[i] for i in rows]
-        gen = _write(model, fe, rows, S, method, bs=bs, **kw)
-        shuf = _write(model, fe, rows, S, method, perm=derangement(len(rows), seed), bs=bs, **kw)
-        sim = sum(similarity(fe.emb[m][rows], tr.emb[TEXT][tr_rows]) for m in S) / len(S)
-        near = [train_caps[int(tr_rows[j])] for j in sim.argmax(1)]
-        name = '+'.join(S)
-        outs = {'generated': gen, 'medoid': [medoid] * len(R), 'nearest': near, 'shuffled': shuf}
-        edits = {w: char_edits(h, R)[0] for w, h in outs.items()}
-        lens = char_edits(R, R)[1]
-        res['sets'][name] = {'n': len(rows), **{w: text_scores(h, R) for w, h in outs.items()},
-                             'vs': {w: paired_bootstrap(edits['generated'], edits[w], lens, seed=seed) for w in ('medoid', 'nearest', 'shuffled')},
-                             'examples': [{'id': str(fe.ids[int(rows[i])]), 'true': R[i], 'generated': gen[i], 'nearest': near[i]}
-                                          for i in range(min(n_examples, len(R)))]}
-    if not res['sets']: raise ValueError("no scored item has a caption and the decoder's sources")
-    return res
-
-def eval_table(res: dict) -> str:
-    "The human-readable table of `text_generation_eval`"
-    lines = [f"text generation ({res['method']}), {res['scored']} scored item(s); medoid caption: {res['medoid']!r}",
-             f"{'sources':<16}{'what':<11}{'CER':>7}{'BLEU':>7}{'chrF':>7}{'n':>6}   CER(generated) - CER(this) [95% paired bootstrap]"]
-    for name, r in res['sets'].items():
-        for w in ('generated', 'medoid', 'nearest', 'shuffled'):
-            s, v = r[w], r.get('vs', {}).get(w)
-            ci = f"   {v['diff']:+.3f} [{v['lo']:+.3f}, {v['hi']:+.3f}]" if v else ''
-            lines.append(f"{name if w == 'generated' else '':<16}{w:<11}{s['cer']:>7.3f}{s['bleu']:>7.1f}{s['chrf']:>7.1f}{s['n']:>6}{ci}")
-    return '\n'.join(lines)
-
 # %% ../nbs/47_generate.ipynb #178279ef
-def generate_cmd(ckpt: Annotated[str, dict(opt=True, required=True)],  # folder written by `cmrl train --decoders ...` (or its checkpoint file)
+def generate_cmd(ckpt: Annotated[str, dict(opt=True, required=True)],  # folder `cmrl train --decoders ...` wrote (or its file)
                  query: str = None,  # a picture or sound file, or a text
                  to: Annotated[str, dict(choices=('text', 'image'))] = 'text',  # what to generate
                  k: int = 5,  # texts or pictures to make
-                 method: Annotated[str, dict(choices=('greedy', 'beam', 'topk'))] = 'beam',  # text decoding (pictures: top-k samples; greedy for --method greedy)
+                 method: Annotated[str, dict(choices=('greedy', 'beam', 'topk'))] = 'beam',  # text decoding (pictures: top-k)
                  out: str = None,  # --to image: folder for the PNG files (default CKPT/generated)
                  top_k: int = 10,  # top-k sampling: candidates per step
                  temperature: float = 1.,  # top-k sampling: temperature
@@ -276,22 +112,22 @@ def generate_cmd(ckpt: Annotated[str, dict(opt=True, required=True)],  # folder 
                  alpha: float = 1.,  # length normalisation exponent of the scores
                  seed: int = 0,  # seed of the samples (and of the shuffled-input control)
                  query_modality: str = None,  # force the modality of the query (e.g. speech or audio for a sound)
-                 evaluate: bool = False,  # score captions generated for the held-out items (CER, BLEU, chrF) against the three references
+                 evaluate: bool = False,  # score captions written for the held-out items (CER, BLEU, chrF) beside references
                  split: str = None,  # --evaluate: split to score (default: every item not trained on)
                  device: str = None,  # 'cpu', 'cuda', ... (default: the best available)
                  weights: Annotated[str, dict(choices=('best', 'last'))] = 'best',  # which weights of the checkpoint
                 ):
     "Generate texts or pictures from a query (or, with --evaluate, score generated captions)."
     if evaluate:
-        res = text_generation_eval(ckpt, split, 'beam' if method == 'beam' else 'greedy', width or 4, seed, device=device, weights=weights)
+        res = text_generation_eval(ckpt, split, 'beam' if method == 'beam' else 'greedy', width or 4, seed, device=device,
+                                   weights=weights)
         return eval_table(res), res
     if query is None: raise ValueError("give --query (a picture or sound file, or a text), or --evaluate")
-    res = generate(ckpt, query, to, k, method, out, top_k, temperature, width, alpha, seed, query_modality, device, weights)
+    res = generate(ckpt, query, to, k, method, out, top_k, temperature, width, alpha, seed, query_modality, device,
+                   weights)
     head = f"query ({res['modality']}): {res['query']}  ->  {res['to']} ({res['method']})"
-    rows = [f"  {r['rank']:>2}  {r['score']:+.4f}  " + (r['text'] if res['to'] == 'text' else r['file']) for r in res['results']]
+    rows = [f"  {r['rank']:>2}  {r['score']:+.4f}  " + (r['text'] if res['to'] == 'text' else r['file'])
+            for r in res['results']]
     return '\n'.join([head] + rows), res
 
-def generate_cli(argv: list[str] | None = None  # arguments after `cmrl generate`
-                ) -> int:  # exit status
-    "The `cmrl generate` command"
-    return run_cli(generate_cmd, 'cmrl generate', argv)
+generate_cli = command(generate_cmd, 'cmrl generate')  # the `cmrl generate` command: `f(argv) -> exit status`

@@ -13,27 +13,37 @@ import torch
 from .core import *
 from .checkpoint import load_model
 from .eval.index import EmbeddingIndex, CodeIndex
-from .eval.report import ckpt_source, usable_modalities, max_lengths, records_features, eval_device, check_request, run_cli
+from .command import command
+from .eval.ckpt import ckpt_source, usable_modalities, max_lengths, records_features, eval_device, check_request
 
 # %% auto #0
-__all__ = ['IMAGE_EXT', 'AUDIO_EXT', 'query_kind', 'query_item', 'retrieve', 'results_table', 'retrieve_cmd', 'retrieve_cli']
+__all__ = ['IMAGE_EXT', 'AUDIO_EXT', 'retrieve_cli', 'query_kind', 'query_item', 'retrieve', 'results_table', 'retrieve_cmd']
 
 # %% ../nbs/46_retrieve.ipynb #0cc59c8d
-IMAGE_EXT = {'.png', '.jpg', '.jpeg', '.gif', '.bmp', '.webp', '.svg', '.tif', '.tiff'}  # queries with these endings are image files
+IMAGE_EXT = {'.png', '.jpg', '.jpeg', '.gif', '.bmp', '.webp', '.svg', '.tif', '.tiff'}  # endings of picture queries
 AUDIO_EXT = {'.wav', '.ogg', '.flac', '.mp3', '.opus', '.aiff', '.aif'}  # ... and sound files
+
+def _is_file(p: Path) -> bool:
+    try: return p.is_file()
+    except OSError: return False  # a name too long for a file: a text
 
 def query_kind(query: str,  # a file path or a text
               ) -> tuple[str, Path | str]:  # ('image', path), ('sound', path) or ('text', the text)
-    "Tell a query file from a text query; refuse blank queries and files that are not there"
+    "Tell a query file from a text query; refuse blank queries, media files that are not there, and other files"
     q = '' if query is None else str(query).strip()
     if not q: raise ValueError("--query is empty; give an image or sound file, or some words to search for")
     p = Path(q).expanduser()
     ext = p.suffix.lower() if len(q) < 4096 else ''
     if ext in IMAGE_EXT | AUDIO_EXT and ('/' in q or '\\' in q or not any(c.isspace() for c in q)):
-        if not p.is_file():
-            raise FileNotFoundError(f"--query: no such file {q} (to search by text, write words without a file extension, e.g. --query 'a frog')")
+        if not _is_file(p):
+            raise FileNotFoundError(f"--query: no such file {q} (to search by text, write words without a file extension, "
+                                    "e.g. --query 'a frog')")
         return ('image' if ext in IMAGE_EXT else 'sound'), p
+    if len(q) < 4096 and _is_file(p):  # a file that is no picture and no sound: not silently searched as words
+        raise ValueError(f"--query {q}: that file is neither a picture ({' '.join(sorted(IMAGE_EXT))}) nor a sound "
+                         f"({' '.join(sorted(AUDIO_EXT))}); to search by its words, pass them: --query \"$(cat {q})\"")
     return 'text', q
+
 
 # %% ../nbs/46_retrieve.ipynb #2fadb1da
 def query_item(kind: str, q,  # from `query_kind`
@@ -81,12 +91,13 @@ def retrieve(ckpt,  # checkpoint folder or file
              to: Sequence[str] | None = None,  # gallery modalities; default every modality but the query's
              modality: str | None = None,  # force the query's modality
              codes: bool = False,  # rank by bags of codes (tf-idf, inverted index) instead of embeddings
-             n_test: int | None = None, langs: str | None = None,  # source settings (see `cmrl.eval.report.ckpt_source`)
+             n_test: int | None = None, langs: str | None = None,  # source settings (see `cmrl.eval.ckpt.ckpt_source`)
              bs: int = 64, device=None, weights: str = 'best') -> dict:
     "Top-`k` items of a gallery for a query file or text; the dict `cmrl retrieve` prints"
     check_request(bs=bs, k=k)
     kind, q = query_kind(query)  # before any loading
-    model, ck = load_model(ckpt, weights=weights, device=eval_device(device) if not isinstance(device, torch.device) else device)
+    dev = eval_device(device) if not isinstance(device, torch.device) else device
+    model, ck = load_model(ckpt, weights=weights, device=dev)
     src = ckpt_source(ck, gallery, langs=langs, n_test=n_test)
     qm, item = query_item(kind, q, model, src, modality)
     mods = usable_modalities(model, src)
@@ -95,7 +106,8 @@ def retrieve(ckpt,  # checkpoint folder or file
     if bad: raise ValueError(f"gallery modality {', '.join(bad)} not usable; choose from {', '.join(mods)}")
     if not targets: raise ValueError(f"no gallery modality besides the query's ({qm}); pass --to")
     K = getattr(getattr(model, 'codebook', None), 'n_codes', None)
-    if codes and K is None: raise ValueError("--codes: the model has no codebook; rank by embeddings (leave out --codes)")
+    if codes and K is None:
+        raise ValueError("--codes: the model has no codebook; rank by embeddings (leave out --codes)")
     ml = max_lengths(ck, src) or {}
     qb = collate_items([item], modalities=[qm], shapes={m: v for m, v in src.shapes.items() if m == qm},
                        max_len={qm: ml[qm]} if qm in ml else None).to(next(model.parameters()).device)
@@ -103,15 +115,22 @@ def retrieve(ckpt,  # checkpoint folder or file
     recs_all = src.split(split or 'all')
     fe = records_features(model, src, recs_all, sorted(set(targets)), bs, ml or None)
     recs = {str(r['id']): r for r in recs_all}
-    res = {'query': str(query).strip(), 'modality': qm, 'gallery': str(gallery or ck['config'].get('data')), 'split': split or 'all',
+    res = {'query': str(query).strip(), 'modality': qm, 'gallery': str(gallery or ck['config'].get('data')),
+           'split': split or 'all',
            'k': k, 'by': 'codes' if codes else 'embedding', 'results': {}}
     for m in targets:
         rows = fe.present[m].nonzero().flatten()
         if not len(rows): res['results'][m] = []; continue
         if codes:
-            s, i = CodeIndex(K).add(fe.codes[m][rows]).search(qout.codes[qm].cpu().masked_fill(~qout.mask[qm].cpu(), -1), k)
+            qc = qout.codes[qm].cpu().masked_fill(~qout.mask[qm].cpu(), -1)
+            s, i = CodeIndex(K).add(fe.codes[m][rows]).search(qc, k)
         else: s, i = EmbeddingIndex(fe.emb[m].shape[1]).add(fe.emb[m][rows]).search(qout.emb[qm].float().cpu(), k)
         res['results'][m] = _hits(s[0], i[0], rows, fe, recs, src, m)
+        if codes and not res['results'][m]:
+            qc = sorted(set(qout.codes[qm][qout.mask[qm]].tolist()))[:8]
+            why = (f"no {m} item of the gallery shares a code with the query (its codes: {qc}); "
+                   "rank by embeddings (leave out --codes)")
+            res.setdefault('empty', {})[m] = why; warnings.warn(f"--codes: {why}")
     return res
 
 # %% ../nbs/46_retrieve.ipynb #651d0d95
@@ -120,12 +139,14 @@ def results_table(res: dict) -> str:
     lines = [f"query ({res['modality']}): {res['query']}  ->  {res['gallery']}:{res['split']}, by {res['by']}"]
     for m, hits in res['results'].items():
         lines.append(f"  {m}:")
-        lines += [f"    {h['rank']:>3}  {h['score']:+.4f}  {h['id']}  [{h['label']}]" + (f"  \"{h['text']}\"" if h['text'] else '') for h in hits]
+        if not hits: lines.append(f"    (none: {res.get('empty', {}).get(m, 'no item of this modality here')})")
+        lines += [f"    {h['rank']:>3}  {h['score']:+.4f}  {h['id']}  [{h['label']}]" + (f"  \"{h['text']}\"" if h['text'] else '')
+                  for h in hits]
     return '\n'.join(lines)
 
-def retrieve_cmd(ckpt: Annotated[str, dict(opt=True, required=True)],  # folder written by `cmrl train --out` (or its checkpoint file)
+def retrieve_cmd(ckpt: Annotated[str, dict(opt=True, required=True)],  # folder `cmrl train --out` wrote (or its checkpoint)
                  query: Annotated[str, dict(opt=True, required=True)],  # an image or sound file, or a text
-                 gallery: str = None,  # 'tuxpaint', 'synth', or a JSON Lines manifest (default: the checkpoint's own data)
+                 gallery: str = None,  # 'tuxpaint', 'synth', or a JSON Lines manifest (default: the checkpoint's data)
                  k: int = 10,  # results per gallery modality
                  split: str = None,  # part of the gallery to search (default: every item)
                  to: str = None,  # gallery modalities, comma-separated (default: all but the query's)
@@ -136,14 +157,11 @@ def retrieve_cmd(ckpt: Annotated[str, dict(opt=True, required=True)],  # folder 
                  bs: int = 64,  # batch size
                  device: str = None,  # 'cpu', 'cuda', ... (default: the best available)
                  weights: Annotated[str, dict(choices=('best', 'last'))] = 'best',  # which weights of the checkpoint
-                 json: bool = False,  # print the JSON only
+                 json: bool = False,  # no table on stderr (stdout holds the JSON either way)
                 ):
     "Top-k gallery items for a query file (image or sound) or text."
-    res = retrieve(ckpt, query, gallery, k, None if split == 'all' else split, to.split(',') if to else None, query_modality, codes,
-                   n_test, langs, bs, device, weights)
+    res = retrieve(ckpt, query, gallery, k, None if split == 'all' else split, to.split(',') if to else None, query_modality,
+                   codes, n_test, langs, bs, device, weights)
     return res if json else (results_table(res), res)
 
-def retrieve_cli(argv: list[str] | None = None  # arguments after `cmrl retrieve`
-                ) -> int:  # exit status
-    "The `cmrl retrieve` command"
-    return run_cli(retrieve_cmd, 'cmrl retrieve', argv)
+retrieve_cli = command(retrieve_cmd, 'cmrl retrieve')  # the `cmrl retrieve` command: `f(argv) -> exit status`

@@ -7,7 +7,8 @@ Docs: https://cmrl-dev.github.io/cmrl/testing.html.md"""
 # %% ../nbs/90_testing.ipynb #26c292a6
 from __future__ import annotations
 from fastcore.meta import delegates
-import contextlib, io, json, math, warnings
+import contextlib, io, math, warnings
+from pathlib import Path
 from typing import Sequence
 import torch
 from torch import nn, Tensor
@@ -17,10 +18,16 @@ from .data.synth import SynthEvents, SynthConfig
 from .encoders import input_dims
 from .heads.fusion import FusionEncoder
 from .heads.opt import OPT, match_accuracy
+from .data.synth import SynthSource
+from .data.loaders import source_dls
+from .learner import cmrl_learner
+from .checkpoint import save_checkpoint
+from .models.registry import make_model
+from .models.decoders import with_decoders
 
 # %% auto #0
-__all__ = ['rnd', 'tiny_synth', 'toy_features', 'toy_batches', 'ToyEncoders', 'feature_items', 'train_matching_demo', 'run_cli',
-           'last_json']
+__all__ = ['rnd', 'tiny_synth', 'toy_features', 'toy_batches', 'ToyEncoders', 'feature_items', 'train_matching_demo', 'tiny_ckpt',
+           'invoke']
 
 # %% ../nbs/90_testing.ipynb #71497c6d
 def rnd(*shape: int,  # the tensor's shape
@@ -142,15 +149,39 @@ def train_matching_demo(n_train: int = 512,  # synthetic training items
     last = accs[-50:]
     return dict(train_acc=sum(last) / len(last), valid_acc=torch.cat(hits).mean().item(), chance=0.2, steps=steps)
 
+# %% ../nbs/90_testing.ipynb #b6a81c05
+def tiny_ckpt(path,  # folder to write `checkpoint.pt` into
+              decoders='text',  # decoders to train (`cmrl.models.decoders.with_decoders`)
+              epochs: int = 10,  # epochs (a few seconds on a CPU)
+              n: int = 64,  # synthetic training items
+              seed: int = 0,  # seeds the data and the model
+              bs: int = 16,  # batch size
+              **dec_kw):  # decoder settings (e.g. `max_len`)
+    "A synthetic-events checkpoint with decoders, trained for seconds, saved like `cmrl train`: (its path, the Learner)"
+    set_seed(seed)
+    kw = dict(n_train=n, n_valid=16, n_test=16, seed=seed)
+    src = SynthSource(**kw)
+    dls = source_dls(src, bs=bs, cache=True, device='cpu')
+    xb, = dls.one_batch()
+    base = make_model('unicode', list(src.modalities), input_dims(xb, vocab=src.text_vocab_size), d=32, steps=4,
+                      n_layers=1, n_codes=16)
+    model = with_decoders(base, decoders, src, **{**dict(d=32, n_layers=1, n_heads=2, max_len=16, dropout=0.),
+                                                  **dec_kw})
+    learn = cmrl_learner(dls, model, lr=1e-2, mi_steps=1, progress=False, retrieval_k=None)
+    with learn.no_logging(), warnings.catch_warnings():
+        warnings.simplefilter('ignore'); learn.fit_one_cycle(epochs, 1e-2)
+    cfg = {'data': 'synth', 'source': {'name': 'synth', **kw}, 'model_config': model.config}
+    ck = save_checkpoint(learn, Path(path) / 'checkpoint.pt', epoch=epochs - 1, config=cfg,
+                         train_ids=src.split_ids()['train'])
+    return ck, learn
+
 # %% ../nbs/90_testing.ipynb #f418b61d
-def run_cli(fn,  # a command's function, e.g. `cmrl.eval.report.eval_cli`
-            argv: list[str],  # its arguments
-           ) -> tuple[int, str, str]:  # exit status, standard output, standard error
+def invoke(fn,  # a command, e.g. `cmrl.eval.report.eval_cli`
+           argv: list[str],  # its arguments
+          ) -> tuple[int, str, str]:  # exit status, standard output, standard error
     "Run command `fn(argv)` capturing what it prints"
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), warnings.catch_warnings():
         warnings.simplefilter('ignore')
         rc = fn(argv)
     return rc, out.getvalue(), err.getvalue()
-
-def last_json(s: str) -> dict: return json.loads(s.strip().splitlines()[-1])  # the JSON line that ends a command's output

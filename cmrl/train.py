@@ -28,10 +28,10 @@ from .augment import BatchAugment
 from .learner import cmrl_learner, distrib_ctx, init_distributed
 
 # %% auto #0
-__all__ = ['RUN_FILES', 'RUNS', 'LEGACY_STEMS', 'TrainConfig', 'flag', 'check_config', 'pick_device', 'run_files', 'numbered',
-           'next_free', 'RunPlan', 'run_folder', 'source_kwargs', 'check_modalities', 'wordvec_coverage', 'make_dls',
-           'SkipValidation', 'without_validation', 'build_learner', 'Interrupted', 'fit', 'ran_precision',
-           'valid_retrieval', 'train', 'train_parser', 'summary_text', 'train_cli']
+__all__ = ['RUN_FILES', 'RUNS', 'LEGACY_STEMS', 'train_cli', 'TrainConfig', 'flag', 'check_config', 'pick_device', 'run_files',
+           'numbered', 'next_free', 'RunPlan', 'run_folder', 'source_kwargs', 'check_modalities', 'wordvec_coverage',
+           'make_dls', 'SkipValidation', 'without_validation', 'build_learner', 'Interrupted', 'fit', 'ran_precision',
+           'valid_retrieval', 'train', 'train_parser', 'summary_text', 'train_cmd']
 
 # %% ../nbs/35_train.ipynb #2606d7b0
 @dataclass
@@ -473,43 +473,40 @@ def train_parser() -> argparse.ArgumentParser:
     return p
 
 # %% ../nbs/35_train.ipynb #22179c41
+from .command import command, check_out
+
 def summary_text(s: dict) -> str:
     "A few human lines about a finished run"
     f4 = lambda v: 'n/a' if v is None else f"{v:.4f}"
-    lines = [f"cmrl train: {s['model']} on {s['data']} ({', '.join(s['modalities'])}), {s['epochs']} epoch(s), {s['n_params']:,} parameters, "
-             f"{s['device']} {s['precision']}",
-             f"  items: {s['n_train']} train / {s['n_valid']} valid / {s['n_test']} test" + ('' if s['n_valid'] else ' (trained without validation)')]
+    lines = [f"cmrl train: {s['model']} on {s['data']} ({', '.join(s['modalities'])}), {s['epochs']} epoch(s), "
+             f"{s['n_params']:,} parameters, {s['device']} {s['precision']}",
+             f"  items: {s['n_train']} train / {s['n_valid']} valid / {s['n_test']} test"
+             + ('' if s['n_valid'] else ' (trained without validation)')]
     if s['train_loss'] is None: lines.append("  no epoch trained")
-    else: lines.append(f"  loss: train {f4(s['first_train_loss'])} -> {f4(s['train_loss'])}" + (f", valid {f4(s['valid_loss'])}" if s['valid_loss'] is not None else ''))
-    lines.append(f"  time: {s['fit_seconds']} s training, {s['total_seconds']} s total; skipped non-finite batches: {s['nan_skipped']}")
+    else: lines.append(f"  loss: train {f4(s['first_train_loss'])} -> {f4(s['train_loss'])}"
+                       + (f", valid {f4(s['valid_loss'])}" if s['valid_loss'] is not None else ''))
+    lines.append(f"  time: {s['fit_seconds']} s training, {s['total_seconds']} s total; "
+                 f"skipped non-finite batches: {s['nan_skipped']}")
     if s.get('retrieval'):
-        lines.append('  valid retrieval R@10 (chance): ' + ', '.join(f"{k} {v['R@10']:.0f} ({v['chance_R@10'] or 0:.0f})" for k, v in s['retrieval'].items()))
-    if s.get('best'): lines.append(f"  best weights (kept in the checkpoint): epoch {s['best']['epoch'] + 1}, {s['best']['metric']} {s['best']['value']:.4g}")
+        lines.append('  valid retrieval R@10 (chance): '
+                     + ', '.join(f"{k} {v['R@10']:.0f} ({v['chance_R@10'] or 0:.0f})" for k, v in s['retrieval'].items()))
+    if s.get('best'): lines.append(f"  best weights (kept in the checkpoint): epoch {s['best']['epoch'] + 1}, "
+                                   f"{s['best']['metric']} {s['best']['value']:.4g}")
     if s.get('codebook'):
         last = s['codebook'][-1]
         lines.append('  codebook: ' + ', '.join(f"{k} {v:.3g}" for k, v in last.items() if k != 'epoch'))
-    lines.append(f"  wrote {s['out']}/: checkpoint.pt, config.json, metrics.json" + ''.join(f", {p}" for p in s['plots']))
+    lines.append(f"  wrote {s['out']}/: checkpoint.pt, config.json, metrics.json"
+                 + ''.join(f", {p}" for p in s['plots']))
     return '\n'.join(lines)
 
-def _one_line_warning(message, category, filename, lineno, file=None, line=None):
-    if rank_distrib() == 0: print(f"cmrl train: warning: {message}", file=sys.stderr, flush=True)
+def train_cmd(quiet: bool = False,  # no progress bars and no per-epoch lines
+              progress: bool | None = None,  # progress bars (None: when standard error is a terminal)
+              **given):  # the options given (`train_parser`): fields of `TrainConfig`
+    "`train` from the options given: (the summary for people, the metrics for standard output)"
+    check_out(given.get('out') or RUNS.parent, 'train')  # before any work: writable, and no other command's output
+    s = train(quiet=quiet, progress=progress, **given)
+    res = {k: v for k, v in s.items() if k not in ('loss_history', 'codebook', 'retrieval')}
+    return summary_text(s), json.loads(json.dumps(res, default=str))
 
-def train_cli(argv: list[str] | None = None  # arguments after `cmrl train`
-             ) -> int:  # exit status: 0, 2 for bad settings or files, 130 when interrupted
-    "The `cmrl train` command"
-    a = vars(train_parser().parse_args(sys.argv[1:] if argv is None else argv))
-    quiet, progress = a.pop('quiet', False), a.pop('progress', None)
-    try:
-        with warnings.catch_warnings():
-            warnings.showwarning = _one_line_warning
-            s = train(quiet=quiet, progress=progress, **a)
-    except Interrupted as e:
-        print(f"cmrl train: {e}", file=sys.stderr); return 130
-    except KeyboardInterrupt:
-        print("cmrl train: interrupted before training started; nothing was saved", file=sys.stderr); return 130
-    except (ValueError, FileNotFoundError, NotADirectoryError, FileExistsError) as e:
-        print(f"cmrl train: {e}", file=sys.stderr); return 2
-    if rank_distrib() == 0:
-        print(summary_text(s))
-        print(json.dumps({k: v for k, v in s.items() if k not in ('loss_history', 'codebook', 'retrieval')}, default=str))
-    return 0
+train_cli = command(train_cmd, 'cmrl train', parser=train_parser,  # the `cmrl train` command: `f(argv) -> exit status`
+                    interrupted='interrupted before training started; nothing was saved')

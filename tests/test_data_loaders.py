@@ -102,7 +102,8 @@ def test_cli_synth_and_manifest(tmp_path):
     assert rc == 0 and s['skipped']['count'] == 1 and s['items'] == 2
 
 
-@pytest.mark.parametrize('argv,msg', [(['nowhere.jsonl'], 'unknown data source'), (['tuxpaint', '--root', '/nonexistent'], 'no Tux Paint stamps'),
+@pytest.mark.parametrize('argv,msg', [(['nowhere.jsonl'], 'no such file: nowhere.jsonl'), (['nowhere'], 'unknown data source'),
+                                      (['tuxpaint', '--root', '/nonexistent'], 'no Tux Paint stamps'),
                                       (['synth', '--langs', 'fr'], 'English only')])
 def test_cli_errors(argv, msg):
     rc, out, err = run_cli(argv)

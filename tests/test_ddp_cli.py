@@ -4,7 +4,7 @@ import json, os, re, subprocess, sys
 from pathlib import Path
 import pytest, torch
 from cmrl.checkpoint import load_model, read_checkpoint
-from cmrl.callbacks import state_fingerprint
+from cmrl.distributed import state_fingerprint
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason='torch without distributed support')

@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np, pytest, torch
 
 
-from cmrl.testing import run_cli as run, last_json
+from cmrl.testing import invoke as run
 
 
 def quiet_train(**kw):
@@ -71,13 +71,13 @@ def test_no_data_scores_the_checkpoints_held_out_items(synth_ckpt):
     from cmrl.eval.report import eval_cli
     rc, out, err = run(eval_cli, ['--ckpt', str(synth_ckpt), '--out', '-'])
     assert rc == 0, err
-    r = last_json(out)
+    r = json.loads(out)
     trained = set(ck_of(synth_ckpt)['train_ids'])
     sc, fit = r['items']['scored'], r['items']['fit']
     assert sc['data'] == 'synth' and sc['n'] == 16 == len(sc['ids']) == r['n_items'] and not trained & set(sc['ids'])
     assert fit['n'] == 32 and set(fit['ids']) == trained and fit['split'] == 'trained'
     assert sc['left_out_trained'] == 32  # every item of the data, less the 32 trained on
-    assert out.splitlines()[0] == 'scored 16 item(s) of synth:all (32 the checkpoint trained on left out); fit on 32 item(s) of synth:trained'
+    assert err.strip().splitlines()[-1] == 'scored 16 item(s) of synth:all (32 the checkpoint trained on left out); fit on 32 item(s) of synth:trained'
 
 
 def test_data_scores_every_item_less_the_trained_ones(manifest, manifest_ckpt):
@@ -88,14 +88,14 @@ def test_data_scores_every_item_less_the_trained_ones(manifest, manifest_ckpt):
     assert 0 < len(trained) < 16
     rc, out, err = run(eval_cli, ['--ckpt', str(manifest_ckpt), '--data', str(manifest / 'all.jsonl'), '--out', '-'])
     assert rc == 0, err
-    r = last_json(out)
+    r = json.loads(out)
     sc = r['items']['scored']
     assert sc['n'] == 16 - len(trained) and sc['left_out_trained'] == len(trained) and sc['split'] == 'all'
     assert set(sc['ids']) == {f'item{i}' for i in range(16)} - trained
     # another manifest that shares some items with the training data: those are left out and counted
     rc, out, err = run(eval_cli, ['--ckpt', str(manifest_ckpt), '--data', str(manifest / 'other.jsonl'), '--out', '-'])
     assert rc == 0, err
-    sc = last_json(out)['items']['scored']
+    sc = json.loads(out)['items']['scored']
     shared = trained & {f'item{i}' for i in range(6)}
     assert sc['left_out_trained'] == len(shared) and sc['n'] == 6 - len(shared)
     assert sc['data'] == str(manifest / 'other.jsonl')
@@ -107,7 +107,7 @@ def test_probe_fit_on_the_checkpoints_training_items_unless_fit_names_data(manif
     rc, out, err = run(eval_cli, ['--ckpt', str(manifest_ckpt), '--data', str(manifest / 'all.jsonl'), '--task', 'generalization',
                                   '--out', str(tmp_path / 'g')])
     assert rc == 0, err
-    r = last_json(out)
+    r = json.loads(out)
     assert set(r['items']['fit']['ids']) == trained and r['items']['fit']['n'] == len(trained)
     g = r['generalization']['image->speech']
     assert g['n_train'] == len(trained) and g['n'] == 16 - len(trained) and 0 <= g['bacc'] <= 1 and g['C'] > 0
@@ -119,11 +119,11 @@ def test_probe_fit_on_the_checkpoints_training_items_unless_fit_names_data(manif
                                   '--task', 'generalization', '--out', '-'])
     shared = {f'item{i}' for i in range(6)} - trained  # items of other.jsonl that all.jsonl scores
     if shared: assert rc == 2 and f'share {len(shared)} item(s)' in err  # fit and scored items must be disjoint
-    else: assert rc == 0 and last_json(out)['items']['fit']['n'] == 6, err
+    else: assert rc == 0 and json.loads(out)['items']['fit']['n'] == 6, err
     rc, out, err = run(eval_cli, ['--ckpt', str(manifest_ckpt), '--data', str(manifest / 'other.jsonl'), '--fit', str(manifest / 'all.jsonl'),
                                   '--fit-split', 'train', '--task', 'generalization', '--out', '-'])
     assert rc == 0, err
-    f = last_json(out)['items']['fit']
+    f = json.loads(out)['items']['fit']
     assert f['data'] == str(manifest / 'all.jsonl') and f['split'] == 'train' and set(f['ids']) == trained
 
 
@@ -141,7 +141,7 @@ def test_retrieval_report_with_codes_length_reference_and_codebook_health(synth_
     from cmrl.eval.report import eval_cli
     rc, out, err = run(eval_cli, ['--ckpt', str(synth_ckpt), '--data', 'synth'])
     assert rc == 0, err
-    r = last_json(out)
+    r = json.loads(out)
     mods = ('video', 'audio', 'text')
     assert r['task'] == 'retrieval' and r['model'] == 'unicode' and r['n_items'] == 16
     assert set(r['embedding']) == {f'{a}->{b}' for a in mods for b in mods if a != b} and set(r['codes']) == set(r['embedding'])
@@ -163,7 +163,7 @@ def test_retrieval_reports_hash_codes_beside_float(synth_ckpt):
     from cmrl.eval.report import eval_cli
     rc, out, err = run(eval_cli, ['--ckpt', str(synth_ckpt), '--data', 'synth', '--bits', '16', '--out', '-'])
     assert rc == 0, err
-    r = last_json(out)
+    r = json.loads(out)
     h = r['hashing']
     assert h['bits'] == 16 and h['n_eval'] == 16 and h['n_fit'] == 32 and 'float' not in h  # float = r['embedding']
     assert h['bytes_per_item']['hash'] == h['bytes_per_item']['lsh'] == 2 and h['bytes_per_item']['float'] > 2
@@ -173,7 +173,7 @@ def test_retrieval_reports_hash_codes_beside_float(synth_ckpt):
             assert v['n'] == 16 and 0 <= v['R@1'] <= v['R@5'] <= v['R@10'] <= 100
             assert v['chance'] == pytest.approx(r['embedding'][d]['chance'])  # the same relevance and false-negative mask
     rc, out, err = run(eval_cli, ['--ckpt', str(synth_ckpt), '--data', 'synth', '--bits', '0', '--out', '-'])
-    assert rc == 0 and 'hashing' not in last_json(out), err
+    assert rc == 0 and 'hashing' not in json.loads(out), err
     rc, out, err = run(eval_cli, ['--ckpt', str(synth_ckpt), '--bits', '12', '--out', '-'])
     assert rc == 2 and '--bits 12' in err
 
@@ -193,7 +193,7 @@ def test_generalization_codebook_model_probes_quantised_and_continuous(synth_ckp
     from cmrl.eval.report import eval_cli
     rc, out, err = run(eval_cli, ['--ckpt', str(synth_ckpt), '--task', 'generalization', '--from', 'audio', '--out', '-'])
     assert rc == 0, err
-    r = last_json(out)
+    r = json.loads(out)
     assert r['features'] == 'quantised' and set(r['generalization']) == set(r['generalization_continuous']) == {'audio->video', 'audio->audio', 'audio->text'}
     for res in (r['generalization'], r['generalization_continuous']):
         for v in res.values():
@@ -205,7 +205,7 @@ def test_localization_needs_time_steps(cont_ckpt):
     from cmrl.eval.report import eval_cli
     rc, out, err = run(eval_cli, ['--ckpt', str(cont_ckpt), '--task', 'generalization', '--from', 'audio', '--to', 'video', '--out', '-'])
     assert rc == 0, err
-    r = last_json(out)
+    r = json.loads(out)
     assert r['localization'].startswith('skipped') and '--steps 10' in r['localization'] and r['features'] == 'embedding'
 
 
@@ -213,7 +213,7 @@ def test_codes_task(synth_ckpt, cont_ckpt):
     from cmrl.eval.report import eval_cli
     rc, out, err = run(eval_cli, ['--ckpt', str(synth_ckpt), '--task', 'codes'])
     assert rc == 0, err
-    r = last_json(out)
+    r = json.loads(out)
     assert r['n_codes'] == 64 and 1 <= r['usage']['audio/perplexity'] <= 64 and r['code_words']
     assert (synth_ckpt / 'eval-codes' / 'code_usage.png').is_file()
     rc, _, err = run(eval_cli, ['--ckpt', str(cont_ckpt), '--task', 'codes', '--out', '-'])
@@ -250,8 +250,9 @@ def test_bad_requests(synth_ckpt, tmp_path):
 
 
 def test_flags_superset_of_the_old_cli():
-    from cmrl.eval.report import cli_parser, eval_cmd
-    p = cli_parser(eval_cmd, 'cmrl eval', src_from='--from')
+    from cmrl.eval.report import eval_cmd
+    from cmrl.command import command_parser
+    p = command_parser(eval_cmd, 'cmrl eval', src_from='--from')
     flags = {s for a in p._actions for s in a.option_strings}
     old = {'--ckpt', '--data', '--task', '--from', '--to', '--fit', '--split', '--fit-split', '--pool', '--out', '--n-test', '--langs',
            '--bs', '--device', '--progress'}
@@ -259,7 +260,8 @@ def test_flags_superset_of_the_old_cli():
 
 
 def test_evaluation_does_not_import_training():
-    code = "import sys, cmrl.eval.report, cmrl.retrieve; print(sorted(m for m in sys.modules if m in ('cmrl.train', 'cmrl.learner', 'cmrl.callbacks')))"
+    code = ("import sys, cmrl.eval.report, cmrl.retrieve, cmrl.generate, cmrl.eval.textgen; "
+            "print(sorted(m for m in sys.modules if m in ('cmrl.train', 'cmrl.learner', 'cmrl.callbacks', 'cmrl.distributed')))")
     out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == '[]'
 
@@ -268,4 +270,4 @@ def test_dispatcher_runs_eval(synth_ckpt):
     from cmrl.cli import main
     rc, out, err = run(main, ['eval', '--ckpt', str(synth_ckpt), '--task', 'codes', '--out', '-'])
     assert rc == 0, err
-    assert last_json(out)['task'] == 'codes'
+    assert json.loads(out)['task'] == 'codes'

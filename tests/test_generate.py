@@ -1,7 +1,7 @@
 """Generation through the shared codes (issue 14): the decoders' losses fall on synthetic data, beam search gives the worked
 example's answer, the decoders round-trip through a checkpoint (JSON config + tensors, nothing pickled), and `cmrl generate`
 prints texts / writes PNG files from a checkpoint with decoders and refuses, with the fix, a checkpoint without them."""
-import dataclasses, math, warnings
+import dataclasses, json, math, warnings
 from pathlib import Path
 import pytest, torch
 from cmrl.core import set_seed, collate_items, seeded_generator, TEXT
@@ -10,8 +10,10 @@ from cmrl.models.decoders import with_decoders, rebuild_with_decoders, decoder_e
 from cmrl.models.registry import make_model, rebuild
 from cmrl.checkpoint import read_checkpoint, save_checkpoint
 from cmrl.data.synth import SynthSource
-from cmrl.generate import generate_cli, _tiny_ckpt, load_generator, text_scores, medoid_caption
-from cmrl.testing import run_cli, last_json, tiny_synth
+from cmrl.generate import generate_cli
+from cmrl.eval.ckpt import load_generator
+from cmrl.eval.textgen import text_scores, medoid_caption
+from cmrl.testing import invoke as run_cli, tiny_synth, tiny_ckpt
 
 TINY_IMAGE = dict(tokenizer=dict(n_codes=16, dim=16, width=16, n_down=2), prior=dict(d_model=32, n_heads=2, n_layers=1, dropout=0.))
 
@@ -22,7 +24,7 @@ def run(tmp_path_factory):
     p = tmp_path_factory.mktemp('gen') / 'run'
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
-        _, learn = _tiny_ckpt(p, decoders='text,image', epochs=15, bs=8, image=TINY_IMAGE)
+        _, learn = tiny_ckpt(p, decoders='text,image', epochs=15, bs=8, image=TINY_IMAGE)
     return p, learn
 
 
@@ -127,32 +129,32 @@ def test_too_few_steps_refused():
 def test_generate_prints_text(run, wav):
     rc, out, err = run_cli(generate_cli, ['--ckpt', str(run[0]), '--query', str(wav), '--k', '3'])
     assert rc == 0, err
-    res = last_json(out)
+    res = json.loads(out)
     assert res['modality'] == 'audio' and res['method'] == 'beam' and len(res['results']) == 3
     scores = [r['score'] for r in res['results']]
     assert scores == sorted(scores, reverse=True) and all(r['text'] for r in res['results'])
-    assert res['results'][0]['text'] in out.splitlines()[1]  # the human lines come first
+    assert res['results'][0]['text'] in err.splitlines()[1]  # the human lines: standard error
     rc, out, _ = run_cli(generate_cli, ['--ckpt', str(run[0]), '--query', str(wav), '--k', '2', '--method', 'topk', '--seed', '3'])
     rc2, out2, _ = run_cli(generate_cli, ['--ckpt', str(run[0]), '--query', str(wav), '--k', '2', '--method', 'topk', '--seed', '3'])
-    assert rc == rc2 == 0 and last_json(out)['results'] == last_json(out2)['results']
+    assert rc == rc2 == 0 and json.loads(out)['results'] == json.loads(out2)['results']
 
 
 def test_generate_writes_pictures(run, wav, tmp_path):
     from PIL import Image
     rc, out, err = run_cli(generate_cli, ['--ckpt', str(run[0]), '--query', 'a red circle moves', '--to', 'image', '--k', '2', '--out', str(tmp_path)])
     assert rc == 0, err
-    res = last_json(out)
+    res = json.loads(out)
     assert res['modality'] == 'text' and [Path(r['file']).name for r in res['results']] == ['generated-1.png', 'generated-2.png']
     for r in res['results']:
         with Image.open(r['file']) as im: assert im.size == (32, 32) and im.mode == 'RGB'
     rc, out, err = run_cli(generate_cli, ['--ckpt', str(run[0]), '--query', str(wav), '--to', 'image', '--k', '1', '--out', str(tmp_path / 'a')])
-    assert rc == 0 and last_json(out)['modality'] == 'audio', err  # speech/audio -> picture too
+    assert rc == 0 and json.loads(out)['modality'] == 'audio', err  # speech/audio -> picture too
 
 
 def test_generate_evaluate(run):
     rc, out, err = run_cli(generate_cli, ['--ckpt', str(run[0]), '--evaluate'])
     assert rc == 0, err
-    res = last_json(out)
+    res = json.loads(out)
     assert set(res['sets']) == {'video', 'audio', 'video+audio'}
     for r in res['sets'].values():
         assert {'generated', 'medoid', 'nearest', 'shuffled'} <= set(r) and r['n'] == res['scored'] == 32
@@ -160,7 +162,7 @@ def test_generate_evaluate(run):
         assert all(0 <= r[w]['cer'] for w in ('generated', 'medoid', 'nearest', 'shuffled'))
         for w, v in r['vs'].items():  # paired bootstrap of CER(generated) - CER(reference)
             assert abs(v['diff'] - (r['generated']['cer'] - r[w]['cer'])) < 1e-9 and v['lo'] <= v['diff'] <= v['hi']
-    assert 'medoid' in out.splitlines()[0] and 'shuffled' in out
+    assert 'medoid' in err.splitlines()[0] and 'shuffled' in err
 
 
 def test_refusals(run, wav, tmp_path):
@@ -200,6 +202,6 @@ def test_cmrl_train_decoders_then_generate(tmp_path, wav):
     rc, out, err = run_cli(train_cli, [*base, '--decoders', 'text,image', '--steps', '4', '--out', str(tmp_path / 'run')])
     assert rc == 0, err
     rc, out, err = run_cli(generate_cli, ['--ckpt', str(tmp_path / 'run'), '--query', str(wav), '--k', '2'])
-    assert rc == 0 and len(last_json(out)['results']) == 2, err
+    assert rc == 0 and len(json.loads(out)['results']) == 2, err
     rc, out, err = run_cli(generate_cli, ['--ckpt', str(tmp_path / 'run'), '--query', 'a red circle', '--to', 'image', '--k', '1', '--out', str(tmp_path / 'pics')])
-    assert rc == 0 and Path(last_json(out)['results'][0]['file']).is_file(), err
+    assert rc == 0 and Path(json.loads(out)['results'][0]['file']).is_file(), err

@@ -7,12 +7,12 @@ import pytest
 PKG = Path(__file__).resolve().parents[1] / 'cmrl'
 # bottom to top; a module belongs to the first layer whose pattern matches its dotted name
 LAYERS = [
-    ('core', r'cmrl(\.core)?$|cmrl\._modidx$'),
+    ('core', r'cmrl(\.core|\.command)?$|cmrl\._modidx$'),
     ('data', r'cmrl\.data(\..*)?$'),
     ('parts', r'cmrl\.(fit|encoders|codebook|losses|dcid|augment)$|cmrl\.heads(\..*)?$'),
     ('models', r'cmrl\.models(\..*)?$'),
     ('metrics and checkpoints', r'cmrl\.(metrics|checkpoint)$'),
-    ('training', r'cmrl\.(learner|callbacks|train)$'),
+    ('training', r'cmrl\.(distributed|learner|callbacks|train)$'),
     ('evaluation', r'cmrl\.eval(\..*)?$|cmrl\.retrieve$|cmrl\.generate$'),
     ('cli', r'cmrl\.cli$'),
     ('test utilities', r'cmrl\.testing$'),

@@ -4,7 +4,7 @@ from pathlib import Path
 import numpy as np, pytest, torch
 
 
-from cmrl.testing import run_cli as run, last_json
+from cmrl.testing import invoke as run
 
 
 @pytest.fixture(scope='module')
@@ -27,11 +27,11 @@ def test_text_query_finds_its_own_caption(synth_ckpt):
     cap = item['extra']['caption']
     rc, out, err = run(retrieve_cli, ['--ckpt', str(synth_ckpt), '--query', cap, '--to', 'text,audio', '--k', '5', '--split', 'valid'])
     assert rc == 0, err
-    r = last_json(out)
+    r = json.loads(out)
     top = r['results']['text']
     assert item['id'] in [h['id'] for h in top if h['score'] > 0.9999] and top[0]['score'] == pytest.approx(1., abs=1e-4)
     assert [h['rank'] for h in r['results']['audio']] == [1, 2, 3, 4, 5] and r['split'] == 'valid'
-    assert 'query (text)' in out  # the table for people comes first
+    assert 'query (text)' in err  # the table for people: standard error
 
 
 def test_every_item_is_the_default_gallery(synth_ckpt):
@@ -112,7 +112,7 @@ def test_dispatcher_runs_retrieve(synth_ckpt):
 
 
 def test_flags_superset_of_the_old_cli():
-    from cmrl.eval.report import cli_parser
+    from cmrl.command import command_parser as cli_parser
     from cmrl.retrieve import retrieve_cmd
     flags = {s for a in cli_parser(retrieve_cmd, 'cmrl retrieve')._actions for s in a.option_strings}
     old = {'--ckpt', '--query', '--gallery', '--k', '--split', '--to', '--query-modality', '--codes', '--n-test', '--langs', '--device', '--json'}

@@ -53,7 +53,7 @@ def test_empty_validation_trains_without_it(tmp_path, capsys, case):
     mt = metrics(out)
     if mt['n_valid'] == 0:
         assert 'training without validation' in se and mt['valid_loss'] is None and mt['validation'] is False
-        assert '(trained without validation)' in so
+        assert '(trained without validation)' in se  # the summary: standard error
     assert math.isfinite(mt['train_loss'])
     assert (out / 'checkpoint.pt').exists()
     if case != '20_items_16_labels': assert mt['n_valid'] == 0  # these have no item to hold out
@@ -86,7 +86,7 @@ def test_split_fields_are_honoured(tmp_path, capsys):
     assert rc == 0, se
     mt = metrics(out)
     assert (mt['n_train'], mt['n_valid'], mt['n_test']) == (6, 3, 3)
-    assert '6 train / 3 valid / 3 test' in se and '6 train / 3 valid / 3 test' in so
+    assert '6 train / 3 valid / 3 test' in se  # said at the start and in the summary, both on standard error
     assert read_checkpoint(out)['train_ids'] == [f'item{i}' for i in range(6)]
 
 

@@ -11,7 +11,8 @@ WORKER = textwrap.dedent('''
     from cmrl.data.synth import SynthEvents
     from cmrl.encoders import input_dims
     from cmrl.models.unicode import unicode_model
-    from cmrl.learner import cmrl_learner, distrib_ctx
+    from cmrl.learner import cmrl_learner
+    from cmrl.distributed import distrib_ctx
     out = sys.argv[1]
     set_seed(0)
     trn, val = SynthEvents(32, seed=0), SynthEvents(16, seed=1)

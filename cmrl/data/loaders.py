@@ -6,53 +6,62 @@ Docs: https://cmrl-dev.github.io/cmrl/data.loaders.html.md"""
 
 # %% ../../nbs/09_data.loaders.ipynb #61c684d2
 from __future__ import annotations
-import json, sys, warnings
+import json, warnings
 from pathlib import Path
 from fastcore.basics import patch
-from fastcore.script import anno_parser
 from fastai.data.core import DataLoaders
 from ..core import *
+from ..command import command, check_out, jsonable
 from .source import *
 from .tuxpaint import TuxPaint
 from .manifest import ManifestSource
 from .synth import SynthSource
 
 # %% auto #0
-__all__ = ['SOURCES', 'get_source', 'source_dls', 'source_dl', 'data', 'data_cli']
+__all__ = ['SOURCES', 'data_cli', 'get_source', 'source_dls', 'source_dl', 'data']
 
 # %% ../../nbs/09_data.loaders.ipynb #4dc31491
 SOURCES = {'tuxpaint': TuxPaint, 'synth': SynthSource}  # built-in sources by name
 
 def get_source(source='tuxpaint',  # 'tuxpaint', 'synth', a JSON Lines manifest (or a folder holding one), or a `Source`
                modalities=None,  # modalities to use (a list or 'image,text'); default every one the source has
-               langs=None,  # languages to keep ('fr,es', a list, or 'all'); default: Tux Paint 'fr', manifests every item
+               langs=None,  # languages to keep ('fr,es', a list, or 'all'); default: Tux Paint 'fr', manifests all
                size: int | None = None,  # image size (default 64); synth: the video frame size (default 32)
-               valid_pct: float = VALID_PCT,  # manifests: fraction of the groups without a `split` field held out for validation
+               valid_pct: float = VALID_PCT,  # manifests: fraction of the groups without a `split` held out for validation
                seed: int = 0,  # split seed (Tux Paint, manifests) or generator seed (synth)
-               **kwargs) -> Source:  # passed to the source's class (`root=`, `n_train=`, `n_mels=`, `image_frontend='efficientnet_lite0'`, ...)
+               **kwargs) -> Source:  # to the source's class (`root=`, `n_train=`, `n_mels=`, `image_frontend=`, ...)
     "A data source by name or manifest path"
     if isinstance(source, Source):
         given = [k for k, v in dict(modalities=modalities, langs=langs, size=size, **kwargs).items() if v is not None]
         given += ['valid_pct'] * (valid_pct != VALID_PCT) + ['seed'] * (seed != 0)
-        if given: raise TypeError(f"get_source: got a Source and settings {', '.join(given)}; pass the settings when building it")
+        if given:
+            raise TypeError(f"get_source: got a Source and settings {', '.join(given)}; pass the settings when building it")
         return source
     s = str(source)
     if s == 'synth':
         if langs is not None: raise ValueError(f"synth: its captions are English only; leave out langs (got {langs!r})")
         return SynthSource(modalities=modalities, seed=seed, **({'frame_size': size} if size else {}), **kwargs)
     if s == 'tuxpaint':
-        return TuxPaint(langs=langs, modalities=modalities, split_seed=kwargs.pop('split_seed', seed), **({'size': size} if size else {}), **kwargs)
+        return TuxPaint(langs=langs, modalities=modalities, split_seed=kwargs.pop('split_seed', seed),
+                        **({'size': size} if size else {}), **kwargs)
     if s in SOURCES: return SOURCES[s](modalities=modalities, **kwargs)
     p = Path(s).expanduser()
     if p.is_dir():
         ms = sorted(p.glob('*.jsonl'))
-        if len(ms) != 1: raise ValueError(f"{p} is a folder with {len(ms)} *.jsonl files; give the manifest file itself")
+        if len(ms) != 1:
+            raise ValueError(f"{p} is a folder with {len(ms)} *.jsonl files; give the manifest file itself")
         p = ms[0]
     if p.is_file():
-        return ManifestSource(p, langs=langs, modalities=modalities, valid_pct=valid_pct, split_seed=kwargs.pop('split_seed', seed),
+        return ManifestSource(p, langs=langs, modalities=modalities, valid_pct=valid_pct,
+                              split_seed=kwargs.pop('split_seed', seed),
                               **({'size': size} if size else {}), **kwargs)
+    if p.exists():
+        raise ValueError(f"{s}: not a manifest (neither a regular file nor a folder); give a JSON Lines manifest")
+    if any(c in s for c in '/\\') or p.suffix.lower() in ('.jsonl', '.json', '.ndjson'):
+        raise FileNotFoundError(f"no such file: {s} (the data source names a manifest path that is not there)")
     raise ValueError(f"unknown data source {s!r}: use one of {', '.join(SOURCES)}, or the path of a JSON Lines manifest "
-                     f"(one item per line: {{\"id\": ..., \"image\": ..., \"audio\": ..., \"text\": ..., \"label\": ..., \"lang\": ...}})")
+                     '(one item per line: {"id": ..., "image": ..., "audio": ..., "text": ..., "label": ..., '
+                     '"lang": ...})')
 
 # %% ../../nbs/09_data.loaders.ipynb #e9e750ec
 def _collate_kw(src: Source, max_len: dict | None) -> dict:
@@ -114,34 +123,24 @@ def data(source: str = 'tuxpaint',  # 'tuxpaint', 'synth', or the path of a JSON
          root: str = None,  # Tux Paint stamps folder (default: $CMRL_TUXPAINT or /usr/share/tuxpaint/stamps)
          check: bool = False,  # decode every file (fills the feature cache) and report the ones that fail
          cache: str = None,  # feature cache folder (default: $CMRL_CACHE or ~/.cache/cmrl/features)
-         valid_pct: float = VALID_PCT,  # manifests: fraction of the groups without a `split` field held out for validation
+         valid_pct: float = VALID_PCT,  # manifests: fraction of the groups without a `split` held out for validation
          seed: int = 0,  # split seed (synth: generator seed)
          size: int = None,  # image size (synth: video frame size)
-         image_frontend: str = None,  # Tux Paint, manifests: 'pixels' (default) or 'efficientnet_lite0' (frozen `[1, 1280]` features)
+         image_frontend: str = None,  # Tux Paint, manifests: 'pixels' (default) or 'efficientnet_lite0' (frozen features)
          n: int = None,  # synth: training items (same as --n-train)
          n_train: int = None,  # synth: training items
          n_valid: int = None,  # synth: validation items
          max_files: int = 25,  # skipped files listed per reason
          out: str = None,  # also write the JSON to this file
         ) -> dict:  # the summary
-    "Summarise a data source as JSON: items per modality, language, category and split, and the files skipped with reasons"
-    kw = {k: v for k, v in dict(root=root, n=n, n_train=n_train, n_valid=n_valid, image_frontend=image_frontend).items() if v is not None}
+    "Summarise a data source as JSON: items per modality, language, category and split; the files skipped, with why"
+    if out: check_out(out, 'data', folder=False)  # before any work
+    kw = dict(root=root, n=n, n_train=n_train, n_valid=n_valid, image_frontend=image_frontend)
+    kw = {k: v for k, v in kw.items() if v is not None}
     src = get_source(source, modalities=modalities, langs=langs, size=size, valid_pct=valid_pct, seed=seed, **kw)
     if check and not isinstance(src, SynthSource): src.check(cache=cache or True)
     s = src.summary(max_files=max_files)
-    if out: Path(out).write_text(json.dumps(s, indent=1, ensure_ascii=False))
+    if out: Path(out).expanduser().write_text(json.dumps(jsonable(s), indent=1, ensure_ascii=False))
     return s
 
-def data_cli(argv: list[str] | None = None  # arguments after `cmrl data`
-            ) -> int:  # exit status
-    "`cmrl data SOURCE`: print a JSON summary of a data source"
-    a = vars(anno_parser(data, prog='cmrl data', pos=['source']).parse_args(argv))
-    for k in ('pdb', 'xtra'): a.pop(k, None)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter('ignore')
-            s = data(**a)
-    except (ValueError, TypeError, FileNotFoundError, KeyError) as e:
-        print(f"cmrl data: {e}", file=sys.stderr); return 2
-    print(json.dumps(s, indent=1, ensure_ascii=False))
-    return 0
+data_cli = command(data, 'cmrl data', pos=('source',), refused=(TypeError,))  # `cmrl data`: `f(argv) -> exit status`

@@ -6,155 +6,28 @@ Docs: https://cmrl-dev.github.io/cmrl/eval.report.html.md"""
 
 # %% ../../nbs/45_eval.report.ipynb #3e406bb1
 from __future__ import annotations
-import json, math, sys, warnings
+import json, math, warnings
 from pathlib import Path
 from typing import Annotated, Sequence
 import numpy as np
 import torch
-from torch import Tensor
-from torch.utils.data import Subset
-from fastcore.script import anno_parser
 from ..core import *
-from ..data.loaders import get_source
+from ..command import jsonable, check_out, command
 from ..codebook import item_modes, code_histogram, perplexity, used_fraction, usage_stats
-from ..metrics import cross_modal_retrieval, retrieval_metrics, relevance, fit_length_model, length_similarity, direction
-from ..checkpoint import load_model, CheckpointError
+from ..metrics import (cross_modal_retrieval, retrieval_metrics, relevance, fit_length_model, length_similarity,
+                          direction)
+from ..checkpoint import load_model
 from .index import bag_of_codes
-from .generalization import extract_features, Features, cross_modal_generalization, localization
+from .generalization import Features, cross_modal_generalization, localization
+from .ckpt import (TASKS, run_source, ckpt_source, eval_parts, max_lengths, usable_modalities,
+                            records_features, semantic_embeddings, eval_device, check_request)
 from .interpret import code_label_table, code_word_table
 from .hashing import hash_retrieval_report
 
 # %% auto #0
-__all__ = ['FRONTEND_KW', 'TASKS', 'run_source', 'ckpt_source', 'eval_parts', 'max_lengths', 'usable_modalities',
-           'records_features', 'semantic_embeddings', 'tfidf_embeddings', 'length_reference', 'retrieval_report',
-           'code_kappa', 'codebook_report', 'probe_report', 'pair_heatmap', 'usage_plot', 'eval_device',
-           'check_request', 'codes_task', 'localization_task', 'plan_eval', 'run_eval', 'write_report', 'cli_parser',
-           'run_cli', 'eval_cmd', 'items_line', 'eval_cli']
-
-# %% ../../nbs/45_eval.report.ipynb #b7c7cd4b
-FRONTEND_KW = ('size', 'n_mels', 'image_frontend', 'text_kind')  # `get_source` settings that shape the model's inputs: kept for other data
-
-def run_source(ck: dict,  # checkpoint dict (`cmrl.checkpoint.load_model`)
-              ) -> dict:  # `{'name': ..., **kwargs}` of the `get_source` call of the training run
-    "The `get_source` call that gave the checkpoint its training data"
-    cfg = ck.get('config') or {}
-    s = dict(cfg.get('source') or {})
-    if s.get('name'): return s
-    if cfg.get('data'): return {'name': cfg['data']}
-    raise CheckpointError("the checkpoint records no data source (config 'source' or 'data'); name the data with --data")
-
-def ckpt_source(ck: dict,  # checkpoint dict
-                data: str | None = None,  # source to evaluate on; None: the checkpoint's own
-                **kw):  # `get_source` settings that override the recorded ones (e.g. `langs`, `n_test`)
-    "The source `data` prepared like the checkpoint's training data; default the checkpoint's own"
-    s = run_source(ck)
-    name = s.pop('name')
-    own = data is None or str(data) == str(name)
-    args = s if own else {k: v for k, v in s.items() if k in FRONTEND_KW}
-    args = {**args, **{k: v for k, v in kw.items() if v is not None}}
-    tok = ((ck.get('frontends') or {}).get('tokenizer') or {}).get('kind')
-    if not own and tok == 'chars': warnings.warn(f"the checkpoint's text tokenizer was fitted on its own data; {data} fits its own, so text ids may differ")
-    try: return get_source(name if own else data, **args)
-    except TypeError as e: raise ValueError(f"{name if own else data}: a setting does not apply to this source ({e}); leave it out") from None
-
-# %% ../../nbs/45_eval.report.ipynb #750e9d8d
-def _ids(recs) -> list[str]: return [str(r['id']) for r in recs]
-
-def _part(name, split, recs, **more) -> dict:
-    return {'data': str(name), 'split': split, 'n': len(recs), **more, 'ids': _ids(recs)}
-
-def eval_parts(src,  # the source to score (`ckpt_source`)
-               ck: dict,  # checkpoint dict: its `train_ids` are left out of the scored items
-               own: bool,  # `src` is the checkpoint's own data
-               split: str | None = None,  # split of `src` to score; None: every item
-               fit_src=None,  # source to fit probes on; None: the checkpoint's own training items
-               fit_split: str | None = None,  # split of the fit source; None: its trained items (own) or every item (other)
-               own_src=None,  # the checkpoint's own source when `src` is other data and the fit needs it
-              ) -> dict:  # {'scored': records, 'fit': records or None, 'report': what was used for what}
-    "The records to score and to fit on, and the counts and ids the report gives"
-    tr = ck.get('train_ids')
-    trained = None if tr is None else set(map(str, tr))
-    if trained is None:
-        warnings.warn("the checkpoint does not record the items it trained on (train_ids): nothing is left out of the "
-                      "scored items" + (" but its 'train' split" if own else ""))
-        held = [r for s in src.splits if s != 'train' for r in src.split(s)]
-        cand = src.split(split) if split else held if own else src.split('all')
-    else: cand = src.split(split or 'all')
-    scored = [r for r in cand if trained is None or str(r['id']) not in trained]
-    name = getattr(src, 'name', 'data')
-    if not scored: raise ValueError(f"nothing to score: the {len(cand)} item(s) of {name}:{split or 'all'} were all trained on; "
-                                    "evaluate on other data (--data) or another split (--split)")
-    rep = {'scored': _part(name, split or 'all', scored, left_out_trained=len(cand) - len(scored))}
-    fsrc = fit_src if fit_src is not None else (src if own else own_src)
-    fit = None
-    if fsrc is not None:
-        if fit_split: fit = fsrc.split(fit_split)
-        elif fit_src is None and trained is not None: fit = [r for r in fsrc.split('all') if str(r['id']) in trained]
-        else: fit = fsrc.split('train' if fit_src is None else 'all')
-        both = set(_ids(fit)) & set(_ids(scored))
-        if both: raise ValueError(f"the fit items ({getattr(fsrc, 'name', 'fit')}:{fit_split or 'trained'}) and the scored items share "
-                                  f"{len(both)} item(s), e.g. {sorted(both)[:3]}; choose disjoint data or splits (--fit, --fit-split, --split)")
-        rep['fit'] = _part(getattr(fsrc, 'name', 'fit'), fit_split or ('trained' if fit_src is None and trained is not None else 'all'), fit)
-    return {'scored': scored, 'fit': fit, 'report': rep}
-
-# %% ../../nbs/45_eval.report.ipynb #f5c0c3d3
-def max_lengths(ck: dict, src) -> dict | None:
-    "Per-modality maximum input lengths of the training run, for the source's modalities"
-    c = ck.get('config') or {}
-    ml = dict(c.get('max_len') or {**{m: c.get('max_speech') for m in AURAL}, TEXT: c.get('max_text')})
-    ml = {m: int(v) for m, v in ml.items() if v and m in src.modalities}
-    return ml or None
-
-def usable_modalities(model, src) -> list[str]:
-    "Modalities both the model and the source have, whose input settings agree (a warning names the others)"
-    dims = (getattr(model, 'config', {}) or {}).get('dims', {})
-    shapes, out, why = src.shapes, [], []
-    for m in model.modalities:
-        if m not in src.modalities: continue
-        d, shp = dims.get(m, {}), shapes.get(m, ((), None))[0]
-        if 'n_mels' in d and shp and shp[-1] != d['n_mels']: why.append(f"{m}: the model takes {d['n_mels']} mel bins, the source gives {shp[-1]}")
-        elif d.get('vocab') is not None and src.text_vocab_size > d['vocab']:
-            why.append(f"{m}: the model knows {d['vocab']} token ids, the source's tokenizer makes {src.text_vocab_size}")
-        elif d.get('in_dim') is not None and shp and shp[-1] != d['in_dim']: why.append(f"{m}: the model takes {d['in_dim']}-wide features, the source gives {shp[-1]}")
-        else: out.append(m)
-    if why: warnings.warn("left out: " + '; '.join(why) + ". Evaluate on data prepared like the model's training data.")
-    return out
-
-# %% ../../nbs/45_eval.report.ipynb #059552e3
-def _subset(src, records) -> Subset:
-    "The items of `records` from `src.dataset('all')`, in the order of `records`"
-    ds = src.dataset('all')
-    pos = {i: k for k, i in enumerate(_ids(getattr(ds, 'records', None) or src.split('all')))}
-    return Subset(ds, [pos[str(r['id'])] for r in records])
-
-def records_features(model, src,  # the model and the source the records come from
-                     records: Sequence[dict],  # the items to encode (records of `src`)
-                     modalities: Sequence[str],  # modalities to encode
-                     bs: int = 64,  # batch size
-                     max_len: dict | None = None,  # per-modality maximum input length (`max_lengths`)
-                     progress: bool = False) -> Features:
-    "`extract_features` of some records of a source, collated with the source's settings"
-    shapes = {m: v for m, v in src.shapes.items() if m in modalities}
-    with warnings.catch_warnings():
-        warnings.filterwarnings('ignore', message='.*nested tensors.*')
-        return extract_features(model, _subset(src, records), bs=bs, progress=progress, modalities=list(modalities), shapes=shapes, max_len=max_len)
-
-@torch.no_grad()
-def semantic_embeddings(model, src, records: Sequence[dict], modalities: Sequence[str], bs: int = 64,
-                        max_len: dict | None = None) -> dict:  # modality -> `[N, D]`, rows in the order of `records`
-    "A codebook model's continuous embeddings: its encoders' semantic features before quantisation, mean-pooled over real steps"
-    sub, dev = _subset(src, records), next(model.parameters()).device
-    shapes = {m: v for m, v in src.shapes.items() if m in modalities}
-    out, was = {}, model.training
-    model.eval()
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings('ignore', message='.*nested tensors.*')
-            for s in range(0, len(sub), bs):
-                b = collate_items([sub[i] for i in range(s, min(s + bs, len(sub)))], modalities=list(modalities), shapes=shapes, max_len=max_len)
-                for m, e in model.encode(b.to(dev)).items(): out.setdefault(m, []).append(masked_mean(e.sem, e.mask).float().cpu())
-    finally: model.train(was)
-    return {m: torch.cat(v) for m, v in out.items()}
+__all__ = ['eval_cli', 'tfidf_embeddings', 'length_reference', 'retrieval_report', 'code_kappa', 'codebook_report',
+           'probe_report', 'pair_heatmap', 'usage_plot', 'codes_task', 'localization_task', 'plan_eval', 'run_eval',
+           'write_report', 'eval_cmd', 'items_line']
 
 # %% ../../nbs/45_eval.report.ipynb #04f7c96c
 def tfidf_embeddings(codes: dict,  # modality -> `[N, T]` codes (negative = none)
@@ -289,42 +162,14 @@ def usage_plot(codes: dict,  # modality -> `[N, T]` codes (negative = none)
     fig.tight_layout()
     return fig
 
-# %% ../../nbs/45_eval.report.ipynb #a4b1077e
-TASKS = ('retrieval', 'generalization', 'codes')
-
-def eval_device(name: str | None = None  # 'auto'/None, 'cpu', 'cuda', 'cuda:1', 'mps'
-               ) -> torch.device:
-    "The device `name` names, checked (a clear error for unknown or absent devices)"
-    if name in (None, '', 'auto'): return default_device()
-    try: dev = torch.device(name)
-    except (RuntimeError, ValueError): raise ValueError(f"--device {name!r}: use auto, cpu, cuda, cuda:N or mps") from None
-    if dev.type == 'cuda' and not torch.cuda.is_available(): raise ValueError(f"--device {name}: no CUDA device here; use --device cpu")
-    if dev.type == 'mps' and not torch.backends.mps.is_available(): raise ValueError(f"--device {name}: no MPS device here; use --device cpu")
-    return dev
-
-def check_request(task: str = 'retrieval', bs: int = 64, pool: str = 'mean', k: int | None = None, bits: int = 0):
-    "Refuse impossible settings with a message that names the flag"
-    if int(bits) < 0 or int(bits) % 8: raise ValueError(f"--bits {bits}: the hash code length must be a multiple of 8 (0: no hashing)")
-    if task not in TASKS: raise ValueError(f"--task must be one of {', '.join(TASKS)}, not {task!r}")
-    if int(bs) < 1: raise ValueError(f"--bs {bs}: the batch size must be at least 1")
-    if pool not in ('mean', 'max'): raise ValueError(f"--pool must be mean or max, not {pool!r}")
-    if k is not None and int(k) < 1: raise ValueError(f"--k {k}: ask for at least 1 result")
-
+# %% ../../nbs/45_eval.report.ipynb #1f830654
 def _pairs(mods, a: str | None, b: str | None, same: bool = False) -> list:
+    "The (from, to) pairs of `mods`, restricted by --from `a` and --to `b`; `same`: also (m, m)"
     for m in (a, b):
         if m is not None and m not in mods: raise ValueError(f"modality {m!r} is not usable here; choose from {', '.join(mods)}")
     return [(x, y) for x in mods for y in mods if (x != y or same) and (a is None or x == a) and (b is None or y == b)]
 
 # %% ../../nbs/45_eval.report.ipynb #bb3298c2
-def _json(o):
-    "`o` with non-finite floats as None and tensors/arrays as lists: strict JSON"
-    if isinstance(o, float) and not math.isfinite(o): return None
-    if isinstance(o, dict): return {str(k): _json(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)): return [_json(v) for v in o]
-    if isinstance(o, (np.floating, np.integer)): return _json(o.item())
-    if isinstance(o, (Tensor, np.ndarray)): return _json(o.tolist())
-    return o
-
 def _texts(fe: Features, src) -> list | None:
     if 'caption' in fe.extra: return list(fe.extra['caption'])
     recs = {str(r['id']): r for r in getattr(src, 'records', [])}
@@ -336,7 +181,8 @@ def codes_task(fe: Features, src, K: int) -> tuple[dict, dict]:
     res = {'usage': {k: float(v) for k, v in usage_stats(dict(fe.codes), K).items()},
            'codes': code_label_table(fe.codes, fe.y, src.class_names, K).head(30).reset_index().to_dict('records')}
     texts = _texts(fe, src)
-    if texts is not None: res['code_words'] = code_word_table(fe.codes, texts, K).head(30).reset_index().to_dict('records')
+    if texts is not None:
+        res['code_words'] = code_word_table(fe.codes, texts, K).head(30).reset_index().to_dict('records')
     return res, {'code_usage.png': usage_plot(fe.codes, K)}
 
 def localization_task(fit: Features, fe: Features, pairs) -> dict | str | None:
@@ -392,7 +238,7 @@ def run_eval(ckpt,  # checkpoint folder or file
              data: str | None = None,  # source to score: every item not trained on; None: the checkpoint's own data
              task: str = 'retrieval',  # 'retrieval', 'generalization' or 'codes'
              src_from: str | None = None, to: str | None = None,  # restrict to pairs from A / to B
-             fit: str | None = None,  # source the probes and the length reference are fit on; None: the checkpoint's training items
+             fit: str | None = None,  # source the probes and the length reference are fit on; None: the trained items
              split: str | None = None,  # split of `data` to score; None: every item not trained on
              fit_split: str | None = None,  # split of the fit source; None: the trained items (or every item of `fit`)
              pool: str = 'mean',  # generalisation: pooling over time steps
@@ -401,12 +247,15 @@ def run_eval(ckpt,  # checkpoint folder or file
              langs: str | None = None,  # Tux Paint / manifest languages, comma-separated or 'all'
              bs: int = 64, progress: bool = False, device=None,
              weights: str = 'best',  # 'best' or 'last' weights of the checkpoint
-             bits: int = 64,  # retrieval: B-bit hash codes (a head fitted on the fit items, and LSH) beside float retrieval; 0: none
+             bits: int = 64,  # retrieval: B-bit hash codes (a head fitted on the fit items, and LSH); 0: none
             ) -> dict:
     "Evaluate a checkpoint; the dict `cmrl eval` prints"
     check_request(task, bs, pool, bits=bits)
-    p = plan_eval(ckpt, data, task, src_from, to, fit, split, fit_split, n_test, langs, device, weights, bits if task == 'retrieval' else 0)
-    model, ck, src, fsrc, mods, pairs, K, parts = (p[k] for k in ('model', 'ck', 'src', 'fit_src', 'mods', 'pairs', 'K', 'parts'))
+    if out is not None: out = check_out(out, 'eval')  # before any work: writable, and no other command's output
+    p = plan_eval(ckpt, data, task, src_from, to, fit, split, fit_split, n_test, langs, device, weights,
+                  bits if task == 'retrieval' else 0)
+    model, ck, src, fsrc, mods, pairs, K, parts = (p[k] for k in ('model', 'ck', 'src', 'fit_src', 'mods', 'pairs', 'K',
+                                                                  'parts'))
     res, figs = dict(p['head']), {}
     fe = records_features(model, src, parts['scored'], mods, bs, max_lengths(ck, src), progress)
     if p['need_fit']:
@@ -419,7 +268,8 @@ def run_eval(ckpt,  # checkpoint folder or file
         figs['retrieval_r10.png'] = pair_heatmap(r['embedding'], 'R@10', 'R@10 (embeddings)')
         if bits:  # `cmrl.eval.hashing`: learned codes and LSH, scored like 'embedding' (which is their float reference)
             try:
-                h = hash_retrieval_report(ffe.emb, fe.emb, bits, fit_present=ffe.present, present=fe.present, ids=fe.ids,
+                h = hash_retrieval_report(ffe.emb, fe.emb, bits, fit_present=ffe.present, present=fe.present,
+                                          ids=fe.ids,
                                           groups=fe.groups, directions=pairs)
                 res['hashing'] = {k: v for k, v in h.items() if k != 'float'}
             except ValueError as e:
@@ -428,7 +278,8 @@ def run_eval(ckpt,  # checkpoint folder or file
         cont = None if K is None else (semantic_embeddings(model, fsrc, parts['fit'], fmods, bs, max_lengths(ck, fsrc)),
                                        semantic_embeddings(model, src, parts['scored'], mods, bs, max_lengths(ck, src)))
         res.update(probe_report(ffe, fe, pairs, cont, pool))
-        figs['generalization_bacc.png'] = pair_heatmap(res['generalization'], 'bacc', 'balanced accuracy (fit on row, scored on column)', fmt='{:.2f}')
+        figs['generalization_bacc.png'] = pair_heatmap(res['generalization'], 'bacc',
+                                                       'balanced accuracy (fit on row, scored on column)', fmt='{:.2f}')
         loc = localization_task(ffe, fe, pairs)
         if loc is not None: res['localization'] = loc
     else:
@@ -442,43 +293,18 @@ def write_report(res: dict, figs: dict, out=None) -> dict:
         o = Path(out); o.mkdir(parents=True, exist_ok=True)
         for n, f in figs.items(): f.savefig(o / n, dpi=80)
         res['files'] = ['metrics.json', *figs]
-        (o / 'metrics.json').write_text(json.dumps(_json(res), indent=1))
+        (o / 'metrics.json').write_text(json.dumps(jsonable(res), indent=1))
     return res
 
-# %% ../../nbs/45_eval.report.ipynb #2ea14246
-def cli_parser(func, prog: str, **aliases):  # aliases: dest -> extra flag (e.g. src_from='--from')
-    "fastcore's `anno_parser` for `func`, with extra flag names for some parameters"
-    p = anno_parser(func, prog=prog)
-    for dest, flag in aliases.items():
-        a = next(a for a in p._actions if a.dest == dest)
-        a.option_strings.insert(0, flag); p._option_string_actions[flag] = a
-    return p
-
-def run_cli(func, prog: str, argv: list[str] | None, **aliases) -> int:
-    "Parse `argv` for `func`, run it, print its JSON; refusals -> `prog: message` on stderr and status 2"
-    try: a = vars(cli_parser(func, prog, **aliases).parse_args(list(argv or [])))
-    except SystemExit as e: return int(e.code or 0)
-    a.pop('pdb', None); a.pop('xtra', None)
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings('ignore', category=FutureWarning)
-            res = func(**a)
-    except (ValueError, FileNotFoundError, KeyError, NotADirectoryError) as e:  # CheckpointError is a ValueError
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"{prog}: {msg}", file=sys.stderr); return 2
-    if isinstance(res, tuple): text, res = res; print(text)
-    print(json.dumps(_json(res), ensure_ascii=False))
-    return 0
-
 # %% ../../nbs/45_eval.report.ipynb #7d99cc64
-def eval_cmd(ckpt: Annotated[str, dict(opt=True, required=True)],  # folder written by `cmrl train --out` (or its checkpoint file)
-             data: str = None,  # data to score ('tuxpaint', 'synth' or a JSON Lines manifest): every item not trained on; default the checkpoint's own held-out items
+def eval_cmd(ckpt: Annotated[str, dict(opt=True, required=True)],  # folder `cmrl train --out` wrote (or its checkpoint file)
+             data: str = None,  # data to score ('tuxpaint', 'synth', a manifest; default: the checkpoint's own held-out items)
              task: Annotated[str, dict(choices=TASKS)] = 'retrieval',  # what to measure
              src_from: str = None,  # query / fit modality (default: all)
              to: str = None,  # gallery / scored modality (default: all)
-             fit: str = None,  # data to fit the probes and the length reference on (default: the checkpoint's own training items)
+             fit: str = None,  # data to fit the probes and the length reference on (default: the trained items)
              split: str = None,  # split of --data to score (default: every item not trained on; 'all' the same)
-             fit_split: str = None,  # split of --fit to fit on (default: every item of --fit; the trained items without --fit)
+             fit_split: str = None,  # split of --fit to fit on (default: all of --fit; the trained items without --fit)
              pool: Annotated[str, dict(choices=('mean', 'max'))] = 'mean',  # generalisation: pooling over time steps
              out: str = None,  # folder for metrics.json and plots (default CKPT/eval-TASK; '-' for none)
              n_test: int = None,  # synth: items of the test split
@@ -487,23 +313,23 @@ def eval_cmd(ckpt: Annotated[str, dict(opt=True, required=True)],  # folder writ
              device: str = None,  # 'cpu', 'cuda', ... (default: the best available)
              weights: Annotated[str, dict(choices=('best', 'last'))] = 'best',  # which weights of the checkpoint
              progress: bool = False,  # progress bars
-             bits: int = 64,  # retrieval: length of the binary hash codes reported beside float retrieval (learned on the fit items, and LSH); 0: none
+             bits: int = 64,  # retrieval: bits of the hash codes beside float retrieval (learned, and LSH); 0: none
             ):
     "Evaluate a cmrl checkpoint; print the metrics as JSON and write them with plots to --out."
     ck = Path(ckpt)
     o = None if out == '-' else Path(out) if out else (ck if ck.is_dir() else ck.parent) / f'eval-{task}'
+    if o is not None: check_out(o, 'eval')
     split = None if split == 'all' else split
-    res = run_eval(ckpt, data, task, src_from, to, fit, split, fit_split, pool, o, n_test, langs, bs, progress, device, weights, bits=bits)
+    res = run_eval(ckpt, data, task, src_from, to, fit, split, fit_split, pool, o, n_test, langs, bs, progress, device,
+                   weights, bits=bits)
     return items_line(res['items']), res
 
 def items_line(items: dict) -> str:
     "One line for people: what was scored, how many trained items were left out, what the probes were fit on"
     sc = items['scored']
-    s = f"scored {sc['n']} item(s) of {sc['data']}:{sc['split']} ({sc['left_out_trained']} the checkpoint trained on left out)"
+    s = (f"scored {sc['n']} item(s) of {sc['data']}:{sc['split']} "
+         f"({sc['left_out_trained']} the checkpoint trained on left out)")
     if 'fit' in items: s += f"; fit on {items['fit']['n']} item(s) of {items['fit']['data']}:{items['fit']['split']}"
     return s
 
-def eval_cli(argv: list[str] | None = None  # arguments after `cmrl eval`
-            ) -> int:  # exit status
-    "The `cmrl eval` command"
-    return run_cli(eval_cmd, 'cmrl eval', argv, src_from='--from')
+eval_cli = command(eval_cmd, 'cmrl eval', src_from='--from')  # the `cmrl eval` command: `f(argv) -> exit status`
