@@ -287,6 +287,7 @@ def run_eval(ckpt,  # checkpoint folder or file
         res.update(n_codes=K, **r); figs.update(f)
     return write_report(res, figs, out)
 
+# %% ../../nbs/45_eval.report.ipynb #3eb30f2c
 def write_report(res: dict, figs: dict, out=None) -> dict:
     "Write `metrics.json` and the plots into `out` (when given); `res` with the list of files"
     if out is not None:
