@@ -26,10 +26,23 @@ class ManifestError(ValueError):
 FEATURE_FIELDS = tuple(m + FEATURE_SUFFIX for m in MODALITIES)  # 'image_features', ...: precomputed `[T, D]` / `[D]` `.npy` files
 MANIFEST_FIELDS = ('id', IMAGE, AUDIO, SPEECH, TEXT, *FEATURE_FIELDS, 'label', 'lang', 'split', 'group')
 _LANG_CODE = re.compile(r'^[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{2,8})*(?:@[A-Za-z]+)?$')
+_SURROGATE = re.compile('[\ud800-\udfff]')  # half of a UTF-16 pair: JSON can escape it ("\\ud83d"), UTF-8 cannot hold it
+
+def _surrogates(o: dict, at) -> list[str]:
+    "A problem per field (name or value) holding a lone surrogate, with where it is"
+    errs = []
+    for k, v in o.items():
+        for what, s in (('name', k), ('value', v)):
+            if isinstance(s, str) and (m := _SURROGATE.search(s)):
+                errs.append(f"{at(k if what == 'value' else k.encode('utf-8', 'backslashreplace').decode())}: its {what} holds a "
+                            f"lone surrogate \\u{ord(m.group()):04x} at character {m.start() + 1} (half of a UTF-16 pair, not a "
+                            "character); fix the text or its JSON escape")
+    return errs
 
 def _check_line(o, n: int, fname: str, errs: list, seen: dict, splits) -> dict | None:
     at = lambda f: f"{fname}:{n}: field {f!r}"
     if not isinstance(o, dict): errs.append(f"{fname}:{n}: expected a JSON object, got {type(o).__name__}"); return None
+    if (bad := _surrogates(o, at)): errs.extend(bad); return None
     r = {}
     if 'id' not in o or o['id'] is None: errs.append(f"{at('id')}: missing (every item needs a unique id)")
     elif not isinstance(o['id'], (str, int)) or isinstance(o['id'], bool) or str(o['id']) == '': errs.append(f"{at('id')}: expected a non-empty string, got {o['id']!r}")
@@ -76,8 +89,8 @@ def read_manifest(path,  # the JSON Lines file
         for k in o:
             if k not in MANIFEST_FIELDS: unknown.setdefault(k, n)
         r['line'] = n
-        for m in (IMAGE, AUDIO, SPEECH, *FEATURE_FIELDS):
-            if r.get(m): r[m] = str((path.parent / r[m]).expanduser()) if not Path(r[m]).is_absolute() else r[m]
+        for m in (IMAGE, AUDIO, SPEECH, *FEATURE_FIELDS):  # '~/x.png' is the user's home; a relative path, the manifest's folder
+            if r.get(m): r[m] = str(path.parent / Path(r[m]).expanduser())
         recs.append(r)
     if errs:
         more = f"\n  ... and {len(errs) - 30} more" if len(errs) > 30 else ''
@@ -110,6 +123,21 @@ def _featured(recs, fname) -> dict:
         elif ws: dims[m] = next(iter(ws))
         for r in recs: r[m] = r.pop(f, None) if r.get(f) is not None or r.get(m) is None else None
     return dims, errs, skipped
+
+def _group_splits(recs: list[dict], fname: str):
+    "Items without a `split` take their group's (its most common, ties: the first given), so a group stays in one part; warns"
+    given = {}
+    for r in recs:
+        if r['split'] is not None: given.setdefault(r['group'], Counter())[r['split']] += 1
+    took = 0
+    for r in recs:
+        if r['split'] is None and r['group'] in given: r['split'] = given[r['group']].most_common(1)[0][0]; took += 1
+    if took: warnings.warn(f"{fname}: {took} item(s) without a `split` took the split of their group's other items (a group "
+                           "stays in one part); give them a `split` to place them yourself")
+    mixed = [(g, c) for g, c in given.items() if len(c) > 1]
+    if mixed: warnings.warn(f"{fname}: {len(mixed)} group(s) have items in several parts, as their `split` fields say: " + '; '.join(
+        f"group {g!r}: " + ', '.join(f"{k} {v}" for k, v in c.items()) for g, c in mixed[:5]) + (' ...' if len(mixed) > 5 else '')
+        + "; items of one group are alike, so a part that shares a group with training is not unseen")
 
 class ManifestSource(Source):
     "A JSON Lines manifest of the user's own items as a cmrl source"
@@ -159,6 +187,7 @@ class ManifestSource(Source):
             r['category'] = r['label']
             r['label'] = cats.o2i[r['label']] if r['label'] is not None else None
             r['group'] = r['group'] or r['id']
+        _group_splits(keep, path.name)
         free = [r for r in keep if r['split'] is None]
         for r, s in zip(free, group_split([r['group'] for r in free], [str(r['label']) for r in free], fracs, split_seed)): r['split'] = s
         names = list(dict.fromkeys(['train', 'valid', *(n for n, _ in fracs), *(r['split'] for r in keep)]))
