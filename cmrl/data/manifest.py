@@ -99,7 +99,7 @@ def read_manifest(path,  # the JSON Lines file
     return recs, [f"{k} (first on line {n})" for k, n in unknown.items()]
 
 # %% ../../nbs/07_data.manifest.ipynb #c165f3d2
-def _featured(recs, fname) -> dict:
+def _featured(recs, fname, steps: dict) -> dict:
     "Modality -> width `D` of the modalities given as `<m>_features`, checking every file's header; bad files become `None` with a reason"
     dims, errs, skipped = {}, [], []
     for m in MODALITIES:
@@ -113,7 +113,7 @@ def _featured(recs, fname) -> dict:
             continue
         widths = {}
         for r in has:
-            try: widths[r['line']] = feature_shape(r[f])[1]
+            try: steps[r[f]], widths[r['line']] = feature_shape(r[f])  # T from the header: long files are said before loading
             except DecodeError as e: skipped.append((r[f], f"{e.reason} (line {r['line']}, field {f!r})")); r[f] = None
         ws = Counter(widths.values())
         if len(ws) > 1:
@@ -173,7 +173,7 @@ class ManifestSource(Source):
         if skipped and missing == 'error':
             raise ManifestError(f"{path}: {len(skipped)} file(s) not found; fix the paths (relative to {path.parent}):\n  "
                                 + '\n  '.join(f"{p}: {why}" for p, why in skipped[:30]))
-        feature_dims, errs, bad_feats = _featured(recs, path.name)
+        feature_dims, errs, bad_feats = _featured(recs, path.name, steps := {})
         if errs: raise ManifestError(f"{path}: {len(errs)} problem(s) with precomputed features:\n  " + '\n  '.join(errs))
         keep = [r for r in recs if any(r.get(m) is not None for m in MODALITIES)]
         gone = len(recs) - len(keep)
@@ -193,7 +193,7 @@ class ManifestSource(Source):
         names = list(dict.fromkeys(['train', 'valid', *(n for n, _ in fracs), *(r['split'] for r in keep)]))
         splits = {n: [i for i, r in enumerate(keep) if r['split'] == n] for n in names}
         splits = {n: ix for n, ix in splits.items() if ix or n in ('train', 'valid')}  # a test part only when items ask for one
-        self.path = path
+        self.path, self.feature_steps = path, steps  # `feature_steps`: `.npy` file -> its length T
         super().__init__(keep, splits, cats, modalities, (frontends or FrontendConfig()).replace(**fe_kw) if fe_kw else frontends,
                          skipped + bad_feats, path.parent, 'manifest', feature_dims=feature_dims,
                          dropped={'languages': dropped} if dropped else None)
