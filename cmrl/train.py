@@ -28,12 +28,12 @@ from .augment import BatchAugment
 from .learner import cmrl_learner, distrib_ctx, init_distributed
 
 # %% auto #0
-__all__ = ['RUN_FILES', 'RUNS', 'EVAL_OUTPUTS', 'STOP_SIGNALS', 'LEGACY_STEMS', 'SPLIT_FIELDS', 'TrainConfig', 'flag',
-           'check_config', 'pick_device', 'run_files', 'remove_run_files', 'numbered', 'next_free', 'RunLock',
-           'RunPlan', 'claim', 'claim_free', 'run_folder', 'source_kwargs', 'check_modalities', 'wordvec_coverage',
-           'check_pairs', 'crop_long_features', 'make_dls', 'SkipValidation', 'without_validation', 'build_learner',
-           'stop_signals', 'Interrupted', 'fit', 'ran_precision', 'valid_retrieval', 'check_same_split', 'trained_ids',
-           'train', 'train_parser', 'summary_text', 'train_cli']
+__all__ = ['RUN_FILES', 'RUNS', 'EVAL_OUTPUTS', 'STOP_SIGNALS', 'SPLIT_FIELDS', 'TrainConfig', 'flag', 'check_config',
+           'pick_device', 'run_files', 'remove_run_files', 'numbered', 'next_free', 'RunLock', 'RunPlan', 'claim',
+           'claim_free', 'run_folder', 'source_kwargs', 'check_modalities', 'wordvec_coverage', 'check_pairs',
+           'crop_long_features', 'make_dls', 'SkipValidation', 'without_validation', 'build_learner', 'stop_signals',
+           'Interrupted', 'fit', 'ran_precision', 'valid_retrieval', 'check_same_split', 'trained_ids', 'train',
+           'train_parser', 'summary_text', 'train_cli']
 
 # %% ../nbs/35_train.ipynb #2606d7b0
 @dataclass
@@ -507,7 +507,6 @@ def valid_retrieval(learn, dl=None) -> dict:
 
 # %% ../nbs/35_train.ipynb #7941ae96
 _SAVED = {f.name for f in fields(TrainConfig)} - {'out', 'resume', 'overwrite'}  # settings a resumed run takes from its checkpoint
-LEGACY_STEMS = {'audio_width': 0, 'text_ngram': 0, 'text_frontend': 'bytes'}  # the stems of cmrl < 0.3: what a run saved before these settings existed trained with
 
 SPLIT_FIELDS = ('data', 'seed', 'valid_pct', 'langs', 'modalities', 'n_train', 'n_valid')  # settings that decide the items trained on
 
@@ -534,8 +533,8 @@ def trained_ids(before, info: dict) -> list[str]:
     return old + [i for i in info['train_ids'] if i not in seen]
 
 def _resumed_config(saved: dict, given: dict) -> TrainConfig:
-    "The run's own settings from its checkpoint, overridden by the options `given` now"
-    base = {**LEGACY_STEMS, **{k: v for k, v in saved.items() if k in _SAVED}}
+    "The run's own settings from its checkpoint (`read_checkpoint` fills what its format version lacks), overridden by `given`"
+    base = {k: v for k, v in saved.items() if k in _SAVED}
     if isinstance(base.get('modalities'), list): base['modalities'] = tuple(base['modalities'])
     return TrainConfig(**{**base, **given})
 
