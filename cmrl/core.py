@@ -293,7 +293,7 @@ def modality_dls(train_ds, valid_ds,  # map-style data sets of item dicts
 def check_checkout(prefix=None,  # the running environment; default `sys.prefix`
                    package=None,  # the imported `cmrl` package folder; default this one
                   ) -> str | None:  # why this `cmrl` must not run, or `None`
-    "`None` unless a checkout's own `.venv` runs the `cmrl` package of another folder: then one line that says what to do"
+    "`None` unless a checkout's own `.venv` runs the `cmrl` package of another folder: then one line saying what to do"
     import sys
     from pathlib import Path
     env = Path(prefix or sys.prefix)

@@ -29,9 +29,9 @@ from .learner import cmrl_learner, distrib_ctx, init_distributed
 
 # %% auto #0
 __all__ = ['RUN_FILES', 'RUNS', 'EVAL_OUTPUTS', 'STOP_SIGNALS', 'SPLIT_FIELDS', 'TrainConfig', 'flag', 'check_config',
-           'pick_device', 'run_files', 'remove_run_files', 'numbered', 'next_free', 'RunLock', 'RunPlan', 'claim',
-           'claim_free', 'run_folder', 'source_kwargs', 'check_modalities', 'wordvec_coverage', 'check_pairs',
-           'crop_long_features', 'make_dls', 'SkipValidation', 'without_validation', 'build_learner', 'stop_signals',
+           'pick_device', 'run_files', 'remove_run_files', 'numbered', 'next_free', 'RunLock', 'claim', 'claim_free',
+           'RunPlan', 'run_folder', 'check_pairs', 'crop_long_features', 'source_kwargs', 'check_modalities',
+           'wordvec_coverage', 'make_dls', 'SkipValidation', 'without_validation', 'build_learner', 'stop_signals',
            'Interrupted', 'fit', 'ran_precision', 'valid_retrieval', 'check_same_split', 'trained_ids', 'train',
            'train_parser', 'summary_text', 'train_cli']
 
@@ -145,18 +145,18 @@ EVAL_OUTPUTS = ('metrics.json', '*.png')  # what `cmrl eval` writes into the run
 
 def _eval_files(d: Path) -> list[Path]: return [f for g in EVAL_OUTPUTS for f in d.glob(g) if f.is_file()]
 
-def _leftover(name: str) -> bool:  # a checkpoint write cut short: `.checkpoint.pt.PID.tmp` (or an older `checkpoint.pt.*`)
+def _leftover(name: str) -> bool:  # a checkpoint write cut short: `.checkpoint.pt.PID.tmp` (or older `checkpoint.pt.*`)
     return name.startswith('checkpoint.pt.') or (name.startswith('.checkpoint.pt.') and name.endswith('.tmp'))
 
 def run_files(folder) -> list[str]:
-    "The outputs of a run in `folder`: its files, `eval-*` folders holding `cmrl eval` outputs, leftovers of a cut write"
+    "The outputs of a run in `folder`: its files, `eval-*` folders of `cmrl eval` outputs, leftovers of a cut write"
     p = Path(folder)
     if not p.is_dir(): return []
     return sorted({f.name for f in p.iterdir() if f.name in RUN_FILES or _leftover(f.name)
                    or (f.name.startswith('eval-') and f.is_dir() and _eval_files(f))})
 
 def remove_run_files(folder, names) -> None:
-    "Delete the outputs `names` (`run_files`) of `folder`; an `eval-*` folder loses what `cmrl eval` wrote, and goes if then empty"
+    "Delete the outputs `names` (`run_files`) of `folder`; an `eval-*` folder loses what `cmrl eval` wrote, then goes"
     for n in names:
         f = Path(folder) / n
         if not f.is_dir(): f.unlink(missing_ok=True); continue
@@ -181,7 +181,7 @@ def next_free(base=RUNS) -> Path:
 
 # %% ../nbs/35_train.ipynb #89970340
 class RunLock:
-    "A claim on a run folder: an exclusive `flock` on `folder/.cmrl-train.lock`, held until `release` or the process ends"
+    "A claim on a run folder: an exclusive `flock` on `folder/.cmrl-train.lock`, held until `release` or exit"
     name = '.cmrl-train.lock'
     def __init__(self, folder): self.folder, self.fd, self.made, self.pid = Path(folder), None, False, os.getpid()
     @property
@@ -215,23 +215,15 @@ class RunLock:
         if self.made:
             with contextlib.suppress(OSError): self.folder.rmdir()
 
-# %% ../nbs/35_train.ipynb #c105d8c7
-class RunPlan:
-    "Where a run writes (`out`, claimed by `lock`), what to say (`note`), the old run's outputs to delete (`stale`), the checkpoint to resume"
-    def __init__(self, out: Path, note: str, stale=(), ckpt: Path | None = None, done: dict | None = None,
-                 lock: RunLock | None = None): store_attr()
-    def __repr__(self): return f"RunPlan({self.out}, {self.note!r}, stale={list(self.stale)}, ckpt={self.ckpt})"
-    def release(self):
-        "Let go of the folder"
-        if self.lock is not None: self.lock.release()
-
 def claim(p: Path, out: str = '') -> RunLock | None:
-    "Claim folder `p` for this run: its `RunLock`; `None` when another run holds it and `out` is '', else a one-line `ValueError`"
+    "Claim folder `p`: its `RunLock`; when another run holds it, `None` if `out` is '', else a one-line `ValueError`"
     lock = RunLock(p)
     try: ok = lock.acquire()
-    except OSError as e: raise ValueError(f"--out {out or p}: cannot write there ({e.strerror or e}); choose another --out") from None
+    except OSError as e:
+        raise ValueError(f"--out {out or p}: cannot write there ({e.strerror or e}); choose another --out") from None
     if ok or not out: return lock if ok else None
-    raise ValueError(f"--out {out}: another cmrl train (pid {lock.holder()}) is writing to it; wait for it to end, or choose another --out")
+    raise ValueError(f"--out {out}: another cmrl train (pid {lock.holder()}) is writing to it; wait for it to end, "
+                     "or choose another --out")
 
 def claim_free(base=RUNS) -> tuple[Path, RunLock]:
     "The first of `base`, `base-2`, `base-3`, ... that holds no run and no other run has claimed, claimed"
@@ -243,6 +235,16 @@ def claim_free(base=RUNS) -> tuple[Path, RunLock]:
         if not run_files(p): return p, lock
         lock.release()  # a run finished there between our look and our claim
 
+# %% ../nbs/35_train.ipynb #c105d8c7
+class RunPlan:
+    "Where a run writes (`out`, claimed by `lock`), what to say (`note`), outputs to delete (`stale`), the checkpoint"
+    def __init__(self, out: Path, note: str, stale=(), ckpt: Path | None = None, done: dict | None = None,
+                 lock: RunLock | None = None): store_attr()
+    def __repr__(self): return f"RunPlan({self.out}, {self.note!r}, stale={list(self.stale)}, ckpt={self.ckpt})"
+    def release(self):
+        "Let go of the folder"
+        if self.lock is not None: self.lock.release()
+
 def _resumable(p: Path) -> tuple[Path, dict]:
     "The checkpoint in `p` and what it holds, or a `ValueError` that says why there is nothing to resume"
     try: ck_path = find_checkpoint(p)
@@ -253,6 +255,7 @@ def _resumable(p: Path) -> tuple[Path, dict]:
     except (CheckpointError, OSError) as e: raise ValueError(f"--resume: {e}") from None
     return ck_path, ck
 
+# %% ../nbs/35_train.ipynb #3a21bc5a
 def run_folder(out: str = '',  # --out; '' for the next free numbered folder under `base`
                resume: bool = False,  # --resume
                overwrite: bool = False,  # --overwrite
@@ -268,8 +271,9 @@ def run_folder(out: str = '',  # --out; '' for the next free numbered folder und
         else:
             p, lock = claim_free(base)
             taken = [q for q in numbered(base) if run_files(q)]
-            return RunPlan(p, f"writing to {p}" + (f" ({', '.join(map(str, taken))} {'holds' if len(taken) == 1 else 'hold'} earlier "
-                                                   "runs; --out DIR picks the folder)" if taken else ''), lock=lock)
+            held = f"{', '.join(map(str, taken))} {'holds' if len(taken) == 1 else 'hold'} earlier runs"
+            return RunPlan(p, f"writing to {p}" + (f" ({held}; --out DIR picks the folder)" if taken else ''),
+                           lock=lock)
     p = Path(out).expanduser()
     if p.exists() and not p.is_dir(): raise ValueError(f"--out {out}: that is a file; give a folder (it is made if missing)")
     if any(q.exists() and not q.is_dir() for q in p.parents): raise ValueError(f"--out {out}: a part of that path is a file; give a folder")
@@ -283,14 +287,40 @@ def _plan(p: Path, out, resume: bool, overwrite: bool, lock: RunLock) -> RunPlan
         ck_path, ck = _resumable(p)
         done = {'epoch': int(ck.get('epoch', -1)), 'file': str(ck_path), 'config': dict(ck.get('config') or {}),
                 'train_ids': list(ck.get('train_ids') or [])}
-        n, cut = done['config'].get('epochs'), [f for f in have if _leftover(f)]  # a write cut short (SIGKILL during a save)
-        return RunPlan(p, f"resuming {ck_path}: {done['epoch'] + 1}{f' of {n}' if n else ''} epoch(s) done"
-                       + (f"; deleting {', '.join(cut)} (a checkpoint write cut short)" if cut else ''), cut, ck_path, done, lock)
+        n, cut = done['config'].get('epochs'), [f for f in have if _leftover(f)]  # a save cut short (SIGKILL)
+        note = f"resuming {ck_path}: {done['epoch'] + 1}{f' of {n}' if n else ''} epoch(s) done"
+        if cut: note += f"; deleting {', '.join(cut)} (a checkpoint write cut short)"
+        return RunPlan(p, note, cut, ck_path, done, lock)
     if have and not overwrite:
         raise ValueError(f"--out {out} holds a run ({', '.join(have)}); add --resume to continue it, --overwrite to replace it, "
                          f"or choose another --out")
-    if have: return RunPlan(p, f"writing to {p}; --overwrite: deleting the earlier run's {', '.join(have)}", have, lock=lock)
+    if have: return RunPlan(p, f"writing to {p}; --overwrite: deleting the earlier run's {', '.join(have)}", have,
+                            lock=lock)
     return RunPlan(p, f"writing to {p}", lock=lock)
+
+# %% ../nbs/35_train.ipynb #e8e86468
+def check_pairs(src, data: str = '') -> None:
+    "A one-line `ValueError` when no training item holds two of the source's modalities: no cross-modal link to learn"
+    mods, recs = src.modalities, src.train_records()
+    if len(mods) < 2 or not any(m in r for r in recs for m in mods): return  # one modality; items made on the fly
+    if any(sum(r.get(m) is not None for m in mods) >= 2 for r in recs): return
+    n = ', '.join(f"{m} {sum(r.get(m) is not None for r in recs)}" for m in mods)
+    raise ValueError(f"{data or src.name}: no item of the training part pairs two modalities ({n} item(s), none with "
+                     "two): cmrl learns what pairs share; give items that hold two or more (a picture with its "
+                     "caption), or choose one with --modalities")
+
+def crop_long_features(src, ml: dict) -> dict:
+    "`ml` with each precomputed-feature modality capped at the encoders' longest input; one warning names longer files"
+    limit, steps = inspect.signature(ModalityEncoder).parameters['max_len'].default, getattr(src, 'feature_steps', {})
+    ml = dict(ml)
+    for m in src.modalities:
+        if m not in src.npy_dims: continue
+        ml[m] = cap = min(ml.get(m, limit), limit)
+        long = [(Path(r[m]).name, steps[r[m]]) for r in src.records if r.get(m) and steps.get(r[m], 0) > cap]
+        if long: warnings.warn(f"{m} features: {len(long)} item(s) have more than the model's {cap} steps and are "
+                               f"cropped to their first {cap}: " + ', '.join(f"{n} (T={t})" for n, t in long[:5])
+                               + (' ...' if len(long) > 5 else ''))
+    return ml
 
 # %% ../nbs/35_train.ipynb #4d98b263
 def source_kwargs(cfg: TrainConfig) -> dict:
@@ -321,28 +351,6 @@ def wordvec_coverage(src) -> str | None:
             "the others' bytes carry none; --text-frontend bytes reads text as bytes alone: compare the two on your validation part")
     return (f"--text-frontend {t.kind}{' (the default)' if t.kind == TrainConfig.text_frontend else ''}: only {k} of the {n} words of the "
             f"training texts have a word vector ({t.vectors} holds French vectors); {rest}")
-
-def check_pairs(src, data: str = '') -> None:
-    "A one-line `ValueError` when no training item holds two of the source's modalities: no cross-modal link to learn"
-    mods, recs = src.modalities, src.train_records()
-    if len(mods) < 2 or not any(m in r for r in recs for m in mods): return  # one modality; or items made on the fly (synth)
-    if any(sum(r.get(m) is not None for m in mods) >= 2 for r in recs): return
-    n = ', '.join(f"{m} {sum(r.get(m) is not None for r in recs)}" for m in mods)
-    raise ValueError(f"{data or src.name}: no item of the training part pairs two modalities ({n} item(s), none with two): cmrl "
-                     "learns what pairs share; give items that hold two or more (a picture with its caption), or choose one "
-                     "with --modalities")
-
-def crop_long_features(src, ml: dict) -> dict:
-    "`ml` with each precomputed-feature modality capped at the encoders' longest sequence; one warning names the longer files"
-    limit, steps = inspect.signature(ModalityEncoder).parameters['max_len'].default, getattr(src, 'feature_steps', {})
-    ml = dict(ml)
-    for m in src.modalities:
-        if m not in src.npy_dims: continue
-        ml[m] = cap = min(ml.get(m, limit), limit)
-        long = [(Path(r[m]).name, steps[r[m]]) for r in src.records if r.get(m) and steps.get(r[m], 0) > cap]
-        if long: warnings.warn(f"{m} features: {len(long)} item(s) have more than the model's {cap} steps and are cropped to "
-                               f"their first {cap}: " + ', '.join(f"{n} (T={t})" for n, t in long[:5]) + (' ...' if len(long) > 5 else ''))
-    return ml
 
 def _count(src, split: str) -> int:
     try: return len(src.split(split))
@@ -408,11 +416,11 @@ def build_learner(cfg: TrainConfig,  # the run's settings
     return learn, config
 
 # %% ../nbs/35_train.ipynb #2ec50cff
-STOP_SIGNALS = ('SIGINT', 'SIGTERM', 'SIGHUP')  # Ctrl-C, a batch scheduler's stop, a closed terminal: each stops a run safely
+STOP_SIGNALS = ('SIGINT', 'SIGTERM', 'SIGHUP')  # Ctrl-C, a batch scheduler's stop, a closed terminal: each stops safely
 
 @contextlib.contextmanager
 def stop_signals():
-    "Within: the first of `STOP_SIGNALS` raises `KeyboardInterrupt` (its name); later ones are ignored while the run winds down"
+    "Within: the first of `STOP_SIGNALS` raises `KeyboardInterrupt` (its name); later ones are ignored meanwhile"
     if threading.current_thread() is not threading.main_thread(): yield; return  # only the main thread may set handlers
     sigs = [getattr(signal, s) for s in STOP_SIGNALS if hasattr(signal, s)]
     old = {s: signal.getsignal(s) for s in sigs}
@@ -443,7 +451,8 @@ def fit(learn, cfg: TrainConfig, out: Path,  # the Learner, the run's settings a
         except (FileNotFoundError, CheckpointError, OSError): e = None
         how = f"interrupted ({k})" if str(k) else 'interrupted'  # the signal's name, from `stop_signals`
         if e is None or e < start: msg = f"{how} before an epoch finished; nothing new was saved in {out}"
-        else: msg = f"{how}; kept {out / 'checkpoint.pt'} ({e + 1} of {cfg.epochs} epochs done); resume with: cmrl train --out {out} --resume"
+        else: msg = (f"{how}; kept {out / 'checkpoint.pt'} ({e + 1} of {cfg.epochs} epochs done); resume with: "
+                     f"cmrl train --out {out} --resume")
         raise Interrupted(msg, out, e) from None
 
 # %% ../nbs/35_train.ipynb #587cab7f
@@ -508,7 +517,7 @@ def valid_retrieval(learn, dl=None) -> dict:
 # %% ../nbs/35_train.ipynb #7941ae96
 _SAVED = {f.name for f in fields(TrainConfig)} - {'out', 'resume', 'overwrite'}  # settings a resumed run takes from its checkpoint
 
-SPLIT_FIELDS = ('data', 'seed', 'valid_pct', 'langs', 'modalities', 'n_train', 'n_valid')  # settings that decide the items trained on
+SPLIT_FIELDS = ('data', 'seed', 'valid_pct', 'langs', 'modalities', 'n_train', 'n_valid')  # what decides the items
 
 def _same(k: str, a, b, data) -> bool:
     if k == 'data' and a != b and os.path.exists(str(a)) and os.path.exists(str(b)): return os.path.samefile(a, b)
@@ -521,24 +530,26 @@ def check_same_split(saved: dict, given: dict) -> None:
     bad = [k for k in SPLIT_FIELDS if k in given and k in saved and not _same(k, given[k], saved[k], saved.get('data'))]
     if not bad: return
     show = lambda d: ', '.join(f"{flag(k)} {','.join(d[k]) if k == 'modalities' else d[k]}" for k in bad)
-    raise ValueError(f"--resume: {show(given)} would re-split the run's items (it started with {show(saved)}); a resumed run keeps "
-                     f"the split it started with: drop {' and '.join(map(flag, bad))}, or start a new run with another --out")
+    raise ValueError(f"--resume: {show(given)} would re-split the run's items (it started with {show(saved)}); a "
+                     f"resumed run keeps the split it started with: drop {' and '.join(map(flag, bad))}, or start a "
+                     "new run with another --out")
 
 def trained_ids(before, info: dict) -> list[str]:
-    "Every item any epoch of a resumed run trained on: the checkpoint's `train_ids`, then the new ones of the training part"
+    "Every item any epoch of a resumed run trained on: the checkpoint's `train_ids`, then the training part's new ones"
     old = [str(i) for i in before]; seen = set(old)
     back = [str(i) for i in info['src'].split_ids().get('valid', []) if str(i) in seen]
-    if back: warnings.warn(f"{len(back)} item(s) of the validation part were trained on by earlier epochs of this run (its data "
-                           f"changed since): {', '.join(back[:5])}{' ...' if len(back) > 5 else ''}; their scores are not of unseen items")
+    if back: warnings.warn(f"{len(back)} item(s) of the validation part were trained on by earlier epochs of this run "
+                           f"(its data changed since): {', '.join(back[:5])}{' ...' if len(back) > 5 else ''}; their "
+                           "scores are not of unseen items")
     return old + [i for i in info['train_ids'] if i not in seen]
 
 def _resumed_config(saved: dict, given: dict) -> TrainConfig:
-    "The run's own settings from its checkpoint (`read_checkpoint` fills what its format version lacks), overridden by `given`"
+    "The run's own settings from its checkpoint (`read_checkpoint` fills what its format lacks), overridden by `given`"
     base = {k: v for k, v in saved.items() if k in _SAVED}
     if isinstance(base.get('modalities'), list): base['modalities'] = tuple(base['modalities'])
     return TrainConfig(**{**base, **given})
 
-# %% ../nbs/35_train.ipynb #5c3b3f97
+# %% ../nbs/35_train.ipynb #b5cf20cf
 def _summary(learn, cfg: TrainConfig, info: dict, config: dict, dev, start: int, t_fit: float) -> dict:
     "What a finished run reports (`metrics.json`)"
     hist = learn.loss_history
@@ -556,6 +567,7 @@ def _summary(learn, cfg: TrainConfig, info: dict, config: dict, dev, start: int,
     s['retrieval'] = valid_retrieval(learn) if info['n_valid'] else {}
     return s
 
+# %% ../nbs/35_train.ipynb #5c3b3f97
 def train(cfg: TrainConfig | None = None,  # settings; default the main job (with `resume`: the run's own settings)
           quiet: bool = False,  # no progress bars and no per-epoch lines
           cbs=None,  # extra fastai callbacks

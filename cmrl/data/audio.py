@@ -65,7 +65,7 @@ class AudioConfig:
 MAX_KERNEL = 1_000_000  # largest o x n of a reduced rate ratio n/o resampled exactly; beyond, the sinc kernel takes GBs
 
 def resample_ratio(orig: int, new: int) -> tuple[int, int]:
-    "(o, n): `(orig, new)` when its reduced ratio is cheap, else the nearest fraction `n / o` with `o * n` near `MAX_KERNEL`"
+    "(o, n): `(orig, new)` when its reduced ratio is cheap, else the nearest `n / o` with `o * n` about `MAX_KERNEL`"
     g = math.gcd(orig, new)
     if (orig // g) * (new // g) <= MAX_KERNEL: return orig, new
     f = Fraction(new, orig).limit_denominator(max(1, math.isqrt(MAX_KERNEL * orig // new)))
@@ -85,16 +85,17 @@ MAX_AUDIO_SEC = 600.  # the longest recording read whole (`max_sec=None`): ten m
 MAX_SAMPLES = 64_000_000  # most samples (frames x channels) decoded from one file: 256 MB of float32
 
 def _read(path, max_sec: float | None) -> tuple[np.ndarray, int]:
-    "The first `max_sec` seconds of `path` (all of it: at most `MAX_AUDIO_SEC`) as `[frames, channels]` float32, and its rate"
+    "The first `max_sec` seconds of `path` (all: at most `MAX_AUDIO_SEC`) as `[frames, channels]` float32, and its rate"
     with sf.SoundFile(str(path)) as f:
         fsr, ch, n = f.samplerate, f.channels, f.frames
         if max_sec is None and n > MAX_AUDIO_SEC * fsr:
-            raise DecodeError(path, f"audio is {n / fsr / 60:.1f} minutes long; cmrl reads at most {MAX_AUDIO_SEC / 60:g} minutes of a "
-                                    "recording whole (cut it, or read its start with max_sec)")
+            raise DecodeError(path, f"audio is {n / fsr / 60:.1f} minutes long; cmrl reads at most "
+                                    f"{MAX_AUDIO_SEC / 60:g} minutes of a recording whole (cut it, or read its start "
+                                    "with max_sec)")
         want = n if max_sec is None else min(n, int(round(max_sec * fsr)))
         if want * ch > MAX_SAMPLES:
-            raise DecodeError(path, f"{want / fsr:.1f} s of {ch} channel(s) at {fsr} Hz is {want * ch:,} samples, more than "
-                                    f"{MAX_SAMPLES:,} for one file (mix it down or cut it)")
+            raise DecodeError(path, f"{want / fsr:.1f} s of {ch} channel(s) at {fsr} Hz is {want * ch:,} samples, more "
+                                    f"than {MAX_SAMPLES:,} for one file (mix it down or cut it)")
         return f.read(frames=want, dtype='float32', always_2d=True), fsr
 
 def load_audio(path,  # audio file soundfile can read (wav, flac, ogg, opus, mp3)
