@@ -21,7 +21,7 @@ RUN=1
 for a in "$@"; do
   case "$a" in
     --no-run) RUN=0 ;;
-    -h|--help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "setup.sh: unknown option $a (use --no-run or --help)" >&2; exit 2 ;;
   esac
 done
