@@ -299,6 +299,6 @@ def check_checkout(prefix=None,  # the running environment; default `sys.prefix`
     env = Path(prefix or sys.prefix)
     if env.name != '.venv' or not (env.parent / 'pyproject.toml').is_file(): return None  # not a checkout's environment
     pkg = Path(package or Path(__file__).parent).resolve()
-    if pkg == (env.parent / 'cmrl').resolve(): return None
+    if pkg == (env.parent / 'cmrl').resolve() or pkg.is_relative_to(env.resolve()): return None  # or installed in it
     return (f"{env}/bin/python runs the cmrl package of {pkg.parent}, not its own checkout's ({env.parent}): run "
             f"`bash tools/setup.sh --no-run` in {env.parent} (each checkout gets its own .venv), or unset PYTHONPATH")
