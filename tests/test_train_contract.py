@@ -492,6 +492,7 @@ def test_overwrite_removes_every_output_of_the_old_run(tmp_path, capsys):
     (out / 'eval-retrieval').mkdir(); (out / 'eval-retrieval' / 'metrics.json').write_text('{}')
     (out / 'eval-retrieval' / 'ranks.png').write_bytes(b'png')
     (out / 'eval-probe').mkdir(); (out / 'eval-probe' / 'metrics.json').write_text('{}'); (out / 'eval-probe' / 'notes.txt').write_text('mine')
+    (out / 'eval-generate.json').write_text('{}')  # an eval output written as a file beside the run's
     (out / '.checkpoint.pt.99999999.tmp').write_bytes(b'half a checkpoint')  # a SIGKILL during a save
     (out / 'notes.md').write_text('mine')
     rc, so, se = run([*TINY_SYNTH, '--out', out, '--overwrite', '--quiet'], capsys)
