@@ -152,8 +152,8 @@ def run_files(folder) -> list[str]:
     "The outputs of a run in `folder`: its files, `eval-*` folders of `cmrl eval` outputs, leftovers of a cut write"
     p = Path(folder)
     if not p.is_dir(): return []
-    return sorted({f.name for f in p.iterdir() if f.name in RUN_FILES or _leftover(f.name) or (f.name.startswith('eval-')
-                   and (_eval_files(f) if f.is_dir() else f.suffix in ('.json', '.png')))})  # `eval-TASK/` or `eval-TASK.json`
+    evals = lambda f: f.name.startswith('eval-') and (_eval_files(f) if f.is_dir() else f.suffix in ('.json', '.png'))
+    return sorted({f.name for f in p.iterdir() if f.name in RUN_FILES or _leftover(f.name) or evals(f)})
 
 def remove_run_files(folder, names) -> None:
     "Delete the outputs `names` (`run_files`) of `folder`; an `eval-*` folder loses what `cmrl eval` wrote, then goes"
