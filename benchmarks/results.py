@@ -60,8 +60,9 @@ def bench_parser(doc: str, work_help: str, epochs: int, out: str) -> argparse.Ar
 
 def legacy_stems() -> tuple[dict, str]:
     "`cmrl train` options of the stems of cmrl < 0.3 (what generation.json and imagegen.json were measured with), and as flags"
-    from cmrl.train import LEGACY_STEMS, flag
-    return dict(LEGACY_STEMS), ' '.join(f'{flag(k)} {v}' for k, v in LEGACY_STEMS.items())
+    from cmrl.checkpoint import CONFIG_DEFAULTS
+    from cmrl.train import flag
+    return dict(CONFIG_DEFAULTS[2]), ' '.join(f'{flag(k)} {v}' for k, v in CONFIG_DEFAULTS[2].items())
 
 # ----------------------------------------------------------------------------- the length reference
 def length_features(rows: list) -> 'Features':

@@ -17,11 +17,14 @@ from .command import jsonable
 from .models.registry import MODELS, model_config, rebuild
 
 # %% auto #0
-__all__ = ['FORMAT', 'VERSION', 'CheckpointError', 'plain', 'rng_state', 'set_rng_state', 'checkpoint_state', 'save_checkpoint',
-           'find_checkpoint', 'read_checkpoint', 'check_fits', 'load_checkpoint', 'load_model']
+__all__ = ['FORMAT', 'VERSION', 'CONFIG_DEFAULTS', 'CheckpointError', 'plain', 'rng_state', 'set_rng_state', 'checkpoint_state',
+           'save_checkpoint', 'find_checkpoint', 'read_checkpoint', 'check_fits', 'load_checkpoint', 'load_model']
 
 # %% ../nbs/29_checkpoint.ipynb #8b1496da
 FORMAT, VERSION = 'cmrl-checkpoint', 2  # the checkpoint format's name and version
+# per format version: settings a run's config may lack, with what such a run trained with (version 2 began before
+# cmrl 0.3 added these); `read_checkpoint` fills them in
+CONFIG_DEFAULTS = {2: {'audio_width': 0, 'text_ngram': 0, 'text_frontend': 'bytes'}}
 
 class CheckpointError(ValueError):
     "A file that is not a readable cmrl checkpoint, or a checkpoint that does not fit this run"
@@ -149,6 +152,8 @@ def _decode(ck: dict, p: Path) -> dict:
         if isinstance(v, str):
             try: ck[k] = json.loads(v)
             except json.JSONDecodeError as e: raise CheckpointError(f"{p}: its {k!r} entry is not valid JSON ({e}); the file is corrupt") from None
+    if isinstance(ck.get('config'), dict) and 'epochs' in ck['config']:  # a `cmrl train` run's settings
+        ck['config'] = {**CONFIG_DEFAULTS.get(ck.get('version'), {}), **ck['config']}
     missing = [k for k in ('model', 'epoch', 'model_config') if k not in ck]
     if missing: raise CheckpointError(f"{p} is incomplete: no {', '.join(missing)}; it was not written by `cmrl train`")
     return ck

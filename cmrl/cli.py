@@ -32,6 +32,9 @@ def main(argv: list[str] | None = None  # arguments after `cmrl`; default `sys.a
         ) -> int:  # exit status
     "Entry point of the `cmrl` console command"
     argv = list(sys.argv[1:] if argv is None else argv)
+    from .core import check_checkout
+    if why := check_checkout():  # a checkout's .venv running another checkout's code
+        print(f"cmrl: {why}", file=sys.stderr); return 2
     p = _parser()
     if not argv or argv[0] in ('-h', '--help'):
         if not argv and 'train' in COMMANDS:  # no arguments: the main job

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 # %% auto #0
 __all__ = ['IMAGE', 'VIDEO', 'AUDIO', 'SPEECH', 'TEXT', 'MODALITIES', 'VISUAL', 'AURAL', 'ModalityBatch', 'pad_stack',
            'collate_items', 'trim_padding', 'masked_mean', 'pool_steps', 'resample_steps', 'tensor_of', 'set_seed',
-           'default_device', 'seeded_generator', 'modality_dl', 'modality_dls']
+           'default_device', 'seeded_generator', 'modality_dl', 'modality_dls', 'check_checkout']
 
 # %% ../nbs/00_core.ipynb #7a989974
 IMAGE, VIDEO, AUDIO, SPEECH, TEXT = 'image', 'video', 'audio', 'speech', 'text'
@@ -293,3 +293,17 @@ def modality_dls(train_ds, valid_ds,  # map-style data sets of item dicts
     trn = modality_dl(train_ds, bs, shuffle=True, drop_last=len(train_ds) > bs, num_workers=num_workers, device=device, **kwargs)
     val = modality_dl(valid_ds, bs, shuffle=False, num_workers=num_workers, device=device, **kwargs)
     return DataLoaders(trn, val, device=device)
+
+# %% ../nbs/00_core.ipynb #51489de6
+def check_checkout(prefix=None,  # the running environment; default `sys.prefix`
+                   package=None,  # the imported `cmrl` package folder; default this one
+                  ) -> str | None:  # why this `cmrl` must not run, or `None`
+    "`None` unless a checkout's own `.venv` runs the `cmrl` package of another folder: then one line saying what to do"
+    import sys
+    from pathlib import Path
+    env = Path(prefix or sys.prefix)
+    if env.name != '.venv' or not (env.parent / 'pyproject.toml').is_file(): return None  # not a checkout's environment
+    pkg = Path(package or Path(__file__).parent).resolve()
+    if pkg == (env.parent / 'cmrl').resolve() or pkg.is_relative_to(env.resolve()): return None  # or installed in it
+    return (f"{env}/bin/python runs the cmrl package of {pkg.parent}, not its own checkout's ({env.parent}): run "
+            f"`bash tools/setup.sh --no-run` in {env.parent} (each checkout gets its own .venv), or unset PYTHONPATH")

@@ -6,7 +6,7 @@ Docs: https://cmrl-dev.github.io/cmrl/train.html.md"""
 
 # %% ../nbs/35_train.ipynb #e43de3f3
 from __future__ import annotations
-import argparse, contextlib, json, os, shutil, sys, time, warnings
+import argparse, contextlib, fcntl, inspect, json, os, shutil, signal, sys, threading, time, warnings
 from dataclasses import dataclass, asdict, fields
 from pathlib import Path
 import torch
@@ -16,7 +16,7 @@ from fastai.callback.core import Callback, CancelValidException
 from fastai.callback.fp16 import MixedPrecision, AMPMode
 from fastai.torch_core import rank_distrib, num_distrib
 from .core import *
-from .encoders import input_dims, ngram_problem
+from .encoders import input_dims, ngram_problem, ModalityEncoder
 from .data.loaders import get_source, source_dls
 from .data.text import word_vectors
 from .models.registry import MODELS, make_model
@@ -28,10 +28,12 @@ from .augment import BatchAugment
 from .learner import cmrl_learner, distrib_ctx, init_distributed
 
 # %% auto #0
-__all__ = ['RUN_FILES', 'RUNS', 'LEGACY_STEMS', 'train_cli', 'TrainConfig', 'flag', 'check_config', 'pick_device', 'run_files',
-           'numbered', 'next_free', 'RunPlan', 'run_folder', 'source_kwargs', 'check_modalities', 'wordvec_coverage',
-           'make_dls', 'SkipValidation', 'without_validation', 'build_learner', 'Interrupted', 'fit', 'ran_precision',
-           'valid_retrieval', 'train', 'train_parser', 'summary_text', 'train_cmd']
+__all__ = ['RUN_FILES', 'RUNS', 'EVAL_OUTPUTS', 'STOP_SIGNALS', 'SPLIT_FIELDS', 'train_cli', 'TrainConfig', 'flag',
+           'check_config', 'pick_device', 'run_files', 'remove_run_files', 'numbered', 'next_free', 'RunLock', 'claim',
+           'claim_free', 'RunPlan', 'run_folder', 'check_pairs', 'crop_long_features', 'source_kwargs',
+           'check_modalities', 'wordvec_coverage', 'make_dls', 'SkipValidation', 'without_validation', 'build_learner',
+           'stop_signals', 'Interrupted', 'fit', 'ran_precision', 'valid_retrieval', 'check_same_split', 'trained_ids',
+           'train', 'train_parser', 'summary_text', 'train_cmd']
 
 # %% ../nbs/35_train.ipynb #2606d7b0
 @dataclass
@@ -139,12 +141,27 @@ def pick_device(name: str = 'auto'  # 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'
 # %% ../nbs/35_train.ipynb #ef51e885
 RUN_FILES = ('checkpoint.pt', 'config.json', 'metrics.json', 'losses.png', 'codebook.png')  # what a run writes
 RUNS = Path('runs') / 'cmrl-train'  # base of the numbered folders of runs without --out
+EVAL_OUTPUTS = ('metrics.json', '*.png')  # what `cmrl eval` writes into the run's `eval-TASK` folders
+
+def _eval_files(d: Path) -> list[Path]: return [f for g in EVAL_OUTPUTS for f in d.glob(g) if f.is_file()]
+
+def _leftover(name: str) -> bool:  # a checkpoint write cut short: `.checkpoint.pt.PID.tmp` (or older `checkpoint.pt.*`)
+    return name.startswith('checkpoint.pt.') or (name.startswith('.checkpoint.pt.') and name.endswith('.tmp'))
 
 def run_files(folder) -> list[str]:
-    "The files of a run (and leftovers of an interrupted checkpoint write) in `folder`"
+    "The outputs of a run in `folder`: its files, `eval-*` folders of `cmrl eval` outputs, leftovers of a cut write"
     p = Path(folder)
     if not p.is_dir(): return []
-    return sorted({f.name for f in p.iterdir() if f.name in RUN_FILES or f.name.startswith('checkpoint.pt.')})
+    evals = lambda f: f.name.startswith('eval-') and (_eval_files(f) if f.is_dir() else f.suffix in ('.json', '.png'))
+    return sorted({f.name for f in p.iterdir() if f.name in RUN_FILES or _leftover(f.name) or evals(f)})
+
+def remove_run_files(folder, names) -> None:
+    "Delete the outputs `names` (`run_files`) of `folder`; an `eval-*` folder loses what `cmrl eval` wrote, then goes"
+    for n in names:
+        f = Path(folder) / n
+        if not f.is_dir(): f.unlink(missing_ok=True); continue
+        for g in _eval_files(f): g.unlink()
+        with contextlib.suppress(OSError): f.rmdir()  # only when nothing of the user's is left in it
 
 def numbered(base=RUNS) -> list[Path]:
     "`base`, `base-2`, `base-3`, ... that exist, in order"
@@ -162,11 +179,71 @@ def next_free(base=RUNS) -> Path:
         if not run_files(p) and not (p.exists() and not p.is_dir()): return p
         i += 1
 
+# %% ../nbs/35_train.ipynb #89970340
+class RunLock:
+    "A claim on a run folder: an exclusive `flock` on `folder/.cmrl-train.lock`, held until `release` or exit"
+    name = '.cmrl-train.lock'
+    def __init__(self, folder): self.folder, self.fd, self.made, self.pid = Path(folder), None, False, os.getpid()
+    @property
+    def path(self) -> Path: return self.folder / self.name
+
+    def acquire(self) -> bool:
+        "Claim the folder (made if missing): `True`, or `False` when another process holds it"
+        made = not self.folder.exists()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError: os.close(fd); return False
+            try: same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError: same = False
+            if same: break
+            os.close(fd)  # the holder let go (and removed the file) between our open and our lock: again
+        os.ftruncate(fd, 0); os.write(fd, f"{os.getpid()}\n".encode())
+        self.fd, self.made, self.pid = fd, made, os.getpid()
+        return True
+
+    def holder(self) -> str:
+        "The process id the holder wrote"
+        try: return self.path.read_text().strip() or '?'
+        except OSError: return '?'
+
+    def release(self):
+        "Let go; remove the lock file, and the folder if this claim made it and it is still empty"
+        if self.fd is None or os.getpid() != self.pid: return  # not held here (another rank of a distributed run)
+        self.path.unlink(missing_ok=True); os.close(self.fd); self.fd = None
+        if self.made:
+            with contextlib.suppress(OSError): self.folder.rmdir()
+
+def claim(p: Path, out: str = '') -> RunLock | None:
+    "Claim folder `p`: its `RunLock`; when another run holds it, `None` if `out` is '', else a one-line `ValueError`"
+    lock = RunLock(p)
+    try: ok = lock.acquire()
+    except OSError as e:
+        raise ValueError(f"--out {out or p}: cannot write there ({e.strerror or e}); choose another --out") from None
+    if ok or not out: return lock if ok else None
+    raise ValueError(f"--out {out}: another cmrl train (pid {lock.holder()}) is writing to it; wait for it to end, "
+                     "or choose another --out")
+
+def claim_free(base=RUNS) -> tuple[Path, RunLock]:
+    "The first of `base`, `base-2`, `base-3`, ... that holds no run and no other run has claimed, claimed"
+    base, i = Path(base), 0
+    while True:
+        i += 1
+        p = base if i == 1 else base.with_name(f"{base.name}-{i}")
+        if run_files(p) or (p.exists() and not p.is_dir()) or (lock := claim(p)) is None: continue
+        if not run_files(p): return p, lock
+        lock.release()  # a run finished there between our look and our claim
+
 # %% ../nbs/35_train.ipynb #c105d8c7
 class RunPlan:
-    "Where a run writes (`out`), what to say about it (`note`), the old run's files to delete (`stale`), the checkpoint to resume"
-    def __init__(self, out: Path, note: str, stale=(), ckpt: Path | None = None, done: dict | None = None): store_attr()
+    "Where a run writes (`out`, claimed by `lock`), what to say (`note`), outputs to delete (`stale`), the checkpoint"
+    def __init__(self, out: Path, note: str, stale=(), ckpt: Path | None = None, done: dict | None = None,
+                 lock: RunLock | None = None): store_attr()
     def __repr__(self): return f"RunPlan({self.out}, {self.note!r}, stale={list(self.stale)}, ckpt={self.ckpt})"
+    def release(self):
+        "Let go of the folder"
+        if self.lock is not None: self.lock.release()
 
 def _resumable(p: Path) -> tuple[Path, dict]:
     "The checkpoint in `p` and what it holds, or a `ValueError` that says why there is nothing to resume"
@@ -178,6 +255,7 @@ def _resumable(p: Path) -> tuple[Path, dict]:
     except (CheckpointError, OSError) as e: raise ValueError(f"--resume: {e}") from None
     return ck_path, ck
 
+# %% ../nbs/35_train.ipynb #3a21bc5a
 def run_folder(out: str = '',  # --out; '' for the next free numbered folder under `base`
                resume: bool = False,  # --resume
                overwrite: bool = False,  # --overwrite
@@ -191,23 +269,58 @@ def run_folder(out: str = '',  # --out; '' for the next free numbered folder und
             out = runs[-1]
         elif overwrite: out = base
         else:
-            p = next_free(base)
+            p, lock = claim_free(base)
             taken = [q for q in numbered(base) if run_files(q)]
-            return RunPlan(p, f"writing to {p}" + (f" ({', '.join(map(str, taken))} {'holds' if len(taken) == 1 else 'hold'} earlier runs; --out DIR picks the folder)" if taken else ''))
+            held = f"{', '.join(map(str, taken))} {'holds' if len(taken) == 1 else 'hold'} earlier runs"
+            return RunPlan(p, f"writing to {p}" + (f" ({held}; --out DIR picks the folder)" if taken else ''),
+                           lock=lock)
     p = Path(out).expanduser()
     if p.exists() and not p.is_dir(): raise ValueError(f"--out {out}: that is a file; give a folder (it is made if missing)")
     if any(q.exists() and not q.is_dir() for q in p.parents): raise ValueError(f"--out {out}: a part of that path is a file; give a folder")
+    lock = claim(p, str(out))
+    try: return _plan(p, out, resume, overwrite, lock)
+    except BaseException: lock.release(); raise
+
+def _plan(p: Path, out, resume: bool, overwrite: bool, lock: RunLock) -> RunPlan:
     have = run_files(p)
     if resume:
         ck_path, ck = _resumable(p)
-        done = {'epoch': int(ck.get('epoch', -1)), 'file': str(ck_path), 'config': dict(ck.get('config') or {})}
-        n = done['config'].get('epochs')
-        return RunPlan(p, f"resuming {ck_path}: {done['epoch'] + 1}{f' of {n}' if n else ''} epoch(s) done", (), ck_path, done)
+        done = {'epoch': int(ck.get('epoch', -1)), 'file': str(ck_path), 'config': dict(ck.get('config') or {}),
+                'train_ids': list(ck.get('train_ids') or [])}
+        n, cut = done['config'].get('epochs'), [f for f in have if _leftover(f)]  # a save cut short (SIGKILL)
+        note = f"resuming {ck_path}: {done['epoch'] + 1}{f' of {n}' if n else ''} epoch(s) done"
+        if cut: note += f"; deleting {', '.join(cut)} (a checkpoint write cut short)"
+        return RunPlan(p, note, cut, ck_path, done, lock)
     if have and not overwrite:
         raise ValueError(f"--out {out} holds a run ({', '.join(have)}); add --resume to continue it, --overwrite to replace it, "
                          f"or choose another --out")
-    if have: return RunPlan(p, f"writing to {p}; --overwrite: deleting the earlier run's {', '.join(have)}", have)
-    return RunPlan(p, f"writing to {p}")
+    if have: return RunPlan(p, f"writing to {p}; --overwrite: deleting the earlier run's {', '.join(have)}", have,
+                            lock=lock)
+    return RunPlan(p, f"writing to {p}", lock=lock)
+
+# %% ../nbs/35_train.ipynb #e8e86468
+def check_pairs(src, data: str = '') -> None:
+    "A one-line `ValueError` when no training item holds two of the source's modalities: no cross-modal link to learn"
+    mods, recs = src.modalities, src.train_records()
+    if len(mods) < 2 or not any(m in r for r in recs for m in mods): return  # one modality; items made on the fly
+    if any(sum(r.get(m) is not None for m in mods) >= 2 for r in recs): return
+    n = ', '.join(f"{m} {sum(r.get(m) is not None for r in recs)}" for m in mods)
+    raise ValueError(f"{data or src.name}: no item of the training part pairs two modalities ({n} item(s), none with "
+                     "two): cmrl learns what pairs share; give items that hold two or more (a picture with its "
+                     "caption), or choose one with --modalities")
+
+def crop_long_features(src, ml: dict) -> dict:
+    "`ml` with each precomputed-feature modality capped at the encoders' longest input; one warning names longer files"
+    limit, steps = inspect.signature(ModalityEncoder).parameters['max_len'].default, getattr(src, 'feature_steps', {})
+    ml = dict(ml)
+    for m in src.modalities:
+        if m not in src.npy_dims: continue
+        ml[m] = cap = min(ml.get(m, limit), limit)
+        long = [(Path(r[m]).name, steps[r[m]]) for r in src.records if r.get(m) and steps.get(r[m], 0) > cap]
+        if long: warnings.warn(f"{m} features: {len(long)} item(s) have more than the model's {cap} steps and are "
+                               f"cropped to their first {cap}: " + ', '.join(f"{n} (T={t})" for n, t in long[:5])
+                               + (' ...' if len(long) > 5 else ''))
+    return ml
 
 # %% ../nbs/35_train.ipynb #4d98b263
 def source_kwargs(cfg: TrainConfig) -> dict:
@@ -248,9 +361,10 @@ def make_dls(cfg: TrainConfig, device=None):
     kw = source_kwargs(cfg)
     src = get_source(cfg.data, **kw)  # refuses modality names the source does not have
     if kw.get('modalities'): check_modalities(kw['modalities'], src)
+    check_pairs(src, cfg.data)
     if (why := wordvec_coverage(src)): warnings.warn(why)
     ml = {m: cfg.max_speech for m in AURAL} | {TEXT: cfg.max_text}  # files can be long; generated items have their own length
-    ml = {} if cfg.data == 'synth' else {m: v for m, v in ml.items() if m in src.modalities}
+    ml = {} if cfg.data == 'synth' else crop_long_features(src, {m: v for m, v in ml.items() if m in src.modalities})
     dls = source_dls(src, bs=cfg.bs, cache=cfg.cache or True, device=device, num_workers=cfg.num_workers, max_len=ml)
     trn = dls.train.dataset
     n_valid = len(dls.valid.dataset) if getattr(dls, 'valid', None) is not None and len(dls.loaders) > 1 else 0
@@ -302,6 +416,22 @@ def build_learner(cfg: TrainConfig,  # the run's settings
     return learn, config
 
 # %% ../nbs/35_train.ipynb #2ec50cff
+STOP_SIGNALS = ('SIGINT', 'SIGTERM', 'SIGHUP')  # Ctrl-C, a batch scheduler's stop, a closed terminal: each stops safely
+
+@contextlib.contextmanager
+def stop_signals():
+    "Within: the first of `STOP_SIGNALS` raises `KeyboardInterrupt` (its name); later ones are ignored meanwhile"
+    if threading.current_thread() is not threading.main_thread(): yield; return  # only the main thread may set handlers
+    sigs = [getattr(signal, s) for s in STOP_SIGNALS if hasattr(signal, s)]
+    old = {s: signal.getsignal(s) for s in sigs}
+    def stop(signum, frame):
+        for s in sigs: signal.signal(s, signal.SIG_IGN)
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+    for s in sigs: signal.signal(s, stop)
+    try: yield
+    finally:
+        for s, h in old.items(): signal.signal(s, h)
+
 class Interrupted(KeyboardInterrupt):
     "Ctrl-C during `train`: the run folder `out`, the last finished `epoch` (kept in its checkpoint, or None) and how to resume in `msg`"
     def __init__(self, msg: str, out: Path, epoch: int | None): super().__init__(msg); store_attr()
@@ -316,11 +446,13 @@ def fit(learn, cfg: TrainConfig, out: Path,  # the Learner, the run's settings a
             warnings.filterwarnings('ignore', message='.*nested tensors.*')
             with (learn.no_bar() if quiet else contextlib.nullcontext()), (learn.no_logging() if quiet else contextlib.nullcontext()):
                 learn.fit_one_cycle(cfg.epochs, cfg.lr, start_epoch=start)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as k:
         try: e = int(read_checkpoint(out / 'checkpoint.pt')['epoch'])
         except (FileNotFoundError, CheckpointError, OSError): e = None
-        if e is None or e < start: msg = f"interrupted before an epoch finished; nothing new was saved in {out}"
-        else: msg = f"interrupted; kept {out / 'checkpoint.pt'} ({e + 1} of {cfg.epochs} epochs done); resume with: cmrl train --out {out} --resume"
+        how = f"interrupted ({k})" if str(k) else 'interrupted'  # the signal's name, from `stop_signals`
+        if e is None or e < start: msg = f"{how} before an epoch finished; nothing new was saved in {out}"
+        else: msg = (f"{how}; kept {out / 'checkpoint.pt'} ({e + 1} of {cfg.epochs} epochs done); resume with: "
+                     f"cmrl train --out {out} --resume")
         raise Interrupted(msg, out, e) from None
 
 # %% ../nbs/35_train.ipynb #587cab7f
@@ -384,15 +516,40 @@ def valid_retrieval(learn, dl=None) -> dict:
 
 # %% ../nbs/35_train.ipynb #7941ae96
 _SAVED = {f.name for f in fields(TrainConfig)} - {'out', 'resume', 'overwrite'}  # settings a resumed run takes from its checkpoint
-LEGACY_STEMS = {'audio_width': 0, 'text_ngram': 0, 'text_frontend': 'bytes'}  # the stems of cmrl < 0.3: what a run saved before these settings existed trained with
+
+SPLIT_FIELDS = ('data', 'seed', 'valid_pct', 'langs', 'modalities', 'n_train', 'n_valid')  # what decides the items
+
+def _same(k: str, a, b, data) -> bool:
+    if k == 'data' and a != b and os.path.exists(str(a)) and os.path.exists(str(b)): return os.path.samefile(a, b)
+    if k == 'modalities': return a is None or sorted(a) == sorted(b or [])  # `None`: the run's own
+    if k in ('n_train', 'n_valid') and data != 'synth': return True  # synth only
+    return a == b
+
+def check_same_split(saved: dict, given: dict) -> None:
+    "A one-line `ValueError` for options given with --resume that would change which items the run trains on"
+    bad = [k for k in SPLIT_FIELDS if k in given and k in saved and not _same(k, given[k], saved[k], saved.get('data'))]
+    if not bad: return
+    show = lambda d: ', '.join(f"{flag(k)} {','.join(d[k]) if k == 'modalities' else d[k]}" for k in bad)
+    raise ValueError(f"--resume: {show(given)} would re-split the run's items (it started with {show(saved)}); a "
+                     f"resumed run keeps the split it started with: drop {' and '.join(map(flag, bad))}, or start a "
+                     "new run with another --out")
+
+def trained_ids(before, info: dict) -> list[str]:
+    "Every item any epoch of a resumed run trained on: the checkpoint's `train_ids`, then the training part's new ones"
+    old = [str(i) for i in before]; seen = set(old)
+    back = [str(i) for i in info['src'].split_ids().get('valid', []) if str(i) in seen]
+    if back: warnings.warn(f"{len(back)} item(s) of the validation part were trained on by earlier epochs of this run "
+                           f"(its data changed since): {', '.join(back[:5])}{' ...' if len(back) > 5 else ''}; their "
+                           "scores are not of unseen items")
+    return old + [i for i in info['train_ids'] if i not in seen]
 
 def _resumed_config(saved: dict, given: dict) -> TrainConfig:
-    "The run's own settings from its checkpoint, overridden by the options `given` now"
-    base = {**LEGACY_STEMS, **{k: v for k, v in saved.items() if k in _SAVED}}
+    "The run's own settings from its checkpoint (`read_checkpoint` fills what its format lacks), overridden by `given`"
+    base = {k: v for k, v in saved.items() if k in _SAVED}
     if isinstance(base.get('modalities'), list): base['modalities'] = tuple(base['modalities'])
     return TrainConfig(**{**base, **given})
 
-# %% ../nbs/35_train.ipynb #5c3b3f97
+# %% ../nbs/35_train.ipynb #b5cf20cf
 def _summary(learn, cfg: TrainConfig, info: dict, config: dict, dev, start: int, t_fit: float) -> dict:
     "What a finished run reports (`metrics.json`)"
     hist = learn.loss_history
@@ -410,6 +567,7 @@ def _summary(learn, cfg: TrainConfig, info: dict, config: dict, dev, start: int,
     s['retrieval'] = valid_retrieval(learn) if info['n_valid'] else {}
     return s
 
+# %% ../nbs/35_train.ipynb #5c3b3f97
 def train(cfg: TrainConfig | None = None,  # settings; default the main job (with `resume`: the run's own settings)
           quiet: bool = False,  # no progress bars and no per-epoch lines
           cbs=None,  # extra fastai callbacks
@@ -418,8 +576,15 @@ def train(cfg: TrainConfig | None = None,  # settings; default the main job (wit
     "Train `cfg.model` on `cfg.data`; write checkpoint, config.json, metrics.json and plots to the run folder; return the summary"
     given = {**(asdict(cfg) if cfg is not None else {}), **overrides}
     cfg = check_config(TrainConfig(**given))
-    plan = _rank0(lambda: run_folder(cfg.out, cfg.resume, cfg.overwrite))
-    if plan.done is not None: cfg = check_config(_resumed_config(plan.done['config'], given))
+    with stop_signals():  # SIGTERM and SIGHUP stop a run like Ctrl-C
+        plan = _rank0(lambda: run_folder(cfg.out, cfg.resume, cfg.overwrite))
+        try: return _train(cfg, given, plan, quiet, cbs, progress)
+        finally: plan.release()
+
+def _train(cfg: TrainConfig, given: dict, plan: RunPlan, quiet, cbs, progress) -> dict:
+    if plan.done is not None:
+        check_same_split(plan.done['config'], given)
+        cfg = check_config(_resumed_config(plan.done['config'], given))
     if cfg.modalities is None and cfg.data == 'tuxpaint': cfg.modalities = (IMAGE, TEXT, SPEECH)
     out, t0 = plan.out, time.time()
     _say(plan.note)
@@ -429,6 +594,7 @@ def train(cfg: TrainConfig | None = None,  # settings; default the main job (wit
     with warnings.catch_warnings():
         warnings.filterwarnings('ignore', message=".*part is empty; training runs without validation")  # said below, once
         dls, info = make_dls(cfg, device=dev)
+    if plan.done is not None: info['train_ids'] = trained_ids(plan.done['train_ids'], info)
     _say(f"{cfg.data}: {info['n_train']} train / {info['n_valid']} valid / {info['n_test']} test items")
     if not info['n_valid']: _say("the validation part is empty: training without validation (no validation loss, retrieval or codebook statistics)")
     learn, config = build_learner(cfg, dls, info, out, cbs, progress)
@@ -440,7 +606,7 @@ def train(cfg: TrainConfig | None = None,  # settings; default the main job (wit
     rank0 = rank_distrib() == 0
     if rank0:
         out.mkdir(parents=True, exist_ok=True)
-        for f in plan.stale: (out / f).unlink(missing_ok=True)
+        remove_run_files(out, plan.stale)
         (out / 'config.json').write_text(json.dumps(config, indent=1, default=str))
     t1 = time.time()
     fit(learn, cfg, out, start, quiet)
@@ -509,4 +675,4 @@ def train_cmd(quiet: bool = False,  # no progress bars and no per-epoch lines
     return summary_text(s), json.loads(json.dumps(res, default=str))
 
 train_cli = command(train_cmd, 'cmrl train', parser=train_parser,  # the `cmrl train` command: `f(argv) -> exit status`
-                    interrupted='interrupted before training started; nothing was saved')
+                    interrupted='interrupted; the run folder keeps the last finished epoch, if one finished')

@@ -32,3 +32,13 @@ def test_python_m_cmrl_cli_train_help():
     r = subprocess.run([sys.executable, '-m', 'cmrl.cli', 'train', '--help'], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     for opt in ('--valid-pct', '--overwrite', '--resume', '--progress', '--quiet', '--no-cosine', '--dim', '--langs'): assert opt in r.stdout, opt
+
+
+def test_main_refuses_another_checkouts_code(monkeypatch, capsys):
+    "`cmrl` runs nothing when `check_checkout` says the .venv imports another checkout's package"
+    import cmrl.core
+    from cmrl.cli import main
+    monkeypatch.setattr(cmrl.core, 'check_checkout', lambda: 'the .venv of A runs the cmrl package of B')
+    assert main(['data', '--help']) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == 'cmrl: the .venv of A runs the cmrl package of B'

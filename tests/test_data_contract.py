@@ -149,3 +149,55 @@ def test_tuxpaint_french_split_unchanged():
     assert {k: len(v) for k, v in ids.items()} == {'train': 678, 'valid': 147, 'test': 125}
     pairs = sorted((i, s) for s, v in ids.items() for i in v)
     assert hashlib.sha1(json.dumps([list(p) for p in pairs]).encode()).hexdigest()[:16] == 'ab249cb1960324a3'
+
+
+# issue 28 (round two) ------------------------------------------------------------------------------------------------------
+
+def test_home_paths_expand_before_the_manifest_folder(tmp_path, monkeypatch):
+    "Item 15: `~/frog.png` is the user's home, not `<manifest folder>/~/frog.png`"
+    home = tmp_path / 'home'; home.mkdir()
+    monkeypatch.setenv('HOME', str(home))
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(home / 'frog.png')
+    (tmp_path / 'data').mkdir()
+    rows = [{'id': 'a', 'image': '~/frog.png', 'text': 'une grenouille'}, {'id': 'b', 'text': 'un chat'}]
+    m = write(tmp_path / 'data' / 'm.jsonl', rows)
+    src, msgs = recorded(lambda: get_source(m))
+    assert src.records[0]['image'] == str(home / 'frog.png'), src.records[0]
+    assert not [x for x in msgs if 'not found' in x], msgs
+
+
+@pytest.mark.parametrize('field', ['text', 'id', 'label', 'image', 'group'])
+def test_lone_surrogate_names_file_line_and_field(tmp_path, field):
+    "Item 9: a JSON escape of half a UTF-16 pair is no character: one message with file, line and field"
+    rows = [{'id': 'a', 'text': 'un'}, {'id': 'b', 'text': 'deux', 'label': 'x', 'group': 'g'}]
+    rows[1][field] = 'gr\\ud83dnouille'
+    p = tmp_path / 'm.jsonl'
+    p.write_text('\n'.join(json.dumps(r).replace('\\\\ud83d', '\\ud83d') for r in rows) + '\n')
+    assert '\\ud83d' in p.read_text()
+    with pytest.raises(ValueError) as e: get_source(p)
+    msg = str(e.value)
+    assert f"m.jsonl:2: field {field!r}" in msg and 'surrogate' in msg, msg
+
+
+def test_group_members_without_split_take_their_groups_split(tmp_path):
+    "Item 5: one group never straddles two parts; the members that took their group's split are counted in a warning"
+    rows = [{'id': f"x{i}", 'text': f"t{i}", 'label': 'ab'[i % 2], 'group': f"g{i // 4}"} for i in range(40)]
+    for i in (0, 1): rows[i]['split'] = 'test'  # group g0: two members say test, two say nothing
+    rows[4]['split'] = 'valid'  # group g1: one says valid
+    src, msgs = recorded(lambda: get_source(write(tmp_path / 'm.jsonl', rows)))
+    part = {r['id']: s for s, ids in src.split_ids().items() for r in [{'id': i} for i in ids]}
+    assert [part[f"x{i}"] for i in range(4)] == ['test'] * 4 and [part[f"x{i}"] for i in range(4, 8)] == ['valid'] * 4
+    for g in range(10):
+        assert len({part[f"x{i}"] for i in range(4 * g, 4 * g + 4)}) == 1, g
+    w = [x for x in msgs if 'group' in x and 'split' in x]
+    assert len(w) == 1 and '5 item(s)' in w[0], msgs
+
+
+def test_group_with_two_splits_is_named(tmp_path):
+    "Split fields that put one group on two sides are kept as written, and said: the group and its parts"
+    rows = [{'id': f"x{i}", 'text': f"t{i}", 'group': 'g'} for i in range(3)]
+    rows[0]['split'], rows[1]['split'] = 'train', 'test'
+    src, msgs = recorded(lambda: get_source(write(tmp_path / 'm.jsonl', rows)))
+    assert src.split_ids()['train'] == ['x0', 'x2'] and src.split_ids()['test'] == ['x1']
+    w = [x for x in msgs if "group 'g'" in x]
+    assert len(w) == 1 and 'train' in w[0] and 'test' in w[0] , msgs

@@ -187,3 +187,22 @@ def test_train_records_text_ngram(tmp_path):
     assert ck['config']['dims']['text']['text_ngram'] == 3 and ck['model']['encoders.text.stem.conv.weight'].shape[-1] == 3
     from cmrl.checkpoint import load_model
     assert load_model(tmp_path)[0].encoders['text'].stem.ngram == 3
+
+
+def test_old_format_checkpoint_resumes_with_the_stems_it_trained_with(tmp_path):
+    """Issue 27 item 9: a version-2 checkpoint whose config predates --audio-width, --text-ngram and --text-frontend:
+    `read_checkpoint` fills them from its format version (not `cmrl.train`); the run resumes with the stems it was built with"""
+    out = tmp_path / 'run'
+    train(TrainConfig(data='synth', n_train=16, n_valid=8, bs=8, d=8, steps=2, n_layers=1, n_codes=8, mi_steps=1, epochs=1,
+                      audio_width=0, text_ngram=0, text_frontend='bytes', out=str(out)), quiet=True)
+    ck = torch.load(out / 'checkpoint.pt', weights_only=True)
+    cfg = json.loads(ck['config']) if isinstance(ck['config'], str) else ck['config']
+    for k in ('audio_width', 'text_ngram', 'text_frontend'): del cfg[k]
+    ck['config'] = json.dumps(cfg) if isinstance(ck['config'], str) else cfg
+    torch.save(ck, out / 'checkpoint.pt')
+    old = read_checkpoint(out)['config']
+    assert (old['audio_width'], old['text_ngram'], old['text_frontend']) == (0, 0, 'bytes')
+    s = train(out=str(out), resume=True, epochs=2, quiet=True)
+    assert s['start_epoch'] == 1 and read_checkpoint(out)['config']['audio_width'] == 0
+    import cmrl.train
+    assert not hasattr(cmrl.train, 'LEGACY_STEMS')

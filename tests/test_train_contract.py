@@ -412,3 +412,152 @@ def test_word_vectors_on_other_languages_warn(tmp_path):
     why = wordvec_coverage(get_source(str(m), text_kind='bytes+wordvec', valid_pct=0.))  # the default says so too
     assert why.startswith('--text-frontend bytes+wordvec (the default): only 3 of the 8 words') and 'validation part' in why
     assert wordvec_coverage(get_source(str(fr), text_kind='bytes+wordvec', valid_pct=0.)) is None
+
+
+# ================================================================ issue 28 (round two): runs lost, mixed or mis-scored
+def _cli(argv, cwd, **kw):
+    "A `cmrl train` process (stdout, stderr to files in `cwd`)"
+    env = {**os.environ, 'OMP_NUM_THREADS': '1', 'PYTHONUNBUFFERED': '1', 'PYTHONPATH': str(Path(__file__).parents[1])}
+    n = len(list(Path(cwd).glob('stderr*.txt')))
+    fe = open(Path(cwd) / f'stderr{n}.txt', 'w')
+    p = subprocess.Popen([sys.executable, '-m', 'cmrl.cli', 'train', *map(str, argv)], cwd=cwd, env=env, stdout=subprocess.PIPE,
+                         stderr=fe, text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL), **kw)
+    p.err_file = Path(fe.name)
+    return p
+
+
+def test_two_runs_at_once_take_two_folders(tmp_path, capsys, monkeypatch):
+    "Item 2: a second `cmrl train` without --out starts while the first builds its data: each claims its own run folder"
+    import cmrl.train as ct
+    monkeypatch.chdir(tmp_path)
+    make_dls, seen = ct.make_dls, []
+    def racing(cfg, **kw):  # the first run has picked its folder and not written to it yet: the second starts now
+        if not seen:
+            seen.append(None); seen[0] = run([*TINY_SYNTH, '--model', 'continuous', '--quiet'], capsys)
+        return make_dls(cfg, **kw)
+    monkeypatch.setattr(ct, 'make_dls', racing)
+    rc, so, se = run([*TINY_SYNTH, '--model', 'unicode', '--quiet'], capsys)
+    assert rc == 0 and seen[0][0] == 0, (se, seen)
+    outs = {m: json.loads(o.strip().splitlines()[-1])['out'] for m, o in (('continuous', seen[0][1]), ('unicode', so))}
+    assert outs == {'unicode': str(Path('runs') / 'cmrl-train'), 'continuous': str(Path('runs') / 'cmrl-train-2')}, outs
+    for m, o in outs.items():
+        assert read_checkpoint(tmp_path / o)['config']['model'] == m and metrics(tmp_path / o)['model'] == m
+        assert json.loads((tmp_path / o / 'config.json').read_text())['model'] == m
+
+
+def test_a_folder_in_use_is_refused_or_skipped(tmp_path, capsys, monkeypatch):
+    "Item 2: a folder another `cmrl train` holds: with --out it is refused in one line; without, the next folder is taken"
+    from cmrl.train import RunLock
+    monkeypatch.chdir(tmp_path)
+    held = RunLock(tmp_path / 'runs' / 'cmrl-train')
+    assert held.acquire()
+    try:
+        rc, so, se = run([*TINY_SYNTH, '--out', tmp_path / 'runs' / 'cmrl-train', '--quiet'], capsys)
+        assert rc == 2 and 'another cmrl train' in se and f"pid {os.getpid()}" in se and len(se.strip().splitlines()) == 1, se
+        rc, so, se = run([*TINY_SYNTH, '--quiet'], capsys)
+        assert rc == 0 and f"writing to {Path('runs') / 'cmrl-train-2'}" in se, se
+    finally: held.release()
+    assert not (tmp_path / 'runs' / 'cmrl-train').exists()  # the holder made it and left it empty: gone with the claim
+    assert not list((tmp_path / 'runs' / 'cmrl-train-2').glob('.*lock*'))  # a finished run lets go of its folder
+
+
+@pytest.mark.parametrize('opt', [['--seed', '3'], ['--valid-pct', '0.5']])
+def test_resume_keeps_the_split(tmp_path, capsys, opt):
+    "Item 3: options that would re-split the items are refused on --resume, naming the option and the run's value"
+    m = manifest(tmp_path, 12)
+    out = tmp_path / 'run'
+    assert run(['--data', m, '--out', out, '--cache', tmp_path / 'cache', *SMALL, '--quiet'], capsys)[0] == 0
+    ids = read_checkpoint(out)['train_ids']
+    rc, so, se = run(['--out', out, '--resume', '--epochs', '2', *opt, '--quiet'], capsys)
+    assert rc == 2 and opt[0] in se and 'split' in se and 'Traceback' not in se, se
+    assert read_checkpoint(out)['epoch'] == 0 and read_checkpoint(out)['train_ids'] == ids
+
+
+def test_resume_train_ids_are_every_item_trained_on(tmp_path, capsys):
+    "Item 3: the manifest's split fields changed between sessions: `train_ids` holds every item any epoch trained on"
+    m = manifest(tmp_path, 12, extra=lambda i: {'split': 'train' if i < 8 else 'valid'})
+    out = tmp_path / 'run'
+    assert run(['--data', m, '--out', out, '--cache', tmp_path / 'cache', *SMALL, '--quiet'], capsys)[0] == 0
+    manifest(tmp_path, 12, extra=lambda i: {'split': 'train' if i < 4 or i >= 8 else 'valid'})  # 4..7 now held out
+    rc, so, se = run(['--out', out, '--resume', '--epochs', '2', '--quiet'], capsys)
+    assert rc == 0, se
+    assert read_checkpoint(out)['train_ids'] == [f'item{i}' for i in (*range(8), *range(8, 12))]
+    assert '4 item(s) of the validation part were trained on' in se, se
+
+
+def test_overwrite_removes_every_output_of_the_old_run(tmp_path, capsys):
+    "Item 4 (and 13): --overwrite deletes eval outputs and a stale checkpoint temp file too; the user's own files stay"
+    out = tmp_path / 'run'
+    assert run([*TINY_SYNTH, '--out', out, '--quiet'], capsys)[0] == 0
+    (out / 'eval-retrieval').mkdir(); (out / 'eval-retrieval' / 'metrics.json').write_text('{}')
+    (out / 'eval-retrieval' / 'ranks.png').write_bytes(b'png')
+    (out / 'eval-probe').mkdir(); (out / 'eval-probe' / 'metrics.json').write_text('{}'); (out / 'eval-probe' / 'notes.txt').write_text('mine')
+    (out / 'eval-generate.json').write_text('{}')  # an eval output written as a file beside the run's
+    (out / '.checkpoint.pt.99999999.tmp').write_bytes(b'half a checkpoint')  # a SIGKILL during a save
+    (out / 'notes.md').write_text('mine')
+    rc, so, se = run([*TINY_SYNTH, '--out', out, '--overwrite', '--quiet'], capsys)
+    assert rc == 0, se
+    left = sorted(str(p.relative_to(out)) for p in out.rglob('*'))
+    assert left == ['checkpoint.pt', 'codebook.png', 'config.json', 'eval-probe', 'eval-probe/notes.txt', 'losses.png', 'metrics.json',
+                    'notes.md'], left
+    assert 'eval-retrieval' in se and '.checkpoint.pt.99999999.tmp' in se
+
+
+def test_resume_removes_a_stale_checkpoint_temp_file(tmp_path, capsys):
+    "Item 13: `.checkpoint.pt.PID.tmp` of a process that died during a save is removed by --resume"
+    out = tmp_path / 'run'
+    assert run([*TINY_SYNTH, '--out', out, '--quiet'], capsys)[0] == 0
+    (out / '.checkpoint.pt.99999999.tmp').write_bytes(b'half a checkpoint')
+    rc, so, se = run(['--out', out, '--resume', '--epochs', '2', '--quiet'], capsys)
+    assert rc == 0, se
+    assert not list(out.glob('.checkpoint.pt.*')) and read_checkpoint(out)['epoch'] == 1
+
+
+@pytest.mark.parametrize('sigs', [('SIGINT', 'SIGINT'), ('SIGTERM',), ('SIGHUP',)])
+def test_signals_stop_a_run_like_ctrl_c(tmp_path, sigs):
+    "Item 13: Ctrl-C twice 50 ms apart, SIGTERM and SIGHUP mid-epoch: the last finished epoch kept, the resume hint, exit 130"
+    out = tmp_path / 'run'
+    p = _cli([*TINY_SYNTH[:-2], '--epochs', '500', '--out', out], tmp_path)
+    t0 = time.time()
+    while not (out / 'checkpoint.pt').exists() and time.time() - t0 < 300 and p.poll() is None: time.sleep(0.1)
+    time.sleep(0.3)
+    for i, s in enumerate(sigs):
+        if i: time.sleep(0.05)
+        p.send_signal(getattr(signal, s))
+    p.communicate(timeout=120)
+    se = p.err_file.read_text()
+    assert p.returncode == 130, (p.returncode, se[-2000:])
+    assert 'nothing was saved' not in se and 'Traceback' not in se, se[-2000:]
+    e = read_checkpoint(out)['epoch']
+    assert f"{e + 1} of 500 epochs done" in se and f"cmrl train --out {out} --resume" in se, se[-2000:]
+    assert not list(out.glob('.checkpoint.pt.*'))
+
+
+# ---------------------------------------------------------------- issue 28: messages
+def test_no_item_pairs_two_modalities_is_refused(tmp_path, capsys):
+    "Item 11: pictures and texts that never share an item teach no cross-modal link: one line, exit 2"
+    m = manifest(tmp_path, 12, extra=lambda i: {'text': None} if i % 2 else {'image': None})
+    rc, so, se = run(['--data', m, '--out', tmp_path / 'run', '--cache', tmp_path / 'cache', *SMALL], capsys)
+    assert rc == 2 and 'Traceback' not in se, se
+    import re
+    assert 'no item of the training part pairs two modalities' in se and re.search(r'\(image \d+, text \d+ item', se), se
+    assert not (tmp_path / 'run').exists()
+
+
+def test_long_precomputed_features_are_cropped_with_a_warning(tmp_path, capsys):
+    "Item 10: `[200000, D]` features: cropped to the model's limit, a warning names the first files and counts them"
+    rng = np.random.default_rng(0)
+    (tmp_path / 'f').mkdir()
+    lines = []
+    for i in range(8):
+        T = 200_000 if i in (2, 5) else 3
+        np.save(tmp_path / 'f' / f'img{i}.npy', rng.standard_normal((T, 8)).astype(np.float32))
+        lines.append(json.dumps({'id': f'x{i}', 'image_features': f'f/img{i}.npy', 'text': f'chose {i}', 'split': 'train'}))
+    m = tmp_path / 'feats.jsonl'; m.write_text('\n'.join(lines) + '\n')
+    out = tmp_path / 'run'
+    rc, so, se = run(['--data', m, '--out', out, '--cache', tmp_path / 'cache', *SMALL, '--quiet'], capsys)
+    assert rc == 0, se
+    assert 'max_len' not in se
+    w = [l for l in se.splitlines() if 'cropped' in l]
+    assert len(w) == 1 and '2 item(s)' in w[0] and 'img2.npy' in w[0] and 'img5.npy' in w[0] and '200000' in w[0], se
+    assert json.loads((out / 'config.json').read_text())['max_len']['image'] == 512

@@ -5,12 +5,14 @@
 #  1. installs the system packages the project needs, only those missing:
 #     tuxpaint-stamps-default (real data), chromium + chromium-driver (docs page tests), espeak-ng (speech),
 #     libjs-katex (formulas in the offline docs site), libcairo2 (cairosvg rasterises SVG stamps);
-#  2. builds the virtual environment in a cache outside the checkout, keyed by a hash of the
-#     dependency pins in pyproject.toml: ${CMRL_CACHE:-~/.cache/cmrl}/venv-<hash>, linked as .venv;
-#     installs the pinned dependencies and this checkout (editable, with the dev extras);
+#  2. builds the dependencies once per machine, in a cache outside the checkout keyed by a hash of the
+#     dependency pins in pyproject.toml: ${CMRL_CACHE:-~/.cache/cmrl}/venv-<hash> (no cmrl in it);
+#     then this checkout's own small .venv: a link (.pth) to those dependencies, this checkout installed
+#     editable, and the dependencies' commands (pytest, nbdev-*, jupyter) run by .venv/bin/python.
+#     So two checkouts share the gigabytes of dependencies and each runs its own code;
 #  3. runs the main job: `.venv/bin/cmrl` with no arguments (skip with --no-run).
-# Running it again is quick: packages present and a complete venv (stamp file) are left alone.
-# Environment: PYTHON (interpreter for the venv, default python3), CMRL_CACHE (cache folder).
+# Running it again is quick: packages present, a complete dependency venv and a complete .venv (stamp
+# files) are left alone. Environment: PYTHON (interpreter, default python3), CMRL_CACHE (cache folder).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -19,7 +21,7 @@ RUN=1
 for a in "$@"; do
   case "$a" in
     --no-run) RUN=0 ;;
-    -h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "setup.sh: unknown option $a (use --no-run or --help)" >&2; exit 2 ;;
   esac
 done
@@ -67,14 +69,12 @@ EOF
 CACHE="${CMRL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/cmrl}"
 VENV="$CACHE/venv-$KEY"
 DEPS_STAMP="$VENV/.cmrl-deps-installed"
-PROJ_STAMP="$VENV/.cmrl-project"
-PROJ_ID="$ROOT $(sha256sum pyproject.toml | cut -c1-16)"
 mkdir -p "$CACHE"
 exec 9>"$CACHE/venv-$KEY.lock"
-flock 9  # one installer at a time per venv
+flock 9  # one installer at a time per dependency venv
 
 if [ -f "$DEPS_STAMP" ] && "$VENV/bin/python" -c 'import sys' 2>/dev/null; then
-  log "venv $VENV is complete"
+  log "dependencies: $VENV is complete"
 else
   [ -d "$VENV" ] && { log "removing incomplete $VENV"; rm -rf "$VENV"; }
   log "creating $VENV with $("$PY" --version 2>&1) (the first install takes a few minutes)"
@@ -85,26 +85,54 @@ else
   fi
   export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1
   "$VENV/bin/python" -m pip install -q "setuptools>=77" wheel
-  "$VENV/bin/python" -m pip install -q --no-build-isolation -e ".[dev]"
+  "$VENV/bin/python" -m pip install -q --no-build-isolation -e ".[dev]"  # the pins and extras as pyproject.toml says...
   "$VENV/bin/python" -c 'import torch, torchvision, torchaudio, fastai, nbdev, cmrl' \
     || { log "the installed packages do not import together"; exit 1; }
+  "$VENV/bin/python" -m pip uninstall -q -y cmrl  # ...and no cmrl: each checkout's .venv holds its own
   echo "$KEY" >"$DEPS_STAMP"
-  echo "$PROJ_ID" >"$PROJ_STAMP"
-fi
-# the venv is shared by checkouts with the same pins: point its editable install at this one
-if [ "$(cat "$PROJ_STAMP" 2>/dev/null)" != "$PROJ_ID" ]; then
-  log "installing this checkout ($ROOT) into the venv"
-  PIP_DISABLE_PIP_VERSION_CHECK=1 "$VENV/bin/python" -m pip install -q --no-deps --no-build-isolation -e .
-  echo "$PROJ_ID" >"$PROJ_STAMP"
 fi
 flock -u 9
 
-if [ -L .venv ] || [ ! -e .venv ]; then
-  [ "$(readlink .venv 2>/dev/null)" = "$VENV" ] || ln -sfn "$VENV" .venv
-else
-  log ".venv exists and is not a link: move it away so .venv can point at $VENV"; exit 1
+# ---------------------------------------------------------------- this checkout's .venv
+DEPS_SITE="$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+READY="$ROOT/.venv/.cmrl-ready"
+WANT="$VENV $(sha256sum pyproject.toml | cut -c1-16)"
+if [ -L .venv ]; then
+  log "replacing the .venv link ($(readlink .venv)) by this checkout's own .venv"; rm .venv
+elif [ -e .venv ] && [ ! -f .venv/.cmrl-venv ]; then
+  log ".venv exists and was not made by tools/setup.sh: move it away so this checkout can have its own"; exit 1
 fi
-log "ready in $((SECONDS - T0)) s: .venv -> $VENV"
+if [ "$(cat "$READY" 2>/dev/null)" = "$WANT" ] && .venv/bin/python -c 'import cmrl' 2>/dev/null; then
+  log ".venv is complete"
+else
+  rm -rf .venv
+  "$VENV/bin/python" -m venv --without-pip .venv  # the same interpreter as the dependencies
+  echo "$VENV" >.venv/.cmrl-venv
+  SITE="$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+  # the dependencies, after this checkout: a .pth named to be read after the editable install's
+  echo "import site; site.addsitedir('$DEPS_SITE')" >"$SITE/zz-cmrl-dependencies.pth"
+  for d in share etc; do [ -d "$VENV/$d" ] && ln -s "$VENV/$d" ".venv/$d"; done  # jupyter's data and settings
+  PIP_DISABLE_PIP_VERSION_CHECK=1 .venv/bin/python -m pip install -q --no-deps --no-build-isolation -e .
+  # the dependencies' commands, run by this checkout's python (so `.venv/bin/pytest` imports this checkout's cmrl)
+  .venv/bin/python - "$VENV/bin" .venv/bin <<'EOF'
+import os, sys
+src, dst = sys.argv[1:]
+old, new = os.path.join(src, 'python'), os.path.join(os.path.abspath(dst), 'python')
+for n in sorted(os.listdir(src)):
+    p, q = os.path.join(src, n), os.path.join(dst, n)
+    if os.path.exists(q) or os.path.islink(p) or not os.path.isfile(p) or n.startswith(('python', 'activate', 'Activate')): continue
+    with open(p, 'rb') as f: head = f.read(2)
+    if head != b'#!': continue
+    with open(p, encoding='utf-8', errors='surrogateescape') as f: text = f.read()
+    if old not in text.split('\n', 3)[0] + text.split('\n', 3)[1]: continue  # not a script of this venv's python
+    with open(q, 'w', encoding='utf-8', errors='surrogateescape') as f: f.write(text.replace(old, new, 2))
+    os.chmod(q, 0o755)
+EOF
+  [ "$(.venv/bin/python -c 'import cmrl, os; print(os.path.dirname(os.path.dirname(os.path.realpath(cmrl.__file__))))')" \
+    = "$(realpath "$ROOT")" ] || { log ".venv does not import this checkout's cmrl"; exit 1; }
+  echo "$WANT" >"$READY"
+fi
+log "ready in $((SECONDS - T0)) s: .venv (this checkout, editable) + dependencies in $VENV"
 
 # ---------------------------------------------------------------- 3. main job
 if [ "$RUN" = 1 ]; then

@@ -6,6 +6,8 @@ Docs: https://cmrl-dev.github.io/cmrl/data.audio.html.md"""
 
 # %% ../../nbs/01_data.audio.ipynb #dbec6538
 from __future__ import annotations
+import functools, math
+from fractions import Fraction
 import numpy as np, soundfile as sf
 import torch, torchaudio
 from torch import Tensor
@@ -15,7 +17,8 @@ from pathlib import Path
 from ..core import *
 
 # %% auto #0
-__all__ = ['DecodeError', 'MissingDependency', 'check_finite', 'AudioConfig', 'load_audio', 'AudioFrontend']
+__all__ = ['MAX_KERNEL', 'MAX_AUDIO_SEC', 'MAX_SAMPLES', 'DecodeError', 'MissingDependency', 'check_finite', 'AudioConfig',
+           'resample_ratio', 'resample', 'load_audio', 'AudioFrontend']
 
 # %% ../../nbs/01_data.audio.ipynb #0a671114
 class DecodeError(ValueError):
@@ -58,28 +61,54 @@ class AudioConfig:
     def hop(self) -> int: return int(round(self.hop_ms * self.sr / 1000))  # hop, samples
     def n_frames(self, n_samples: int) -> int: return 1 + n_samples // self.hop  # frames for `n_samples` samples at `sr`
 
-# %% ../../nbs/01_data.audio.ipynb #e611a235
-_RESAMPLERS = {}
+# %% ../../nbs/01_data.audio.ipynb #a9aeddf2
+MAX_KERNEL = 1_000_000  # largest o x n of a reduced rate ratio n/o resampled exactly; beyond, the sinc kernel takes GBs
 
-def _resample(w: Tensor, orig: int, new: int) -> Tensor:
-    if orig == new: return w
-    key = (orig, new)
-    if key not in _RESAMPLERS: _RESAMPLERS[key] = torchaudio.transforms.Resample(orig, new)
-    return _RESAMPLERS[key](w)
+def resample_ratio(orig: int, new: int) -> tuple[int, int]:
+    "(o, n): `(orig, new)` when its reduced ratio is cheap, else the nearest `n / o` with `o * n` about `MAX_KERNEL`"
+    g = math.gcd(orig, new)
+    if (orig // g) * (new // g) <= MAX_KERNEL: return orig, new
+    f = Fraction(new, orig).limit_denominator(max(1, math.isqrt(MAX_KERNEL * orig // new)))
+    return f.denominator, max(1, f.numerator)
+
+@functools.lru_cache(maxsize=8)
+def _resampler(o: int, n: int): return torchaudio.transforms.Resample(o, n)
+
+def resample(w: Tensor,  # waveform `[..., N]`
+             orig: int, new: int,  # its rate and the rate wanted, Hz
+            ) -> Tensor:
+    "`w` resampled from `orig` to `new` Hz with torchaudio's windowed sinc on the ratio of `resample_ratio`"
+    return w if orig == new else _resampler(*resample_ratio(orig, new))(w)
+
+# %% ../../nbs/01_data.audio.ipynb #e611a235
+MAX_AUDIO_SEC = 600.  # the longest recording read whole (`max_sec=None`): ten minutes
+MAX_SAMPLES = 64_000_000  # most samples (frames x channels) decoded from one file: 256 MB of float32
+
+def _read(path, max_sec: float | None) -> tuple[np.ndarray, int]:
+    "The first `max_sec` seconds of `path` (all: at most `MAX_AUDIO_SEC`) as `[frames, channels]` float32, and its rate"
+    with sf.SoundFile(str(path)) as f:
+        fsr, ch, n = f.samplerate, f.channels, f.frames
+        if max_sec is None and n > MAX_AUDIO_SEC * fsr:
+            raise DecodeError(path, f"audio is {n / fsr / 60:.1f} minutes long; cmrl reads at most "
+                                    f"{MAX_AUDIO_SEC / 60:g} minutes of a recording whole (cut it, or read its start "
+                                    "with max_sec)")
+        want = n if max_sec is None else min(n, int(round(max_sec * fsr)))
+        if want * ch > MAX_SAMPLES:
+            raise DecodeError(path, f"{want / fsr:.1f} s of {ch} channel(s) at {fsr} Hz is {want * ch:,} samples, more "
+                                    f"than {MAX_SAMPLES:,} for one file (mix it down or cut it)")
+        return f.read(frames=want, dtype='float32', always_2d=True), fsr
 
 def load_audio(path,  # audio file soundfile can read (wav, flac, ogg, opus, mp3)
                sr: int | None = 16000,  # resample to this rate; `None`: keep the file's rate
                max_sec: float | None = None,  # cut after this many seconds
               ) -> tuple[Tensor, int]:  # (mono waveform `[N]` float32, its rate)
     "Read an audio file as a mono float32 waveform, resampled to `sr`"
-    try: data, fsr = sf.read(str(path), dtype='float32', always_2d=True)
+    try: data, fsr = _read(path, max_sec)
+    except DecodeError: raise
     except Exception as e: raise DecodeError(path, f"unreadable audio ({type(e).__name__}: {str(e).strip()[:120]})") from None
     if data.size == 0: raise DecodeError(path, "audio has no samples")
-    w = torch.from_numpy(np.ascontiguousarray(data.mean(1)))
-    if max_sec is not None: w = w[:int(round(max_sec * fsr))]
-    check_finite(w, path, 'audio samples')
-    if sr is None: return w, fsr
-    return _resample(w, fsr, sr), sr
+    w = check_finite(torch.from_numpy(np.ascontiguousarray(data.mean(1))), path, 'audio samples')
+    return (w, fsr) if sr is None else (resample(w, fsr, sr), sr)
 
 # %% ../../nbs/01_data.audio.ipynb #6f6cd48d
 class AudioFrontend:
@@ -104,6 +133,6 @@ class AudioFrontend:
         else:
             w = torch.as_tensor(x, dtype=torch.float32)
             if w.ndim == 2: w = w.mean(0)
-            w = _resample(w, sr or c.sr, c.sr)
+            w = resample(w, sr or c.sr, c.sr)
             if c.max_sec is not None: w = w[:int(round(c.max_sec * c.sr))]
         return check_finite(self.logmel(w), x if isinstance(x, (str, Path)) else '<waveform>', 'log-mel frames')

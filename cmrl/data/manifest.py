@@ -19,6 +19,21 @@ from .source import *
 # %% auto #0
 __all__ = ['FEATURE_FIELDS', 'MANIFEST_FIELDS', 'ManifestError', 'read_manifest', 'ManifestSource']
 
+# %% ../../nbs/07_data.manifest.ipynb #21e919f3
+_SURROGATE = re.compile('[\ud800-\udfff]')  # half a UTF-16 pair: JSON can escape it ("\\ud83d"), UTF-8 cannot hold it
+
+def _surrogates(o: dict, at) -> list[str]:
+    "A problem per field (name or value) holding a lone surrogate, with where it is"
+    errs = []
+    for k, v in o.items():
+        for what, s in (('name', k), ('value', v)):
+            if isinstance(s, str) and (m := _SURROGATE.search(s)):
+                name = k if what == 'value' else k.encode('utf-8', 'backslashreplace').decode()
+                errs.append(f"{at(name)}: its {what} holds a lone surrogate \\u{ord(m.group()):04x} at character "
+                            f"{m.start() + 1} (half of a UTF-16 pair, not a character); fix the text or its JSON "
+                            "escape")
+    return errs
+
 # %% ../../nbs/07_data.manifest.ipynb #b5a2faf0
 class ManifestError(ValueError):
     "A manifest with problems; the message lists each as `file:line: field: problem`"
@@ -26,10 +41,10 @@ class ManifestError(ValueError):
 FEATURE_FIELDS = tuple(m + FEATURE_SUFFIX for m in MODALITIES)  # 'image_features', ...: precomputed `[T, D]` / `[D]` `.npy` files
 MANIFEST_FIELDS = ('id', IMAGE, AUDIO, SPEECH, TEXT, *FEATURE_FIELDS, 'label', 'lang', 'split', 'group')
 _LANG_CODE = re.compile(r'^[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{2,8})*(?:@[A-Za-z]+)?$')
-
 def _check_line(o, n: int, fname: str, errs: list, seen: dict, splits) -> dict | None:
     at = lambda f: f"{fname}:{n}: field {f!r}"
     if not isinstance(o, dict): errs.append(f"{fname}:{n}: expected a JSON object, got {type(o).__name__}"); return None
+    if (bad := _surrogates(o, at)): errs.extend(bad); return None
     r = {}
     if 'id' not in o or o['id'] is None: errs.append(f"{at('id')}: missing (every item needs a unique id)")
     elif not isinstance(o['id'], (str, int)) or isinstance(o['id'], bool) or str(o['id']) == '': errs.append(f"{at('id')}: expected a non-empty string, got {o['id']!r}")
@@ -58,6 +73,7 @@ def _check_line(o, n: int, fname: str, errs: list, seen: dict, splits) -> dict |
         errs.append(f"{fname}:{n}: no modality: set at least one of image, audio, speech, text (or a `<modality>_features` file)")
     return r
 
+# %% ../../nbs/07_data.manifest.ipynb #da7ebac4
 def read_manifest(path,  # the JSON Lines file
                   splits: Sequence[str] = ('train', 'valid', 'test'),  # allowed `split` values
                  ) -> tuple[list[dict], list[str]]:  # (records with paths resolved, unknown field names)
@@ -76,8 +92,8 @@ def read_manifest(path,  # the JSON Lines file
         for k in o:
             if k not in MANIFEST_FIELDS: unknown.setdefault(k, n)
         r['line'] = n
-        for m in (IMAGE, AUDIO, SPEECH, *FEATURE_FIELDS):
-            if r.get(m): r[m] = str((path.parent / r[m]).expanduser()) if not Path(r[m]).is_absolute() else r[m]
+        for m in (IMAGE, AUDIO, SPEECH, *FEATURE_FIELDS):  # '~/x.png': the user's home; a relative path: the manifest's
+            if r.get(m): r[m] = str(path.parent / Path(r[m]).expanduser())
         recs.append(r)
     if errs:
         more = f"\n  ... and {len(errs) - 30} more" if len(errs) > 30 else ''
@@ -85,8 +101,8 @@ def read_manifest(path,  # the JSON Lines file
     if not recs: raise ManifestError(f"{path}: no items (the file is empty); write one JSON object per line")
     return recs, [f"{k} (first on line {n})" for k, n in unknown.items()]
 
-# %% ../../nbs/07_data.manifest.ipynb #c165f3d2
-def _featured(recs, fname) -> dict:
+# %% ../../nbs/07_data.manifest.ipynb #ddc21326
+def _featured(recs, fname, steps: dict) -> dict:
     "Modality -> width `D` of the modalities given as `<m>_features`, checking every file's header; bad files become `None` with a reason"
     dims, errs, skipped = {}, [], []
     for m in MODALITIES:
@@ -100,7 +116,7 @@ def _featured(recs, fname) -> dict:
             continue
         widths = {}
         for r in has:
-            try: widths[r['line']] = feature_shape(r[f])[1]
+            try: steps[r[f]], widths[r['line']] = feature_shape(r[f])  # T, from the header: said before loading
             except DecodeError as e: skipped.append((r[f], f"{e.reason} (line {r['line']}, field {f!r})")); r[f] = None
         ws = Counter(widths.values())
         if len(ws) > 1:
@@ -111,6 +127,25 @@ def _featured(recs, fname) -> dict:
         for r in recs: r[m] = r.pop(f, None) if r.get(f) is not None or r.get(m) is None else None
     return dims, errs, skipped
 
+# %% ../../nbs/07_data.manifest.ipynb #1a4926a3
+def _group_splits(recs: list[dict], fname: str):
+    "Items without a `split` take their group's (its most common, ties: the first given): a group stays in one part"
+    given = {}
+    for r in recs:
+        if r['split'] is not None: given.setdefault(r['group'], Counter())[r['split']] += 1
+    took = 0
+    for r in recs:
+        if r['split'] is None and r['group'] in given: r['split'] = given[r['group']].most_common(1)[0][0]; took += 1
+    if took: warnings.warn(f"{fname}: {took} item(s) without a `split` took the split of their group's other items (a "
+                           "group stays in one part); give them a `split` to place them yourself")
+    mixed = [(g, c) for g, c in given.items() if len(c) > 1]
+    if not mixed: return
+    say = '; '.join(f"group {g!r}: " + ', '.join(f"{k} {v}" for k, v in c.items()) for g, c in mixed[:5])
+    warnings.warn(f"{fname}: {len(mixed)} group(s) have items in several parts, as their `split` fields say: {say}"
+                  + (' ...' if len(mixed) > 5 else '') + "; items of one group are alike, so a part that shares a "
+                  "group with training is not unseen")
+
+# %% ../../nbs/07_data.manifest.ipynb #c165f3d2
 class ManifestSource(Source):
     "A JSON Lines manifest of the user's own items as a cmrl source"
     name = 'manifest'
@@ -145,7 +180,7 @@ class ManifestSource(Source):
         if skipped and missing == 'error':
             raise ManifestError(f"{path}: {len(skipped)} file(s) not found; fix the paths (relative to {path.parent}):\n  "
                                 + '\n  '.join(f"{p}: {why}" for p, why in skipped[:30]))
-        feature_dims, errs, bad_feats = _featured(recs, path.name)
+        feature_dims, errs, bad_feats = _featured(recs, path.name, steps := {})
         if errs: raise ManifestError(f"{path}: {len(errs)} problem(s) with precomputed features:\n  " + '\n  '.join(errs))
         keep = [r for r in recs if any(r.get(m) is not None for m in MODALITIES)]
         gone = len(recs) - len(keep)
@@ -159,12 +194,13 @@ class ManifestSource(Source):
             r['category'] = r['label']
             r['label'] = cats.o2i[r['label']] if r['label'] is not None else None
             r['group'] = r['group'] or r['id']
+        _group_splits(keep, path.name)
         free = [r for r in keep if r['split'] is None]
         for r, s in zip(free, group_split([r['group'] for r in free], [str(r['label']) for r in free], fracs, split_seed)): r['split'] = s
         names = list(dict.fromkeys(['train', 'valid', *(n for n, _ in fracs), *(r['split'] for r in keep)]))
         splits = {n: [i for i, r in enumerate(keep) if r['split'] == n] for n in names}
         splits = {n: ix for n, ix in splits.items() if ix or n in ('train', 'valid')}  # a test part only when items ask for one
-        self.path = path
+        self.path, self.feature_steps = path, steps  # `feature_steps`: `.npy` file -> its length T
         super().__init__(keep, splits, cats, modalities, (frontends or FrontendConfig()).replace(**fe_kw) if fe_kw else frontends,
                          skipped + bad_feats, path.parent, 'manifest', feature_dims=feature_dims,
                          dropped={'languages': dropped} if dropped else None)

@@ -13,6 +13,7 @@ from typing import Sequence
 import numpy as np
 import torch
 from fastai.data.transforms import CategoryMap
+from fastcore.basics import patch
 from ..core import *
 from .text import ByteTokenizer, CharTokenizer, word_vectors, text_shape
 from .cache import *
@@ -112,7 +113,7 @@ def filter_langs(records: list[dict],  # item records with a `lang` field (or no
                       + ', '.join(f"{k} {v}" for k, v in dropped.items()) + " (langs='all' keeps every item)")
     return keep, dropped
 
-# %% ../../nbs/05_data.source.ipynb #d72de256
+# %% ../../nbs/05_data.source.ipynb #f7ee81ed
 FILE_MODALITIES = (IMAGE, VIDEO, AUDIO, SPEECH)  # record fields that hold a file path
 
 class Source:
@@ -126,7 +127,7 @@ class Source:
                  skipped: list | None = None,  # (path, reason) of files left out
                  root=None,  # folder the files live in
                  name: str | None = None,  # source name for summaries and cache folders
-                 feature_dims: dict | None = None,  # modality -> width `D` of modalities given as precomputed `.npy` features
+                 feature_dims: dict | None = None,  # modality -> width `D` of modalities given as `.npy` features
                  has: Sequence[str] | None = None,  # modalities the items have; default: found in the records
                  dropped: dict | None = None):  # what filters dropped, `{filter: {reason: count}}`, for the summary
         if name: self.name = name
@@ -158,7 +159,8 @@ class Source:
         if not mods: raise ValueError(f"no modality asked for; this source has {', '.join(self.available)}")
         return tuple(dict.fromkeys(mods))
     def _select(self, records, splits, mods):
-        if set(mods) == set(self.available) or not records or not any(m in records[0] for m in (*FILE_MODALITIES, TEXT)):
+        if (set(mods) == set(self.available) or not records
+                or not any(m in records[0] for m in (*FILE_MODALITIES, TEXT))):
             return list(records), {k: list(v) for k, v in splits.items()}
         new, keep = {}, []
         for i, r in enumerate(records):
@@ -169,117 +171,150 @@ class Source:
                           f"dropped {len(records) - len(keep)} that have none of them")
         return keep, {k: [new[i] for i in v if i in new] for k, v in splits.items()}
 
-    def __len__(self): return len(self.records)
-    def __repr__(self):
-        return (f"{type(self).__name__}({len(self)} items; " + ', '.join(f"{k} {len(v)}" for k, v in self.splits.items())
-                + f"; {len(self.class_names)} classes; modalities {', '.join(self.modalities)})")
-    @property
-    def class_names(self) -> list[str]: return list(self.vocab)
-    @property
-    def n_classes(self) -> int: return len(self.vocab)
-    def split(self, name: str) -> list[dict]:
-        "Records of split `name`, or every record for 'all'"
-        if name == 'all': return list(self.records)
-        if name not in self.splits: raise KeyError(f"no split {name!r}; this source has {', '.join(self.splits)} (and 'all')")
-        return [self.records[i] for i in self.splits[name]]
-    def split_ids(self) -> dict:
-        "Split name -> the ids of its records"
-        return {k: [self.records[i]['id'] for i in v] for k, v in self.splits.items()}
-    def train_records(self) -> list[dict]:
-        "The records the front-ends may learn from: the training split, or every record when there is none"
-        return self.split('train') if 'train' in self.splits else list(self.records)
+# %% ../../nbs/05_data.source.ipynb #95948e38
+@patch
+def __len__(self: Source): return len(self.records)
 
-    @property
-    def tokenizer(self):
-        "The text tokenizer: bytes by default; for `text.kind == 'chars'`, a vocabulary fitted on the training split only"
-        if self._tok is None:
-            t = self.frontend_cfg.text
-            if t.kind == 'chars':
-                self._tok = CharTokenizer.fit([r.get(TEXT) for r in self.train_records()], t.min_freq, t.max_len)
-            else: self._tok = ByteTokenizer(t.max_len)
-        return self._tok
-    @property
-    def text_vocab_size(self) -> int: return self.tokenizer.vocab_size
+@patch
+def __repr__(self: Source):
+    return (f"{type(self).__name__}({len(self)} items; " + ', '.join(f"{k} {len(v)}" for k, v in self.splits.items())
+            + f"; {len(self.class_names)} classes; modalities {', '.join(self.modalities)})")
 
-    @property
-    def feature_dims(self) -> dict:
-        "Modality -> width `D` of the modalities that arrive as `[T, D]` features: `.npy` files, and pictures through a frozen image front-end"
-        d, D = dict(self.npy_dims), image_frontend_dim(self.frontend_cfg.image)
-        if D is not None and IMAGE in self.modalities and IMAGE not in d: d[IMAGE] = D
-        return d
+@patch(as_prop=True)
+def class_names(self: Source) -> list[str]: return list(self.vocab)
 
-    @property
-    def word_dim(self) -> int | None:
-        "Width of the word vector each text token carries ('bytes+wordvec'), else None"
+@patch(as_prop=True)
+def n_classes(self: Source) -> int: return len(self.vocab)
+
+@patch
+def split(self: Source, name: str) -> list[dict]:
+    "Records of split `name`, or every record for 'all'"
+    if name == 'all': return list(self.records)
+    if name not in self.splits:
+        raise KeyError(f"no split {name!r}; this source has {', '.join(self.splits)} (and 'all')")
+    return [self.records[i] for i in self.splits[name]]
+
+@patch
+def split_ids(self: Source) -> dict:
+    "Split name -> the ids of its records"
+    return {k: [self.records[i]['id'] for i in v] for k, v in self.splits.items()}
+
+@patch
+def train_records(self: Source) -> list[dict]:
+    "The records the front-ends may learn from: the training split, or every record when there is none"
+    return self.split('train') if 'train' in self.splits else list(self.records)
+
+# %% ../../nbs/05_data.source.ipynb #8c65476b
+@patch(as_prop=True)
+def tokenizer(self: Source):
+    "The text tokenizer: bytes by default; for `text.kind == 'chars'`, a vocabulary fitted on the training split only"
+    if self._tok is None:
         t = self.frontend_cfg.text
-        return word_vectors(t.vectors).dim if t.kind == 'bytes+wordvec' else None
+        if t.kind == 'chars':
+            self._tok = CharTokenizer.fit([r.get(TEXT) for r in self.train_records()], t.min_freq, t.max_len)
+        else: self._tok = ByteTokenizer(t.max_len)
+    return self._tok
 
-    @property
-    def shapes(self) -> dict:
-        "Per-step shape and dtype of each modality, `{m: (shape, dtype)}` (for `collate_items(shapes=...)` and model sizes)"
-        c, out, fd = self.frontend_cfg, {}, self.feature_dims
-        for m in self.modalities:
-            if m in fd: out[m] = ((fd[m],), torch.float32)
-            elif m == IMAGE: out[m] = ((3, *c.image.hw), torch.float32)
-            elif m in AURAL: out[m] = ((c.audio.n_mels,), torch.float32)
-            elif m == TEXT: out[m] = text_shape(c.text)
-        return out
+@patch(as_prop=True)
+def text_vocab_size(self: Source) -> int: return self.tokenizer.vocab_size
 
-    def frontends(self) -> Frontends: return Frontends(self.frontend_cfg, self.tokenizer)
-    def dataset(self, split: str = 'train',  # split name, or 'all'
-                cache=True,  # `True`: the default cache folder; a path; or `False`/`None`: no cache
-                validate: bool = False,  # decode every file now (filling the cache), drop what fails, warn once
-                progress: bool = False):  # show a progress bar while validating
-        "A map-style data set of item dicts for `split`"
-        ds = FeatureDataset(self.split(split), self.frontends(), FeatureCache.of(cache), self.modalities, name=f"{self.name}:{split}",
-                            feature_dims=self.npy_dims)
-        if validate: ds.validate(progress=progress)
-        return ds
-    def check(self, cache=True,  # feature cache (see `dataset`)
-              progress: bool = False):  # show progress bars
-        "Decode every file of every split (filling the cache); failures join `skipped` and `failed`; returns them"
-        fails = {}
-        with warnings.catch_warnings():
-            warnings.simplefilter('ignore')
-            for split in self.splits: fails.update(self.dataset(split, cache=cache, validate=True, progress=progress).failures)
-        new = {p: why for p, why in fails.items() if p not in self.failed}
-        self.failed.update(new); self.checked = True
-        self.skipped += [(p, f"cannot decode: {why}") for p, why in sorted(new.items())]
-        return fails
+@patch(as_prop=True)
+def feature_dims(self: Source) -> dict:
+    "Modality -> width `D` of what arrives as `[T, D]` features: `.npy` files, pictures through a frozen front-end"
+    d, D = dict(self.npy_dims), image_frontend_dim(self.frontend_cfg.image)
+    if D is not None and IMAGE in self.modalities and IMAGE not in d: d[IMAGE] = D
+    return d
 
-    def _count(self, recs) -> dict:
-        mods = {m: sum(r.get(m) is not None for r in recs) for m in self.modalities}
-        langs, cats = {}, Counter()
-        for r in recs:
-            cats[self.class_names[r['label']] if r.get('label') is not None else '(none)'] += 1
-            l = langs.setdefault(r.get('lang') or '(none)', Counter())
-            l['items'] += 1
-            for m in (TEXT, SPEECH):
-                if r.get(m) is not None: l[m] += 1
-        return {'items': len(recs), 'modalities': mods, 'languages': {k: dict(v) for k, v in sorted(langs.items())},
-                'categories': dict(sorted(cats.items()))}
-    def summary(self, max_files: int = 25) -> dict:
-        "Counts per modality, language, category and split, what filters dropped, and the skipped files with reasons, as a JSON-able dict"
-        out = {'source': self.name, 'root': str(self.root) if self.root else None, 'files_decoded': self.checked, 'classes': self.class_names,
-               **self._count(self.records),
-               'splits': {k: {'items': len(v), 'groups': len({self.records[i].get('group', self.records[i]['id']) for i in v}),
-                              **{kk: vv for kk, vv in self._count([self.records[i] for i in v]).items() if kk != 'items'}}
-                          for k, v in self.splits.items()}}
-        if self.feature_dims: out['feature_dims'] = dict(self.feature_dims)
-        if self.dropped: out['dropped'] = self.dropped
-        by = {}
-        for p, why in self.skipped: by.setdefault(why, []).append(str(p))
-        out['skipped'] = {'count': len(self.skipped), 'by_reason': {k: len(v) for k, v in sorted(by.items())},
-                          'files': {k: v[:max_files] + ([f"... and {len(v) - max_files} more"] if len(v) > max_files else [])
-                                    for k, v in sorted(by.items())}}
-        return out
-    def fingerprint(self) -> str:
-        "Hash of the records and of every file's path, size and modification time"
-        h = hashlib.sha1()
-        for r in self.records:
-            h.update(json.dumps({k: v for k, v in r.items() if k != 'group'}, sort_keys=True, default=str).encode())
-            for m in FILE_MODALITIES:
-                if r.get(m):
-                    try: st = os.stat(r[m]); h.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
-                    except OSError: h.update(b'missing')
-        return h.hexdigest()[:16]
+@patch(as_prop=True)
+def word_dim(self: Source) -> int | None:
+    "Width of the word vector each text token carries ('bytes+wordvec'), else None"
+    t = self.frontend_cfg.text
+    return word_vectors(t.vectors).dim if t.kind == 'bytes+wordvec' else None
+
+@patch(as_prop=True)
+def shapes(self: Source) -> dict:
+    "Per-step shape and dtype of each modality, `{m: (shape, dtype)}` (for `collate_items(shapes=...)` and model sizes)"
+    c, out, fd = self.frontend_cfg, {}, self.feature_dims
+    for m in self.modalities:
+        if m in fd: out[m] = ((fd[m],), torch.float32)
+        elif m == IMAGE: out[m] = ((3, *c.image.hw), torch.float32)
+        elif m in AURAL: out[m] = ((c.audio.n_mels,), torch.float32)
+        elif m == TEXT: out[m] = text_shape(c.text)
+    return out
+
+@patch
+def frontends(self: Source) -> Frontends: return Frontends(self.frontend_cfg, self.tokenizer)
+
+# %% ../../nbs/05_data.source.ipynb #9ae69be6
+@patch
+def dataset(self: Source, split: str = 'train',  # split name, or 'all'
+            cache=True,  # `True`: the default cache folder; a path; or `False`/`None`: no cache
+            validate: bool = False,  # decode every file now (filling the cache), drop what fails, warn once
+            progress: bool = False):  # show a progress bar while validating
+    "A map-style data set of item dicts for `split`"
+    ds = FeatureDataset(self.split(split), self.frontends(), FeatureCache.of(cache), self.modalities,
+                        name=f"{self.name}:{split}",
+                        feature_dims=self.npy_dims)
+    if validate: ds.validate(progress=progress)
+    return ds
+
+@patch
+def check(self: Source, cache=True,  # feature cache (see `dataset`)
+          progress: bool = False):  # show progress bars
+    "Decode every file of every split (filling the cache); failures join `skipped` and `failed`; returns them"
+    fails = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        for split in self.splits:
+            fails.update(self.dataset(split, cache=cache, validate=True, progress=progress).failures)
+    new = {p: why for p, why in fails.items() if p not in self.failed}
+    self.failed.update(new); self.checked = True
+    self.skipped += [(p, f"cannot decode: {why}") for p, why in sorted(new.items())]
+    return fails
+
+# %% ../../nbs/05_data.source.ipynb #ba11fa53
+@patch
+def _count(self: Source, recs) -> dict:
+    mods = {m: sum(r.get(m) is not None for r in recs) for m in self.modalities}
+    langs, cats = {}, Counter()
+    for r in recs:
+        cats[self.class_names[r['label']] if r.get('label') is not None else '(none)'] += 1
+        l = langs.setdefault(r.get('lang') or '(none)', Counter())
+        l['items'] += 1
+        for m in (TEXT, SPEECH):
+            if r.get(m) is not None: l[m] += 1
+    return {'items': len(recs), 'modalities': mods, 'languages': {k: dict(v) for k, v in sorted(langs.items())},
+            'categories': dict(sorted(cats.items()))}
+
+@patch
+def summary(self: Source, max_files: int = 25) -> dict:
+    "Counts per modality, language, category and part, what filters dropped, the files skipped and why (JSON-able)"
+    out = {'source': self.name, 'root': str(self.root) if self.root else None, 'files_decoded': self.checked,
+           'classes': self.class_names,
+           **self._count(self.records),
+           'splits': {k: {'items': len(v),
+                          'groups': len({self.records[i].get('group', self.records[i]['id']) for i in v}),
+                          **{kk: vv for kk, vv in self._count([self.records[i] for i in v]).items() if kk != 'items'}}
+                      for k, v in self.splits.items()}}
+    if self.feature_dims: out['feature_dims'] = dict(self.feature_dims)
+    if self.dropped: out['dropped'] = self.dropped
+    by = {}
+    for p, why in self.skipped: by.setdefault(why, []).append(str(p))
+    out['skipped'] = {'count': len(self.skipped), 'by_reason': {k: len(v) for k, v in sorted(by.items())},
+                      'files': {k: v[:max_files]
+                                + ([f"... and {len(v) - max_files} more"] if len(v) > max_files else [])
+                                for k, v in sorted(by.items())}}
+    return out
+
+# %% ../../nbs/05_data.source.ipynb #7522787b
+@patch
+def fingerprint(self: Source) -> str:
+    "Hash of the records and of every file's path, size and modification time"
+    h = hashlib.sha1()
+    for r in self.records:
+        h.update(json.dumps({k: v for k, v in r.items() if k != 'group'}, sort_keys=True, default=str).encode())
+        for m in FILE_MODALITIES:
+            if r.get(m):
+                try: st = os.stat(r[m]); h.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
+                except OSError: h.update(b'missing')
+    return h.hexdigest()[:16]
