@@ -32,7 +32,8 @@ __all__ = ['FRONTEND_KW', 'TASKS', 'run_source', 'ckpt_source', 'eval_parts', 'm
            'run_cli', 'eval_cmd', 'items_line', 'eval_cli']
 
 # %% ../../nbs/45_eval.report.ipynb #b7c7cd4b
-FRONTEND_KW = ('size', 'n_mels', 'image_frontend', 'text_kind')  # `get_source` settings that shape the model's inputs: kept for other data
+FRONTEND_KW = ('size', 'n_mels', 'image_frontend', 'text_kind', 'speech_frontend', 'speech_window', 'speech_compute_type',
+               'speech_pooling')  # `get_source` settings that shape the model's inputs: kept for other data
 
 def run_source(ck: dict,  # checkpoint dict (`cmrl.checkpoint.load_model`)
               ) -> dict:  # `{'name': ..., **kwargs}` of the `get_source` call of the training run
