@@ -67,7 +67,7 @@ class TrainConfig:
     valid_pct: float = 0.2  # fraction of the items without a `split` field held out (by group) for validation
     image_frontend: str = 'efficientnet_lite0'  # tuxpaint/manifest: 'efficientnet_lite0' (frozen ImageNet features, computed once and cached) or 'pixels' (a CNN trained from scratch)
     image_size: int = 32  # tuxpaint/manifest: image side in pixels of the 'pixels' front-end
-    speech_frontend: str = 'logmel'  # 'logmel' (log-mel frames, a stem from scratch) or 'whisper_base' (frozen, cached)
+    speech_frontend: str = 'whisper_base'  # 'whisper_base' (frozen, cached) or 'logmel' (log-mel, a stem from scratch)
     speech_window: float = 10.  # whisper_base: seconds of each recording the encoder sees (at most 30)
     speech_compute: str = 'int8'  # whisper_base: 'int8' or 'fp32' (CTranslate2 compute type)
     speech_pooling: str = 'mean'  # whisper_base: 'mean' (one step per recording) or 'frames' (one per 20 ms, for --steps > 1)

@@ -195,3 +195,14 @@ def test_missing_packages_one_line(manifest, tmp_path, monkeypatch):
     rc, err = quiet(train_cli, ['--data', str(manifest), '--speech-frontend', FE, '--epochs', '1', '--out', str(tmp_path / 'r')])
     assert rc == 2 and 'requirements-whisper.txt' in err and 'Traceback' not in err
     assert [l for l in err.splitlines() if l.startswith('cmrl train: ') and 'whisper' in l]
+
+
+def test_default_is_whisper_and_logmel_stays_named():
+    "Chosen on the French valid part (benchmarks/speech_frontend_valid.json): whisper_base is the main job's speech front-end"
+    from cmrl.train import TrainConfig, check_config, source_kwargs
+    assert TrainConfig().speech_frontend == FE
+    assert source_kwargs(TrainConfig())['speech_frontend'] == FE  # recorded: evaluation rebuilds it
+    assert 'speech_frontend' not in source_kwargs(TrainConfig(speech_frontend='logmel'))  # log-mel: what older runs recorded
+    assert source_kwargs(TrainConfig(speech_window=30., speech_compute='fp32'))['speech_compute_type'] == 'fp32'
+    with pytest.raises(ValueError, match='--speech-frontend'): check_config(TrainConfig(speech_frontend='wav2vec'))
+    with pytest.raises(ValueError, match='--speech-compute'): check_config(TrainConfig(speech_compute='fp16'))
