@@ -185,6 +185,11 @@ def test_train_end_to_end_recorded_and_rebuilt(manifest, models, tmp_path, monke
     assert rc == 0, err
     m = json.loads((tmp_path / 'ev' / 'metrics.json').read_text())
     assert any('speech' in k for k in json.dumps(m).split('"'))
+    # a recording as a query goes through the same frozen front-end
+    from cmrl.retrieve import retrieve_cli
+    rc, err = quiet(retrieve_cli, ['--ckpt', str(out), '--query', str(json.loads(manifest.read_text().splitlines()[0])['speech']),
+                                   '--to', 'image', '--k', '3'])
+    assert rc == 0, err
 
 
 def test_missing_packages_one_line(manifest, tmp_path, monkeypatch):
