@@ -1,7 +1,7 @@
 """Shared pytest set-up: `--runslow` for `@pytest.mark.slow` tests, `gpu` tests skipped without CUDA,
 and torch limited to 1 thread (override with CMRL_TEST_THREADS): the tests' tensors are tiny, and one thread is
 several times faster than two on a loaded 2-core machine."""
-import os
+import contextlib, io, os, warnings
 import pytest
 
 
@@ -37,3 +37,10 @@ def pytest_collection_modifyitems(config, items):
             if cuda is None: cuda = _has_cuda()
             if not cuda: item.add_marker(skip_gpu)
 
+
+def quiet(fn, *a, **kw):
+    "(result of `fn(*a, **kw)`, what it wrote on stderr), with warnings and standard output held back"
+    err = io.StringIO()
+    with warnings.catch_warnings(), contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter('ignore')
+        return fn(*a, **kw), err.getvalue()

@@ -1,8 +1,9 @@
 """Frozen pretrained image front-end of the data layer: `get_source(..., image_frontend='efficientnet_lite0')` gives `[1, 1280]`
 features per picture, computed once (batched) and kept in the feature cache under a key of their own, finite, reported in
 `Source.feature_dims`; a model trains on them through `cmrl.train.train`."""
-import contextlib, io, json, warnings
+import json
 from pathlib import Path
+from conftest import quiet  # (result, stderr) of a call with warnings and stdout held back
 import numpy as np, pytest, torch
 from PIL import Image
 from cmrl.core import IMAGE, TEXT
@@ -31,12 +32,6 @@ def manifest(tmp_path_factory):
     (d / 'm.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in rows))
     return d / 'm.jsonl'
 
-
-def quiet(fn, *a, **kw):
-    err = io.StringIO()
-    with warnings.catch_warnings(), contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter('ignore')
-        return fn(*a, **kw), err.getvalue()
 
 
 def test_features_shape_finite_and_cached(manifest, tmp_path):

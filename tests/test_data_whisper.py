@@ -2,8 +2,9 @@
 and refused when foreign; Whisper's log-mel against an independent computation; the features of real Tux Paint
 recordings (the encoder is fed right: it transcribes them); cached under a key of their own; `cmrl train
 --speech-frontend whisper_base` end to end, recorded and rebuilt for evaluation; one clear line without the packages."""
-import contextlib, io, json, math, sys, warnings
+import json, math, sys
 from pathlib import Path
+from conftest import quiet  # (result, stderr) of a call with warnings and stdout held back
 import numpy as np, pytest, torch
 from cmrl.core import SPEECH, IMAGE, TEXT
 from cmrl.data import whisper as W
@@ -44,12 +45,6 @@ def manifest(stamps, tmp_path_factory):
     (d / 'm.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in rows))
     return d / 'm.jsonl'
 
-
-def quiet(fn, *a, **kw):
-    err = io.StringIO()
-    with warnings.catch_warnings(), contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter('ignore')
-        return fn(*a, **kw), err.getvalue()
 
 
 def test_model_reassembled_once_and_checked(models, monkeypatch):

@@ -149,6 +149,7 @@ def default_cache_dir() -> Path:
     "The feature cache folder: `$CMRL_CACHE`, else ~/.cache/cmrl/features"
     return Path(os.environ.get('CMRL_CACHE') or '~/.cache/cmrl/features').expanduser()
 
+# %% ../../nbs/04_data.cache.ipynb #a7c6ed46
 class FeatureCache:
     "Features on disk, one `.npy` per (kind, file, front-end settings)"
     def __init__(self, root=None,  # folder; default `default_cache_dir()`
@@ -225,6 +226,7 @@ class FeatureCache:
 # %% ../../nbs/04_data.cache.ipynb #3b4107c3
 EXTRA_FIELDS = ('lang', 'stamp', 'group', 'category')  # record fields items carry in `extra` (when the source has them)
 
+# %% ../../nbs/04_data.cache.ipynb #3b4107c4
 class FeatureDataset(torch.utils.data.Dataset):
     "Records -> item dicts of tensors, through the feature cache; undecodable files are marked absent"
     def __init__(self, records: Sequence[dict],  # item records (see `Source`)
