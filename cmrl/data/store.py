@@ -24,7 +24,7 @@ __all__ = ['STORE_FILE', 'STORE_FORMAT', 'COLUMNS', 'StoreError', 'is_store', 'r
            'frontend_parts', 'settings_diff', 'frontend_key', 'source_meta', 'source_items', 'pack', 'FeatureStore',
            'Positions', 'StoreRecords', 'StoreDataset', 'StoreSource', 'parse_h5_spec', 'pool_rows', 'pack_h5']
 
-# %% ../../nbs/09b_data.store.ipynb #0f10cae8
+# %% ../../nbs/09b_data.store.ipynb #62ac2b5d
 STORE_FILE, STORE_FORMAT = 'store.json', 1  # the metadata file that marks a store folder, and its format version
 COLUMNS = ('id', 'label', 'split', *EXTRA_FIELDS)  # per-item columns kept beside the features
 
@@ -51,7 +51,7 @@ def read_meta(path) -> dict:
         raise StoreError(f"{f}: store format {meta.get('format')!r}, this cmrl reads {STORE_FORMAT}; pack the store again")
     return meta
 
-# %% ../../nbs/09b_data.store.ipynb #62ac2b5d
+# %% ../../nbs/09b_data.store.ipynb #042f76c2
 def _layout(a: np.ndarray, float16: bool) -> dict:
     "How a modality's rows are stored, from its first item `a` (`[T, ...]`)"
     kind = a.dtype.kind
@@ -97,7 +97,7 @@ class ShardWriter:
             np.save(self.folder / f"{c}.npy", a)
         return {'name': self.folder.name, 'n': self.n, 'rows': {m: r[-1] for m, r in self.rows.items()}}
 
-# %% ../../nbs/09b_data.store.ipynb #0c91f8fb
+# %% ../../nbs/09b_data.store.ipynb #69abe59a
 def _start(p: Path, meta: dict, append: bool) -> dict:
     "The metadata to pack into: new, an unfinished pack of the same source (resumed), or a complete store (`append`)"
     new = {'key': meta['key'], 'source': meta.get('source'), 'base_n': 0}
@@ -163,7 +163,7 @@ def pack_items(items,  # `items(start)`: an iterator of `(item, cols)` from posi
     _write_json(p / STORE_FILE, m)
     return m
 
-# %% ../../nbs/09b_data.store.ipynb #a50080e2
+# %% ../../nbs/09b_data.store.ipynb #7e2ea49d
 def frontend_parts(meta: dict) -> list[str]:
     "The front-end parts ('image', 'audio', 'text') that made some of a store's features (not read from `.npy` files)"
     mods, npy = meta['modalities'], meta.get('npy_dims', {})
@@ -183,7 +183,7 @@ def frontend_key(cfg: FrontendConfig, parts: Sequence[str]) -> str:
     "Hash of the settings of the front-end `parts` that made a store's features"
     return hashlib.sha1('|'.join(cfg.key(p) for p in sorted(parts)).encode()).hexdigest()[:16]
 
-# %% ../../nbs/09b_data.store.ipynb #042f76c2
+# %% ../../nbs/09b_data.store.ipynb #22277a09
 def source_meta(src: Source,  # the source to pack
                 float16: bool = False,  # store floats as float16
                 records: Sequence[dict] | None = None,  # the records packed; default every record of `src`
@@ -221,7 +221,7 @@ def pack(source,  # a `Source`
     return pack_items(source_items(ds, source), store, source_meta(source, float16, ds.records), shard_size, append, say,
                       ids=[r['id'] for r in ds.records])
 
-# %% ../../nbs/09b_data.store.ipynb #795d3a21
+# %% ../../nbs/09b_data.store.ipynb #dd6dbd49
 class FeatureStore:
     "A complete store, read through memory maps: `store.item(i)` is item `i`'s dict; nothing is loaded whole"
     def __init__(self, path):
@@ -261,23 +261,23 @@ class FeatureStore:
         return np.concatenate([np.asarray(self.shard(k)['cols'][c]) for k in range(len(self.meta['shards']))]) \
             if self.n else np.zeros(0)
 
-    def cols(self, i: int) -> dict:
+    def cols(self, i: int, at: tuple | None = None) -> dict:
         "The columns of item `i`: id, label (a class index or `None`), split name, and the extra fields it has"
-        k, j = self.locate(i)
+        k, j = at or self.locate(i)
         c = self.shard(k)['cols']
         lab, spl = int(c['label'][j]), int(c['split'][j])
         return {'id': str(c['id'][j]), 'label': None if lab < 0 else lab,
                 'split': None if spl < 0 else self.meta['split_names'][spl],
-                **{f: str(c[f][j]) for f in EXTRA_FIELDS if str(c[f][j])}}
+                **{f: v for f in EXTRA_FIELDS if (v := str(c[f][j]))}}
 
     def has(self, i: int, m: str) -> bool:
         k, j = self.locate(i)
         mm = self.shard(k)['mods'].get(m)
         return mm is not None and bool(mm[2][j])
 
-    def feature(self, i: int, m: str) -> torch.Tensor | None:
+    def feature(self, i: int, m: str, at: tuple | None = None) -> torch.Tensor | None:
         "Modality `m` of item `i` as a tensor in the dtype it was made in (float16 rows come back float32), or `None`"
-        k, j = self.locate(i)
+        k, j = at or self.locate(i)
         mm = self.shard(k)['mods'].get(m)
         if mm is None or not mm[2][j]: return None
         data, off, _ = mm
@@ -285,9 +285,9 @@ class FeatureStore:
 
     def item(self, i: int, modalities: Sequence[str] | None = None) -> dict:
         "Item `i` as cmrl's item dict: id, label, each modality (or `None`), extra fields"
-        c = self.cols(i)
-        return {'id': c['id'], 'label': c['label'],
-                **{m: self.feature(i, m) for m in (modalities or self.meta['modalities'])},
+        at = self.locate(i)
+        c = self.cols(i, at)
+        return {'id': c['id'], 'label': c['label'], **{m: self.feature(i, m, at) for m in (modalities or self.meta['modalities'])},
                 'extra': {f: c[f] for f in EXTRA_FIELDS if f in c}}
 
     def nbytes(self) -> int:
@@ -297,7 +297,7 @@ class FeatureStore:
     def __repr__(self): return f"FeatureStore({self.path}: {self.n} items in {len(self.meta['shards'])} shard(s), " \
                                f"modalities {', '.join(self.meta['modalities'])})"
 
-# %% ../../nbs/09b_data.store.ipynb #69abe59a
+# %% ../../nbs/09b_data.store.ipynb #f86a05d0
 class Positions:
     "Item positions as a numpy array that reads like a list (truthy when not empty)"
     def __init__(self, a): self.a = np.asarray(a, dtype=np.int64)
@@ -321,7 +321,7 @@ class StoreRecords:
     def sub(self, pos) -> 'StoreRecords': return StoreRecords(self.store, self.idx[np.asarray(pos, dtype=np.int64)], self.mods)
     def __repr__(self): return f"StoreRecords({len(self)} items of {self.store.path})"
 
-# %% ../../nbs/09b_data.store.ipynb #275cc9c7
+# %% ../../nbs/09b_data.store.ipynb #aa0934aa
 class StoreDataset(torch.utils.data.Dataset):
     "Item dicts of some store items, read from the memory maps per item: memory does not grow with the store"
     def __init__(self, store: FeatureStore, idx, modalities: Sequence[str], name: str = 'store'):
@@ -344,7 +344,7 @@ class StoreDataset(torch.utils.data.Dataset):
         return pos[np.lexsort((g.random(len(pos)), key))].tolist()
     def __repr__(self): return f"StoreDataset({self.name}: {len(self)} items, modalities {', '.join(self.modalities)})"
 
-# %% ../../nbs/09b_data.store.ipynb #7e2ea49d
+# %% ../../nbs/09b_data.store.ipynb #7410d400
 class StoreSource(Source):
     "A store folder as a cmrl `Source`: its splits, class names, front-end settings and tokenizer are the packed ones"
     name = 'store'
@@ -383,7 +383,7 @@ class StoreSource(Source):
             raise StoreError(f"{self.store.path}: its features were made with other front-end settings than this run "
                              f"asks for (store vs run: {diff}); run with the store's settings or pack it again")
 
-# %% ../../nbs/09b_data.store.ipynb #b36a90e7
+# %% ../../nbs/09b_data.store.ipynb #cd71b66d
 @patch
 def split(self: StoreSource, name: str) -> StoreRecords:
     "The records of split `name` (or 'all'), made one at a time"
@@ -405,7 +405,7 @@ def dataset(self: StoreSource, split: str = 'train', cache=True, validate: bool 
     "A `StoreDataset` of split `split` (or 'all'); `cache`, `validate` and `progress` do nothing (decoded when packed)"
     return StoreDataset(self.store, self.split(split).idx, self.modalities, name=f"{self.store.path.name}:{split}")
 
-# %% ../../nbs/09b_data.store.ipynb #22277a09
+# %% ../../nbs/09b_data.store.ipynb #1919d289
 def parse_h5_spec(spec: str) -> dict:
     "'audio=audio_feature.h5:avadataset,image=visual_feature.h5:avadataset' -> `{modality: (file, dataset)}`"
     out = {}
