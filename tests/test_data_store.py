@@ -43,6 +43,8 @@ def test_store_reads_like_its_manifest(manifest, tmp_path):
     assert (st.shapes, st.feature_dims, st.class_names, st.text_vocab_size) == (src.shapes, src.feature_dims, src.class_names, src.text_vocab_size)
     same_items(src.dataset('all', cache=tmp_path / 'c'), st.dataset('all'))
     same_items(src.dataset('valid', cache=tmp_path / 'c'), st.dataset('valid'))
+    r, q = st.records[1], src.records[1]  # records name what each modality was made from (`cmrl retrieve` shows them)
+    assert (r['id'], r['text'], r['image'], r.get('audio')) == (q['id'], q['text'], q['image'], q.get('audio'))
     assert len(get_source(str(tmp_path / 'st'), langs='es')) == 12 and get_source(str(tmp_path / 'st'), modalities='audio').modalities == ('audio',)
 
 

@@ -66,7 +66,7 @@ class ShardWriter:
         self.folder, self.layout, self.mods, self.float16, self.n = folder, layout, list(modalities), float16, 0
         folder.mkdir(parents=True)
         self.f, self.rows = {}, {m: [0] for m in self.mods}
-        self.present, self.cols = {m: [] for m in self.mods}, {c: [] for c in COLUMNS}
+        self.present, self.cols = {m: [] for m in self.mods}, {c: [] for c in (*COLUMNS, *(f"src_{m}" for m in self.mods))}
 
     def add(self, item: dict, cols: dict):
         "Append one item: `item[m]` a tensor or array `[T, ...]` (or `None`) per modality, `cols` its column values"
@@ -82,7 +82,7 @@ class ShardWriter:
             if m not in self.f: self.f[m] = open(self.folder / f"{m}.bin", 'wb')
             self.f[m].write(np.ascontiguousarray(a, dtype=lay['dtype']).tobytes())
             self.rows[m].append(self.rows[m][-1] + len(a)); self.present[m].append(True)
-        for c in COLUMNS: self.cols[c].append(cols.get(c))
+        for c in self.cols: self.cols[c].append(cols.get(c))
         self.n += 1
 
     def close(self) -> dict:
@@ -206,7 +206,8 @@ def source_items(ds, src: Source):
             it, r = ds[j], ds.records[j]
             lab = r.get('label')
             yield it, {'id': r['id'], 'label': None if lab is None else src.class_names[lab],
-                       'split': split_of.get(r['id']), **{k: r.get(k) for k in EXTRA_FIELDS}}
+                       'split': split_of.get(r['id']), **{k: r.get(k) for k in EXTRA_FIELDS},
+                       **{f"src_{m}": r.get(m) for m in src.modalities if it.get(m) is not None}}  # file or text
     return items
 
 def pack(source,  # a `Source`
@@ -246,7 +247,8 @@ class FeatureStore:
                 data = (np.memmap(d / f"{m}.bin", dtype=lay['dtype'], mode='r', shape=(rows, *lay['rest'])) if rows
                         else np.zeros((0, *lay['rest']), dtype=lay['dtype']))
                 mm[m] = (data, np.load(d / f"{m}.offsets.npy", mmap_mode='r'), np.load(pres, mmap_mode='r'))
-            cols = {c: np.load(d / f"{c}.npy", mmap_mode='r') for c in COLUMNS}
+            cols = {c: np.load(d / f"{c}.npy", mmap_mode='r') for c in (*COLUMNS, *(f"src_{m}" for m in self.layout))
+                    if c in COLUMNS or (d / f"{c}.npy").exists()}
             self._open[k] = {'mods': mm, 'cols': cols}
         return self._open[k]
 
@@ -274,6 +276,13 @@ class FeatureStore:
         k, j = self.locate(i)
         mm = self.shard(k)['mods'].get(m)
         return mm is not None and bool(mm[2][j])
+
+    def origin(self, i: int, m: str):
+        "What modality `m` of item `i` was made from (its file, or its text), `True` when not recorded, `None` if absent"
+        if not self.has(i, m): return None
+        k, j = self.locate(i)
+        c = self.shard(k)['cols'].get(f"src_{m}")
+        return (str(c[j]) or True) if c is not None else True
 
     def feature(self, i: int, m: str, at: tuple | None = None) -> torch.Tensor | None:
         "Modality `m` of item `i` as a tensor in the dtype it was made in (float16 rows come back float32), or `None`"
@@ -308,7 +317,7 @@ class Positions:
     def __repr__(self): return f"Positions({len(self)})"
 
 class StoreRecords:
-    "The records of some store items, made one at a time: id, label, split, extra fields, `m: True` per modality held"
+    "The records of some store items, made one at a time: id, label, split, extra fields, per modality its origin (`None`: absent)"
     def __init__(self, store: FeatureStore, idx, modalities: Sequence[str]):
         self.store, self.idx, self.mods = store, np.asarray(idx, dtype=np.int64), tuple(modalities)
     def __len__(self): return len(self.idx)
@@ -316,7 +325,7 @@ class StoreRecords:
     def __getitem__(self, k):
         if isinstance(k, slice): return StoreRecords(self.store, self.idx[k], self.mods)
         i = int(self.idx[k])
-        return {**self.store.cols(i), **{m: (True if self.store.has(i, m) else None) for m in self.mods}}
+        return {**self.store.cols(i), **{m: self.store.origin(i, m) for m in self.mods}}
     def __iter__(self): return (self[k] for k in range(len(self)))
     def sub(self, pos) -> 'StoreRecords': return StoreRecords(self.store, self.idx[np.asarray(pos, dtype=np.int64)], self.mods)
     def __repr__(self): return f"StoreRecords({len(self)} items of {self.store.path})"
