@@ -246,9 +246,11 @@ class FeatureStore:
                 rows = s['rows'].get(m, 0)
                 data = (np.memmap(d / f"{m}.bin", dtype=lay['dtype'], mode='r', shape=(rows, *lay['rest'])) if rows
                         else np.zeros((0, *lay['rest']), dtype=lay['dtype']))
-                mm[m] = (data, np.load(d / f"{m}.offsets.npy", mmap_mode='r'), np.load(pres, mmap_mode='r'))
-            cols = {c: np.load(d / f"{c}.npy", mmap_mode='r') for c in (*COLUMNS, *(f"src_{m}" for m in self.layout))
+                mm[m] = tuple(np.asarray(a) for a in (data, np.load(d / f"{m}.offsets.npy", mmap_mode='r'),
+                                                       np.load(pres, mmap_mode='r')))  # plain views of the maps: faster reads
+            cols = {c: np.asarray(np.load(d / f"{c}.npy", mmap_mode='r')) for c in (*COLUMNS, *(f"src_{m}" for m in self.layout))
                     if c in COLUMNS or (d / f"{c}.npy").exists()}
+            cols = {c: v for c, v in cols.items() if c not in EXTRA_FIELDS or np.char.str_len(v).any()}  # all '': left out
             self._open[k] = {'mods': mm, 'cols': cols}
         return self._open[k]
 
@@ -270,7 +272,7 @@ class FeatureStore:
         lab, spl = int(c['label'][j]), int(c['split'][j])
         return {'id': str(c['id'][j]), 'label': None if lab < 0 else lab,
                 'split': None if spl < 0 else self.meta['split_names'][spl],
-                **{f: v for f in EXTRA_FIELDS if (v := str(c[f][j]))}}
+                **{f: v for f in EXTRA_FIELDS if f in c and (v := str(c[f][j]))}}
 
     def has(self, i: int, m: str) -> bool:
         k, j = self.locate(i)
@@ -290,7 +292,8 @@ class FeatureStore:
         mm = self.shard(k)['mods'].get(m)
         if mm is None or not mm[2][j]: return None
         data, off, _ = mm
-        return torch.from_numpy(np.array(data[off[j]:off[j + 1]], dtype=self.layout[m]['read']))
+        a, b = off[j:j + 2]
+        return torch.from_numpy(np.array(data[a:b], dtype=self.layout[m]['read']))
 
     def item(self, i: int, modalities: Sequence[str] | None = None) -> dict:
         "Item `i` as cmrl's item dict: id, label, each modality (or `None`), extra fields"
