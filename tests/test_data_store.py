@@ -186,3 +186,18 @@ def test_tuxpaint_through_a_store_gives_the_same_numbers(tmp_path, monkeypatch):
         b = train(data='st', epochs=1, out='r2', quiet=True, threads=1)
     assert a['n_train'] == b['n_train'] == 32
     assert (a['train_loss'], a['valid_loss'], a['best']) == (b['train_loss'], b['valid_loss'], b['best'])
+
+
+def test_torchrun_trains_on_a_store(tmp_path):
+    "`torchrun --nproc_per_node 2 cmrl train --data STORE` (gloo, CPU): both ranks read the store and end with the same model"
+    import importlib.util, subprocess
+    spec = importlib.util.spec_from_file_location('scale', Path(__file__).parents[1] / 'benchmarks' / 'scale.py')
+    scale = importlib.util.module_from_spec(spec); spec.loader.exec_module(scale)
+    scale.pack_planted(1400, tmp_path / 'st', shard_size=300)
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2', '-m', 'cmrl.cli', 'train',
+           '--data', 'st', '--epochs', '1', '--bs', '64', '--n-layers', '1', '--n-codes', '16', '--out', 'run']
+    env = {**os.environ, 'CUDA_VISIBLE_DEVICES': '', 'OMP_NUM_THREADS': '1', 'PYTHONWARNINGS': 'ignore'}
+    p = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300, cwd=tmp_path)
+    assert p.returncode == 0, p.stdout[-3000:]
+    m = json.loads((tmp_path / 'run' / 'metrics.json').read_text())
+    assert m['ranks_agree']['world'] == 2 and m['ranks_agree']['same'] and m['n_train'] == 400
