@@ -94,20 +94,22 @@ def train_epoch(store: Path, out: Path) -> dict:
     from fastai.callback.core import Callback
     from cmrl.train import train
     torch.set_num_threads(1)
-    class Clock(Callback):
-        order = -90
+    class Start(Callback):  # first of every callback at the start of a batch
+        order = -1000
         def before_fit(self): self.waits, self.steps, self.t_end, self.t_start = [], [], None, None
         def before_batch(self):
             now = time.perf_counter()
             if self.training and self.t_end is not None: self.waits.append(now - self.t_end); self.steps.append(now - self.t_start)
             self.t_start = now
+    class End(Callback):  # last of every callback at the end of a batch: from here to `Start` is waiting for data
+        order = 1000
         def after_batch(self):
-            if self.training: self.t_end = time.perf_counter()
-    clock = Clock()
+            if self.training: clock.t_end = time.perf_counter()
+    clock = Start()
     with PeakRss() as rss, warnings.catch_warnings():
         warnings.simplefilter('ignore')
         t0 = time.perf_counter()
-        s = train(data=str(store), bs=256, epochs=1, out=str(out), quiet=True, threads=1, cbs=[clock])
+        s = train(data=str(store), bs=256, epochs=1, out=str(out), quiet=True, threads=1, cbs=[clock, End()])
         fit = s.get('fit_seconds') or (time.perf_counter() - t0)
     return {'n_train': s['n_train'], 'fit_s': fit, 'train_items_per_s_per_core': s['n_train'] / fit,
             'loader_share': float(np.sum(clock.waits) / np.sum(clock.steps)) if clock.steps else float('nan'),
