@@ -22,17 +22,17 @@ def pack_cmd(source: str,  # 'tuxpaint', a JSON Lines manifest (or its folder), 
              langs: str = None,  # languages to keep, comma-separated, or 'all' (Tux Paint default: fr)
              modalities: str = None,  # modalities to keep, comma-separated (default: every one the source has)
              size: int = 32,  # image side of the 'pixels' front-end (as `cmrl train --image-size`)
-             image_frontend: str = 'efficientnet_lite0',  # 'pixels' or a frozen network (as `cmrl train --image-frontend`)
-             text_kind: str = 'bytes+wordvec',  # text front-end: 'bytes', 'chars', 'wordvec', ... (as `--text-frontend`)
+             image_frontend: str = 'efficientnet_lite0',  # 'pixels' or a frozen network (`cmrl train --image-frontend`)
+             text_kind: str = 'bytes+wordvec',  # 'bytes', 'chars', 'wordvec', ... (`cmrl train --text-frontend`)
              n_mels: int = None,  # mel bands of the audio front-end
-             valid_pct: float = VALID_PCT,  # manifests: fraction of the groups without a `split` held out for validation
+             valid_pct: float = VALID_PCT,  # manifests: fraction of the groups without a `split` held out
              seed: int = 0,  # split seed
              float16: bool = False,  # store float features as float16 (half the bytes)
              shard_size: int = 100_000,  # items per shard (a process of a several-process run reads its own shards)
              append: bool = False,  # add the items of SOURCE to a complete store
-             cache: str = None,  # feature cache folder of the front-ends (default: $CMRL_CACHE or ~/.cache/cmrl/features)
+             cache: str = None,  # feature cache of the front-ends (default: $CMRL_CACHE or ~/.cache/cmrl/features)
              h5: str = None,  # HDF5 input: 'modality=FILE:DATASET,...' (files relative to SOURCE), see `h5_items`
-             h5_labels: str = None,  # HDF5 input: 'FILE:DATASET' of labels: `[N]` class ids or `[N, ..., C]` scores (summed, argmax)
+             h5_labels: str = None,  # HDF5 labels 'FILE:DATASET': `[N]` class ids or `[N, ..., C]` scores (argmax)
              pool: str = 'mean',  # HDF5 input: how axes after `[N, T, ..., D]`'s T are reduced: 'mean' or 'max'
             ) -> dict:  # what was packed
     "Pack the features of every item of SOURCE into the store STORE (resumes an unfinished pack of the same source)"

@@ -45,10 +45,13 @@ def read_meta(path) -> dict:
     "The metadata of the store at `path` (complete or not); `StoreError` if there is none"
     f = Path(path) / STORE_FILE
     try: meta = json.loads(f.read_text())
-    except FileNotFoundError: raise StoreError(f"{path}: not a store (no {STORE_FILE}); make one with `cmrl pack SOURCE {path}`") from None
-    except (OSError, ValueError) as e: raise StoreError(f"{f}: unreadable ({type(e).__name__}); pack the store again") from None
+    except FileNotFoundError:
+        raise StoreError(f"{path}: not a store (no {STORE_FILE}); make one with `cmrl pack SOURCE {path}`") from None
+    except (OSError, ValueError) as e:
+        raise StoreError(f"{f}: unreadable ({type(e).__name__}); pack the store again") from None
     if meta.get('format') != STORE_FORMAT:
-        raise StoreError(f"{f}: store format {meta.get('format')!r}, this cmrl reads {STORE_FORMAT}; pack the store again")
+        raise StoreError(f"{f}: store format {meta.get('format')!r}, this cmrl reads {STORE_FORMAT}; "
+                         "pack the store again")
     return meta
 
 # %% ../../nbs/09b_data.store.ipynb #042f76c2
@@ -66,7 +69,8 @@ class ShardWriter:
         self.folder, self.layout, self.mods, self.float16, self.n = folder, layout, list(modalities), float16, 0
         folder.mkdir(parents=True)
         self.f, self.rows = {}, {m: [0] for m in self.mods}
-        self.present, self.cols = {m: [] for m in self.mods}, {c: [] for c in (*COLUMNS, *(f"src_{m}" for m in self.mods))}
+        self.present = {m: [] for m in self.mods}
+        self.cols = {c: [] for c in (*COLUMNS, *(f"src_{m}" for m in self.mods))}
 
     def add(self, item: dict, cols: dict):
         "Append one item: `item[m]` a tensor or array `[T, ...]` (or `None`) per modality, `cols` its column values"
@@ -110,8 +114,8 @@ def _start(p: Path, meta: dict, append: bool) -> dict:
     if not old['complete']:
         pend = old.get('pending') or {}
         if pend.get('key') != meta['key']:
-            raise StoreError(f"{p}: an unfinished pack of another source ({pend.get('source')}); pack that source again "
-                             f"to finish it, or delete {p}")
+            raise StoreError(f"{p}: an unfinished pack of another source ({pend.get('source')}); pack that source "
+                             f"again to finish it, or delete {p}")
         return old
     if not append:
         raise StoreError(f"{p}: already a complete store of {old['n']} items; add --append to add the items of "
@@ -124,6 +128,7 @@ def _start(p: Path, meta: dict, append: bool) -> dict:
             'pending': {**new, 'base_n': old['n']},
             'modalities': list(dict.fromkeys(old['modalities'] + meta['modalities']))}
 
+# %% ../../nbs/09b_data.store.ipynb #275cc9c7
 def pack_items(items,  # `items(start)`: an iterator of `(item, cols)` from position `start` (see `StoreWriter`)
                store,  # the store folder
                meta: dict,  # the source's metadata (`source_meta`)
@@ -135,7 +140,7 @@ def pack_items(items,  # `items(start)`: an iterator of `(item, cols)` from posi
     "Write items into shards of a store; resumes an unfinished pack of the same source; `complete` is set last"
     p = Path(store).expanduser()
     m = _start(p, dict(meta), append)
-    if m['pending']['base_n'] and m['n'] == m['pending']['base_n'] and ids is not None:  # an append starting: nothing written
+    if m['pending']['base_n'] and m['n'] == m['pending']['base_n'] and ids is not None:  # an append, nothing written
         have = {str(i) for s in m['shards'] for i in np.load(p / s['name'] / 'id.npy')}
         if (dup := next((str(i) for i in ids if str(i) in have), None)) is not None:
             raise StoreError(f"{p}: item id {dup!r} is already in the store; give the appended items new ids")
@@ -163,12 +168,13 @@ def pack_items(items,  # `items(start)`: an iterator of `(item, cols)` from posi
     _write_json(p / STORE_FILE, m)
     return m
 
-# %% ../../nbs/09b_data.store.ipynb #7e2ea49d
+# %% ../../nbs/09b_data.store.ipynb #b36a90e7
 def frontend_parts(meta: dict) -> list[str]:
     "The front-end parts ('image', 'audio', 'text') that made some of a store's features (not read from `.npy` files)"
     mods, npy = meta['modalities'], meta.get('npy_dims', {})
     made = [m for m in mods if m not in npy]
-    return [p for p, ms in (('image', (IMAGE, VIDEO)), ('audio', AURAL), ('text', (TEXT,))) if any(m in made for m in ms)]
+    parts = (('image', (IMAGE, VIDEO)), ('audio', AURAL), ('text', (TEXT,)))
+    return [p for p, ms in parts if any(m in made for m in ms)]
 
 def settings_diff(a: dict, b: dict) -> str:
     "The front-end settings that differ between two stores' (or a store's and a run's) metadata, `part.field a -> b`"
@@ -183,7 +189,7 @@ def frontend_key(cfg: FrontendConfig, parts: Sequence[str]) -> str:
     "Hash of the settings of the front-end `parts` that made a store's features"
     return hashlib.sha1('|'.join(cfg.key(p) for p in sorted(parts)).encode()).hexdigest()[:16]
 
-# %% ../../nbs/09b_data.store.ipynb #22277a09
+# %% ../../nbs/09b_data.store.ipynb #18e02151
 def source_meta(src: Source,  # the source to pack
                 float16: bool = False,  # store floats as float16
                 records: Sequence[dict] | None = None,  # the records packed; default every record of `src`
@@ -192,10 +198,12 @@ def source_meta(src: Source,  # the source to pack
     recs = src.records if records is None else records
     ids = hashlib.sha1('\n'.join(str(r['id']) for r in recs).encode()).hexdigest()
     meta = {'source': src.name if src.root is None else f"{src.name}:{src.root}", 'modalities': list(src.modalities),
-            'frontends': src.frontend_cfg.to_dict(), 'tokenizer': src.tokenizer.to_dict(), 'npy_dims': dict(src.npy_dims),
+            'frontends': src.frontend_cfg.to_dict(), 'tokenizer': src.tokenizer.to_dict(),
+            'npy_dims': dict(src.npy_dims),
             'classes': list(src.class_names), 'split_names': list(src.splits), 'float16': bool(float16)}
     meta['frontend_key'] = frontend_key(src.frontend_cfg, frontend_parts(meta))
-    meta['key'] = hashlib.sha1(f"{meta['source']}|{len(recs)}|{ids}|{meta['frontend_key']}|{float16}".encode()).hexdigest()[:16]
+    key = f"{meta['source']}|{len(recs)}|{ids}|{meta['frontend_key']}|{float16}"
+    meta['key'] = hashlib.sha1(key.encode()).hexdigest()[:16]
     return meta
 
 def source_items(ds, src: Source):
@@ -219,10 +227,11 @@ def pack(source,  # a `Source`
          say=None) -> dict:  # `say(msg)` for progress lines
     "Pack every decodable item of `source` into `store`; returns the store's metadata"
     ds = source.dataset('all', cache=cache, validate=True)
-    return pack_items(source_items(ds, source), store, source_meta(source, float16, ds.records), shard_size, append, say,
+    meta = source_meta(source, float16, ds.records)
+    return pack_items(source_items(ds, source), store, meta, shard_size, append, say,
                       ids=[r['id'] for r in ds.records])
 
-# %% ../../nbs/09b_data.store.ipynb #dd6dbd49
+# %% ../../nbs/09b_data.store.ipynb #6903062e
 class FeatureStore:
     "A complete store, read through memory maps: `store.item(i)` is item `i`'s dict; nothing is loaded whole"
     def __init__(self, path):
@@ -247,10 +256,11 @@ class FeatureStore:
                 data = (np.memmap(d / f"{m}.bin", dtype=lay['dtype'], mode='r', shape=(rows, *lay['rest'])) if rows
                         else np.zeros((0, *lay['rest']), dtype=lay['dtype']))
                 mm[m] = tuple(np.asarray(a) for a in (data, np.load(d / f"{m}.offsets.npy", mmap_mode='r'),
-                                                       np.load(pres, mmap_mode='r')))  # plain views of the maps: faster reads
-            cols = {c: np.asarray(np.load(d / f"{c}.npy", mmap_mode='r')) for c in (*COLUMNS, *(f"src_{m}" for m in self.layout))
+                                                       np.load(pres, mmap_mode='r')))  # plain views: faster
+            names = (*COLUMNS, *(f"src_{m}" for m in self.layout))
+            cols = {c: np.asarray(np.load(d / f"{c}.npy", mmap_mode='r')) for c in names
                     if c in COLUMNS or (d / f"{c}.npy").exists()}
-            cols = {c: v for c, v in cols.items() if c not in EXTRA_FIELDS or np.char.str_len(v).any()}  # all '': left out
+            cols = {c: v for c, v in cols.items() if c not in EXTRA_FIELDS or np.char.str_len(v).any()}  # not all ''
             self._open[k] = {'mods': mm, 'cols': cols}
         return self._open[k]
 
@@ -260,48 +270,6 @@ class FeatureStore:
         k = int(np.searchsorted(self.starts, i, 'right')) - 1
         return k, i - int(self.starts[k])
 
-    def column(self, c: str) -> np.ndarray:
-        "Column `c` ('id', 'label', 'split', 'lang', ...) of every item (labels and splits as codes, -1 for none)"
-        return np.concatenate([np.asarray(self.shard(k)['cols'][c]) for k in range(len(self.meta['shards']))]) \
-            if self.n else np.zeros(0)
-
-    def cols(self, i: int, at: tuple | None = None) -> dict:
-        "The columns of item `i`: id, label (a class index or `None`), split name, and the extra fields it has"
-        k, j = at or self.locate(i)
-        c = self.shard(k)['cols']
-        lab, spl = int(c['label'][j]), int(c['split'][j])
-        return {'id': str(c['id'][j]), 'label': None if lab < 0 else lab,
-                'split': None if spl < 0 else self.meta['split_names'][spl],
-                **{f: v for f in EXTRA_FIELDS if f in c and (v := str(c[f][j]))}}
-
-    def has(self, i: int, m: str) -> bool:
-        k, j = self.locate(i)
-        mm = self.shard(k)['mods'].get(m)
-        return mm is not None and bool(mm[2][j])
-
-    def origin(self, i: int, m: str):
-        "What modality `m` of item `i` was made from (its file, or its text), `True` when not recorded, `None` if absent"
-        if not self.has(i, m): return None
-        k, j = self.locate(i)
-        c = self.shard(k)['cols'].get(f"src_{m}")
-        return (str(c[j]) or True) if c is not None else True
-
-    def feature(self, i: int, m: str, at: tuple | None = None) -> torch.Tensor | None:
-        "Modality `m` of item `i` as a tensor in the dtype it was made in (float16 rows come back float32), or `None`"
-        k, j = at or self.locate(i)
-        mm = self.shard(k)['mods'].get(m)
-        if mm is None or not mm[2][j]: return None
-        data, off, _ = mm
-        a, b = off[j:j + 2]
-        return torch.from_numpy(np.array(data[a:b], dtype=self.layout[m]['read']))
-
-    def item(self, i: int, modalities: Sequence[str] | None = None) -> dict:
-        "Item `i` as cmrl's item dict: id, label, each modality (or `None`), extra fields"
-        at = self.locate(i)
-        c = self.cols(i, at)
-        return {'id': c['id'], 'label': c['label'], **{m: self.feature(i, m, at) for m in (modalities or self.meta['modalities'])},
-                'extra': {f: c[f] for f in EXTRA_FIELDS if f in c}}
-
     def nbytes(self) -> int:
         "Bytes on disk"
         return sum(f.stat().st_size for f in self.path.rglob('*') if f.is_file())
@@ -309,7 +277,57 @@ class FeatureStore:
     def __repr__(self): return f"FeatureStore({self.path}: {self.n} items in {len(self.meta['shards'])} shard(s), " \
                                f"modalities {', '.join(self.meta['modalities'])})"
 
-# %% ../../nbs/09b_data.store.ipynb #f86a05d0
+# %% ../../nbs/09b_data.store.ipynb #62c8400c
+@patch
+def column(self: FeatureStore, c: str) -> np.ndarray:
+    "Column `c` ('id', 'label', 'split', 'lang', ...) of every item (labels and splits as codes, -1 for none)"
+    return np.concatenate([np.asarray(self.shard(k)['cols'][c]) for k in range(len(self.meta['shards']))]) \
+        if self.n else np.zeros(0)
+
+@patch
+def cols(self: FeatureStore, i: int, at: tuple | None = None) -> dict:
+    "The columns of item `i`: id, label (a class index or `None`), split name, and the extra fields it has"
+    k, j = at or self.locate(i)
+    c = self.shard(k)['cols']
+    lab, spl = int(c['label'][j]), int(c['split'][j])
+    return {'id': str(c['id'][j]), 'label': None if lab < 0 else lab,
+            'split': None if spl < 0 else self.meta['split_names'][spl],
+            **{f: v for f in EXTRA_FIELDS if f in c and (v := str(c[f][j]))}}
+
+@patch
+def has(self: FeatureStore, i: int, m: str) -> bool:
+    k, j = self.locate(i)
+    mm = self.shard(k)['mods'].get(m)
+    return mm is not None and bool(mm[2][j])
+
+@patch
+def origin(self: FeatureStore, i: int, m: str):
+    "What modality `m` of item `i` was made from (its file, or its text), `True` when not recorded, `None` if absent"
+    if not self.has(i, m): return None
+    k, j = self.locate(i)
+    c = self.shard(k)['cols'].get(f"src_{m}")
+    return (str(c[j]) or True) if c is not None else True
+
+@patch
+def feature(self: FeatureStore, i: int, m: str, at: tuple | None = None) -> torch.Tensor | None:
+    "Modality `m` of item `i` as a tensor in the dtype it was made in (float16 rows come back float32), or `None`"
+    k, j = at or self.locate(i)
+    mm = self.shard(k)['mods'].get(m)
+    if mm is None or not mm[2][j]: return None
+    data, off, _ = mm
+    a, b = off[j:j + 2]
+    return torch.from_numpy(np.array(data[a:b], dtype=self.layout[m]['read']))
+
+@patch
+def item(self: FeatureStore, i: int, modalities: Sequence[str] | None = None) -> dict:
+    "Item `i` as cmrl's item dict: id, label, each modality (or `None`), extra fields"
+    at = self.locate(i)
+    c = self.cols(i, at)
+    mods = modalities or self.meta['modalities']
+    return {'id': c['id'], 'label': c['label'], **{m: self.feature(i, m, at) for m in mods},
+            'extra': {f: c[f] for f in EXTRA_FIELDS if f in c}}
+
+# %% ../../nbs/09b_data.store.ipynb #aa0934aa
 class Positions:
     "Item positions as a numpy array that reads like a list (truthy when not empty)"
     def __init__(self, a): self.a = np.asarray(a, dtype=np.int64)
@@ -320,7 +338,7 @@ class Positions:
     def __repr__(self): return f"Positions({len(self)})"
 
 class StoreRecords:
-    "The records of some store items, made one at a time: id, label, split, extra fields, per modality its origin (`None`: absent)"
+    "Some store items' records, made one at a time: id, label, split, extra fields, per modality its origin or `None`"
     def __init__(self, store: FeatureStore, idx, modalities: Sequence[str]):
         self.store, self.idx, self.mods = store, np.asarray(idx, dtype=np.int64), tuple(modalities)
     def __len__(self): return len(self.idx)
@@ -330,14 +348,16 @@ class StoreRecords:
         i = int(self.idx[k])
         return {**self.store.cols(i), **{m: self.store.origin(i, m) for m in self.mods}}
     def __iter__(self): return (self[k] for k in range(len(self)))
-    def sub(self, pos) -> 'StoreRecords': return StoreRecords(self.store, self.idx[np.asarray(pos, dtype=np.int64)], self.mods)
+    def sub(self, pos) -> 'StoreRecords':
+        return StoreRecords(self.store, self.idx[np.asarray(pos, dtype=np.int64)], self.mods)
     def __repr__(self): return f"StoreRecords({len(self)} items of {self.store.path})"
 
-# %% ../../nbs/09b_data.store.ipynb #aa0934aa
+# %% ../../nbs/09b_data.store.ipynb #7410d400
 class StoreDataset(torch.utils.data.Dataset):
     "Item dicts of some store items, read from the memory maps per item: memory does not grow with the store"
     def __init__(self, store: FeatureStore, idx, modalities: Sequence[str], name: str = 'store'):
-        self.store, self.idx, self.modalities, self.name = store, np.asarray(idx, dtype=np.int64), tuple(modalities), name
+        self.store, self.idx = store, np.asarray(idx, dtype=np.int64)
+        self.modalities, self.name = tuple(modalities), name
         self.records, self.failures = StoreRecords(store, self.idx, self.modalities), {}
     def __len__(self): return len(self.idx)
     def __getitem__(self, j: int) -> dict: return self.store.item(int(self.idx[j]), self.modalities)
@@ -347,7 +367,7 @@ class StoreDataset(torch.utils.data.Dataset):
         return np.searchsorted(self.store.starts, self.idx, 'right') - 1
 
     def shuffle_fn(self, dl, idxs) -> list:
-        "fastai's `shuffle_fn` for `dl`: one shard: fastai's own order; several: shards in random order, items shuffled within"
+        "fastai's `shuffle_fn` for `dl`: one shard: fastai's order; several: shards in random order, shuffled within"
         sh = self.shards()
         if len(np.unique(sh)) <= 1: return dl.rng.sample(list(idxs), len(idxs))
         g = np.random.default_rng(dl.rng.getrandbits(63))
@@ -356,7 +376,7 @@ class StoreDataset(torch.utils.data.Dataset):
         return pos[np.lexsort((g.random(len(pos)), key))].tolist()
     def __repr__(self): return f"StoreDataset({self.name}: {len(self)} items, modalities {', '.join(self.modalities)})"
 
-# %% ../../nbs/09b_data.store.ipynb #7410d400
+# %% ../../nbs/09b_data.store.ipynb #d2c75fb0
 class StoreSource(Source):
     "A store folder as a cmrl `Source`: its splits, class names, front-end settings and tokenizer are the packed ones"
     name = 'store'
@@ -365,11 +385,11 @@ class StoreSource(Source):
                  langs=None,  # languages to keep ('fr,es', a list, or 'all'); default every item
                  size: int | None = None,  # image size asked for (must be the packed one)
                  valid_pct: float = VALID_PCT, split_seed: int = 0,  # ignored: the store keeps its splits
-                 **fe_kw):  # other front-end settings asked for (`image_frontend=`, `text_kind=`, ...): must be the packed
+                 **fe_kw):  # other front-end settings asked for (`image_frontend=`, ...): must be the packed
         self.store = FeatureStore(path)
         meta, self.root = self.store.meta, self.store.path
         self.frontend_cfg = FrontendConfig.from_dict(meta['frontends'])
-        if size is not None:  # a run's settings (`cmrl train` gives them all): absent ones mean what they mean for a manifest
+        if size is not None:  # a run's settings (`cmrl train` gives them all): absent ones mean a manifest's defaults
             fe_kw = {'image_frontend': 'pixels', 'text_kind': 'bytes', 'size': size, **fe_kw}
         self.check_settings(**fe_kw)
         self.npy_dims, self.available = dict(meta.get('npy_dims', {})), tuple(meta['modalities'])
@@ -387,7 +407,7 @@ class StoreSource(Source):
         self.skipped, self.dropped, self._tok, self.failed, self.checked = [], {}, None, {}, True
 
     def check_settings(self, **fe_kw):
-        "A `StoreError` (one line) when the front-end settings asked for are not those the store's features were made with"
+        "A one-line `StoreError` when the front-end settings asked for are not those that made the store's features"
         asked = self.frontend_cfg.replace(**fe_kw)
         meta = self.store.meta
         if frontend_key(asked, frontend_parts(meta)) != meta['frontend_key']:
@@ -395,12 +415,13 @@ class StoreSource(Source):
             raise StoreError(f"{self.store.path}: its features were made with other front-end settings than this run "
                              f"asks for (store vs run: {diff}); run with the store's settings or pack it again")
 
-# %% ../../nbs/09b_data.store.ipynb #cd71b66d
+# %% ../../nbs/09b_data.store.ipynb #ee3fd906
 @patch
 def split(self: StoreSource, name: str) -> StoreRecords:
     "The records of split `name` (or 'all'), made one at a time"
     if name == 'all': return self.records
-    if name not in self.splits: raise KeyError(f"no split {name!r}; this store has {', '.join(self.splits)} (and 'all')")
+    if name not in self.splits:
+        raise KeyError(f"no split {name!r}; this store has {', '.join(self.splits)} (and 'all')")
     return self.records.sub(self.splits[name].a)
 
 @patch
@@ -417,7 +438,7 @@ def dataset(self: StoreSource, split: str = 'train', cache=True, validate: bool 
     "A `StoreDataset` of split `split` (or 'all'); `cache`, `validate` and `progress` do nothing (decoded when packed)"
     return StoreDataset(self.store, self.split(split).idx, self.modalities, name=f"{self.store.path.name}:{split}")
 
-# %% ../../nbs/09b_data.store.ipynb #1919d289
+# %% ../../nbs/09b_data.store.ipynb #47c2f53a
 def parse_h5_spec(spec: str) -> dict:
     "'audio=audio_feature.h5:avadataset,image=visual_feature.h5:avadataset' -> `{modality: (file, dataset)}`"
     out = {}
@@ -425,14 +446,14 @@ def parse_h5_spec(spec: str) -> dict:
         m, eq, rest = part.partition('=')
         f, colon, d = rest.rpartition(':')
         if not eq or not colon or not f or not d or m.strip() not in MODALITIES:
-            raise ValueError(f"--h5 {part!r}: expected MODALITY=FILE:DATASET with MODALITY one of {', '.join(MODALITIES)} "
-                             "(e.g. audio=audio_feature.h5:avadataset)")
+            raise ValueError(f"--h5 {part!r}: expected MODALITY=FILE:DATASET with MODALITY one of "
+                             f"{', '.join(MODALITIES)} (e.g. audio=audio_feature.h5:avadataset)")
         out[m.strip()] = (f.strip(), d.strip())
     if not out: raise ValueError("--h5: no MODALITY=FILE:DATASET given")
     return out
 
 def pool_rows(a: np.ndarray, pool: str = 'mean') -> np.ndarray:
-    "`[B, T, ..., D]` -> `[B, T, D]`, the axes between T and D reduced by `pool` ('mean' or 'max'); `[B, D]` -> `[B, 1, D]`"
+    "`[B, T, ..., D]` -> `[B, T, D]`, the axes between T and D reduced by `pool` ('mean', 'max'); `[B, D]`: T = 1"
     if a.ndim == 2: return a[:, None]
     if a.ndim == 3: return a
     ax = tuple(range(2, a.ndim - 1))
@@ -440,11 +461,13 @@ def pool_rows(a: np.ndarray, pool: str = 'mean') -> np.ndarray:
     if pool == 'max': return a.max(axis=ax)
     raise ValueError(f"--pool {pool!r}: choose 'mean' or 'max'")
 
+# %% ../../nbs/09b_data.store.ipynb #be28c9a8
 def _h5_open(folder: Path, f: str, d: str):
     try: import h5py
     except ImportError: raise MissingDependency("HDF5 input needs `pip install h5py`") from None
     p = folder / f
-    if p.suffix.lower() in ('.pkl', '.pickle'): raise ValueError(f"{p}: a pickled file; cmrl reads no pickles, give HDF5 or .npy")
+    if p.suffix.lower() in ('.pkl', '.pickle'):
+        raise ValueError(f"{p}: a pickled file; cmrl reads no pickles, give HDF5 or .npy")
     if not p.is_file(): raise FileNotFoundError(f"no such file: {p} (named by --h5)")
     try: h = h5py.File(p, 'r')
     except OSError as e: raise ValueError(f"{p}: not a readable HDF5 file ({str(e)[:80]})") from None
@@ -455,32 +478,35 @@ def _h5_open(folder: Path, f: str, d: str):
 def pack_h5(folder, store, spec: str, labels: str | None = None, pool: str = 'mean', float16: bool = False,
             shard_size: int = 100_000, append: bool = False, valid_pct: float = VALID_PCT, seed: int = 0,
             say=None, chunk: int = 256) -> dict:
-    "Pack HDF5 feature files aligned by index (AVE style: one `[N, T, ...]` dataset per modality) without loading them whole"
+    "Pack HDF5 feature files aligned by index (AVE: a `[N, T, ...]` dataset per modality), never loading one whole"
     folder, mods = Path(folder).expanduser(), parse_h5_spec(spec)
     if pool not in ('mean', 'max'): raise ValueError(f"--pool {pool!r}: choose 'mean' or 'max'")
     dss = {m: _h5_open(folder, *fd)[1] for m, fd in mods.items()}
     ns = {m: d.shape[0] for m, d in dss.items()}
-    if len(set(ns.values())) != 1: raise ValueError(f"--h5: the datasets have different item counts ({ns}); they must be aligned by index")
+    if len(set(ns.values())) != 1:
+        raise ValueError(f"--h5: the datasets have different item counts ({ns}); they must be aligned by index")
     n = next(iter(ns.values()))
     lab = None
     if labels:
         f, _, d = labels.rpartition(':')
         lab = np.asarray(_h5_open(folder, f, d)[1][()])
         if len(lab) != n: raise ValueError(f"--h5-labels {labels}: {len(lab)} labels for {n} items")
-        lab = lab.reshape(n, -1, lab.shape[-1]).sum(1).argmax(-1) if lab.ndim > 1 else lab.astype(np.int64)  # scores per step: summed
+        lab = lab.reshape(n, -1, lab.shape[-1]).sum(1).argmax(-1) if lab.ndim > 1 else lab.astype(np.int64)  # summed
     ids = [str(i) for i in range(n)]
     split = group_split(ids, None if lab is None else lab.tolist(), valid_fracs(valid_pct), seed)
     cfg = FrontendConfig()
     dims = {m: int(d.shape[-1]) for m, d in dss.items()}
-    meta = {'source': f"h5:{folder}:{spec}:{pool}", 'modalities': [m for m in MODALITIES if m in mods], 'frontends': cfg.to_dict(),
+    meta = {'source': f"h5:{folder}:{spec}:{pool}", 'modalities': [m for m in MODALITIES if m in mods],
+            'frontends': cfg.to_dict(),
             'tokenizer': {'kind': 'bytes', 'max_len': cfg.text.max_len}, 'npy_dims': dims,
             'classes': [str(c) for c in sorted(set(lab.tolist()))] if lab is not None else [],
-            'split_names': [k for k, _ in valid_fracs(valid_pct)], 'float16': bool(float16), 'frontend_key': frontend_key(cfg, [])}
+            'split_names': [k for k, _ in valid_fracs(valid_pct)], 'float16': bool(float16),
+            'frontend_key': frontend_key(cfg, [])}
     meta['key'] = hashlib.sha1(f"{meta['source']}|{n}|{float16}|{valid_pct}|{seed}".encode()).hexdigest()[:16]
     def items(start: int = 0):
         for a in range(start, n, chunk):
             b = min(a + chunk, n)
-            x = {m: pool_rows(np.asarray(d[a:b], dtype=np.float32), pool) for m, d in dss.items()}  # only rows a:b are read
+            x = {m: pool_rows(np.asarray(d[a:b], dtype=np.float32), pool) for m, d in dss.items()}  # rows a:b only
             for i in range(a, b):
                 yield {m: x[m][i - a] for m in x}, {'id': ids[i], 'split': split[i],
                                                      'label': None if lab is None else str(int(lab[i]))}
