@@ -99,7 +99,8 @@ def train_epoch(store: Path, out: Path) -> dict:
         def before_fit(self): self.waits, self.steps, self.t_end, self.t_start = [], [], None, None
         def before_batch(self):
             now = time.perf_counter()
-            if self.training and self.t_end is not None: self.waits.append(now - self.t_end); self.steps.append(now - self.t_start)
+            if self.training and self.t_end is not None:
+                self.waits.append(now - self.t_end); self.steps.append(now - self.t_start)
             self.t_start = now
     class End(Callback):  # last of every callback at the end of a batch: from here to `Start` is waiting for data
         order = 1000
@@ -191,8 +192,9 @@ def run_size(n: int, work: Path, keep: bool = False) -> dict:
 
 def line(r: dict) -> str:
     return (f"scale: n={r['n']} pack_s={r['pack_s']:.1f} store_mb={r['store_mb']:.1f} raw_mb={r['raw_mb']:.1f} "
-            f"load_items_per_s={r['load_items_per_s']:.0f} train_items_per_s_per_core={r['train_items_per_s_per_core']:.0f} "
-            f"peak_rss_mb={r['peak_rss_mb']:.0f} loader_share={r['loader_share']:.3f} heldout_R@10={r['heldout_R@10']:.1f}")
+            f"load_items_per_s={r['load_items_per_s']:.0f} "
+            f"train_items_per_s_per_core={r['train_items_per_s_per_core']:.0f} peak_rss_mb={r['peak_rss_mb']:.0f} "
+            f"loader_share={r['loader_share']:.3f} heldout_R@10={r['heldout_R@10']:.1f}")
 
 
 def main(argv=None):
@@ -203,7 +205,8 @@ def main(argv=None):
     p.add_argument('--keep', action='store_true', help='keep the stores and runs')
     a = p.parse_args(argv)
     sizes = [int(s) for s in a.sizes.split(',') if s.strip()]
-    if any(n <= HELD + 256 for n in sizes): p.error(f"--sizes: each size must exceed {HELD + 256} (1,000 held out, one batch)")
+    if any(n <= HELD + 256 for n in sizes):
+        p.error(f"--sizes: each size must exceed {HELD + 256} (1,000 held out, one batch)")
     work = Path(a.work) if a.work else Path(tempfile.mkdtemp(prefix='cmrl-scale-'))
     work.mkdir(parents=True, exist_ok=True)
     res = []
@@ -213,7 +216,8 @@ def main(argv=None):
         print(f"cca: n={n} heldout_R@10={r['cca_heldout_R@10']:.1f}", flush=True)
         print(line(r), flush=True)
     if a.json:
-        Path(a.json).write_text(json.dumps({'command': 'python benchmarks/scale.py ' + ' '.join(sys.argv[1:] if argv is None else argv),
+        cmd = 'python benchmarks/scale.py ' + ' '.join(sys.argv[1:] if argv is None else argv)
+        Path(a.json).write_text(json.dumps({'command': cmd,
                                             'cores': os.cpu_count(), 'threads': 1, 'sizes': res}, indent=1) + '\n')
     if not a.work and not a.keep: shutil.rmtree(work, ignore_errors=True)
     return res

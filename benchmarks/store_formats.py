@@ -17,7 +17,8 @@ HERE = Path(__file__).parent
 def one(fmt: str, n: int, work: Path, reads: int = 20000) -> dict:
     import torch
     import importlib.util
-    spec = importlib.util.spec_from_file_location('scale', HERE / 'scale.py'); scale = importlib.util.module_from_spec(spec)
+    spec = importlib.util.spec_from_file_location('scale', HERE / 'scale.py')
+    scale = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(scale)
     MODS, T, D = scale.MODS, scale.T, scale.D
     import h5py
@@ -28,12 +29,14 @@ def one(fmt: str, n: int, work: Path, reads: int = 20000) -> dict:
     t0 = time.perf_counter()
     if fmt == 'cmrl-store':
         cfg = FrontendConfig()
-        meta = {'source': 'planted', 'modalities': list(MODS), 'frontends': cfg.to_dict(), 'tokenizer': {'kind': 'bytes'},
+        meta = {'source': 'planted', 'modalities': list(MODS), 'frontends': cfg.to_dict(),
+                'tokenizer': {'kind': 'bytes'},
                 'npy_dims': {m: D for m in MODS}, 'classes': [], 'split_names': ['train'], 'float16': True,
                 'frontend_key': frontend_key(cfg, []), 'key': 'planted'}
         def items(start=0):
             for a, x in chunks:
-                for i in range(a, a + len(x[MODS[0]])): yield {m: x[m][i - a] for m in MODS}, {'id': f"p{i}", 'split': 'train'}
+                for i in range(a, a + len(x[MODS[0]])):
+                    yield {m: x[m][i - a] for m in MODS}, {'id': f"p{i}", 'split': 'train'}
         pack_items(items, path, meta)
         ingest = time.perf_counter() - t0
         del chunks
@@ -85,8 +88,9 @@ def main(argv=None):
             if r.returncode: sys.exit(f"{fmt}: {r.stderr.strip().splitlines()[-1]}")
             res.append(json.loads(r.stdout.strip().splitlines()[-1])); print(res[-1], flush=True)
     finally: shutil.rmtree(work, ignore_errors=True)
-    if a.json: Path(a.json).write_text(json.dumps({'command': 'python benchmarks/store_formats.py ' + ' '.join(sys.argv[1:] if argv is None else argv),
-                                                   'formats': res}, indent=1) + '\n')
+    if a.json:
+        cmd = 'python benchmarks/store_formats.py ' + ' '.join(sys.argv[1:] if argv is None else argv)
+        Path(a.json).write_text(json.dumps({'command': cmd, 'formats': res}, indent=1) + '\n')
 
 
 if __name__ == '__main__': main()

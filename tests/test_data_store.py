@@ -1,4 +1,4 @@
-"Feature store (issue 30): packing, resuming, appending, settings, streaming order across ranks, HDF5 input, `cmrl pack`."
+"Feature store (issue 30): pack, resume, append, settings, order across ranks, HDF5 input, `cmrl pack`, torchrun."
 import inspect, json, os, subprocess, sys, warnings
 from pathlib import Path
 import numpy as np, pytest, torch
@@ -40,12 +40,14 @@ def test_store_reads_like_its_manifest(manifest, tmp_path):
     assert m['complete'] and m['n'] == 24 and len(m['shards']) == 3
     st = get_source(str(tmp_path / 'st'))  # recognised by store.json
     assert isinstance(st, StoreSource) and st.split_ids() == src.split_ids()
-    assert (st.shapes, st.feature_dims, st.class_names, st.text_vocab_size) == (src.shapes, src.feature_dims, src.class_names, src.text_vocab_size)
+    what = lambda s: (s.shapes, s.feature_dims, s.class_names, s.text_vocab_size)
+    assert what(st) == what(src)
     same_items(src.dataset('all', cache=tmp_path / 'c'), st.dataset('all'))
     same_items(src.dataset('valid', cache=tmp_path / 'c'), st.dataset('valid'))
     r, q = st.records[1], src.records[1]  # records name what each modality was made from (`cmrl retrieve` shows them)
     assert (r['id'], r['text'], r['image'], r.get('audio')) == (q['id'], q['text'], q['image'], q.get('audio'))
-    assert len(get_source(str(tmp_path / 'st'), langs='es')) == 12 and get_source(str(tmp_path / 'st'), modalities='audio').modalities == ('audio',)
+    assert len(get_source(str(tmp_path / 'st'), langs='es')) == 12
+    assert get_source(str(tmp_path / 'st'), modalities='audio').modalities == ('audio',)
 
 
 def test_float16_halves_the_features(manifest, tmp_path):
@@ -71,19 +73,23 @@ def test_interrupted_pack_never_reads_complete_and_resumes(manifest, tmp_path):
     with pytest.raises(StoreError, match='unfinished pack'): FeatureStore(tmp_path / 'st')
     with pytest.raises(StoreError, match='unfinished pack'): get_source(str(tmp_path / 'st'))
     other = dict(meta, key='another', source='other')
-    with pytest.raises(StoreError, match='an unfinished pack of another source'): pack_items(items, tmp_path / 'st', other)
+    with pytest.raises(StoreError, match='an unfinished pack of another source'):
+        pack_items(items, tmp_path / 'st', other)
     pack_items(items, tmp_path / 'st', meta, shard_size=5)  # resumes after the 2 whole shards
     pack(src, tmp_path / 'whole', shard_size=5, cache=tmp_path / 'c')
     r, w = FeatureStore(tmp_path / 'st'), FeatureStore(tmp_path / 'whole')
     assert r.n == w.n == 24 and not list(r.path.glob('.*.part'))
-    same_items(StoreDataset(r, range(24), ('image', 'audio', 'text')), StoreDataset(w, range(24), ('image', 'audio', 'text')))
+    mods = ('image', 'audio', 'text')
+    same_items(StoreDataset(r, range(24), mods), StoreDataset(w, range(24), mods))
 
 
 def test_append_and_refusals(manifest, tmp_path):
     src = get_source(str(manifest))
     pack(src, tmp_path / 'st', cache=tmp_path / 'c')
-    with pytest.raises(StoreError, match='already a complete store of 24 items; add --append'): pack(src, tmp_path / 'st', cache=tmp_path / 'c')
-    with pytest.raises(StoreError, match="item id .* is already in the store"): pack(src, tmp_path / 'st', append=True, cache=tmp_path / 'c')
+    with pytest.raises(StoreError, match='already a complete store of 24 items; add --append'):
+        pack(src, tmp_path / 'st', cache=tmp_path / 'c')
+    with pytest.raises(StoreError, match="item id .* is already in the store"):
+        pack(src, tmp_path / 'st', append=True, cache=tmp_path / 'c')
     assert len(FeatureStore(tmp_path / 'st')) == 24  # refused before writing: the store is as it was
     rows = [json.loads(l) for l in manifest.read_text().splitlines()]
     for r in rows: r['id'] = 'new-' + r['id']; r['label'] = 'z' + r['label']
@@ -94,11 +100,12 @@ def test_append_and_refusals(manifest, tmp_path):
     it = st.dataset('all')[30]
     assert it['id'].startswith('new-') and st.class_names[it['label']].startswith('z')
     (tmp_path / 'junk').mkdir(); (tmp_path / 'junk' / 'x').write_text('x')
-    with pytest.raises(StoreError, match='exists and is not a store'): pack(src, tmp_path / 'junk', cache=tmp_path / 'c')
+    with pytest.raises(StoreError, match='exists and is not a store'):
+        pack(src, tmp_path / 'junk', cache=tmp_path / 'c')
 
 
 def test_settings_mismatch_is_one_line(manifest, tmp_path):
-    src = get_source(str(manifest), modalities='image,text')  # text through the byte tokenizer: a front-end setting counts
+    src = get_source(str(manifest), modalities='image,text')  # text through the byte tokenizer: its setting counts
     pack(src, tmp_path / 'st', cache=tmp_path / 'c')
     get_source(str(tmp_path / 'st'), size=32)  # the image is precomputed: the image size does not matter
     with pytest.raises(StoreError) as e: get_source(str(tmp_path / 'st'), size=32, text_kind='wordvec')
@@ -135,16 +142,18 @@ def test_shuffle_is_shard_by_shard_and_ranks_split_an_epoch(manifest, tmp_path):
 def test_hdf5_ave_style(tmp_path):
     h5py = pytest.importorskip('h5py')
     rng = np.random.default_rng(0)
-    v, a, lab = rng.standard_normal((9, 10, 3, 3, 8)).astype('f4'), rng.standard_normal((9, 10, 5)).astype('f4'), np.zeros((9, 10, 4), 'f4')
+    v, a = rng.standard_normal((9, 10, 3, 3, 8)).astype('f4'), rng.standard_normal((9, 10, 5)).astype('f4')
+    lab = np.zeros((9, 10, 4), 'f4')
     lab[np.arange(9), :, np.arange(9) % 4] = 1
     for f, x in (('visual.h5', v), ('audio.h5', a), ('labels.h5', lab)):
         with h5py.File(tmp_path / f, 'w') as h: h.create_dataset('avadataset', data=x)
-    m = pack_h5(tmp_path, tmp_path / 'st', 'image=visual.h5:avadataset,audio=audio.h5:avadataset', labels='labels.h5:avadataset',
-                pool='max', chunk=4)
+    m = pack_h5(tmp_path, tmp_path / 'st', 'image=visual.h5:avadataset,audio=audio.h5:avadataset',
+                labels='labels.h5:avadataset', pool='max', chunk=4)
     st = get_source(str(tmp_path / 'st'))
     assert st.feature_dims == {'image': 8, 'audio': 5} and m['n'] == 9
     it = st.dataset('all')[5]
-    assert torch.allclose(it['image'], torch.from_numpy(v[5].max(axis=(1, 2)))) and torch.equal(it['audio'], torch.from_numpy(a[5]))
+    assert torch.allclose(it['image'], torch.from_numpy(v[5].max(axis=(1, 2))))
+    assert torch.equal(it['audio'], torch.from_numpy(a[5]))
     assert st.class_names[it['label']] == '1'
     with pytest.raises(ValueError, match='expected MODALITY=FILE:DATASET'): parse_h5_spec('pictures=visual.h5')
     with pytest.raises(ValueError, match="no dataset 'x'"): pack_h5(tmp_path, tmp_path / 's2', 'image=visual.h5:x')
@@ -189,15 +198,17 @@ def test_tuxpaint_through_a_store_gives_the_same_numbers(tmp_path, monkeypatch):
 
 
 def test_torchrun_trains_on_a_store(tmp_path):
-    "`torchrun --nproc_per_node 2 cmrl train --data STORE` (gloo, CPU): both ranks read the store and end with the same model"
+    "`torchrun --nproc_per_node 2 cmrl train --data STORE` (gloo, CPU): both ranks read the store, end with one model"
     import importlib.util, subprocess
     spec = importlib.util.spec_from_file_location('scale', Path(__file__).parents[1] / 'benchmarks' / 'scale.py')
     scale = importlib.util.module_from_spec(spec); spec.loader.exec_module(scale)
     scale.pack_planted(1400, tmp_path / 'st', shard_size=300)
-    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2', '-m', 'cmrl.cli', 'train',
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2', '-m', 'cmrl.cli',
+           'train',
            '--data', 'st', '--epochs', '1', '--bs', '64', '--n-layers', '1', '--n-codes', '16', '--out', 'run']
     env = {**os.environ, 'CUDA_VISIBLE_DEVICES': '', 'OMP_NUM_THREADS': '1', 'PYTHONWARNINGS': 'ignore'}
-    p = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300, cwd=tmp_path)
+    p = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300,
+                       cwd=tmp_path)
     assert p.returncode == 0, p.stdout[-3000:]
     m = json.loads((tmp_path / 'run' / 'metrics.json').read_text())
     assert m['ranks_agree']['world'] == 2 and m['ranks_agree']['same'] and m['n_train'] == 400

@@ -1,16 +1,18 @@
-"benchmarks/scale.py (issue 30) at a small size: the `scale:` line, a store about the raw size, the CCA peer finds the planted structure."
+"benchmarks/scale.py (issue 30) at a small size: the `scale:` line, a store of about the raw size, a working CCA peer."
 import mmap, re, subprocess, sys
 from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).parents[1]
 LINE = re.compile(r"^scale: n=(\d+) pack_s=([\d.]+) store_mb=([\d.]+) raw_mb=([\d.]+) load_items_per_s=(\d+) "
-                  r"train_items_per_s_per_core=(\d+) peak_rss_mb=(\d+) loader_share=([\d.]+) heldout_R@10=([\d.]+)$", re.M)
+                  r"train_items_per_s_per_core=(\d+) peak_rss_mb=(\d+) loader_share=([\d.]+) "
+                  r"heldout_R@10=([\d.]+)$", re.M)
 
 
 def test_scale_small(tmp_path):
-    r = subprocess.run([sys.executable, str(ROOT / 'benchmarks' / 'scale.py'), '--sizes', '2000', '--json', str(tmp_path / 's.json'),
-                        '--work', str(tmp_path / 'w')], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    r = subprocess.run([sys.executable, str(ROOT / 'benchmarks' / 'scale.py'), '--sizes', '2000',
+                        '--json', str(tmp_path / 's.json'), '--work', str(tmp_path / 'w')],
+                       capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     m = LINE.search(r.stdout)
     assert m, r.stdout
