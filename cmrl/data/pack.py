@@ -53,4 +53,5 @@ def pack_cmd(source: str,  # 'tuxpaint', a JSON Lines manifest (or its folder), 
             'splits': {k: int((fs.column('split') == i).sum()) for i, k in enumerate(m['split_names'])},
             'bytes': fs.nbytes(), 'float16': m['float16'], 'seconds': round(time.time() - t0, 2)}
 
-pack_cli = command(pack_cmd, 'cmrl pack', pos=('source', 'store'), refused=(TypeError,))  # `cmrl pack`
+pack_cli = command(pack_cmd, 'cmrl pack', pos=('source', 'store'), refused=(TypeError,),
+                   interrupted='interrupted: the store is left unfinished; run the same command again to resume')
