@@ -176,13 +176,16 @@ def cca_r10(store: Path, k: int = Z, eps: float = 1e-3) -> float:
     return float(np.mean(rs))
 
 
-def run_size(n: int, work: Path, keep: bool = False) -> dict:
+def run_size(n: int, work: Path, keep: bool = False, pack_only: bool = False) -> dict:
     store, out = work / f"store-{n}", work / f"run-{n}"
     for p in (store, out): shutil.rmtree(p, ignore_errors=True)
     pack_s, gen_s = pack_planted(n, store)
     from cmrl.data.store import FeatureStore
     r = {'n': n, 'pack_s': pack_s, 'generate_s': gen_s, 'store_mb': FeatureStore(store).nbytes() / 1e6,
          'raw_mb': n * len(MODS) * T * D * 2 / 1e6, 'load_items_per_s': load_rate(store)}
+    if pack_only:
+        shutil.rmtree(store, ignore_errors=True)
+        return r
     r.update(train_epoch(store, out))
     r['heldout_R@10'] = heldout_r10(store, out)
     r['cca_heldout_R@10'] = cca_r10(store)
@@ -203,6 +206,7 @@ def main(argv=None):
     p.add_argument('--work', default=None, help='folder for the stores and runs (default: a temporary folder)')
     p.add_argument('--json', default='benchmarks/scale.json', help="where to write the numbers ('' for nowhere)")
     p.add_argument('--keep', action='store_true', help='keep the stores and runs')
+    p.add_argument('--pack-only', action='store_true', help='only pack and load (a `scale-pack:` line per size)')
     a = p.parse_args(argv)
     sizes = [int(s) for s in a.sizes.split(',') if s.strip()]
     if any(n <= HELD + 256 for n in sizes):
@@ -211,8 +215,13 @@ def main(argv=None):
     work.mkdir(parents=True, exist_ok=True)
     res = []
     for n in sizes:
-        r = run_size(n, work, a.keep)
+        r = run_size(n, work, a.keep, a.pack_only)
         res.append(r)
+        if a.pack_only:
+            print(f"scale-pack: n={n} pack_s={r['pack_s']:.1f} generate_s={r['generate_s']:.1f} "
+                  f"store_mb={r['store_mb']:.1f} raw_mb={r['raw_mb']:.1f} load_items_per_s={r['load_items_per_s']:.0f}",
+                  flush=True)
+            continue
         print(f"cca: n={n} heldout_R@10={r['cca_heldout_R@10']:.1f}", flush=True)
         print(line(r), flush=True)
     if a.json:
