@@ -99,6 +99,13 @@ def test_append_and_refusals(manifest, tmp_path):
     assert len(st) == 48 and len(st.class_names) == 2 * len(src.class_names)
     it = st.dataset('all')[30]
     assert it['id'].startswith('new-') and st.class_names[it['label']].startswith('z')
+    for r in rows:  # other feature widths: refused before anything is written
+        r['id'] = 'w-' + r['id']
+        if 'audio_features' in r: np.save(manifest.parent / r['audio_features'], np.zeros((2, 7), 'f4'))
+    m2.write_text(''.join(json.dumps(r) + '\n' for r in rows))
+    with pytest.raises(StoreError, match=r"feature widths differ from the store's \({'audio': \(6, 7\)}\)"):
+        pack(get_source(str(m2)), tmp_path / 'st', append=True, cache=tmp_path / 'c')
+    assert len(FeatureStore(tmp_path / 'st')) == 48
     (tmp_path / 'junk').mkdir(); (tmp_path / 'junk' / 'x').write_text('x')
     with pytest.raises(StoreError, match='exists and is not a store'):
         pack(src, tmp_path / 'junk', cache=tmp_path / 'c')
@@ -155,6 +162,7 @@ def test_hdf5_ave_style(tmp_path):
     assert torch.allclose(it['image'], torch.from_numpy(v[5].max(axis=(1, 2))))
     assert torch.equal(it['audio'], torch.from_numpy(a[5]))
     assert st.class_names[it['label']] == '1'
+    assert len(get_source(str(tmp_path / 'st'), langs='fr')) == 0  # no language column: no item is French
     with pytest.raises(ValueError, match='expected MODALITY=FILE:DATASET'): parse_h5_spec('pictures=visual.h5')
     with pytest.raises(ValueError, match="no dataset 'x'"): pack_h5(tmp_path, tmp_path / 's2', 'image=visual.h5:x')
 

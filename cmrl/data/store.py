@@ -120,12 +120,14 @@ def _start(p: Path, meta: dict, append: bool) -> dict:
     if not append:
         raise StoreError(f"{p}: already a complete store of {old['n']} items; add --append to add the items of "
                          f"{meta.get('source')}, or choose another folder")
+    clash = {m: (old['npy_dims'][m], d) for m, d in meta.get('npy_dims', {}).items() if old['npy_dims'].get(m, d) != d}
+    if clash: raise StoreError(f"{p}: feature widths differ from the store's ({clash}); pack them into another store")
     if old['frontend_key'] != meta['frontend_key'] or old['float16'] != meta['float16']:
         raise StoreError(f"{p}: made with other front-end settings or precision ({settings_diff(old, meta)}); "
                          "append only items made like the store's, or pack them into another store")
     for k in ('classes', 'split_names'): meta[k] = old[k] + [c for c in meta[k] if c not in old[k]]
     return {**old, 'classes': meta['classes'], 'split_names': meta['split_names'], 'complete': False,
-            'pending': {**new, 'base_n': old['n']},
+            'pending': {**new, 'base_n': old['n']}, 'npy_dims': {**old['npy_dims'], **meta.get('npy_dims', {})},
             'modalities': list(dict.fromkeys(old['modalities'] + meta['modalities']))}
 
 # %% ../../nbs/09b_data.store.ipynb #275cc9c7
@@ -281,8 +283,8 @@ class FeatureStore:
 @patch
 def column(self: FeatureStore, c: str) -> np.ndarray:
     "Column `c` ('id', 'label', 'split', 'lang', ...) of every item (labels and splits as codes, -1 for none)"
-    return np.concatenate([np.asarray(self.shard(k)['cols'][c]) for k in range(len(self.meta['shards']))]) \
-        if self.n else np.zeros(0)
+    parts = [self.shard(k)['cols'].get(c, np.full(s['n'], '')) for k, s in enumerate(self.meta['shards'])]
+    return np.concatenate(parts) if parts else np.zeros(0)
 
 @patch
 def cols(self: FeatureStore, i: int, at: tuple | None = None) -> dict:
