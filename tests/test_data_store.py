@@ -163,6 +163,9 @@ def test_hdf5_ave_style(tmp_path):
     assert torch.equal(it['audio'], torch.from_numpy(a[5]))
     assert st.class_names[it['label']] == '1'
     assert len(get_source(str(tmp_path / 'st'), langs='fr')) == 0  # no language column: no item is French
+    assert pack_cli([str(tmp_path), str(tmp_path / 's3'), '--h5', 'audio=audio.h5:avadataset', '--pool', 'max']) == 0
+    assert FeatureStore(tmp_path / 's3').meta['npy_dims'] == {'audio': 5}
+    assert pack_cli([str(tmp_path), str(tmp_path / 's4'), '--h5', 'audio=audio.pkl:x']) == 2  # pickles: refused
     with pytest.raises(ValueError, match='expected MODALITY=FILE:DATASET'): parse_h5_spec('pictures=visual.h5')
     with pytest.raises(ValueError, match="no dataset 'x'"): pack_h5(tmp_path, tmp_path / 's2', 'image=visual.h5:x')
 
