@@ -36,7 +36,7 @@ def pack_cmd(source: str,  # 'tuxpaint', a JSON Lines manifest (or its folder), 
              pool: str = 'mean',  # HDF5 input: how axes after `[N, T, ..., D]`'s T are reduced: 'mean' or 'max'
             ) -> dict:  # what was packed
     "Pack the features of every item of SOURCE into the store STORE (resumes an unfinished pack of the same source)"
-    check_out(store, 'pack')
+    check_out(store, 'pack', flag='STORE')
     if int(shard_size) < 1: raise ValueError(f"--shard-size must be at least 1, got {shard_size}")
     t0 = time.time()
     say = lambda msg: print(f"cmrl pack: {msg}", file=sys.stderr, flush=True)
