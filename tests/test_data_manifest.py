@@ -59,7 +59,7 @@ def test_empty_and_unreadable_manifest(tmp_path):
     with pytest.raises(ManifestError, match='no items'): ManifestSource(write(tmp_path / 'e.jsonl', ['', '  ']))
     (tmp_path / 'bin.jsonl').write_bytes(b'\xff\xfe\xfa')
     with pytest.raises(ManifestError, match='not UTF-8'): ManifestSource(tmp_path / 'bin.jsonl')
-    with pytest.raises(ValueError, match='unknown data source'): get_source(tmp_path / 'absent.jsonl')
+    with pytest.raises(FileNotFoundError, match='no such file'): get_source(tmp_path / 'absent.jsonl')
 
 
 def test_load_resolve_labels_langs(data):

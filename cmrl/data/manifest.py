@@ -41,6 +41,8 @@ class ManifestError(ValueError):
 FEATURE_FIELDS = tuple(m + FEATURE_SUFFIX for m in MODALITIES)  # 'image_features', ...: precomputed `[T, D]` / `[D]` `.npy` files
 MANIFEST_FIELDS = ('id', IMAGE, AUDIO, SPEECH, TEXT, *FEATURE_FIELDS, 'label', 'lang', 'split', 'group')
 _LANG_CODE = re.compile(r'^[A-Za-z]{2,3}(?:[-_][A-Za-z0-9]{2,8})*(?:@[A-Za-z]+)?$')
+
+# %% ../../nbs/07_data.manifest.ipynb #a1b2c3d5
 def _check_line(o, n: int, fname: str, errs: list, seen: dict, splits) -> dict | None:
     at = lambda f: f"{fname}:{n}: field {f!r}"
     if not isinstance(o, dict): errs.append(f"{fname}:{n}: expected a JSON object, got {type(o).__name__}"); return None
@@ -145,6 +147,38 @@ def _group_splits(recs: list[dict], fname: str):
                   + (' ...' if len(mixed) > 5 else '') + "; items of one group are alike, so a part that shares a "
                   "group with training is not unseen")
 
+# %% ../../nbs/07_data.manifest.ipynb #a1b2c3d7
+def _wanted_langs(path: Path, recs: list, langs) -> list | None:
+    "The languages asked for (`parse_langs`); one that no item of the manifest has is refused, naming those it has"
+    want = parse_langs(langs)
+    if want is None: return None
+    have = sorted({r['lang'] for r in recs if r['lang']})
+    if bad := [l for l in want if l not in have]:
+        n_none = sum(not r['lang'] for r in recs)
+        raise ValueError(f"{path}: unknown language(s) {', '.join(map(repr, bad))}; the manifest has: "
+                         f"{', '.join(have) or 'none'}{f' (and {n_none} items without lang)' if n_none else ''}"
+                         "; leave out langs to keep every item")
+    return want
+
+def _unset_missing(recs: list) -> list:
+    "Set each file field whose file does not exist to `None`; the (path, reason) of each"
+    skipped = []
+    for r in recs:
+        for m in (*FILE_MODALITIES, *(m + FEATURE_SUFFIX for m in MODALITIES)):
+            if r.get(m) and not Path(r[m]).is_file():
+                skipped.append((r[m], f"file not found (line {r['line']}, field {m!r})")); r[m] = None
+    return skipped
+
+def _parts(keep: list, fracs, split_seed: int, name: str) -> dict:
+    "Split name -> item indices: `split` fields first (a group's members follow it), the rest by `group_split`"
+    _group_splits(keep, name)
+    free = [r for r in keep if r['split'] is None]
+    groups, labels = [r['group'] for r in free], [str(r['label']) for r in free]
+    for r, s in zip(free, group_split(groups, labels, fracs, split_seed)): r['split'] = s
+    names = list(dict.fromkeys(['train', 'valid', *(n for n, _ in fracs), *(r['split'] for r in keep)]))
+    splits = {n: [i for i, r in enumerate(keep) if r['split'] == n] for n in names}
+    return {n: ix for n, ix in splits.items() if ix or n in ('train', 'valid')}  # a test part only when items ask for one
+
 # %% ../../nbs/07_data.manifest.ipynb #c165f3d2
 class ManifestSource(Source):
     "A JSON Lines manifest of the user's own items as a cmrl source"
@@ -163,20 +197,8 @@ class ManifestSource(Source):
         fracs = fracs or valid_fracs(valid_pct)
         recs, unknown = read_manifest(path)
         if unknown: warnings.warn(f"{path}: unknown field(s) ignored: {', '.join(unknown)}; known: {', '.join(MANIFEST_FIELDS)}")
-        want = parse_langs(langs)
-        if want is not None:
-            have = sorted({r['lang'] for r in recs if r['lang']})
-            bad = [l for l in want if l not in have]
-            if bad:
-                raise ValueError(f"{path}: unknown language(s) {', '.join(map(repr, bad))}; the manifest has: {', '.join(have) or 'none'}"
-                                 f"{' (and ' + str(sum(not r['lang'] for r in recs)) + ' items without lang)' if any(not r['lang'] for r in recs) else ''}"
-                                 "; leave out langs to keep every item")
-        recs, dropped = filter_langs(recs, want, path.name)
-        skipped = []
-        for r in recs:
-            for m in (*FILE_MODALITIES, *(m + FEATURE_SUFFIX for m in MODALITIES)):
-                if r.get(m) and not Path(r[m]).is_file():
-                    skipped.append((r[m], f"file not found (line {r['line']}, field {m!r})")); r[m] = None
+        recs, dropped = filter_langs(recs, _wanted_langs(path, recs, langs), path.name)
+        skipped = _unset_missing(recs)
         if skipped and missing == 'error':
             raise ManifestError(f"{path}: {len(skipped)} file(s) not found; fix the paths (relative to {path.parent}):\n  "
                                 + '\n  '.join(f"{p}: {why}" for p, why in skipped[:30]))
@@ -194,12 +216,7 @@ class ManifestSource(Source):
             r['category'] = r['label']
             r['label'] = cats.o2i[r['label']] if r['label'] is not None else None
             r['group'] = r['group'] or r['id']
-        _group_splits(keep, path.name)
-        free = [r for r in keep if r['split'] is None]
-        for r, s in zip(free, group_split([r['group'] for r in free], [str(r['label']) for r in free], fracs, split_seed)): r['split'] = s
-        names = list(dict.fromkeys(['train', 'valid', *(n for n, _ in fracs), *(r['split'] for r in keep)]))
-        splits = {n: [i for i, r in enumerate(keep) if r['split'] == n] for n in names}
-        splits = {n: ix for n, ix in splits.items() if ix or n in ('train', 'valid')}  # a test part only when items ask for one
+        splits = _parts(keep, fracs, split_seed, path.name)
         self.path, self.feature_steps = path, steps  # `feature_steps`: `.npy` file -> its length T
         super().__init__(keep, splits, cats, modalities, (frontends or FrontendConfig()).replace(**fe_kw) if fe_kw else frontends,
                          skipped + bad_feats, path.parent, 'manifest', feature_dims=feature_dims,

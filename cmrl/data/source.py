@@ -18,6 +18,7 @@ from ..core import *
 from .text import ByteTokenizer, CharTokenizer, word_vectors, text_shape
 from .cache import *
 from .pretrained import image_frontend_dim
+from .whisper import speech_frontend_dim
 
 # %% auto #0
 __all__ = ['SPLITS', 'VALID_PCT', 'FILE_MODALITIES', 'label_map', 'UnionFind', 'group_by_shared', 'valid_fracs', 'group_split',
@@ -220,9 +221,10 @@ def text_vocab_size(self: Source) -> int: return self.tokenizer.vocab_size
 
 @patch(as_prop=True)
 def feature_dims(self: Source) -> dict:
-    "Modality -> width `D` of what arrives as `[T, D]` features: `.npy` files, pictures through a frozen front-end"
-    d, D = dict(self.npy_dims), image_frontend_dim(self.frontend_cfg.image)
-    if D is not None and IMAGE in self.modalities and IMAGE not in d: d[IMAGE] = D
+    "Modality -> width `D` of the modalities read as `[T, D]` features: `.npy` files, frozen image/speech networks"
+    d, c = dict(self.npy_dims), self.frontend_cfg
+    for m, D in ((IMAGE, image_frontend_dim(c.image)), (SPEECH, speech_frontend_dim(c.speech))):
+        if D is not None and m in self.modalities and m not in d: d[m] = D
     return d
 
 @patch(as_prop=True)

@@ -21,7 +21,8 @@ __all__ = ['FRONTEND_KW', 'TASKS', 'run_source', 'ckpt_source', 'eval_parts', 'm
            'records_features', 'semantic_embeddings', 'eval_device', 'check_request', 'load_generator']
 
 # %% ../../nbs/40_eval.ckpt.ipynb #b7c7cd4b
-FRONTEND_KW = ('size', 'n_mels', 'image_frontend', 'text_kind')  # settings that shape the inputs: kept for other data
+FRONTEND_KW = ('size', 'n_mels', 'image_frontend', 'text_kind', 'speech_frontend', 'speech_window',
+               'speech_compute_type', 'speech_pooling')  # settings that shape the inputs: kept for other data
 
 def run_source(ck: dict,  # checkpoint dict (`cmrl.checkpoint.load_model`)
               ) -> dict:  # `{'name': ..., **kwargs}` of the `get_source` call of the training run
