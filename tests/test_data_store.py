@@ -173,8 +173,8 @@ def test_hdf5_ave_style(tmp_path):
 def test_pack_defaults_are_train_defaults():
     from cmrl.train import TrainConfig
     p = inspect.signature(pack_cmd).parameters
-    assert (p['size'].default, p['image_frontend'].default, p['text_kind'].default) == \
-        (TrainConfig.image_size, TrainConfig.image_frontend, TrainConfig.text_frontend)
+    assert (p['size'].default, p['image_frontend'].default, p['text_kind'].default, p['speech_frontend'].default) == \
+        (TrainConfig.image_size, TrainConfig.image_frontend, TrainConfig.text_frontend, TrainConfig.speech_frontend)
 
 
 def test_pack_cli(manifest, tmp_path, capsys):
@@ -223,3 +223,20 @@ def test_torchrun_trains_on_a_store(tmp_path):
     assert p.returncode == 0, p.stdout[-3000:]
     m = json.loads((tmp_path / 'run' / 'metrics.json').read_text())
     assert m['ranks_agree']['world'] == 2 and m['ranks_agree']['same'] and m['n_train'] == 400
+
+
+def test_speech_frontend_is_checked(tmp_path):
+    "A store whose speech was made by the log-mel front-end is refused to a run that asks for Whisper features"
+    import soundfile as sf
+    d = tmp_path / 'd'; d.mkdir()
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(6):
+        sf.write(d / f"{i}.wav", rng.standard_normal(4000).astype('float32') * .1, 8000)
+        rows.append({'id': f"s{i}", 'speech': f"{i}.wav", 'text': f"mot {i}", 'label': 'a'})
+    (d / 'm.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in rows))
+    pack(get_source(str(d / 'm.jsonl')), tmp_path / 'st', cache=tmp_path / 'c')
+    assert 'speech' in frontend_parts(read_meta(tmp_path / 'st'))
+    get_source(str(tmp_path / 'st'), size=32)  # a run on log-mel speech (`cmrl train --speech-frontend logmel`)
+    with pytest.raises(StoreError, match=r"speech\.frontend 'logmel' vs 'whisper_base'"):
+        get_source(str(tmp_path / 'st'), size=32, speech_frontend='whisper_base')

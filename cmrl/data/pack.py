@@ -24,6 +24,7 @@ def pack_cmd(source: str,  # 'tuxpaint', a JSON Lines manifest (or its folder), 
              size: int = 32,  # image side of the 'pixels' front-end (as `cmrl train --image-size`)
              image_frontend: str = 'efficientnet_lite0',  # 'pixels' or a frozen network (`cmrl train --image-frontend`)
              text_kind: str = 'bytes+wordvec',  # 'bytes', 'chars', 'wordvec', ... (`cmrl train --text-frontend`)
+             speech_frontend: str = 'whisper_base',  # 'logmel' or a frozen network (`cmrl train --speech-frontend`)
              n_mels: int = None,  # mel bands of the audio front-end
              valid_pct: float = VALID_PCT,  # manifests: fraction of the groups without a `split` held out
              seed: int = 0,  # split seed
@@ -43,8 +44,8 @@ def pack_cmd(source: str,  # 'tuxpaint', a JSON Lines manifest (or its folder), 
     if h5: m = pack_h5(source, store, h5, labels=h5_labels, pool=pool, float16=float16, shard_size=shard_size,
                       append=append, valid_pct=valid_pct, seed=seed, say=say)
     else:
-        kw = {k: v for k, v in dict(image_frontend=image_frontend, text_kind=text_kind, n_mels=n_mels).items()
-              if v is not None and (k, v) != ('image_frontend', 'pixels') and (k, v) != ('text_kind', 'bytes')}
+        kw = dict(image_frontend=image_frontend, text_kind=text_kind, speech_frontend=speech_frontend, n_mels=n_mels)
+        kw = {k: v for k, v in kw.items() if v is not None and v not in ('pixels', 'bytes', 'logmel')}  # sources' own
         src = get_source(source, modalities=modalities, langs=langs, size=size, valid_pct=valid_pct, seed=seed, **kw)
         if isinstance(src, StoreSource): raise ValueError(f"{source}: already a store; give the manifest it came from")
         m = pack(src, store, float16=float16, shard_size=shard_size, append=append, cache=cache or True, say=say)

@@ -172,10 +172,11 @@ def pack_items(items,  # `items(start)`: an iterator of `(item, cols)` from posi
 
 # %% ../../nbs/09b_data.store.ipynb #b36a90e7
 def frontend_parts(meta: dict) -> list[str]:
-    "The front-end parts ('image', 'audio', 'text') that made some of a store's features (not read from `.npy` files)"
+    "The front-end parts ('image', 'audio', 'speech', 'text') that made some of a store's features (not `.npy` files)"
     mods, npy = meta['modalities'], meta.get('npy_dims', {})
     made = [m for m in mods if m not in npy]
-    parts = (('image', (IMAGE, VIDEO)), ('audio', AURAL), ('text', (TEXT,)))
+    parts = (('image', (IMAGE, VIDEO)), ('audio', AURAL), ('text', (TEXT,)),
+             *((('speech', (SPEECH,)),) if 'speech' in meta['frontends'] else ()))
     return [p for p, ms in parts if any(m in made for m in ms)]
 
 def settings_diff(a: dict, b: dict) -> str:
@@ -392,7 +393,8 @@ class StoreSource(Source):
         meta, self.root = self.store.meta, self.store.path
         self.frontend_cfg = FrontendConfig.from_dict(meta['frontends'])
         if size is not None:  # a run's settings (`cmrl train` gives them all): absent ones mean a manifest's defaults
-            fe_kw = {'image_frontend': 'pixels', 'text_kind': 'bytes', 'size': size, **fe_kw}
+            sp = {'speech_frontend': fe_kw.get('speech_frontend', 'logmel')} if 'speech' in meta['frontends'] else {}
+            fe_kw = {'image_frontend': 'pixels', 'text_kind': 'bytes', 'size': size, **fe_kw, **sp}
         self.check_settings(**fe_kw)
         self.npy_dims, self.available = dict(meta.get('npy_dims', {})), tuple(meta['modalities'])
         self.modalities = self.check_modalities(modalities)
