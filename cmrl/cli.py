@@ -14,6 +14,7 @@ __all__ = ['COMMANDS', 'main']
 # %% ../nbs/60_cli.ipynb #d9b70c6b
 COMMANDS = {  # sub-command -> (module, function, one-line help)
     'data': ('cmrl.data.loaders', 'data_cli', 'summarise a data source (tuxpaint, synth, or a manifest path) as JSON'),
+    'pack': ('cmrl.data.pack', 'pack_cli', 'pack the features of a source into a store folder for `--data STORE`'),
     'train': ('cmrl.train', 'train_cli', 'train a model and write checkpoint, config, metrics.json and plots'),
     'eval': ('cmrl.eval.report', 'eval_cli', 'evaluate a checkpoint: retrieval, cross-modal generalisation, codes'),
     'retrieve': ('cmrl.retrieve', 'retrieve_cli', 'top-k gallery items for a query file or text'),

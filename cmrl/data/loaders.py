@@ -7,6 +7,7 @@ Docs: https://cmrl-dev.github.io/cmrl/data.loaders.html.md"""
 # %% ../../nbs/09_data.loaders.ipynb #61c684d2
 from __future__ import annotations
 import json, warnings
+from functools import partial
 from pathlib import Path
 from fastcore.basics import patch
 from fastai.data.core import DataLoaders
@@ -16,6 +17,7 @@ from .source import *
 from .tuxpaint import TuxPaint
 from .manifest import ManifestSource
 from .synth import SynthSource
+from .store import StoreSource, is_store
 
 # %% auto #0
 __all__ = ['SOURCES', 'data_cli', 'get_source', 'source_dls', 'source_dl', 'data']
@@ -23,7 +25,7 @@ __all__ = ['SOURCES', 'data_cli', 'get_source', 'source_dls', 'source_dl', 'data
 # %% ../../nbs/09_data.loaders.ipynb #4dc31491
 SOURCES = {'tuxpaint': TuxPaint, 'synth': SynthSource}  # built-in sources by name
 
-def get_source(source='tuxpaint',  # 'tuxpaint', 'synth', a JSON Lines manifest (or a folder holding one), or a `Source`
+def get_source(source='tuxpaint',  # 'tuxpaint', 'synth', a store folder (`cmrl pack`), a JSON Lines manifest (or a folder holding one), or a `Source`
                modalities=None,  # modalities to use (a list or 'image,text'); default every one the source has
                langs=None,  # languages to keep ('fr,es', a list, or 'all'); default: Tux Paint 'fr', manifests all
                size: int | None = None,  # image size (default 64); synth: the video frame size (default 32)
@@ -46,6 +48,7 @@ def get_source(source='tuxpaint',  # 'tuxpaint', 'synth', a JSON Lines manifest 
                         **({'size': size} if size else {}), **kwargs)
     if s in SOURCES: return SOURCES[s](modalities=modalities, **kwargs)
     p = Path(s).expanduser()
+    if is_store(p): return StoreSource(p, modalities=modalities, langs=langs, size=size, **kwargs)  # by its store.json
     if p.is_dir():
         ms = sorted(p.glob('*.jsonl'))
         if len(ms) != 1:
@@ -91,6 +94,7 @@ def source_dls(source='tuxpaint',  # a `Source`, or a name/path for `get_source`
     ckw = _collate_kw(src, max_len)
     dls = DataLoaders(modality_dl(trn, bs, shuffle=shuffle_train, drop_last=len(trn) > bs, num_workers=num_workers, device=device, **ckw),
                       modality_dl(val, bs, shuffle=False, num_workers=num_workers, device=device, **ckw), device=device)
+    if hasattr(trn, 'shuffle_fn'): dls.train.shuffle_fn = partial(trn.shuffle_fn, dls.train)  # a store: shard by shard
     dls.source, dls.vocab = src, src.class_names
     return dls
 

@@ -1,0 +1,235 @@
+"""How pack, load and one epoch of training grow with N (issue 30): synthetic planted feature sets of N items.
+
+Each item has a latent z ~ N(0, I_16); each of 3 modalities is a fixed random linear map of z to `[10, 128]` plus
+Gaussian noise of the same variance as the signal per element, stored float16; 1,000 held-out items (split 'test')
+form the R@10 gallery. Per size: pack (`cmrl.data.store.pack_items`), random-access load (`StoreDataset`), one epoch
+of the feature-only Uni-Code model with its default settings except batch size 256 (`cmrl.train.train`, 1 thread),
+held-out cross-modal R@10, and a linear CCA fitted on the same training items as a peer. Prints per size
+
+    scale: n=... pack_s=... store_mb=... raw_mb=... load_items_per_s=... train_items_per_s_per_core=...
+           peak_rss_mb=... loader_share=... heldout_R@10=...
+
+(one line), and writes every number to `--json` (default benchmarks/scale.json).
+`peak_rss_mb` is the peak anonymous RSS (`RssAnon`, the store's memory-mapped pages excluded) of the training process.
+
+    python benchmarks/scale.py --sizes 10000,100000 [--work /tmp/scale] [--json benchmarks/scale.json]
+"""
+import argparse, json, os, shutil, sys, tempfile, threading, time, warnings
+from pathlib import Path
+import numpy as np
+
+MODS, T, D, Z, HELD = ('image', 'audio', 'text'), 10, 128, 16, 1000
+
+
+def rss_anon_mb() -> float:
+    for line in open('/proc/self/status'):
+        if line.startswith('RssAnon:'): return int(line.split()[1]) / 1024
+    return float('nan')
+
+
+class PeakRss:
+    "Peak `RssAnon` of this process, sampled every 0.1 s in a thread"
+    def __enter__(self):
+        self.peak, self.stop = rss_anon_mb(), threading.Event()
+        def run():
+            while not self.stop.wait(0.1): self.peak = max(self.peak, rss_anon_mb())
+        self.t = threading.Thread(target=run, daemon=True); self.t.start(); return self
+    def __exit__(self, *a):
+        self.stop.set(); self.t.join(); self.peak = max(self.peak, rss_anon_mb())
+
+
+def maps(seed: int = 0):
+    "The fixed random linear maps `[16, T*D]` of the 3 modalities, and each element's signal standard deviation"
+    g = np.random.default_rng(seed)
+    W = {m: (g.standard_normal((Z, T * D)) / np.sqrt(Z)).astype(np.float32) for m in MODS}
+    return W, {m: np.sqrt((w ** 2).sum(0)) for m, w in W.items()}
+
+
+def planted(n: int, chunk: int = 4096, seed: int = 0):
+    "Chunks `(start, {m: [b, T, D] float16})` of the planted set of n items (the last `HELD` are held out)"
+    W, sd = maps(seed)
+    for a in range(0, n, chunk):
+        b = min(a + chunk, n)
+        g = np.random.default_rng([seed, a])
+        z = g.standard_normal((b - a, Z)).astype(np.float32)
+        yield a, {m: (z @ W[m] + g.standard_normal((b - a, T * D)).astype(np.float32) * sd[m]).reshape(-1, T, D)
+                  .astype(np.float16) for m in MODS}
+
+
+def pack_planted(n: int, store: Path, shard_size: int = 100_000) -> tuple[float, float]:
+    "Pack the planted set; (seconds spent packing, seconds spent generating)"
+    from cmrl.data.cache import FrontendConfig
+    from cmrl.data.store import pack_items, frontend_key
+    cfg, gen = FrontendConfig(), [0.0]
+    meta = {'source': f"planted:{n}", 'modalities': list(MODS), 'frontends': cfg.to_dict(),
+            'tokenizer': {'kind': 'bytes', 'max_len': cfg.text.max_len}, 'npy_dims': {m: D for m in MODS},
+            'classes': [], 'split_names': ['train', 'test'], 'float16': True, 'frontend_key': frontend_key(cfg, []),
+            'key': f"planted-{n}"}
+    def items(start=0):
+        t = time.perf_counter()
+        for a, x in planted(n):
+            gen[0] += time.perf_counter() - t
+            for i in range(max(a, start), a + len(x[MODS[0]])):
+                yield {m: x[m][i - a] for m in MODS}, {'id': f"p{i}", 'split': 'test' if i >= n - HELD else 'train'}
+            t = time.perf_counter()
+    t0 = time.perf_counter()
+    pack_items(items, store, meta, shard_size=shard_size)
+    return time.perf_counter() - t0 - gen[0], gen[0]
+
+
+def load_rate(store: Path, k: int = 20000, seed: int = 0) -> float:
+    "Random-access items/s through `StoreDataset` (one process, as the default `num_workers=0`)"
+    from cmrl.data.store import FeatureStore, StoreDataset
+    fs = FeatureStore(store)
+    ds = StoreDataset(fs, np.arange(fs.n), MODS)
+    idx = np.random.default_rng(seed).integers(0, fs.n, k)
+    t0 = time.perf_counter()
+    for i in idx: ds[int(i)]
+    return k / (time.perf_counter() - t0)
+
+
+def train_epoch(store: Path, out: Path) -> dict:
+    "One epoch of Uni-Code (defaults, bs 256, 1 thread): items/s, loader share, peak RssAnon, held-out R@10"
+    import torch
+    from fastai.callback.core import Callback
+    from cmrl.train import train
+    torch.set_num_threads(1)
+    class Start(Callback):  # first of every callback at the start of a batch
+        order = -1000
+        def before_fit(self): self.waits, self.steps, self.t_end, self.t_start = [], [], None, None
+        def before_batch(self):
+            now = time.perf_counter()
+            if self.training and self.t_end is not None:
+                self.waits.append(now - self.t_end); self.steps.append(now - self.t_start)
+            self.t_start = now
+    class End(Callback):  # last of every callback at the end of a batch: from here to `Start` is waiting for data
+        order = 1000
+        def after_batch(self):
+            if self.training: clock.t_end = time.perf_counter()
+    clock = Start()
+    with PeakRss() as rss, warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        t0 = time.perf_counter()
+        s = train(data=str(store), bs=256, epochs=1, out=str(out), quiet=True, threads=1, cbs=[clock, End()])
+        fit = s.get('fit_seconds') or (time.perf_counter() - t0)
+    return {'n_train': s['n_train'], 'fit_s': fit, 'train_items_per_s_per_core': s['n_train'] / fit,
+            'loader_share': float(np.sum(clock.waits) / np.sum(clock.steps)) if clock.steps else float('nan'),
+            'peak_rss_mb': rss.peak, 'train_loss': s.get('train_loss')}
+
+
+def heldout_r10(store: Path, out: Path) -> float:
+    "Mean cross-modal R@10 of the trained model on the held-out items (every ordered pair of modalities)"
+    import torch
+    from cmrl.checkpoint import load_model
+    from cmrl.data.loaders import get_source
+    from cmrl.eval.ckpt import records_features
+    from cmrl.metrics import cross_modal_retrieval
+    model, _ = load_model(out / 'checkpoint.pt')
+    src = get_source(str(store))
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        f = records_features(model, src, list(src.split('test')), MODS, bs=256)
+    r = cross_modal_retrieval(f.emb, ids=f.ids, chance=False)
+    return float(np.mean([v['R@10'] for v in r.values()]))
+
+
+def cca_r10(store: Path, k: int = Z, eps: float = 1e-3) -> float:
+    "A linear CCA peer: per pair of modalities, fit on the time-mean features of the training items, R@10 held out"
+    from cmrl.data.store import FeatureStore
+    fs = FeatureStore(store)
+    n, tr = fs.n, fs.n - HELD
+    def pooled(a, b):
+        out = {}
+        for m in MODS:
+            rows = []
+            for s in range(len(fs.meta['shards'])):
+                lo, hi = int(fs.starts[s]), int(fs.starts[s + 1])
+                if hi <= a or lo >= b: continue
+                data = fs.shard(s)['mods'][m][0]
+                x = np.asarray(data[(max(a, lo) - lo) * T:(min(b, hi) - lo) * T], dtype=np.float32)
+                rows.append(x.reshape(-1, T, D).mean(1))
+            out[m] = np.concatenate(rows)
+        return out
+    S, mu, cnt = {}, {m: np.zeros(D) for m in MODS}, 0
+    for a in range(0, tr, 20000):
+        x = pooled(a, min(a + 20000, tr)); cnt += len(x[MODS[0]])
+        for m in MODS: mu[m] += x[m].sum(0)
+        for i, p in enumerate(MODS):
+            for q in MODS[i:]: S[p, q] = S.get((p, q), 0) + x[p].T.astype(np.float64) @ x[q]
+    mu = {m: v / cnt for m, v in mu.items()}
+    C = {(p, q): S[p, q] / cnt - np.outer(mu[p], mu[q]) for p, q in S}
+    def isqrt(c):
+        w, v = np.linalg.eigh(c + eps * np.trace(c) / len(c) * np.eye(len(c)))
+        return v @ np.diag(w ** -.5) @ v.T
+    held = pooled(tr, n)
+    rs = []
+    for i, p in enumerate(MODS):
+        for q in MODS[i + 1:]:
+            Wp, Wq = isqrt(C[p, p]), isqrt(C[q, q])
+            U, s, Vt = np.linalg.svd(Wp @ C[p, q] @ Wq)
+            ep, eq = (held[p] - mu[p]) @ Wp @ U[:, :k], (held[q] - mu[q]) @ Wq @ Vt.T[:, :k]
+            ep /= np.linalg.norm(ep, axis=1, keepdims=True); eq /= np.linalg.norm(eq, axis=1, keepdims=True)
+            sim = ep @ eq.T
+            for s_ in (sim, sim.T):
+                rank = (s_ > np.diag(s_)[:, None]).sum(1)
+                rs.append(100 * float((rank < 10).mean()))
+    return float(np.mean(rs))
+
+
+def run_size(n: int, work: Path, keep: bool = False, pack_only: bool = False) -> dict:
+    store, out = work / f"store-{n}", work / f"run-{n}"
+    for p in (store, out): shutil.rmtree(p, ignore_errors=True)
+    pack_s, gen_s = pack_planted(n, store)
+    from cmrl.data.store import FeatureStore
+    r = {'n': n, 'pack_s': pack_s, 'generate_s': gen_s, 'store_mb': FeatureStore(store).nbytes() / 1e6,
+         'raw_mb': n * len(MODS) * T * D * 2 / 1e6, 'load_items_per_s': load_rate(store)}
+    if pack_only:
+        shutil.rmtree(store, ignore_errors=True)
+        return r
+    r.update(train_epoch(store, out))
+    r['heldout_R@10'] = heldout_r10(store, out)
+    r['cca_heldout_R@10'] = cca_r10(store)
+    if not keep: shutil.rmtree(store, ignore_errors=True); shutil.rmtree(out, ignore_errors=True)
+    return r
+
+
+def line(r: dict) -> str:
+    return (f"scale: n={r['n']} pack_s={r['pack_s']:.1f} store_mb={r['store_mb']:.1f} raw_mb={r['raw_mb']:.1f} "
+            f"load_items_per_s={r['load_items_per_s']:.0f} "
+            f"train_items_per_s_per_core={r['train_items_per_s_per_core']:.0f} peak_rss_mb={r['peak_rss_mb']:.0f} "
+            f"loader_share={r['loader_share']:.3f} heldout_R@10={r['heldout_R@10']:.1f}")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('--sizes', default='10000,100000,1000000', help='comma-separated item counts (each > 1000)')
+    p.add_argument('--work', default=None, help='folder for the stores and runs (default: a temporary folder)')
+    p.add_argument('--json', default='benchmarks/scale.json', help="where to write the numbers ('' for nowhere)")
+    p.add_argument('--keep', action='store_true', help='keep the stores and runs')
+    p.add_argument('--pack-only', action='store_true', help='only pack and load (a `scale-pack:` line per size)')
+    a = p.parse_args(argv)
+    sizes = [int(s) for s in a.sizes.split(',') if s.strip()]
+    if any(n <= HELD + 256 for n in sizes):
+        p.error(f"--sizes: each size must exceed {HELD + 256} (1,000 held out, one batch)")
+    work = Path(a.work) if a.work else Path(tempfile.mkdtemp(prefix='cmrl-scale-'))
+    work.mkdir(parents=True, exist_ok=True)
+    res = []
+    for n in sizes:
+        r = run_size(n, work, a.keep, a.pack_only)
+        res.append(r)
+        if a.pack_only:
+            print(f"scale-pack: n={n} pack_s={r['pack_s']:.1f} generate_s={r['generate_s']:.1f} "
+                  f"store_mb={r['store_mb']:.1f} raw_mb={r['raw_mb']:.1f} load_items_per_s={r['load_items_per_s']:.0f}",
+                  flush=True)
+            continue
+        print(f"cca: n={n} heldout_R@10={r['cca_heldout_R@10']:.1f}", flush=True)
+        print(line(r), flush=True)
+    if a.json:
+        cmd = 'python benchmarks/scale.py ' + ' '.join(sys.argv[1:] if argv is None else argv)
+        Path(a.json).write_text(json.dumps({'command': cmd,
+                                            'cores': os.cpu_count(), 'threads': 1, 'sizes': res}, indent=1) + '\n')
+    if not a.work and not a.keep: shutil.rmtree(work, ignore_errors=True)
+    return res
+
+
+if __name__ == '__main__': main()

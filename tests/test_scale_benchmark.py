@@ -1,0 +1,45 @@
+"benchmarks/scale.py (issue 30) at a small size: the `scale:` line, a store of about the raw size, a working CCA peer."
+import mmap, re, subprocess, sys
+from pathlib import Path
+import pytest
+
+ROOT = Path(__file__).parents[1]
+LINE = re.compile(r"^scale: n=(\d+) pack_s=([\d.]+) store_mb=([\d.]+) raw_mb=([\d.]+) load_items_per_s=(\d+) "
+                  r"train_items_per_s_per_core=(\d+) peak_rss_mb=(\d+) loader_share=([\d.]+) "
+                  r"heldout_R@10=([\d.]+)$", re.M)
+
+
+def test_scale_small(tmp_path):
+    r = subprocess.run([sys.executable, str(ROOT / 'benchmarks' / 'scale.py'), '--sizes', '2000',
+                        '--json', str(tmp_path / 's.json'), '--work', str(tmp_path / 'w')],
+                       capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    m = LINE.search(r.stdout)
+    assert m, r.stdout
+    n, pack_s, store_mb, raw_mb, load, train, rss, share, r10 = m.groups()
+    assert int(n) == 2000 and float(store_mb) <= 1.1 * float(raw_mb) and int(load) > 0 and int(train) > 0
+    assert 0 <= float(share) <= 1 and 0 <= float(r10) <= 100
+    cca = float(re.search(r"^cca: n=2000 heldout_R@10=([\d.]+)$", r.stdout, re.M).group(1))
+    assert cca >= 90  # the planted structure is linear: a linear CCA finds it on 1,000 training items
+    assert not list((tmp_path / 'w').glob('store-*'))  # cleaned up
+
+
+def test_store_reads_through_memory_maps(tmp_path):
+    "Streaming: a store's rows stay memory-mapped files; a read copies one item, nothing is loaded whole"
+    import numpy as np
+    import importlib.util
+    spec = importlib.util.spec_from_file_location('scale', ROOT / 'benchmarks' / 'scale.py')
+    scale = importlib.util.module_from_spec(spec); spec.loader.exec_module(scale)
+    from cmrl.data.store import FeatureStore, StoreDataset
+    scale.pack_planted(1500, tmp_path / 'st', shard_size=500)
+    fs = FeatureStore(tmp_path / 'st')
+    ds = StoreDataset(fs, np.arange(fs.n), scale.MODS)
+    for i in range(0, fs.n, 7): ds[i]
+    assert len(fs.meta['shards']) == 3
+    def mapped(a):  # a view of a memory-mapped file
+        while a is not None and not isinstance(a, mmap.mmap): a = getattr(a, 'base', None)
+        return a is not None
+    for k in range(3):
+        for m in scale.MODS: assert all(map(mapped, fs.shard(k)['mods'][m]))
+    x = ds[1234]['audio']
+    assert x.shape == (10, 128) and x.dtype.is_floating_point and not isinstance(x.numpy(), np.memmap)
