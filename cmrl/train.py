@@ -415,7 +415,7 @@ def build_learner(cfg: TrainConfig,  # the run's settings
     set_seed(cfg.seed)
     model = make_model(cfg.model, mods, dims, **cfg.model_options())
     if cfg.decoders: model = with_decoders(model, cfg.decoders, info['src'])  # records the text vocabulary (ids -> strings) in model.config
-    if cfg.decoders: feed_pictures(model, dls)  # frozen picture features: the image decoder's targets come from the files
+    if cfg.decoders: feed_pictures(model, dls)  # frozen picture features: the image decoder reads the files
     config = {**asdict(cfg), 'modalities': mods, 'dims': dims, 'model_config': getattr(model, 'config', {}),
               'source': info['source'], 'max_len': info['max_len']}
     valid = info['n_valid'] > 0

@@ -73,29 +73,30 @@ class TextVocab:
     def __repr__(self): return f"TextVocab({self.spec.get('kind')}, size={self.size})"
 
 # %% ../../nbs/25a_models.decoders.ipynb #1c9c6c16
-PIXELS = 'pixels'  # the batch's `extra` entry with the image decoder's target pictures, `[B, 3, S, S]` uint8 read from the files
+PIXELS = 'pixels'  # `extra` entry of the image decoder's target pictures: `[B, 3, S, S]` uint8 from the files
 
 def text_ids(x: Tensor) -> Tensor:
     "The token ids of a text batch: `[B, L]` ids as they are, or the ids column of 'bytes+wordvec' (`[B, L, 1 + D]`)"
     if x.ndim == 2: return x.long()
     if x.ndim == 3 and x.is_floating_point(): return x[..., 0].round().long()
-    raise ValueError(f"text_ids: expected [B, L] token ids or [B, L, 1 + D] ids with word vectors, got {tuple(x.shape)} {x.dtype}")
+    raise ValueError(f"text_ids: expected [B, L] token ids or [B, L, 1 + D] ids with word vectors, "
+                     f"got {tuple(x.shape)} {x.dtype}")
 
 def no_text_ids(src=None) -> str:
     "Why the text decoder cannot train on a source whose text carries no token ids, with the flag that fixes it"
     kind = getattr(getattr(getattr(src, 'frontend_cfg', None), 'text', None), 'kind', None)
     what = f"--text-frontend {kind}" if kind else "precomputed text features"
-    return (f"--decoders text: the model reads text through {what}, which carries no token ids for the decoder to write; "
-            "add --text-frontend bytes+wordvec (or bytes)")
+    return (f"--decoders text: the model reads text through {what}, which carries no token ids for the decoder "
+            "to write; add --text-frontend bytes+wordvec (or bytes)")
 
 def picture_size(src, vis: str = IMAGE) -> int:
-    "The side of the pictures the image decoder draws when the encoders read frozen features: the source's picture size"
+    "Side of the pictures the image decoder draws when the encoders read frozen features: the source's picture size"
     cfg = getattr(getattr(src, 'frontend_cfg', None), 'image', None)
-    files = vis == IMAGE and cfg is not None and vis not in (getattr(src, 'npy_dims', None) or {})  # not `.npy` features
-    if not files: raise ValueError(f"--decoders image: the model reads {vis} as precomputed features and there are no picture "
-                                   "files to train the image decoder's tokenizer on; give each item an 'image' file, or add --image-frontend pixels")
-    s = cfg.size if isinstance(cfg.size, int) else max(cfg.size)
-    return int(s)
+    files = vis == IMAGE and cfg is not None and vis not in (getattr(src, 'npy_dims', None) or {})  # no `.npy`
+    if not files: raise ValueError(f"--decoders image: the model reads {vis} as precomputed features and there are no "
+                                   "picture files to train the image decoder's tokenizer on; give each item an 'image' "
+                                   "file, or add --image-frontend pixels")
+    return int(cfg.size if isinstance(cfg.size, int) else max(cfg.size))
 
 
 # %% ../../nbs/25a_models.decoders.ipynb #7c7240dc
@@ -215,8 +216,8 @@ def _forward(self: WithDecoders, *args) -> ModelOutput:
         vis = next((m for m in VISUAL if m in b.x), None)
         f, mk, pres = _sources(b, out, self.image_sources())
         if vis is not None and f:
-            span, px = (b.extra or {}).get('span'), (b.extra or {}).get(PIXELS)  # PIXELS: the picture files (`PictureTargets`)
-            img = (px.float() / 255 if isinstance(px, Tensor) else
+            span, px = (b.extra or {}).get('span'), (b.extra or {}).get(PIXELS)  # `PictureTargets`
+            img = (px.to(out.loss.device).float() / 255 if isinstance(px, Tensor) else
                    target_pictures(b.x[vis].float(), span if isinstance(span, Tensor) else None))
             losses['gen_image'] = self.w_image * self.image.loss(img, b.present[vis], f, mk, pres)
             extra.append(losses['gen_image'])
@@ -300,29 +301,25 @@ def rebuild_with_decoders(config: dict,  # a recorded configuration with a `deco
 
 # %% ../../nbs/25a_models.decoders.ipynb #24670b63
 class PictureTargets(torch.utils.data.Dataset):
-    "A dataset whose items also carry their picture file as pixels in `extra[PIXELS]`: the image decoder's targets when the encoders read frozen features"
+    "A dataset whose items also carry their picture file as pixels in `extra[PIXELS]` (the image decoder's targets)"
     def __init__(self, ds,  # a `FeatureDataset` (records with an `image` path, a feature cache)
                  size: int):  # side S of the pictures
         self.ds, self.size = ds, size
         self.fe = ImageFrontend(ImageConfig(size=size))
-        self.key = f"decoder-pixels|{self.fe.cfg}"
+        self.key = f"decoder-pixels|{self.fe.cfg}"  # the feature cache's key of these pixels
     def __len__(self): return len(self.ds)
-    def __getattr__(self, k):
+    def __getattr__(self, k):  # everything else is the wrapped dataset's
         if k == 'ds': raise AttributeError(k)
         return getattr(self.ds, k)
     def picture(self, path) -> Tensor:
         "`[3, S, S]` uint8 pixels of a picture file (through the feature cache); zeros if it cannot be read"
-        cache = getattr(self.ds, 'cache', None)
-        try: a = (cache.get_or_make('image', path, self.key, lambda: self.fe.uint8(path).numpy()) if cache is not None
-                  else self.fe.uint8(path).numpy())
-        except Exception: return torch.zeros(3, self.size, self.size, dtype=torch.uint8)
-        return torch.as_tensor(a)
+        cache, make = getattr(self.ds, 'cache', None), lambda: self.fe.uint8(path).numpy()
+        try: return torch.as_tensor(cache.get_or_make('image', path, self.key, make) if cache is not None else make())
+        except Exception: return torch.zeros(3, self.size, self.size, dtype=torch.uint8)  # features say absent
     def __getitem__(self, i: int) -> dict:
-        item = self.ds[i]
-        p = self.ds.records[i].get(IMAGE)
-        item['extra'] = {**(item.get('extra') or {}),
-                         PIXELS: self.picture(p) if p else torch.zeros(3, self.size, self.size, dtype=torch.uint8)}
-        return item
+        item, p = self.ds[i], self.ds.records[i].get(IMAGE)
+        px = self.picture(p) if p else torch.zeros(3, self.size, self.size, dtype=torch.uint8)
+        return {**item, 'extra': {**(item.get('extra') or {}), PIXELS: px}}
 
 def feed_pictures(model: nn.Module,  # the model, maybe with decoders (`with_decoders`)
                   dls,  # its fastai `DataLoaders`
@@ -332,6 +329,7 @@ def feed_pictures(model: nn.Module,  # the model, maybe with decoders (`with_dec
     dims = (getattr(model, 'config', {}) or {}).get('dims', {})
     if img is None or 'in_dim' not in dims.get(IMAGE, {}): return False
     for dl in dls.loaders:
-        if not isinstance(dl.dataset, PictureTargets) and len(dl.dataset): dl.dataset = PictureTargets(dl.dataset, img.tok.image_size)
+        if isinstance(dl.dataset, PictureTargets) or not len(dl.dataset): continue
+        dl.dataset = PictureTargets(dl.dataset, img.tok.image_size)
     return True
 
