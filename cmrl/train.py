@@ -20,7 +20,7 @@ from .encoders import input_dims, ngram_problem, ModalityEncoder
 from .data.loaders import get_source, source_dls
 from .data.text import word_vectors
 from .models.registry import MODELS, make_model
-from .models.decoders import with_decoders, decoder_errors
+from .models.decoders import with_decoders, decoder_errors, feed_pictures
 from .metrics import cross_modal_retrieval
 from .checkpoint import CheckpointError, find_checkpoint, read_checkpoint, load_checkpoint
 from .callbacks import *
@@ -415,6 +415,7 @@ def build_learner(cfg: TrainConfig,  # the run's settings
     set_seed(cfg.seed)
     model = make_model(cfg.model, mods, dims, **cfg.model_options())
     if cfg.decoders: model = with_decoders(model, cfg.decoders, info['src'])  # records the text vocabulary (ids -> strings) in model.config
+    if cfg.decoders: feed_pictures(model, dls)  # frozen picture features: the image decoder reads the files
     config = {**asdict(cfg), 'modalities': mods, 'dims': dims, 'model_config': getattr(model, 'config', {}),
               'source': info['source'], 'max_len': info['max_len']}
     valid = info['n_valid'] > 0

@@ -14,10 +14,12 @@ from ..core import *
 from .core import *
 from ..heads.textdec import CrossModalMemory, TextDecoder
 from ..data.text import tokenizer_from_dict, MASK
+from ..data.image import ImageFrontend, ImageConfig
 
 # %% auto #0
-__all__ = ['DECODERS', 'MIN_STEPS', 'parse_decoders', 'decoder_errors', 'text_vocab', 'TextVocab', 'target_pictures',
-           'ImageDecoder', 'WithDecoders', 'attach_decoders', 'with_decoders', 'rebuild_with_decoders']
+__all__ = ['DECODERS', 'MIN_STEPS', 'PIXELS', 'parse_decoders', 'decoder_errors', 'text_vocab', 'TextVocab', 'text_ids',
+           'no_text_ids', 'picture_size', 'target_pictures', 'ImageDecoder', 'WithDecoders', 'attach_decoders',
+           'with_decoders', 'rebuild_with_decoders', 'PictureTargets', 'feed_pictures']
 
 # %% ../../nbs/25a_models.decoders.ipynb #fcc53496
 DECODERS = ('text', 'image')  # the decoders `--decoders` can name
@@ -69,6 +71,33 @@ class TextVocab:
         if self.tok is not None: return self.tok.encode(s)
         return torch.tensor([self.stoi.get(w, 1) for w in s.lower().split()], dtype=torch.long)
     def __repr__(self): return f"TextVocab({self.spec.get('kind')}, size={self.size})"
+
+# %% ../../nbs/25a_models.decoders.ipynb #1c9c6c16
+PIXELS = 'pixels'  # `extra` entry of the image decoder's target pictures: `[B, 3, S, S]` uint8 from the files
+
+def text_ids(x: Tensor) -> Tensor:
+    "The token ids of a text batch: `[B, L]` ids as they are, or the ids column of 'bytes+wordvec' (`[B, L, 1 + D]`)"
+    if x.ndim == 2: return x.long()
+    if x.ndim == 3 and x.is_floating_point(): return x[..., 0].round().long()
+    raise ValueError(f"text_ids: expected [B, L] token ids or [B, L, 1 + D] ids with word vectors, "
+                     f"got {tuple(x.shape)} {x.dtype}")
+
+def no_text_ids(src=None) -> str:
+    "Why the text decoder cannot train on a source whose text carries no token ids, with the flag that fixes it"
+    kind = getattr(getattr(getattr(src, 'frontend_cfg', None), 'text', None), 'kind', None)
+    what = f"--text-frontend {kind}" if kind else "precomputed text features"
+    return (f"--decoders text: the model reads text through {what}, which carries no token ids for the decoder "
+            "to write; add --text-frontend bytes+wordvec (or bytes)")
+
+def picture_size(src, vis: str = IMAGE) -> int:
+    "Side of the pictures the image decoder draws when the encoders read frozen features: the source's picture size"
+    cfg = getattr(getattr(src, 'frontend_cfg', None), 'image', None)
+    files = vis == IMAGE and cfg is not None and vis not in (getattr(src, 'npy_dims', None) or {})  # no `.npy`
+    if not files: raise ValueError(f"--decoders image: the model reads {vis} as precomputed features and there are no "
+                                   "picture files to train the image decoder's tokenizer on; give each item an 'image' "
+                                   "file, or add --image-frontend pixels")
+    return int(cfg.size if isinstance(cfg.size, int) else max(cfg.size))
+
 
 # %% ../../nbs/25a_models.decoders.ipynb #7c7240dc
 def target_pictures(x: Tensor,  # `[B, 3, H, W]` pictures or `[B, T, 3, H, W]` clips
@@ -181,14 +210,15 @@ def _forward(self: WithDecoders, *args) -> ModelOutput:
         if f:
             mem, mmask = self.text_memory(f, mk, pres)
             ym = b.mask[TEXT] & b.present[TEXT][:, None]
-            losses['gen_text'] = self.w_text * self.text.loss(b.x[TEXT], ym, mem, mmask)
+            losses['gen_text'] = self.w_text * self.text.loss(text_ids(b.x[TEXT]), ym, mem, mmask)
             extra.append(losses['gen_text'])
     if self.image is not None:
         vis = next((m for m in VISUAL if m in b.x), None)
         f, mk, pres = _sources(b, out, self.image_sources())
         if vis is not None and f:
-            span = (b.extra or {}).get('span')
-            img = target_pictures(b.x[vis].float(), span if isinstance(span, Tensor) else None)
+            span, px = (b.extra or {}).get('span'), (b.extra or {}).get(PIXELS)  # `PictureTargets`
+            img = (px.to(out.loss.device).float() / 255 if isinstance(px, Tensor) else
+                   target_pictures(b.x[vis].float(), span if isinstance(span, Tensor) else None))
             losses['gen_image'] = self.w_image * self.image.loss(img, b.present[vis], f, mk, pres)
             extra.append(losses['gen_image'])
     return out._replace(loss=out.loss + sum(extra), losses=losses)
@@ -239,7 +269,7 @@ def with_decoders(model: nn.Module,  # a cmrl model built by `make_model` (it re
     spec = {'which': list(ds), 'w_text': w_text, 'w_image': w_image}
     if 'text' in ds:
         if TEXT not in mods: raise ValueError(f"--decoders text: the model has no text modality ({', '.join(mods)}); train with text")
-        if 'vocab' not in dims.get(TEXT, {}): raise ValueError("--decoders text: the model reads text as precomputed features, not token ids; the text decoder needs a tokenizer's ids")
+        if 'vocab' not in dims.get(TEXT, {}): raise ValueError(no_text_ids(src))
         srcs = [m for m in mods if m != TEXT]
         if not srcs: raise ValueError("--decoders text: the model has no modality besides text to write it from")
         spec['vocab'] = vocab = vocab if vocab is not None else text_vocab(src) if src is not None else None
@@ -252,12 +282,11 @@ def with_decoders(model: nn.Module,  # a cmrl model built by `make_model` (it re
     if 'image' in ds:
         vis = next((m for m in mods if m in VISUAL), None)
         if vis is None: raise ValueError(f"--decoders image: the model has no image or video modality ({', '.join(mods)})")
-        if 'in_dim' in dims[vis] or 'size' not in dims[vis]:
-            raise ValueError(f"--decoders image: the model reads {vis} as precomputed features; the image decoder needs pixels (--image-frontend pixels)")
+        size = int(dims[vis]['size']) if 'size' in dims[vis] and 'in_dim' not in dims[vis] else picture_size(src, vis)
         srcs = [m for m in mods if m not in VISUAL]
         if not srcs: raise ValueError("--decoders image: the model has no text or sound to draw a picture from")
         im = dict(image or {})
-        spec['image'] = dict(sources=srcs, d_memory=D, image_size=int(dims[vis]['size']), p_drop=p_drop, **im)
+        spec['image'] = dict(sources=srcs, d_memory=D, image_size=size, p_drop=p_drop, **im)
         spec['image'] = ImageDecoder(**spec['image']).config  # the full settings (defaults filled in)
     return attach_decoders(model, spec)
 
@@ -269,3 +298,38 @@ def rebuild_with_decoders(config: dict,  # a recorded configuration with a `deco
     spec = cfg.pop('decoders', None)
     if not spec: raise ValueError("rebuild_with_decoders: the configuration has no 'decoders' entry")
     return attach_decoders(rebuild_base(cfg), spec)
+
+# %% ../../nbs/25a_models.decoders.ipynb #24670b63
+class PictureTargets(torch.utils.data.Dataset):
+    "A dataset whose items also carry their picture file as pixels in `extra[PIXELS]` (the image decoder's targets)"
+    def __init__(self, ds,  # a `FeatureDataset` (records with an `image` path, a feature cache)
+                 size: int):  # side S of the pictures
+        self.ds, self.size = ds, size
+        self.fe = ImageFrontend(ImageConfig(size=size))
+        self.key = f"decoder-pixels|{self.fe.cfg}"  # the feature cache's key of these pixels
+    def __len__(self): return len(self.ds)
+    def __getattr__(self, k):  # everything else is the wrapped dataset's
+        if k == 'ds': raise AttributeError(k)
+        return getattr(self.ds, k)
+    def picture(self, path) -> Tensor:
+        "`[3, S, S]` uint8 pixels of a picture file (through the feature cache); zeros if it cannot be read"
+        cache, make = getattr(self.ds, 'cache', None), lambda: self.fe.uint8(path).numpy()
+        try: return torch.as_tensor(cache.get_or_make('image', path, self.key, make) if cache is not None else make())
+        except Exception: return torch.zeros(3, self.size, self.size, dtype=torch.uint8)  # features say absent
+    def __getitem__(self, i: int) -> dict:
+        item, p = self.ds[i], self.ds.records[i].get(IMAGE)
+        px = self.picture(p) if p else torch.zeros(3, self.size, self.size, dtype=torch.uint8)
+        return {**item, 'extra': {**(item.get('extra') or {}), PIXELS: px}}
+
+def feed_pictures(model: nn.Module,  # the model, maybe with decoders (`with_decoders`)
+                  dls,  # its fastai `DataLoaders`
+                 ) -> bool:  # whether the loaders now carry pictures
+    "Give the image decoder its target pictures from the files when the encoders read frozen picture features"
+    img = getattr(model, 'image', None)
+    dims = (getattr(model, 'config', {}) or {}).get('dims', {})
+    if img is None or 'in_dim' not in dims.get(IMAGE, {}): return False
+    for dl in dls.loaders:
+        if isinstance(dl.dataset, PictureTargets) or not len(dl.dataset): continue
+        dl.dataset = PictureTargets(dl.dataset, img.tok.image_size)
+    return True
+
