@@ -49,6 +49,7 @@ def _json_kind(p: Path) -> str | None:
     return 'data' if 'splits' in d else None
 
 def _file_kind(p: Path) -> str | None:
+    if p.name == 'store.json': return 'pack'  # a feature store's metadata (`cmrl pack`)
     if p.suffix == '.json': return _json_kind(p)
     return next((k for k, names in OUTPUTS.items() if any(p.match(n) for n in names)), None)
 
