@@ -38,7 +38,6 @@ for every cmrl row: `--train-args "--epochs 40 --image-size 64"`.
 from __future__ import annotations
 import argparse, json, os, shlex, subprocess, sys, tempfile, time
 from pathlib import Path
-import numpy as np
 import torch
 from cmrl.data.splits import make_split, read_split, write_manifests
 from cmrl.eval.benchmark import MODS, Part, score, leaves, aggregate

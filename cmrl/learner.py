@@ -18,7 +18,6 @@ from .core import *
 from .models.core import *
 from .heads.adversarial import GradientReversal, GRLSchedule
 from .callbacks import *
-from .distributed import distrib_ctx, init_distributed  # `cmrl.train` runs inside `distrib_ctx`
 
 # %% auto #0
 __all__ = ['main_params', 'cmrl_learner']

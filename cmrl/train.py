@@ -25,15 +25,16 @@ from .metrics import cross_modal_retrieval
 from .checkpoint import CheckpointError, find_checkpoint, read_checkpoint, load_checkpoint
 from .callbacks import *
 from .augment import BatchAugment
-from .learner import cmrl_learner, distrib_ctx, init_distributed
+from .learner import cmrl_learner
+from .distributed import distrib_ctx, init_distributed
 
 # %% auto #0
 __all__ = ['RUN_FILES', 'RUNS', 'EVAL_OUTPUTS', 'STOP_SIGNALS', 'SPLIT_FIELDS', 'train_cli', 'TrainConfig', 'flag',
-           'check_config', 'pick_device', 'run_files', 'remove_run_files', 'numbered', 'next_free', 'RunLock', 'claim',
-           'claim_free', 'RunPlan', 'run_folder', 'check_pairs', 'crop_long_features', 'source_kwargs',
-           'check_modalities', 'wordvec_coverage', 'make_dls', 'SkipValidation', 'without_validation', 'build_learner',
-           'stop_signals', 'Interrupted', 'fit', 'ran_precision', 'valid_retrieval', 'check_same_split', 'trained_ids',
-           'train', 'train_parser', 'summary_text', 'train_cmd']
+           'check_config', 'pick_device', 'run_files', 'remove_run_files', 'numbered', 'RunLock', 'claim', 'claim_free',
+           'RunPlan', 'run_folder', 'check_pairs', 'crop_long_features', 'source_kwargs', 'check_modalities',
+           'wordvec_coverage', 'make_dls', 'SkipValidation', 'without_validation', 'build_learner', 'stop_signals',
+           'Interrupted', 'fit', 'ran_precision', 'valid_retrieval', 'check_same_split', 'trained_ids', 'train',
+           'train_parser', 'summary_text', 'train_cmd']
 
 # %% ../nbs/35_train.ipynb #2606d7b0
 @dataclass
@@ -176,14 +177,6 @@ def numbered(base=RUNS) -> list[Path]:
         n = p.name[len(base.name):]
         if n == '' or (n[:1] == '-' and n[1:].isdigit()): out.append((int(n[1:] or 1), p))
     return [p for _, p in sorted(out)]
-
-def next_free(base=RUNS) -> Path:
-    "The first of `base`, `base-2`, `base-3`, ... that holds no run"
-    base, i = Path(base), 1
-    while True:
-        p = base if i == 1 else base.with_name(f"{base.name}-{i}")
-        if not run_files(p) and not (p.exists() and not p.is_dir()): return p
-        i += 1
 
 # %% ../nbs/35_train.ipynb #89970340
 class RunLock:

@@ -23,12 +23,12 @@ from .pretrained import IMAGE_FRONTENDS, image_frontend_dim, PretrainedImageFron
 from .whisper import SpeechConfig, speech_frontend_dim, speech_frontend_version, WhisperFrontend
 
 # %% auto #0
-__all__ = ['CACHE_FORMAT', 'PARTS', 'FEATURE_SUFFIX', 'EXTRA_FIELDS', 'FrontendConfig', 'Frontends', 'feature_shape',
+__all__ = ['CACHE_FORMAT', 'FRONTEND_PARTS', 'FEATURE_SUFFIX', 'EXTRA_FIELDS', 'FrontendConfig', 'Frontends', 'feature_shape',
            'load_features', 'default_cache_dir', 'FeatureCache', 'FeatureDataset']
 
 # %% ../../nbs/04_data.cache.ipynb #2d7a4014
 CACHE_FORMAT = 1  # bump when the cached feature format changes
-PARTS = ('audio', 'image', 'text', 'speech')  # the parts of a `FrontendConfig`
+FRONTEND_PARTS = ('audio', 'image', 'text', 'speech')  # the parts of a `FrontendConfig`
 
 @dataclass(frozen=True)
 class FrontendConfig:
@@ -57,13 +57,13 @@ class FrontendConfig:
         return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
     def replace(self, **kw) -> 'FrontendConfig':
         "A copy with parts or fields replaced: `replace(audio=AudioConfig(...))`, `replace(n_mels=80, size=32)` or `replace(image_frontend='efficientnet_lite0')`"
-        parts = {k: kw.pop(k) for k in PARTS if k in kw}
+        parts = {k: kw.pop(k) for k in FRONTEND_PARTS if k in kw}
         new = replace(self, **parts)
         for k in list(kw):  # `<part>_<field>` names, e.g. `image_frontend`, `text_kind`
             part, _, f = k.partition('_')
-            if part in PARTS and f in getattr(new, part).__dataclass_fields__:
+            if part in FRONTEND_PARTS and f in getattr(new, part).__dataclass_fields__:
                 new = replace(new, **{part: replace(getattr(new, part), **{f: kw.pop(k)})})
-        for part in PARTS:
+        for part in FRONTEND_PARTS:
             sub = getattr(new, part)
             mine = {k: kw.pop(k) for k in list(kw) if k in sub.__dataclass_fields__}
             if mine: new = replace(new, **{part: replace(sub, **mine)})

@@ -50,8 +50,9 @@ def pack_cmd(source: str,  # 'tuxpaint', a JSON Lines manifest (or its folder), 
         if isinstance(src, StoreSource): raise ValueError(f"{source}: already a store; give the manifest it came from")
         m = pack(src, store, float16=float16, shard_size=shard_size, append=append, cache=cache or True, say=say)
     fs = FeatureStore(store)
+    split = fs.column('split')  # one pass over the shards
     return {'store': str(fs.path), 'items': fs.n, 'shards': len(m['shards']), 'modalities': m['modalities'],
-            'splits': {k: int((fs.column('split') == i).sum()) for i, k in enumerate(m['split_names'])},
+            'splits': {k: int((split == i).sum()) for i, k in enumerate(m['split_names'])},
             'bytes': fs.nbytes(), 'float16': m['float16'], 'seconds': round(time.time() - t0, 2)}
 
 pack_cli = command(pack_cmd, 'cmrl pack', pos=('source', 'store'), refused=(TypeError,),

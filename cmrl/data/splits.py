@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from .loaders import get_source
+from .source import SPLITS
 
 # %% auto #0
 __all__ = ['PARTS', 'left_out', 'write_split', 'make_split', 'read_split', 'write_manifests']
@@ -48,7 +49,8 @@ def make_split(lang: str = 'fr',  # the language of the texts and spoken descrip
             if why: left[why] = left.get(why, 0) + 1; continue
             items.append({'id': r['id'], 'split': part, 'group': r['group'], 'category': r['category']})
     d = {'source': 'tuxpaint', 'lang': lang,
-         'split_rule': "cmrl's TuxPaint grouped split (fracs 0.7/0.15/0.15, split_seed 0)",
+         'split_rule': (f"cmrl's TuxPaint grouped split (fracs {'/'.join(str(f) for _, f in source_kw.get('fracs', SPLITS))}, "
+                        f"split_seed {source_kw.get('split_seed', 0)})"),
          'kept': 'stamps with a PNG picture, a spoken description and a text in this language',
          'left_out': left, 'counts': {p: sum(i['split'] == p for i in items) for p in PARTS}, 'items': items}
     if out is not None: write_split(d, out)

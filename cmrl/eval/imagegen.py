@@ -6,7 +6,7 @@ Docs: https://cmrl-dev.github.io/cmrl/eval.imagegen.html.md"""
 
 # %% ../../nbs/48_eval.imagegen.ipynb #bbec5af4
 from __future__ import annotations
-import math, random, textwrap
+import math, textwrap
 from collections import Counter
 from typing import Sequence
 import torch

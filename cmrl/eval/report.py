@@ -319,7 +319,6 @@ def eval_cmd(ckpt: Annotated[str, dict(opt=True, required=True)],  # folder `cmr
     "Evaluate a cmrl checkpoint; print the metrics as JSON and write them with plots to --out."
     ck = Path(ckpt)
     o = None if out == '-' else Path(out) if out else (ck if ck.is_dir() else ck.parent) / f'eval-{task}'
-    if o is not None: check_out(o, 'eval')
     split = None if split == 'all' else split
     res = run_eval(ckpt, data, task, src_from, to, fit, split, fit_split, pool, o, n_test, langs, bs, progress, device,
                    weights, bits=bits)

@@ -7,7 +7,7 @@ Docs: https://cmrl-dev.github.io/cmrl/heads.hashing.html.md"""
 # %% ../../nbs/19_heads.hashing.ipynb #8e5e4052
 from __future__ import annotations
 from fastcore.basics import store_attr
-import math, random
+import math
 from typing import Sequence
 import numpy as np
 import torch

@@ -7,7 +7,7 @@ Docs: https://cmrl-dev.github.io/cmrl/heads.imagegen.html.md"""
 # %% ../../nbs/19b_heads.imagegen.ipynb #19d52d9e
 from __future__ import annotations
 from fastcore.basics import store_attr
-import math, random
+import math
 from typing import NamedTuple
 import torch
 from torch import nn, Tensor
