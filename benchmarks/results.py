@@ -40,7 +40,8 @@ import argparse, json, os, shlex, subprocess, sys, tempfile, time
 from pathlib import Path
 import torch
 from cmrl.data.splits import make_split, read_split, write_manifests
-from cmrl.eval.benchmark import MODS, Part, score, leaves, aggregate
+import numpy as np
+from cmrl.eval.benchmark import MODS, Part, score, leaves, aggregate, bootstrap_interval
 
 ROOT = Path(__file__).resolve().parent.parent
 SPLIT_FILE = ROOT / 'benchmarks' / 'splits' / 'tuxpaint_fr.json'
@@ -121,23 +122,78 @@ def run_cmrl(model: str, seed: int, manifest: Path, work: Path, part: str, train
     wall = time.time() - t
     summ = json.loads((run / 'metrics.json').read_text())
     tr, te, K, weights = cmrl_parts(run, manifest, part)
-    res = score(tr, te, K, seed)
+    res = score(tr, te, K, seed, per_item=True)
     res.update(weights=weights, train_seconds=summ.get('fit_seconds'), wall_seconds=round(wall, 1), n_params=summ.get('n_params'),
                command=' '.join(cmd[len(_cmrl_cmd()):]))
     return res
 
+# ----------------------------------------------------------------------------- the cascade peer
+def transcripts(work: Path, rows: list, part: str, lang: str) -> dict:
+    "Whisper's transcript of every recording of `part` (id -> text), cached in `work`"
+    f = work / f'transcripts-{part}.json'
+    if f.exists(): return json.loads(f.read_text(encoding='utf-8'))
+    from cmrl.data.whisper import WhisperFrontend, SpeechConfig
+    todo = [r for r in rows if r['split'] == part]
+    said = WhisperFrontend(SpeechConfig('whisper_base')).transcribe([r['speech'] for r in todo], lang=lang)
+    out = {r['id']: t for r, t in zip(todo, said)}
+    f.write_text(json.dumps(out, ensure_ascii=False, indent=0), encoding='utf-8')
+    return out
+
+def run_cascade(seed: int, manifest: Path, work: Path, part: str, lang: str, model: str = 'unicode') -> dict:
+    "A recording stands in for its caption: its Whisper transcript through the text path of cmrl's `model` run"
+    import jiwer
+    run = work / f'{model}-s{seed}'
+    if not (run / 'checkpoint.pt').exists(): raise FileNotFoundError(f"{run}: the cascade reads a {model} run; run that row first")
+    rows = [json.loads(l) for l in manifest.read_text(encoding='utf-8').splitlines()]
+    said = transcripts(work, rows, part, lang)
+    tman = work / f'cmrl_transcripts_{part}.jsonl'
+    tman.write_text(''.join(json.dumps({**r, 'text': said.get(r['id'], r['text'])}, ensure_ascii=False) + '\n' for r in rows),
+                    encoding='utf-8')
+    tr, te, _, _ = cmrl_parts(run, manifest, part)
+    _, heard, _, _ = cmrl_parts(run, tman, part)
+    assert heard.ids == te.ids
+    # training part: the captions stand in for the recordings (the cascade has no speech of its own)
+    train = Part(tr.ids, tr.groups, tr.labels, {**tr.emb, 'speech': tr.emb['text']}, {**tr.probe, 'speech': tr.probe['text']})
+    test = Part(te.ids, te.groups, te.labels, {**te.emb, 'speech': heard.emb['text']}, {**te.probe, 'speech': heard.probe['text']})
+    res = score(train, test, None, seed, per_item=True)
+    truth = {r['id']: r['text'] for r in rows}
+    res.update(transcript_cer=100 * jiwer.cer([truth[i] for i in te.ids], [said[i] for i in te.ids]),
+               command=f"transcripts of the {part} recordings (Whisper-base, 30 s window, greedy) through {run.name}'s text path")
+    return res
+
 REF_TIME_BUDGET = '100000'  # the reference's own default wall-clock cap (450 s) cuts its 1000 steps short on a loaded machine
 
-def _ref_files(work: Path, seed: int, part: str) -> tuple[Path, Path]:
+def _ref_files(work: Path, seed: int, part: str, kind: str = 'ref') -> tuple[Path, Path]:
     "Where one reference run dumps its embeddings and writes its own JSON"
-    return work / f'ref-s{seed}-{part}.pt', work / f'ref-s{seed}-{part}.json'
+    return work / f'{kind}-s{seed}-{part}.pt', work / f'{kind}-s{seed}-{part}.json'
 
-def reference_command(script: Path, seed: int, paths: dict, work: Path, part: str, ref_args: list) -> list:
+def reference_command(script: Path, seed: int, paths: dict, work: Path, part: str, ref_args: list, kind: str = 'ref') -> list:
     "The reference script's command line: its protocol's full step count, whatever the machine's load, unless `ref_args` set a time budget"
-    dump, outj = _ref_files(work, seed, part)
+    dump, outj = _ref_files(work, seed, part, kind)
     budget = [] if any(a.startswith('--time-budget') for a in ref_args) else ['--time-budget', REF_TIME_BUDGET]
-    return [sys.executable, str(script), str(paths['ref_train']), str(paths[f'ref_{part}']), '--seed', str(seed),
+    return [sys.executable, str(script), str(paths[f'{kind}_train']), str(paths[f'{kind}_{part}']), '--seed', str(seed),
             '--skip-untrained', '--dump', str(dump), '--out', str(outj), *budget, *ref_args]
+
+REF_FEATURES = ('image', 'speech')  # the frozen front-ends cmrl's default reads, given to the reference too
+
+def reference_feature_manifests(work: Path, paths: dict, run: Path | None = None) -> dict:
+    "The reference's manifests with `image_features` / `speech_features`: the very features cmrl's run `run` trains on"
+    from cmrl.checkpoint import read_checkpoint
+    from cmrl.eval.ckpt import ckpt_source
+    run = run or next((d for d in sorted(work.glob('*-s*')) if (d / 'checkpoint.pt').exists()), None)
+    if run is None: raise FileNotFoundError(f"no cmrl run in {work} to take the front-end settings from; run a cmrl row first")
+    src = ckpt_source(read_checkpoint(run), str(paths['cmrl']))
+    exp = src.export_features(work / 'ref_features', modalities=REF_FEATURES)
+    feats = {}
+    for line in Path(exp['manifest']).read_text(encoding='utf-8').splitlines():
+        r = json.loads(line); feats[str(r['id'])] = {f'{m}_features': r[f'{m}_features'] for m in REF_FEATURES if f'{m}_features' in r}
+    out = {}
+    for part in ('train', 'valid', 'test'):
+        rows = [json.loads(l) for l in paths[f'ref_{part}'].read_text(encoding='utf-8').splitlines()]
+        rows = [{**r, **feats.get(str(r['id']), {})} for r in rows]
+        out[f'feat_{part}'] = work / f'ref_feat_{part}.jsonl'
+        out[f'feat_{part}'].write_text(''.join(json.dumps(r, ensure_ascii=False) + '\n' for r in rows), encoding='utf-8')
+    return out
 
 def reference_parts(dump: Path, paths: dict) -> tuple[Part, Part]:
     "The training and scored parts of one reference run from its `--dump` file (groups from the cmrl manifest)"
@@ -149,9 +205,12 @@ def reference_parts(dump: Path, paths: dict) -> tuple[Part, Part]:
         return Part(x['id'], [groups[i] for i in x['id']], x['label'], {'image': x['image'], 'speech': x['audio'], 'text': x['text']})
     return part_of(d['train']), part_of(d['test'])
 
-def run_reference(script: Path, seed: int, paths: dict, work: Path, part: str, ref_args: list, reuse: bool = False) -> dict:
-    dump, outj = _ref_files(work, seed, part)
-    cmd = reference_command(script, seed, paths, work, part, ref_args)
+def run_reference(script: Path, seed: int, paths: dict, work: Path, part: str, ref_args: list, reuse: bool = False,
+                  kind: str = 'ref') -> dict:
+    "One reference run ('ref': from scratch; 'feat': on cmrl's frozen front-end features), scored by cmrl's scorer"
+    dump, outj = _ref_files(work, seed, part, kind)
+    if kind == 'feat': ref_args = ['--features', ','.join(REF_FEATURES), *ref_args]
+    cmd = reference_command(script, seed, paths, work, part, ref_args, kind)
     print('  $', ' '.join(shlex.quote(c) for c in cmd), file=sys.stderr, flush=True)
     t = time.time()
     if not (reuse and dump.exists() and outj.exists()):
@@ -159,7 +218,7 @@ def run_reference(script: Path, seed: int, paths: dict, work: Path, part: str, r
         if p.returncode != 0: raise RuntimeError(f"reference failed ({p.returncode}):\n{p.stderr[-3000:]}")
     wall = time.time() - t
     own = json.loads(outj.read_text())
-    res = score(*reference_parts(dump, paths), None, seed)
+    res = score(*reference_parts(dump, paths), None, seed, per_item=True)
     tr = own['trained']
     res.update(train_seconds=own.get('train_time_s'), wall_seconds=round(wall, 1), n_params=own.get('params', {}).get('total'), steps=own.get('steps'),
                command=' '.join(cmd[1:]),
@@ -256,6 +315,108 @@ def targets(res: dict, row: str = 'unicode', ref: str = 'reference') -> dict:
     return out
 
 
+# ----------------------------------------------------------------------------- a language never trained on
+def zero_shot(models: list, seeds: list, work: Path, man: dict, zsplit: dict, part: str, reference: Path | None,
+              ref_args: list, reuse: bool) -> dict:
+    "Rows `<model> -> <lang>`: the runs in `work` (trained on one language) scored on another language's `part`"
+    lang = zsplit['lang']
+    zw = work / f'zero-shot-{lang}'
+    zman = write_manifests(zsplit, zw)
+    rows = {}
+    def put(name, s, r):
+        row = rows.setdefault(name, {'per_seed': {}, 'seeds': [], 'per_item': {}})
+        row['per_item'][str(s)] = r.pop('per_item'); row['per_seed'][str(s)] = r; row['seeds'].append(s)
+    for m in models:
+        for s in seeds:
+            run = work / f'{m}-s{s}'
+            if not (run / 'checkpoint.pt').exists(): continue
+            print(f"[{time.strftime('%H:%M:%S')}] {m} seed {s} scored on {lang} {part}", file=sys.stderr, flush=True)
+            tr, te, K, w = cmrl_parts(run, zman['paths']['cmrl'], part)
+            put(f'{m} -> {lang}', s, {**score(tr, te, K, s, per_item=True), 'weights': w})
+    if reference is not None:  # trained on the first language's features, tested on this one's, the same front-ends
+        first = next((work / f'{m}-s{s}' for m in models for s in seeds if (work / f'{m}-s{s}' / 'checkpoint.pt').exists()), None)
+        zman['paths'].update(reference_feature_manifests(zw, zman['paths'], run=first))
+        both = zw / 'groups.jsonl'
+        both.write_text(man['paths']['cmrl'].read_text(encoding='utf-8') + zman['paths']['cmrl'].read_text(encoding='utf-8'), encoding='utf-8')
+        paths = {'feat_train': man['paths']['feat_train'], f'feat_{part}': zman['paths'][f'feat_{part}'], 'cmrl': both}
+        for s in seeds:
+            print(f"[{time.strftime('%H:%M:%S')}] reference seed {s} tested on {lang} {part}", file=sys.stderr, flush=True)
+            put(f'reference -> {lang}', s, run_reference(reference, s, paths, zw, part, ref_args, reuse, 'feat'))
+    for row in rows.values(): row['summary'], row['intervals'] = aggregate(row['per_seed']), intervals(row)
+    return rows
+
+
+# ----------------------------------------------------------------------------- intervals and the goals of issue 26
+HEADLINE = ('retrieval/image->speech/R@10', 'retrieval/speech->image/R@10', 'probe/image->speech/acc', 'probe/speech->image/acc',
+            'retrieval/image->text/R@10', 'retrieval/text->image/R@10', 'retrieval/speech->text/R@10', 'retrieval/text->speech/R@10')
+
+def item_matrix(row: dict, key: str) -> tuple[list, np.ndarray] | None:
+    "`[seeds, items]` per-item values of `key` in a row (items in the first seed's order), or None"
+    per = row.get('per_item') or {}
+    if not per: return None
+    first = next(iter(per.values()))
+    if key not in first: return None
+    ids = first['ids']
+    M = []
+    for p in per.values():
+        pos = {i: j for j, i in enumerate(p['ids'])}
+        M.append([p[key][pos[i]] if i in pos else np.nan for i in ids])
+    return ids, np.array(M, dtype=np.float64)
+
+def paired(row: dict, other: dict, key: str) -> dict | None:
+    "Bootstrap interval of the per-item difference row - other on `key` (items matched by id)"
+    a, b = item_matrix(row, key), item_matrix(other, key)
+    if a is None or b is None: return None
+    pos = {i: j for j, i in enumerate(b[0])}
+    keep = [j for j, i in enumerate(a[0]) if i in pos]
+    return bootstrap_interval(a[1][:, keep], b[1][:, [pos[a[0][j]] for j in keep]])
+
+def intervals(row: dict) -> dict:
+    "The bootstrap interval over test items of the seed mean of every headline number"
+    return {k: bootstrap_interval(m[1]) for k in HEADLINE if (m := item_matrix(row, k)) is not None}
+
+GOALS_DOC = ("issue 26 (six-seed means, French test): R@10 image<->speech >= the reference on the same front-ends and >= 45; "
+             "probe acc and bacc image<->speech >= that reference + 5; kappa image-speech >= 0.2, image-text >= 0.3, "
+             "speech-text >= 0.4 with perplexity >= 16 per modality; codes-only R@10 image<->speech >= 0.8 x embedding R@10")
+
+def goals(res: dict, row: str = 'unicode', ref: str = 'reference') -> dict:
+    "Each goal of issue 26 on the six-seed mean of `row`: value, threshold, met, and the paired interval against `ref`"
+    R = res['rows']
+    if not R.get(row, {}).get('summary'): return {}
+    f = {k: v['mean'] for k, v in R[row]['summary'].items()}
+    g = {k: v['mean'] for k, v in R[ref]['summary'].items()} if R.get(ref, {}).get('summary') else {}
+    out = {}
+    def goal(name, key, thr, delta=None):
+        if f.get(key) is None or thr is None: return
+        out[name] = dict(value=f[key], threshold=thr, met=bool(f[key] >= thr), by=f[key] - thr,
+                         **({'paired_vs_reference': delta} if delta else {}))
+    for d in ('image->speech', 'speech->image'):
+        key = f'retrieval/{d}/R@10'
+        goal(f'{key} >= 45', key, 45.)
+        goal(f'{key} >= reference', key, g.get(key), paired(R[row], R[ref], key) if g else None)
+        for k in ('acc', 'bacc'):
+            key = f'probe/{d}/{k}'
+            goal(f'{key} >= reference + 5', key, None if g.get(key) is None else g[key] + 5,
+                 paired(R[row], R[ref], key) if g and k == 'acc' else None)
+        ck = f'codes_retrieval/{d}/R@10'
+        if f.get(f'retrieval/{d}/R@10') is not None: goal(f'{ck} >= 0.8 x embedding', ck, 0.8 * f[f'retrieval/{d}/R@10'])
+    for p, thr in (('image-speech', .2), ('image-text', .3), ('speech-text', .4)):
+        goal(f'kappa/{p}/kappa >= {thr}', f'kappa/{p}/kappa', thr)
+    for m in MODS: goal(f'perplexity/{m} >= 16', f'perplexity/{m}', 16.)
+    return out
+
+def interval_table(res: dict) -> str:
+    "Headline numbers of every row: six-seed mean with the bootstrap 95 % interval over test items"
+    heads = ('R@10 i>s', 'R@10 s>i', 'acc i>s', 'acc s>i', 'R@10 i>t', 'R@10 t>i', 'R@10 s>t', 'R@10 t>s')
+    lines = ['| row | seeds | ' + ' | '.join(heads) + ' |', '|---|---|' + '---|' * len(heads)]
+    for name, row in res['rows'].items():
+        iv = row.get('intervals') or {}
+        if not iv: continue
+        cells = [f"{iv[k]['mean']:.1f} [{iv[k]['lo']:.1f}, {iv[k]['hi']:.1f}]" if k in iv else '–' for k in HEADLINE]
+        lines.append(f"| {name} | {','.join(map(str, row['seeds']))} | " + ' | '.join(cells) + ' |')
+    return '\n'.join(lines)
+
+
 # ----------------------------------------------------------------------------- main
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
@@ -264,8 +425,14 @@ def main(argv=None):
     p.add_argument('--split', default='test', choices=('valid', 'test'), help='the part to score (tune on valid, report test)')
     p.add_argument('--split-file', default=str(SPLIT_FILE), help='the committed split (item ids per part)')
     p.add_argument('--make-split', default=None, metavar='LANG', help='write the split file of Tux Paint in LANG (to --split-file) and stop')
-    p.add_argument('--reference', default=None, metavar='PATH', help='clip_baseline.py: add its row (trained, dumped, scored here)')
+    p.add_argument('--reference', default=None, metavar='PATH',
+                   help="clip_baseline.py: add its row 'reference', trained on the frozen image and speech features cmrl's first run reads")
+    p.add_argument('--reference-scratch', action='store_true', help="with --reference: also the row 'reference (from scratch)' (its own encoders)")
     p.add_argument('--ref-args', default='', help='extra options for the reference script, e.g. "--steps 500"')
+    p.add_argument('--zero-shot', default=None, metavar='SPLIT_FILE',
+                   help="also score every run on this other language's split (rows '<model> -> <lang>'; the reference too)")
+    p.add_argument('--cascade', action='store_true',
+                   help="add the row 'cascade': each scored recording's Whisper transcript through the text path of the unicode runs")
     p.add_argument('--train-args', default='', help='extra `cmrl train` options for every cmrl row, e.g. "--epochs 40"')
     p.add_argument('--frozen-image', action='store_true',
                    help='cmrl rows train on frozen EfficientNet-Lite0 image features (cmrl.data.pretrained) instead of pixels')
@@ -302,23 +469,35 @@ def main(argv=None):
     res['scored_part_rows'] = a.split
     res.setdefault('rows', {})
     res['length_reference'] = length_row(man['rows'], a.split)
-    jobs = [(m, m + a.tag) for m in models] + ([('reference', 'reference' + a.tag)] if a.reference else [])
+    jobs = [(m, m + a.tag) for m in models] + ([('feat', 'reference' + a.tag)] if a.reference else [])
+    jobs += [('ref', 'reference (from scratch)' + a.tag)] if a.reference and a.reference_scratch else []
+    jobs += [('cascade', 'cascade (Whisper transcript)' + a.tag)] if a.cascade else []
     for kind, name in jobs:
         row = res['rows'].get(name) if a.merge else None
         row = row if row and row.get('per_seed') else {'per_seed': {}, 'seeds': []}
         for s in seeds:
             print(f"[{time.strftime('%H:%M:%S')}] {name} seed {s} ({a.split})", file=sys.stderr, flush=True)
             try:
-                r = (run_reference(Path(a.reference), s, man['paths'], work, a.split, ref_args, a.reuse) if kind == 'reference'
+                if kind == 'feat' and 'feat_train' not in man['paths']:
+                    man['paths'].update(reference_feature_manifests(work, man['paths']))
+                r = (run_reference(Path(a.reference), s, man['paths'], work, a.split, ref_args, a.reuse, kind) if kind in ('ref', 'feat')
+                     else run_cascade(s, man['paths']['cmrl'], work, a.split, split['lang']) if kind == 'cascade'
                      else run_cmrl(kind, s, man['paths']['cmrl'], work, a.split, train_args, a.reuse))
             except Exception as e:
                 print(f"  {name} seed {s} failed: {e}", file=sys.stderr); row.setdefault('failed', {})[str(s)] = str(e)[-500:]; continue
+            row.setdefault('per_item', {})[str(s)] = r.pop('per_item')
             row['per_seed'][str(s)] = r
             row['seeds'] = sorted({*row['seeds'], s})
-            row['summary'] = aggregate(row['per_seed'])
+            row['summary'], row['intervals'] = aggregate(row['per_seed']), intervals(row)
             res['rows'][name] = row
             outp.write_text(json.dumps(res, indent=1, default=float))  # after every run: a crash keeps what was measured
         res['rows'][name] = row
+    if a.zero_shot:
+        if a.reference and 'feat_train' not in man['paths']: man['paths'].update(reference_feature_manifests(work, man['paths']))
+        zs = zero_shot(models, seeds, work, man, read_split(Path(a.zero_shot)), a.split, Path(a.reference) if a.reference else None,
+                       ref_args, a.reuse)
+        res['rows'].update(zs); res['zero_shot_split'] = str(Path(a.zero_shot))
+        outp.write_text(json.dumps(res, indent=1, default=float))
     for m in (*MODELS, 'reference'):  # a model with no measured row at all is listed as not run
         if not any(n.split(':')[0] == m and r.get('per_seed') for n, r in res['rows'].items()):
             res['rows'].setdefault(m, {'per_seed': {}, 'seeds': [], 'note': 'not run'})
@@ -327,9 +506,10 @@ def main(argv=None):
     row = a.target_row or f'unicode{a.tag}'
     ref = 'reference' + a.tag if res['rows'].get('reference' + a.tag, {}).get('per_seed') else 'reference'
     res['targets'], res['targets_rows'] = targets(res, row, ref), {'row': row, 'reference': ref}
-    res['table'] = table(res)
+    res['goals'], res['goals_doc'] = goals(res, row, ref), GOALS_DOC
+    res['table'], res['interval_table'] = table(res), interval_table(res)
     outp.write_text(json.dumps(res, indent=1, default=float))
-    print(res['table'])
+    print(res['table']); print(); print(res['interval_table'])
     print(f"\n{split['lang']} {a.split} part: {split['counts']}; wrote {outp}")
     return 0
 

@@ -6,7 +6,7 @@ Docs: https://cmrl-dev.github.io/cmrl/callbacks.html.md"""
 
 # %% ../nbs/31_callbacks.ipynb #ed3cff6e
 from __future__ import annotations
-import math, sys, warnings
+import math, sys, time, warnings
 from pathlib import Path
 import numpy as np
 import torch
@@ -249,7 +249,7 @@ class ValidRetrieval(Callback):
         self.before_epoch()
         self._met = CallbackValue(self, self.key)
         self.learn.metrics = L(self.learn.metrics) + L(self._met)
-        self.learn.retrieval_history = self.history
+        self.learn.retrieval_history, self.t0 = self.history, time.time()  # entries carry `seconds` since the fit began
     def after_fit(self): self.learn.metrics = L(mt for mt in self.learn.metrics if mt is not self._met)
     def before_epoch(self): self.embs, self.pres, self.ids = {}, {}, []  # (also here: a callback may cancel validation before us)
     def before_validate(self): self.before_epoch()
@@ -279,7 +279,7 @@ class ValidRetrieval(Callback):
         if self.last: self.current = {self.key: sum(self.last.values()) / len(self.last)}
     def after_epoch(self):
         if getattr(self, '_cancelled', False): self._cancelled = False; return
-        if self.current: self.history.append({'epoch': int(self.epoch), **self.current, **self.last})
+        if self.current: self.history.append({'epoch': int(self.epoch), 'seconds': round(time.time() - self.t0, 2), **self.current, **self.last})
     def after_cancel_epoch(self): self._cancelled = True
     def state_dict(self) -> dict: return {'history': list(self.history)}
     def load_state_dict(self, sd: dict): self.history[:] = sd['history']

@@ -570,6 +570,7 @@ def _summary(learn, cfg: TrainConfig, info: dict, config: dict, dev, start: int,
     if ck.best: s['best'] = {k: ck.best[k] for k in ('metric', 'value', 'epoch')}
     if getattr(learn, 'ranks_agree', None): s['ranks_agree'] = learn.ranks_agree
     s['retrieval'] = valid_retrieval(learn) if info['n_valid'] else {}
+    if getattr(learn, 'retrieval_history', None): s['retrieval_history'] = list(learn.retrieval_history)  # per epoch, with `seconds`
     return s
 
 # %% ../nbs/35_train.ipynb #5c3b3f97

@@ -114,7 +114,7 @@ def test_length_reference_through_the_library_reproduces_the_committed_rows(name
     assert R.length_row(rows, res['scored_part']) == res['length_reference']
 
 
-DRIVERS = ['results', 'kappa_ceiling', 'ceiling', 'generation', 'imagegen']
+DRIVERS = ['results', 'kappa_ceiling', 'ceiling', 'generation', 'imagegen', 'time_to_quality']
 
 @pytest.mark.parametrize('how', ['file', 'module'])
 @pytest.mark.parametrize('name', DRIVERS)
@@ -227,3 +227,27 @@ def test_kappa_ceiling_committed_file():
                     assert all(1 <= p <= int(k) + 1e-6 for p in v['perplexity'].values())
                     assert all(-1 <= x['kappa'] <= 1 for x in v['kappa'].values())
     assert res['summary'] == KC.summary(res)  # the summary is what the rows say
+
+
+def test_goals_and_paired_intervals():
+    "issue 26's goals read the six-seed means; the paired interval matches items by id whatever their order"
+    ids = [f'i{j}' for j in range(50)]
+    hits = lambda frac: [100. if j < frac * 50 else 0. for j in range(50)]
+    def row(r10, acc):
+        per_seed = {str(s): {'retrieval': {'image->speech': {'R@10': r10}}, 'probe': {'image->speech': {'acc': acc, 'bacc': acc}}}
+                    for s in range(2)}
+        per_item = {str(s): {'ids': ids, 'retrieval/image->speech/R@10': hits(r10 / 100), 'probe/image->speech/acc': hits(acc / 100)}
+                    for s in range(2)}
+        r = {'per_seed': per_seed, 'per_item': per_item, 'seeds': [0, 1]}
+        r['summary'], r['intervals'] = aggregate(per_seed), R.intervals(r)
+        return r
+    res = {'rows': {'unicode': row(60., 50.), 'reference': row(40., 48.)}}
+    rev = dict(res['rows']['reference']); rev['per_item'] = {s: {k: (v[::-1]) for k, v in p.items()} for s, p in rev['per_item'].items()}
+    g = R.goals(res)
+    assert g['retrieval/image->speech/R@10 >= reference']['met'] and not g['retrieval/image->speech/R@10 >= 45']['by'] < 0
+    d = g['retrieval/image->speech/R@10 >= reference']['paired_vs_reference']
+    assert d['mean'] == pytest.approx(20.) and d['lo'] > 0  # 10 items hit by unicode only, none the other way
+    assert R.paired(res['rows']['unicode'], rev, 'retrieval/image->speech/R@10')['mean'] == pytest.approx(20.)  # order-free
+    assert not g['probe/image->speech/acc >= reference + 5']['met'] and g['probe/image->speech/acc >= reference + 5']['by'] == pytest.approx(-3.)
+    assert res['rows']['unicode']['intervals']['retrieval/image->speech/R@10']['mean'] == pytest.approx(60.)
+    assert '60.0 [' in R.interval_table(res)

@@ -274,6 +274,32 @@ def check(self: Source, cache=True,  # feature cache (see `dataset`)
     self.skipped += [(p, f"cannot decode: {why}") for p, why in sorted(new.items())]
     return fails
 
+# %% ../../nbs/05_data.source.ipynb #a0cb4c93
+@patch
+def export_features(self: Source, out,  # folder: `features/` and `manifest.jsonl` are written there
+                    modalities: Sequence[str] | None = None,  # file modalities to export; default every one the source uses
+                    split: str = 'all',  # a split name, or 'all'
+                    cache=True,  # feature cache (see `dataset`)
+                    keep_paths: bool = True,  # keep the original file fields beside `<modality>_features`
+                   ) -> dict:  # 'manifest': path, 'items', 'files' written, 'failed' per modality
+    "Write the features the model reads of each item's files as `.npy` files and a manifest naming them"
+    out = Path(out); fdir = out / 'features'; fdir.mkdir(parents=True, exist_ok=True)
+    mods = [m for m in (modalities or self.modalities) if m in FILE_MODALITIES and m in self.modalities]
+    ds = self.dataset(split, cache=cache)
+    ds.prepare()  # frozen networks: every file once, batched
+    rows, files, failed = [], 0, {m: 0 for m in mods}
+    for i, r in enumerate(ds.records):
+        item, row = ds[i], {k: v for k, v in r.items() if keep_paths or k not in mods}
+        for m in mods:
+            if item.get(m) is None:
+                failed[m] += r.get(m) is not None; continue
+            f = fdir / f"{hashlib.sha1(str(r['id']).encode()).hexdigest()[:16]}.{m}.npy"
+            np.save(f, np.asarray(item[m], dtype=np.float32)); row[f'{m}_features'] = str(f.resolve()); files += 1
+        rows.append(row)
+    man = out / 'manifest.jsonl'
+    man.write_text(''.join(json.dumps(r, ensure_ascii=False, default=str) + '\n' for r in rows), encoding='utf-8')
+    return {'manifest': str(man), 'items': len(rows), 'files': files, 'failed': failed}
+
 # %% ../../nbs/05_data.source.ipynb #ba11fa53
 @patch
 def _count(self: Source, recs) -> dict:

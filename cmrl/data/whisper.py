@@ -21,7 +21,7 @@ from .audio import MissingDependency, check_finite, load_audio
 __all__ = ['WHISPER_SR', 'WHISPER_N_FFT', 'WHISPER_HOP', 'WHISPER_N_MELS', 'WHISPER_FRAME_S', 'WHISPER_PIP', 'WHISPER_BASE',
            'SPEECH_FRONTENDS', 'COMPUTE_TYPES', 'POOLINGS', 'WhisperUnavailable', 'models_dir', 'whisper_model_dir',
            'hz_to_slaney', 'slaney_to_hz', 'mel_filters', 'whisper_log_scale', 'whisper_log_mel', 'SpeechConfig',
-           'speech_frontend_dim', 'speech_frontend_version', 'WhisperFrontend']
+           'speech_frontend_dim', 'speech_frontend_version', 'WhisperFrontend', 'bpe_text']
 
 # %% ../../nbs/02b_data.whisper.ipynb #a84149de
 WHISPER_SR, WHISPER_N_FFT, WHISPER_HOP, WHISPER_N_MELS = 16000, 400, 160, 80  # 16 kHz, 25 ms FFT, 10 ms hop, 80 bins
@@ -215,3 +215,34 @@ def files(self: WhisperFrontend, paths) -> list[Tensor]:
 def __call__(self: WhisperFrontend, x) -> Tensor:
     "Features of one audio file"
     return check_finite(self.embed([self.wave(x)])[0], x, 'whisper features')
+
+# %% ../../nbs/02b_data.whisper.ipynb #0fecb186
+def _byte_alphabet() -> dict:
+    "Character -> byte of byte-level BPE (printable bytes stand for themselves, the rest for U+0100 on)"
+    keep = [*range(ord('!'), ord('~') + 1), *range(ord('\xa1'), ord('\xac') + 1), *range(ord('\xae'), ord('\xff') + 1)]
+    rest = [b for b in range(256) if b not in keep]
+    return {**{chr(b): b for b in keep}, **{chr(256 + i): b for i, b in enumerate(rest)}}
+
+_BYTES = _byte_alphabet()
+
+def bpe_text(tokens: Sequence[str]) -> str:
+    "The text of byte-level BPE tokens (special tokens `<|...|>` dropped), stripped"
+    keep = [t for t in tokens if not (t.startswith('<|') and t.endswith('|>'))]
+    return bytes(_BYTES[c] for t in keep for c in t).decode('utf-8', 'replace').strip()
+
+@patch
+def transcribe(self: WhisperFrontend, paths,  # audio files
+               lang: str = 'fr',  # the language token (Whisper's code: 'fr', 'ru', ...)
+               beam_size: int = 1,  # 1: greedy
+               max_length: int = 96,  # tokens at most
+              ) -> list[str]:  # one transcript per file
+    "Whisper's own transcript of each recording, over its 30 s window"
+    ct2, n, out = _ct2(), 30 * WHISPER_SR, []
+    prompt = ['<|startoftranscript|>', f'<|{lang}|>', '<|transcribe|>', '<|notimestamps|>']
+    for s in range(0, len(paths), self.bs):
+        waves = [load_audio(p, WHISPER_SR, 30.)[0][:n] for p in paths[s:s + self.bs]]
+        mel = whisper_log_mel(torch.stack([torch.nn.functional.pad(w.float(), (0, n - len(w))) for w in waves]))
+        res = self.model.generate(ct2.StorageView.from_array(np.ascontiguousarray(mel.numpy())), [prompt] * len(waves),
+                                  beam_size=beam_size, max_length=max_length)
+        out += [bpe_text(r.sequences[0]) for r in res]
+    return out

@@ -10,12 +10,13 @@ import math, warnings
 import numpy as np
 import torch
 from ..codebook import item_modes, code_histogram, perplexity
-from ..metrics import cross_modal_retrieval
+from ..metrics import cross_modal_retrieval, relevance, retrieval_ranks, similarity
 from .generalization import LinearProbe, probe_scores
 from .report import code_kappa, tfidf_embeddings
 
 # %% auto #0
-__all__ = ['MODS', 'CS', 'Part', 'fit_probe', 'probe_pairs', 'code_health', 'score', 'leaves', 'aggregate']
+__all__ = ['MODS', 'CS', 'Part', 'fit_probe', 'probe_pairs', 'code_health', 'score', 'leaves', 'aggregate', 'item_hits',
+           'bootstrap_interval']
 
 # %% ../../nbs/49_eval.benchmark.ipynb #a9987546
 MODS = ('image', 'speech', 'text')
@@ -50,13 +51,16 @@ def probe_pairs(train: dict,  # modality -> `[N, D]` training features
                 yte,  # `[M]` scored labels
                 mods,  # the modalities
                 seed: int = 0,
+                per_item: dict | None = None,  # when given: 'probe/a->b/acc' -> per scored item 100 (right) or 0
                ) -> dict:  # 'a->b' -> acc, bacc, majority, chance (percent), C
     "Every (fit on a, score on b) pair of probes"
     out = {}
     for a in mods:
         head, C = fit_probe(train[a], ytr, seed)
         for b in mods:
-            s = probe_scores(yte, head.predict(np.asarray(test[b], np.float64)), ytr)
+            pred = head.predict(np.asarray(test[b], np.float64))
+            s = probe_scores(yte, pred, ytr)
+            if per_item is not None: per_item[f'probe/{a}->{b}/acc'] = (100. * (np.asarray(pred) == yte)).tolist()
             out[f'{a}->{b}'] = {**{k: 100 * s[k] for k in ('acc', 'bacc', 'majority', 'chance')}, 'C': C}
     return out
 
@@ -83,13 +87,15 @@ def score(train: Part,  # the training part (the probes fit on it)
           test: Part,  # the scored part
           n_codes: int | None = None,  # K of a codebook model (adds code health when `test.codes`)
           seed: int = 0,  # the probes' cross-validation seed
-         ) -> dict:  # n_train, n_test, probe, probe_emb, retrieval (+ retrieval_semantic and `code_health`'s)
+          per_item: bool = False,  # add 'per_item': each scored item's probe hit and R@10 hit (for `bootstrap_interval`)
+         ) -> dict:  # n_train, n_test, probe, probe_emb, retrieval (+ retrieval_semantic, `code_health`'s, per_item)
     "Every number of one row: probes, retrieval, codebook health"
     classes = sorted(set(train.labels) | set(test.labels))
     ytr, yte = (np.array([classes.index(y) for y in p.labels]) for p in (train, test))
     out = {'n_train': len(train.ids), 'n_test': len(test.ids), 'probe': {}, 'probe_emb': {}, 'retrieval': {}}
     mods = [m for m in MODS if m in test.emb and m in train.emb]
-    out['probe'] = probe_pairs(train.probe, ytr, test.probe, yte, mods, seed)
+    items = {'ids': list(test.ids)} if per_item else None
+    out['probe'] = probe_pairs(train.probe, ytr, test.probe, yte, mods, seed, items)
     if test.semantic: out['probe_emb'] = probe_pairs(train.semantic, ytr, test.semantic, yte, mods, seed)
     def retr(embs):
         with warnings.catch_warnings():
@@ -101,6 +107,7 @@ def score(train: Part,  # the training part (the probes fit on it)
     if test.semantic: out['retrieval_semantic'] = retr(test.semantic)
     if test.codes and n_codes:
         out.update(code_health({m: c for m, c in test.codes.items() if m in mods}, n_codes, test.ids, test.groups))
+    if per_item: out['per_item'] = {**items, **item_hits(test.emb, test.ids, test.groups, mods)}
     return out
 
 # %% ../../nbs/49_eval.benchmark.ipynb #eda0e23e
@@ -123,3 +130,41 @@ def aggregate(per_seed: dict,  # seed -> one seed's (nested) results
         v = [l[k] for l in ls.values() if k in l and math.isfinite(l[k])]
         if v: out[k] = {'mean': float(np.mean(v)), 'min': float(np.min(v)), 'max': float(np.max(v)), 'n': len(v)}
     return out
+
+# %% ../../nbs/49_eval.benchmark.ipynb #2dc681cd
+def item_hits(emb: dict,  # modality -> `[N, D]` embeddings of the scored items
+              ids, groups,  # one per item
+              mods, k: int = 10,  # the modalities; the recall cut-off
+             ) -> dict:  # 'retrieval/a->b/R@k' -> per query 100 (partner in the top k) or 0; NaN: no partner
+    "Each query's R@k hit in every direction, with the scorer's mask and pessimistic ties"
+    rel, ign = relevance(ids, ids, groups, groups)
+    out = {}
+    for a in mods:
+        for b in mods:
+            if a == b: continue
+            rk = retrieval_ranks(similarity(emb[a], emb[b]), rel, ign)
+            out[f'retrieval/{a}->{b}/R@{k}'] = torch.where(rk.isnan(), rk, 100. * (rk <= k).float()).tolist()
+    return out
+
+# %% ../../nbs/49_eval.benchmark.ipynb #14b63fc5
+def bootstrap_interval(values,  # `[S, N]`: per seed, per item values (NaN: the item is left out of that seed)
+                       other=None,  # `[S', N]` values of another row on the same items: the paired difference
+                       n_boot: int = 2000,  # bootstrap draws B
+                       level: float = .95,  # interval coverage
+                       seed: int = 0,  # the draws' seed
+                      ) -> dict:  # mean, lo, hi, n (items), seeds
+    "Mean over seeds of the mean over items, and its bootstrap interval over items (paired when `other`)"
+    v = np.atleast_2d(np.asarray(values, np.float64))
+    if other is not None:
+        o = np.atleast_2d(np.asarray(other, np.float64))
+        if o.shape[1] != v.shape[1]: raise ValueError(f"bootstrap_interval: {v.shape[1]} items against {o.shape[1]}")
+        v = np.nanmean(v, 0, keepdims=True) - np.nanmean(o, 0, keepdims=True)  # per item: mean over each row's seeds
+    ok = ~np.isnan(v).all(0)
+    v = v[:, ok]
+    n = v.shape[1]
+    if n == 0: return {'mean': math.nan, 'lo': math.nan, 'hi': math.nan, 'n': 0, 'seeds': len(v)}
+    stat = lambda x: float(np.nanmean(np.nanmean(x, 1)))
+    idx = np.random.default_rng(seed).integers(0, n, (n_boot, n))
+    draws = np.array([stat(v[:, j]) for j in idx])
+    lo, hi = np.nanpercentile(draws, [50 * (1 - level), 50 * (1 + level)])
+    return {'mean': stat(v), 'lo': float(lo), 'hi': float(hi), 'n': int(n), 'seeds': len(v)}
