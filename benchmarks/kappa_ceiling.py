@@ -17,7 +17,7 @@ with other items. This benchmark estimates that bound with k-means cells (one qu
 
 K sweeps the trade-off: fewer cells make agreement easier and perplexity lower. Reading the curve at perplexity 16
 says what kappa these embeddings allow at the perplexity the issue requires. `uncentred` repeats the sweep without
-the centring. Writes `benchmarks/kappa_ceiling.json`; the tutorial `nbs/tutorials/unicode_tuxpaint.ipynb` plots it.
+the centring. Writes `benchmarks/kappa_ceiling.json`; the Results page (`nbs/results.ipynb`) reads it.
 
     python benchmarks/kappa_ceiling.py --split test --seeds 0,1 --reference ../shared/reference/clip_baseline.py \
         --work /tmp/kc --ref-args "--threads 1"
@@ -98,11 +98,13 @@ def unicode_row(seed: int, man: dict, work: Path, part: str, train_args: list, r
     return {'n_codes': K, 'own_codes': own, 'R@10': r10(sc), 'sweep': sweep(tr, te, seed=seed)}
 
 
-def reference_row(script: Path, seed: int, man: dict, work: Path, part: str, ref_args: list, reuse: bool) -> dict:
-    "The reference's dumped embeddings: the k-means sweep (it has no codes of its own)"
-    dump, outj = R._ref_files(work, seed, part)
+def reference_row(script: Path, seed: int, man: dict, work: Path, part: str, ref_args: list, reuse: bool, kind: str = 'feat') -> dict:
+    "The reference's dumped embeddings ('feat': on cmrl's front-end features; 'ref': from scratch): the k-means sweep (it has no codes)"
+    dump, outj = R._ref_files(work, seed, part, kind)
     sc = None
-    if not (reuse and dump.exists() and outj.exists()): sc = R.run_reference(script, seed, man['paths'], work, part, ref_args)  # trains and scores
+    if not (reuse and dump.exists() and outj.exists()):
+        if kind == 'feat' and 'feat_train' not in man['paths']: man['paths'].update(R.reference_feature_manifests(work, man['paths']))
+        sc = R.run_reference(script, seed, man['paths'], work, part, ref_args, kind=kind)  # trains and scores
     tr, te = R.reference_parts(dump, man['paths'])
     return {'R@10': r10(sc or score(tr, te, None, seed)), 'sweep': sweep(tr, te, seed=seed)}
 
@@ -145,6 +147,8 @@ def main(argv=None):
     p.add_argument('--split-file', default=str(R.SPLIT_FILE), help='the committed split')
     p.add_argument('--reference', default=None, metavar='PATH', help='clip_baseline.py: add its embeddings')
     p.add_argument('--ref-args', default='', help='extra options for the reference script')
+    p.add_argument('--reference-kind', default='feat', choices=('feat', 'ref'),
+                   help="'feat': the reference on cmrl's frozen front-end features (after a unicode run); 'ref': from scratch")
     p.add_argument('--train-args', default='', help='extra `cmrl train` options for the Uni-Code runs')
     p.add_argument('--work', default=None, help='folder for manifests, runs and dumps (default: a temporary folder)')
     p.add_argument('--reuse', action='store_true', help='re-read runs and dumps already in --work')
@@ -157,14 +161,15 @@ def main(argv=None):
     man = write_manifests(split, work)
     seeds = [int(s) for s in a.seeds.split(',') if s.strip()]
     res = {'doc': __doc__.split('\n\n')[1:4], 'lang': split['lang'], 'scored_part': a.split, 'counts': split['counts'], 'ks': list(KS),
-           'train_args': a.train_args, 'ref_args': a.ref_args, 'rows': {}}
+           'train_args': a.train_args, 'ref_args': a.ref_args, 'reference_kind': a.reference_kind, 'rows': {}}
     if a.merge and Path(a.out).exists():
         old = json.loads(Path(a.out).read_text())
         if (old['lang'], old['scored_part'], old['train_args']) != (res['lang'], res['scored_part'], res['train_args']):
             raise ValueError(f"{a.out} holds another language, part or training options; use another --out")
         res['rows'] = old['rows']
     jobs = [('unicode', lambda s: unicode_row(s, man, work, a.split, shlex.split(a.train_args), a.reuse))]
-    if a.reference: jobs.append(('reference', lambda s: reference_row(Path(a.reference), s, man, work, a.split, shlex.split(a.ref_args), a.reuse)))
+    if a.reference: jobs.append(('reference', lambda s: reference_row(Path(a.reference), s, man, work, a.split, shlex.split(a.ref_args),
+                                                                       a.reuse, a.reference_kind)))
     for name, job in jobs:
         for s in seeds:
             print(f"[{time.strftime('%H:%M:%S')}] {name} seed {s} ({a.split})", file=sys.stderr, flush=True)

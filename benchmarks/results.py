@@ -123,6 +123,7 @@ def run_cmrl(model: str, seed: int, manifest: Path, work: Path, part: str, train
     summ = json.loads((run / 'metrics.json').read_text())
     tr, te, K, weights = cmrl_parts(run, manifest, part)
     res = score(tr, te, K, seed, per_item=True)
+    if K and te.codes: res['lsh_same_bits'] = lsh_same_bits(te, K, seed)
     res.update(weights=weights, train_seconds=summ.get('fit_seconds'), wall_seconds=round(wall, 1), n_params=summ.get('n_params'),
                command=' '.join(cmd[len(_cmrl_cmd()):]))
     return res
@@ -160,6 +161,18 @@ def run_cascade(seed: int, manifest: Path, work: Path, part: str, lang: str, mod
     res.update(transcript_cer=100 * jiwer.cer([truth[i] for i in te.ids], [said[i] for i in te.ids]),
                command=f"transcripts of the {part} recordings (Whisper-base, 30 s window, greedy) through {run.name}'s text path")
     return res
+
+def lsh_same_bits(te: Part, n_codes: int, seed: int) -> dict:
+    "Random-hyperplane codes of the embeddings with as many bits as the items' codes carry (steps x log2 K), Hamming-ranked"
+    import math
+    from cmrl.heads.hashing import lsh_codes
+    from cmrl.metrics import cross_modal_retrieval
+    steps = max(c.shape[-1] if torch.as_tensor(c).ndim == 2 else 1 for c in te.codes.values())
+    bits = steps * math.ceil(math.log2(n_codes))
+    mods = [m for m in MODS if m in te.emb]
+    codes = {m: lsh_codes(te.emb[m], bits, seed).float() for m in mods}  # +-1: the dot product is bits - 2 x Hamming
+    r = cross_modal_retrieval(codes, ids=te.ids, groups=te.groups, metric='dot', chance=False)
+    return {'bits': bits, **{k: {'R@10': v['R@10']} for k, v in r.items()}}
 
 REF_TIME_BUDGET = '100000'  # the reference's own default wall-clock cap (450 s) cuts its 1000 steps short on a loaded machine
 
@@ -241,6 +254,7 @@ COLUMNS = [  # (header, leaf key)
     ('R@10 s>t', 'retrieval/speech->text/R@10'), ('R@10 t>s', 'retrieval/text->speech/R@10'),
     ('sem R@10 i>s', 'retrieval_semantic/image->speech/R@10'), ('sem R@10 s>i', 'retrieval_semantic/speech->image/R@10'),
     ('codes R@10 i>s', 'codes_retrieval/image->speech/R@10'), ('codes R@10 s>i', 'codes_retrieval/speech->image/R@10'),
+    ('LSH same bits R@10 i>s', 'lsh_same_bits/image->speech/R@10'), ('LSH same bits R@10 s>i', 'lsh_same_bits/speech->image/R@10'),
     ('kappa i-s', 'kappa/image-speech/kappa'), ('kappa i-t', 'kappa/image-text/kappa'), ('kappa s-t', 'kappa/speech-text/kappa'),
     ('ppl image', 'perplexity/image'), ('ppl speech', 'perplexity/speech'), ('ppl text', 'perplexity/text'),
     ('train s', 'train_seconds'),
@@ -334,7 +348,7 @@ def zero_shot(models: list, seeds: list, work: Path, man: dict, zsplit: dict, pa
             tr, te, K, w = cmrl_parts(run, zman['paths']['cmrl'], part)
             put(f'{m} -> {lang}', s, {**score(tr, te, K, s, per_item=True), 'weights': w})
     if reference is not None:  # trained on the first language's features, tested on this one's, the same front-ends
-        first = next((work / f'{m}-s{s}' for m in models for s in seeds if (work / f'{m}-s{s}' / 'checkpoint.pt').exists()), None)
+        first = next((d for d in sorted(work.glob('*-s*')) if (d / 'checkpoint.pt').exists()), None)  # its front-end settings
         zman['paths'].update(reference_feature_manifests(zw, zman['paths'], run=first))
         both = zw / 'groups.jsonl'
         both.write_text(man['paths']['cmrl'].read_text(encoding='utf-8') + zman['paths']['cmrl'].read_text(encoding='utf-8'), encoding='utf-8')
@@ -406,14 +420,18 @@ def goals(res: dict, row: str = 'unicode', ref: str = 'reference') -> dict:
     return out
 
 def interval_table(res: dict) -> str:
-    "Headline numbers of every row: six-seed mean with the bootstrap 95 % interval over test items"
+    "Headline numbers of every row: six-seed mean with the bootstrap 95 % interval over test items (else the seed range)"
     heads = ('R@10 i>s', 'R@10 s>i', 'acc i>s', 'acc s>i', 'R@10 i>t', 'R@10 t>i', 'R@10 s>t', 'R@10 t>s')
     lines = ['| row | seeds | ' + ' | '.join(heads) + ' |', '|---|---|' + '---|' * len(heads)]
     for name, row in res['rows'].items():
-        iv = row.get('intervals') or {}
-        if not iv: continue
-        cells = [f"{iv[k]['mean']:.1f} [{iv[k]['lo']:.1f}, {iv[k]['hi']:.1f}]" if k in iv else '–' for k in HEADLINE]
+        iv, sm = row.get('intervals') or {}, row.get('summary') or {}
+        if not (iv or sm): continue
+        cells = [f"{iv[k]['mean']:.1f} [{iv[k]['lo']:.1f}, {iv[k]['hi']:.1f}]" if k in iv else  # no per-item scores: the seed range
+                 f"{sm[k]['mean']:.1f} (seeds {sm[k]['min']:.1f}–{sm[k]['max']:.1f})" if k in sm else '–' for k in HEADLINE]
         lines.append(f"| {name} | {','.join(map(str, row['seeds']))} | " + ' | '.join(cells) + ' |')
+    for name, lv in reference_rows(res).items():
+        if any(k in lv for k in HEADLINE):
+            lines.append(f"| {name} | – | " + ' | '.join(f'{lv[k]:.1f}' if k in lv else '–' for k in HEADLINE) + ' |')
     return '\n'.join(lines)
 
 
@@ -431,6 +449,7 @@ def main(argv=None):
     p.add_argument('--ref-args', default='', help='extra options for the reference script, e.g. "--steps 500"')
     p.add_argument('--zero-shot', default=None, metavar='SPLIT_FILE',
                    help="also score every run on this other language's split (rows '<model> -> <lang>'; the reference too)")
+    p.add_argument('--zero-shot-only', action='store_true', help='with --zero-shot: only the zero-shot rows (no row of this split)')
     p.add_argument('--cascade', action='store_true',
                    help="add the row 'cascade': each scored recording's Whisper transcript through the text path of the unicode runs")
     p.add_argument('--train-args', default='', help='extra `cmrl train` options for every cmrl row, e.g. "--epochs 40"')
@@ -443,6 +462,8 @@ def main(argv=None):
     p.add_argument('--reuse', action='store_true', help='score runs and dumps already in --work instead of training again')
     p.add_argument('--target-row', default=None, help="the row whose issue-13 goals are checked (default 'unicode' + --tag)")
     p.add_argument('--merge', action='store_true', help='keep the rows of an existing --out that this run does not redo')
+    p.add_argument('--merge-from', default='', metavar='FILES',
+                   help='comma-separated results files of the same split and part (e.g. queues run side by side): their rows join --out')
     a = p.parse_args(argv)
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     if a.make_split:
@@ -468,10 +489,17 @@ def main(argv=None):
     if res.get('scored_part_rows') not in (None, a.split) and a.merge: raise ValueError(f"{outp} holds rows scored on another part; use another --out")
     res['scored_part_rows'] = a.split
     res.setdefault('rows', {})
+    for f in [f for f in a.merge_from.split(',') if f.strip()]:
+        other = json.loads(Path(f).read_text())
+        if (other.get('split_file'), other.get('scored_part_rows')) != (res['split_file'], a.split):
+            raise ValueError(f"{f}: rows of {other.get('split_file')} {other.get('scored_part_rows')}, not {res['split_file']} {a.split}")
+        res['rows'].update({k: v for k, v in other['rows'].items() if v.get('per_seed')})
+        if other.get('zero_shot_split'): res['zero_shot_split'] = other['zero_shot_split']
     res['length_reference'] = length_row(man['rows'], a.split)
     jobs = [(m, m + a.tag) for m in models] + ([('feat', 'reference' + a.tag)] if a.reference else [])
     jobs += [('ref', 'reference (from scratch)' + a.tag)] if a.reference and a.reference_scratch else []
     jobs += [('cascade', 'cascade (Whisper transcript)' + a.tag)] if a.cascade else []
+    if a.zero_shot_only: jobs = []
     for kind, name in jobs:
         row = res['rows'].get(name) if a.merge else None
         row = row if row and row.get('per_seed') else {'per_seed': {}, 'seeds': []}
@@ -496,7 +524,9 @@ def main(argv=None):
         if a.reference and 'feat_train' not in man['paths']: man['paths'].update(reference_feature_manifests(work, man['paths']))
         zs = zero_shot(models, seeds, work, man, read_split(Path(a.zero_shot)), a.split, Path(a.reference) if a.reference else None,
                        ref_args, a.reuse)
-        res['rows'].update(zs); res['zero_shot_split'] = str(Path(a.zero_shot))
+        res['rows'].update(zs)
+        zp = Path(a.zero_shot).resolve()
+        res['zero_shot_split'] = str(zp.relative_to(ROOT)) if zp.is_relative_to(ROOT) else str(zp)
         outp.write_text(json.dumps(res, indent=1, default=float))
     for m in (*MODELS, 'reference'):  # a model with no measured row at all is listed as not run
         if not any(n.split(':')[0] == m and r.get('per_seed') for n, r in res['rows'].items()):
@@ -508,7 +538,11 @@ def main(argv=None):
     res['targets'], res['targets_rows'] = targets(res, row, ref), {'row': row, 'reference': ref}
     res['goals'], res['goals_doc'] = goals(res, row, ref), GOALS_DOC
     res['table'], res['interval_table'] = table(res), interval_table(res)
-    outp.write_text(json.dumps(res, indent=1, default=float))
+    text = json.dumps(res, indent=1, default=float)
+    for root in sorted({str(work.resolve()), *(str(Path(f).resolve().parent) for f in a.merge_from.split(',') if f.strip())},
+                       key=len, reverse=True):
+        text = text.replace(root, 'WORK')  # machine paths out of the committed file: WORK is the run folder
+    outp.write_text(text)
     print(res['table']); print(); print(res['interval_table'])
     print(f"\n{split['lang']} {a.split} part: {split['counts']}; wrote {outp}")
     return 0

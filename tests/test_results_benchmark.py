@@ -89,9 +89,11 @@ def test_committed_results_read_their_own_split(path):
     res = json.loads(path.read_text())
     split = read_split(ROOT / res['split_file'])
     assert split['lang'] == res['lang'] and split['counts'] == res['counts'] and '/work/' not in json.dumps(res)
-    for row in res['rows'].values():
+    other = read_split(ROOT / res['zero_shot_split']) if res.get('zero_shot_split') else None
+    for name, row in res['rows'].items():
+        counts = other['counts'] if ' -> ' in name else split['counts']  # zero-shot rows: another language's split
         for r in row.get('per_seed', {}).values():
-            assert r['n_test'] == split['counts'][res['scored_part']]  # the scored part, every item of it
+            assert r['n_test'] == counts[res['scored_part']]  # the scored part, every item of it
 
 
 def test_read_split_refuses_other_files(tmp_path):
@@ -234,7 +236,8 @@ def test_goals_and_paired_intervals():
     ids = [f'i{j}' for j in range(50)]
     hits = lambda frac: [100. if j < frac * 50 else 0. for j in range(50)]
     def row(r10, acc):
-        per_seed = {str(s): {'retrieval': {'image->speech': {'R@10': r10}}, 'probe': {'image->speech': {'acc': acc, 'bacc': acc}}}
+        per_seed = {str(s): {'retrieval': {'image->speech': {'R@1': 1., 'R@10': r10, 'chance_R@1': 2., 'chance_R@10': 9.}},
+                             'probe': {'image->speech': {'acc': acc, 'bacc': acc, 'majority': 30., 'chance': 6.25}}}
                     for s in range(2)}
         per_item = {str(s): {'ids': ids, 'retrieval/image->speech/R@10': hits(r10 / 100), 'probe/image->speech/acc': hits(acc / 100)}
                     for s in range(2)}
@@ -250,4 +253,5 @@ def test_goals_and_paired_intervals():
     assert R.paired(res['rows']['unicode'], rev, 'retrieval/image->speech/R@10')['mean'] == pytest.approx(20.)  # order-free
     assert not g['probe/image->speech/acc >= reference + 5']['met'] and g['probe/image->speech/acc >= reference + 5']['by'] == pytest.approx(-3.)
     assert res['rows']['unicode']['intervals']['retrieval/image->speech/R@10']['mean'] == pytest.approx(60.)
-    assert '60.0 [' in R.interval_table(res)
+    it = R.interval_table(res)
+    assert '60.0 [' in it and '| chance | – | 9.0 |' in it  # chance from the same items
