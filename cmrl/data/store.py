@@ -18,11 +18,13 @@ from .source import Source, VALID_PCT
 from .text import tokenizer_from_dict
 from .source import parse_langs, group_split, valid_fracs
 from fastai.data.transforms import CategoryMap
+from fastai.data.load import DataLoader
 
 # %% auto #0
 __all__ = ['STORE_FILE', 'STORE_FORMAT', 'COLUMNS', 'StoreError', 'is_store', 'read_meta', 'ShardWriter', 'pack_items',
            'frontend_parts', 'settings_diff', 'frontend_key', 'source_meta', 'source_items', 'pack', 'FeatureStore',
-           'Positions', 'StoreRecords', 'StoreDataset', 'StoreSource', 'parse_h5_spec', 'pool_rows', 'pack_h5']
+           'Positions', 'StoreRecords', 'StoreDataset', 'store_dl', 'StoreSource', 'parse_h5_spec', 'pool_rows',
+           'pack_h5']
 
 # %% ../../nbs/09b_data.store.ipynb #62ac2b5d
 STORE_FILE, STORE_FORMAT = 'store.json', 1  # the metadata file that marks a store folder, and its format version
@@ -378,6 +380,98 @@ class StoreDataset(torch.utils.data.Dataset):
         key = g.permutation(int(sh.max()) + 1)[sh[pos]]  # each shard's rank in this epoch's shard order
         return pos[np.lexsort((g.random(len(pos)), key))].tolist()
     def __repr__(self): return f"StoreDataset({self.name}: {len(self)} items, modalities {', '.join(self.modalities)})"
+
+# %% ../../nbs/09b_data.store.ipynb #22f017fe
+def _gather(data: np.ndarray, starts: np.ndarray, n: int, read: str) -> np.ndarray:
+    "Rows `starts[b] + [0, n)` of `data` for each b as `[b, n, ...]` in dtype `read`: one read, in file order"
+    order = np.argsort(starts, kind='stable')
+    rows = (starts[order][:, None] + np.arange(n)).ravel()
+    out = np.empty((len(starts), n, *data.shape[1:]), dtype=read)
+    out[order] = data[rows].reshape(len(starts), n, *data.shape[1:])  # the cast happens in this copy
+    return out
+
+@patch
+def read_batch(self: FeatureStore, idx,  # store positions of the batch's items
+               modalities: Sequence[str],  # modalities to collate (as `collate_items(modalities=)`)
+               shapes: dict | None = None,  # `{m: (shape, dtype)}` for modalities no item of the batch has
+               pad_value: float = 0.,  # value of padded positions
+               max_len: dict | None = None,  # per-modality length to pad or truncate to
+              ) -> ModalityBatch:
+    "`collate_items([self.item(i, modalities) for i in idx], ...)`, read as one slice per shard, modality and length"
+    idx = np.asarray(idx, dtype=np.int64).reshape(-1)
+    B = len(idx)
+    if B == 0: raise ValueError("read_batch: empty list of items")
+    if idx.min() < 0 or idx.max() >= self.n: raise IndexError(f"items {idx.min()}..{idx.max()} of a store of {self.n}")
+    sh = np.searchsorted(self.starts, idx, 'right') - 1
+    row, ks = idx - self.starts[sh], np.unique(sh)
+    sel = {int(k): np.flatnonzero(sh == k) for k in ks}
+    x, mask, present = {}, {}, {}
+    for m in dict.fromkeys(modalities):
+        pres, a, lens = np.zeros(B, bool), np.zeros(B, np.int64), np.zeros(B, np.int64)
+        for k, s in sel.items():
+            if (mm := self.shard(k)['mods'].get(m)) is None: continue
+            r = row[s]
+            pres[s], a[s], lens[s] = mm[2][r], mm[1][r], mm[1][r + 1] - mm[1][r]
+        lens[~pres] = 0
+        if pres.any(): dt, rest = torch.from_numpy(np.zeros(0, self.layout[m]['read'])).dtype, self.layout[m]['rest']
+        elif shapes is not None and m in shapes: rest, dt = shapes[m]
+        else: continue
+        ml = (max_len or {}).get(m)
+        T = max(1, int(lens.max())) if ml is None else ml
+        n = np.minimum(lens, T)
+        out = torch.full((B, T, *rest), pad_value, dtype=dt)
+        for k, s in sel.items():
+            for L in np.unique(n[s]):
+                if L == 0: continue
+                b = s[n[s] == L]
+                out[b, :L] = torch.from_numpy(_gather(self.shard(k)['mods'][m][0], a[b], int(L), self.layout[m]['read']))
+        mask[m] = torch.arange(T)[None] < torch.from_numpy(n)[:, None]
+        x[m], present[m] = out, torch.from_numpy(pres) & mask[m].any(1)
+    return ModalityBatch(x, mask, present, *self._batch_cols(sh, row, sel))
+
+
+# %% ../../nbs/09b_data.store.ipynb #cff1a61e
+@patch
+def _batch_cols(self: FeatureStore, sh: np.ndarray, row: np.ndarray, sel: dict) -> tuple:
+    "ids, labels `[B]` and `extra` of a batch's items as `collate_items` collates their `item`s"
+    B = len(sh)
+    ids, y, ex = np.empty(B, dtype=object), np.empty(B, np.int64), {}
+    for k, s in sel.items():
+        c = self.shard(k)['cols']
+        ids[s], y[s] = c['id'][row[s]], c['label'][row[s]]
+        for f in EXTRA_FIELDS:
+            if f not in c: continue
+            v = ex.setdefault(f, np.full(B, '', dtype=object))
+            v[s] = c[f][row[s]]
+    y[y < 0] = -1
+    has = {f: np.asarray([bool(s) for s in v]) for f, v in ex.items()}
+    first = {f: (int(h.argmax()), EXTRA_FIELDS.index(f)) for f, h in has.items() if h.any()}  # `collate_items` order
+    extra = {f: [str(s) if h else None for s, h in zip(ex[f], has[f])] for f in sorted(first, key=first.get)}
+    return [str(i) for i in ids], torch.from_numpy(y), extra
+
+
+# %% ../../nbs/09b_data.store.ipynb #fa23750d
+@patch
+def batch(self: StoreDataset, pos, **kwargs) -> ModalityBatch:
+    "Items `pos` (positions in this data set) collated (`FeatureStore.read_batch`; `kwargs` as `collate_items`)"
+    return self.store.read_batch(self.idx[np.asarray(pos, dtype=np.int64)], self.modalities, **kwargs)
+
+def _position(i): return i  # a store's loader passes positions, not items, to `create_batch`
+def _rewrap(b): return tuple(ModalityBatch.of(o) if isinstance(o, dict) else o for o in b)
+
+def store_dl(ds: StoreDataset,  # the items
+             bs: int = 32,  # batch size
+             shuffle: bool = False,  # reshuffle each epoch
+             drop_last: bool = False,  # drop the last incomplete batch
+             num_workers: int = 0,  # worker processes
+             device=None,  # where batches go; `None`: fastai's default device
+             **kwargs,  # to `FeatureStore.read_batch` (as `collate_items`: shapes, max_len, pad_value)
+            ) -> DataLoader:
+    "`modality_dl` for a store: a fastai `DataLoader` of `(ModalityBatch,)`, each batch read at once"
+    kwargs.pop('modalities', None)  # the data set's
+    def create_batch(pos): return (ds.batch(pos, **kwargs),)
+    return DataLoader(ds, bs=bs, shuffle=shuffle, drop_last=drop_last, num_workers=num_workers,
+                      create_item=_position, create_batch=create_batch, after_batch=_rewrap, device=device)
 
 # %% ../../nbs/09b_data.store.ipynb #d2c75fb0
 class StoreSource(Source):
