@@ -390,6 +390,11 @@ def _gather(data: np.ndarray, starts: np.ndarray, n: int, read: str) -> np.ndarr
     out[order] = data[rows].reshape(len(starts), n, *data.shape[1:])  # the cast happens in this copy
     return out
 
+def _padded(shape: tuple, dtype: torch.dtype, pad_value: float) -> torch.Tensor:
+    "A tensor of `pad_value`; zeros from `np.zeros` (calloc): the pages no row is written to are never touched"
+    if pad_value: return torch.full(shape, pad_value, dtype=dtype)
+    return torch.from_numpy(np.zeros(shape, dtype=torch.empty(0, dtype=dtype).numpy().dtype))
+
 @patch
 def read_batch(self: FeatureStore, idx,  # store positions of the batch's items
                modalities: Sequence[str],  # modalities to collate (as `collate_items(modalities=)`)
@@ -419,7 +424,7 @@ def read_batch(self: FeatureStore, idx,  # store positions of the batch's items
         ml = (max_len or {}).get(m)
         T = max(1, int(lens.max())) if ml is None else ml
         n = np.minimum(lens, T)
-        out = torch.full((B, T, *rest), pad_value, dtype=dt)
+        out = _padded((B, T, *rest), dt, pad_value)
         for k, s in sel.items():
             for L in np.unique(n[s]):
                 if L == 0: continue
@@ -452,9 +457,9 @@ def _batch_cols(self: FeatureStore, sh: np.ndarray, row: np.ndarray, sel: dict) 
 
 # %% ../../nbs/09b_data.store.ipynb #fa23750d
 @patch
-def batch(self: StoreDataset, pos, **kwargs) -> ModalityBatch:
+def batch(self: StoreDataset, pos, modalities: Sequence[str] | None = None, **kwargs) -> ModalityBatch:
     "Items `pos` (positions in this data set) collated (`FeatureStore.read_batch`; `kwargs` as `collate_items`)"
-    return self.store.read_batch(self.idx[np.asarray(pos, dtype=np.int64)], self.modalities, **kwargs)
+    return self.store.read_batch(self.idx[np.asarray(pos, dtype=np.int64)], modalities or self.modalities, **kwargs)
 
 def _position(i): return i  # a store's loader passes positions, not items, to `create_batch`
 def _rewrap(b): return tuple(ModalityBatch.of(o) if isinstance(o, dict) else o for o in b)
@@ -468,7 +473,6 @@ def store_dl(ds: StoreDataset,  # the items
              **kwargs,  # to `FeatureStore.read_batch` (as `collate_items`: shapes, max_len, pad_value)
             ) -> DataLoader:
     "`modality_dl` for a store: a fastai `DataLoader` of `(ModalityBatch,)`, each batch read at once"
-    kwargs.pop('modalities', None)  # the data set's
     def create_batch(pos): return (ds.batch(pos, **kwargs),)
     return DataLoader(ds, bs=bs, shuffle=shuffle, drop_last=drop_last, num_workers=num_workers,
                       create_item=_position, create_batch=create_batch, after_batch=_rewrap, device=device)
@@ -535,6 +539,14 @@ def tokenizer(self: StoreSource): return tokenizer_from_dict(self.store.meta['to
 def dataset(self: StoreSource, split: str = 'train', cache=True, validate: bool = False, progress: bool = False):
     "A `StoreDataset` of split `split` (or 'all'); `cache`, `validate` and `progress` do nothing (decoded when packed)"
     return StoreDataset(self.store, self.split(split).idx, self.modalities, name=f"{self.store.path.name}:{split}")
+
+# %% ../../nbs/09b_data.store.ipynb #75915e62
+@patch
+def step_counts(self: StoreSource, m: str) -> np.ndarray:
+    "The length (steps) of modality `m` of each record, 0 where absent: read from the offsets, no record is made"
+    parts = [np.zeros(s['n'], np.int64) if (mm := self.store.shard(k)['mods'].get(m)) is None
+             else np.diff(mm[1]) * mm[2] for k, s in enumerate(self.store.meta['shards'])]
+    return np.concatenate(parts)[self.records.idx] if parts else np.zeros(0, np.int64)
 
 # %% ../../nbs/09b_data.store.ipynb #47c2f53a
 def parse_h5_spec(spec: str) -> dict:

@@ -1,0 +1,123 @@
+"A store's batches read at once (issue 30): the same tensors as collating item by item, the same training numbers."
+import importlib.util, json, warnings
+from pathlib import Path
+import numpy as np, pytest, torch
+from cmrl.core import collate_items, modality_dl
+from cmrl.data.store import FeatureStore, StoreDataset, StoreSource, pack, store_dl
+from cmrl.data.loaders import get_source
+from cmrl.testing import feature_items
+
+torch.set_num_threads(1)
+ROOT = Path(__file__).parents[1]
+
+
+def scale_module():
+    spec = importlib.util.spec_from_file_location('scale', ROOT / 'benchmarks' / 'scale.py')
+    m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)
+    return m
+
+
+@pytest.fixture
+def manifest(tmp_path):
+    "24 items: image and audio features of varying length (some missing), texts, languages and groups on some"
+    d = tmp_path / 'data'; d.mkdir()
+    rows = []
+    for i, it in enumerate(feature_items(24, dims={'image': 8, 'audio': 6}, missing_rate=0.3)):
+        r = {'id': it['id'], 'label': str(it['label']), 'text': f"item {i}" * (1 + i % 3)}
+        if i % 3: r['lang'] = ['fr', 'es'][i % 2]
+        if i % 4 == 1: r['group'] = f"g{i % 5}"
+        for m in ('image', 'audio'):
+            if it[m] is None: continue
+            np.save(d / f"{m}{i}.npy", it[m].numpy()[:2 + i % 9]); r[f"{m}_features"] = f"{m}{i}.npy"
+        rows.append(r)
+    (d / 'm.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in rows))
+    return d / 'm.jsonl'
+
+
+def same_batch(a, b):
+    assert (a.ids, a.extra, list(a.x), list(a.mask), list(a.present)) == \
+           (b.ids, b.extra, list(b.x), list(b.mask), list(b.present))
+    for t, u in [(a.y, b.y)] + [(a[k][m], b[k][m]) for k in ('x', 'mask', 'present') for m in a[k]]:
+        assert t.dtype == u.dtype and t.shape == u.shape and torch.equal(t, u), (t.shape, u.shape)
+
+
+def test_read_batch_is_collate_items(manifest, tmp_path):
+    "Any batch (shards mixed, out of order, repeats, truncation, absent modalities) as `collate_items` makes it"
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        src = get_source(str(manifest))
+        pack(src, tmp_path / 'st', shard_size=7, cache=tmp_path / 'c')
+    fs = FeatureStore(tmp_path / 'st')
+    assert len(fs.meta['shards']) == 4
+    g = np.random.default_rng(0)
+    kws = [dict(modalities=src.modalities, shapes=src.shapes),
+           dict(modalities=src.modalities, shapes=src.shapes, max_len={'text': 5, 'audio': 40}),
+           dict(modalities=('audio', 'text'), shapes=src.shapes, pad_value=-1.)]
+    batches = [g.integers(0, fs.n, k) for k in (1, 3, 8, 24, 40)] + [np.arange(fs.n)]
+    batches += [[i for i in range(fs.n) if fs.item(i)['audio'] is None][:3]]  # no item has audio: shapes' zeros
+    for kw in kws:
+        for p in batches:
+            same_batch(fs.read_batch(p, **kw), collate_items([fs.item(int(i), kw['modalities']) for i in p], **kw))
+    b = fs.read_batch(np.arange(fs.n), **kws[0])
+    assert None in b.extra['lang'] and not b.present['audio'].all() and not b.mask['audio'].all()
+
+
+def test_store_dl_yields_modality_dl_batches(manifest, tmp_path):
+    "The same batches as `modality_dl` over the same items, shuffled with the same generator, with workers too"
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        src = get_source(str(manifest))
+        pack(src, tmp_path / 'st', shard_size=10, cache=tmp_path / 'c')
+    st = StoreSource(tmp_path / 'st')
+    ds, kw = st.dataset('all'), dict(modalities=st.modalities, shapes=st.shapes, max_len={'text': 8})
+    for nw in (0, 1):
+        a = store_dl(ds, bs=5, shuffle=True, drop_last=True, num_workers=nw, **kw)
+        b = modality_dl(ds, bs=5, shuffle=True, drop_last=True, num_workers=nw, **kw)
+        b.rng.setstate(a.rng.getstate())
+        got, want = list(a), list(b)
+        assert len(got) == len(want) == 4
+        for (x,), (y,) in zip(got, want): same_batch(x, y)
+
+
+def _run(store, out, **kw):
+    from cmrl.train import train
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        s = train(data=str(store), out=str(out), quiet=True, threads=1, seed=3, **kw)
+    sd = torch.load(Path(out) / 'checkpoint.pt', map_location='cpu', weights_only=False)
+    cfg = sd['config']
+    return s, {**sd, 'config': json.loads(cfg) if isinstance(cfg, str) else cfg}
+
+
+def _same_model(a, b):
+    ka, kb = a['model'], b['model']
+    assert list(ka) == list(kb) and all(torch.equal(ka[k], kb[k]) for k in ka)
+
+
+@pytest.mark.parametrize('planted', [True, False])
+def test_training_numbers_are_unchanged(planted, manifest, tmp_path, monkeypatch):
+    "Uni-Code (defaults, augmentation on): batches read at once train exactly as item-by-item batches (the old "
+    "path), on a planted store of 4 shards and on a store of features of varying length: same losses, same weights"
+    import cmrl.data.loaders as loaders
+    if planted: scale_module().pack_planted(1600, tmp_path / 'st', shard_size=400)
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')
+            pack(get_source(str(manifest)), tmp_path / 'st', shard_size=10, cache=tmp_path / 'c')
+    kw = dict(bs=64, epochs=1) if planted else dict(bs=8, epochs=2, text_frontend='bytes')
+    new, new_sd = _run(tmp_path / 'st', tmp_path / 'new', **kw)
+    monkeypatch.setattr(loaders, '_dl', lambda ds, *a, **k: modality_dl(ds, *a, **k))
+    monkeypatch.delattr(StoreSource, 'step_counts')  # and every record read to look for long features
+    old, old_sd = _run(tmp_path / 'st', tmp_path / 'old', **kw)
+    assert new_sd['config']['max_len'] == old_sd['config']['max_len']
+    assert new['n_train'] == old['n_train'] == (600 if planted else 19)
+    assert (new['train_loss'], new.get('valid_loss')) == (old['train_loss'], old.get('valid_loss'))
+    _same_model(new_sd, old_sd)
+
+
+def test_finite_check_is_exact():
+    "NaNGuard's check: a finite sum is enough, and a sum that overflows falls back to checking every element"
+    from cmrl.callbacks import _finite
+    assert _finite(torch.full((4,), 3e38)) and _finite(torch.full((70000,), 60000., dtype=torch.float16))
+    assert not _finite(torch.tensor([1., float('nan')])) and not _finite(torch.tensor([float('inf'), -float('inf')]))
+    assert not _finite({'a': [torch.ones(3), torch.tensor([0., float('-inf')])]}) and _finite(torch.arange(3))
