@@ -22,6 +22,12 @@ def test_scale_small(tmp_path):
     cca = float(re.search(r"^cca: n=2000 heldout_R@10=([\d.]+)$", r.stdout, re.M).group(1))
     assert cca >= 90  # the planted structure is linear: a linear CCA finds it on 1,000 training items
     assert not list((tmp_path / 'w').glob('store-*'))  # cleaned up
+    gl = re.findall(r"^goal: (.+): (met|MISSED) \((.+)\)$", r.stdout, re.M)
+    assert {g[0] for g in gl} >= {'loader <= 10 % of a step (n=2000)', 'random reads >= 20,000 items/s (n=2000)',
+                                  'training >= 2,000 items/s/core (n=2000)', 'store <= 1.1 x raw bytes (n=2000)'}
+    import json
+    j = json.loads((tmp_path / 's.json').read_text())
+    assert j['goals'] == [f"goal: {a}: {b} ({c})" for a, b, c in gl] and j['sizes'][0]['item_load_items_per_s'] > 0
 
 
 def test_store_reads_through_memory_maps(tmp_path):

@@ -121,3 +121,26 @@ def test_finite_check_is_exact():
     assert _finite(torch.full((4,), 3e38)) and _finite(torch.full((70000,), 60000., dtype=torch.float16))
     assert not _finite(torch.tensor([1., float('nan')])) and not _finite(torch.tensor([float('inf'), -float('inf')]))
     assert not _finite({'a': [torch.ones(3), torch.tensor([0., float('-inf')])]}) and _finite(torch.arange(3))
+
+
+def test_memory_does_not_grow_with_steps(tmp_path):
+    "Training on a store keeps nothing per step but fastai's per-step loss: tracked objects and RssAnon stay flat"
+    import gc
+    from fastai.callback.core import Callback
+    from cmrl.train import train
+    def rss_anon():
+        return next(int(l.split()[1]) / 1024 for l in open('/proc/self/status') if l.startswith('RssAnon:'))
+    class Count(Callback):
+        order = 1000
+        def before_fit(self): self.objs, self.rss = [], []
+        def after_batch(self):
+            if self.training: self.objs.append(len(gc.get_objects())); self.rss.append(rss_anon())
+    scale_module().pack_planted(1600, tmp_path / 'st', shard_size=300)
+    c = Count()
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        train(data=str(tmp_path / 'st'), bs=16, epochs=1, out=str(tmp_path / 'run'), quiet=True, threads=1, cbs=[c])
+    steps = len(c.objs) - 5
+    assert steps >= 30
+    assert c.objs[-1] - c.objs[4] <= 2 * steps, c.objs  # fastai's Recorder keeps one loss per step
+    assert max(c.rss[5:]) - c.rss[4] < 30, c.rss

@@ -429,7 +429,9 @@ def read_batch(self: FeatureStore, idx,  # store positions of the batch's items
             for L in np.unique(n[s]):
                 if L == 0: continue
                 b = s[n[s] == L]
-                out[b, :L] = torch.from_numpy(_gather(self.shard(k)['mods'][m][0], a[b], int(L), self.layout[m]['read']))
+                rows = torch.from_numpy(_gather(self.shard(k)['mods'][m][0], a[b], int(L), self.layout[m]['read']))
+                if len(b) == B: out[:, :L] = rows  # every item (b is sorted): a plain copy
+                else: out[:, :L].index_copy_(0, torch.from_numpy(b), rows)
         mask[m] = torch.arange(T)[None] < torch.from_numpy(n)[:, None]
         x[m], present[m] = out, torch.from_numpy(pres) & mask[m].any(1)
     return ModalityBatch(x, mask, present, *self._batch_cols(sh, row, sel))
