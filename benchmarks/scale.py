@@ -96,13 +96,15 @@ def load_rate(store: Path, k: int = 20000, seed: int = 0, bs: int = 256) -> dict
         read(ds)
         return k / (time.perf_counter() - t0), k / (time.process_time() - c0)
     r = {}
-    r['load_items_per_s'], r['load_items_per_cpu_s'] = rate(lambda ds: [ds.batch(idx[a:a + bs]) for a in range(0, k, bs)])
+    batches = lambda ds: [ds.batch(idx[a:a + bs]) for a in range(0, k, bs)]
+    r['load_items_per_s'], r['load_items_per_cpu_s'] = rate(batches)
     r['item_load_items_per_s'], r['item_load_items_per_cpu_s'] = rate(lambda ds: [ds[int(i)] for i in idx])
     return r
 
 
 def train_epoch(store: Path, out: Path, **kw) -> dict:
-    "One epoch of Uni-Code (defaults, bs 256, 1 thread; `kw`: other `cmrl train` settings): items/s, loader share, peak RssAnon"
+    "One epoch of Uni-Code (defaults, bs 256, 1 thread; `kw`: other `cmrl train` settings): items/s, loader share, "
+    "peak RssAnon"
     import torch
     from fastai.callback.core import Callback
     from cmrl.train import train
@@ -131,7 +133,8 @@ def train_epoch(store: Path, out: Path, **kw) -> dict:
     return {'n_train': s['n_train'], 'fit_s': fit, 'train_items_per_s_per_core': s['n_train'] / fit,
             'loader_share': float(share[0]), 'peak_rss_mb': rss.peak, 'train_loss': s.get('train_loss'),
             # the same measured in CPU seconds of the process (steady when other processes share the cores)
-            'fit_cpu_s': clock.cpu, 'train_items_per_cpu_s': s['n_train'] / clock.cpu, 'loader_share_cpu': float(share[1])}
+            'fit_cpu_s': clock.cpu, 'train_items_per_cpu_s': s['n_train'] / clock.cpu,
+            'loader_share_cpu': float(share[1])}
 
 
 def heldout_r10(store: Path, out: Path) -> float:
@@ -217,9 +220,11 @@ def goals(res: list[dict]) -> list[str]:
     def say(name, ok, how): out.append(f"goal: {name}: {'met' if ok else 'MISSED'} ({how})")
     for r in res:
         n = r['n']
-        say(f"store <= 1.1 x raw bytes (n={n})", r['store_mb'] <= 1.1 * r['raw_mb'], f"{r['store_mb'] / r['raw_mb']:.3f} x")
+        say(f"store <= 1.1 x raw bytes (n={n})", r['store_mb'] <= 1.1 * r['raw_mb'],
+            f"{r['store_mb'] / r['raw_mb']:.3f} x")
         say(f"random reads >= 20,000 items/s (n={n})", r['load_items_per_s'] >= 20000,
-            f"in batches {r['load_items_per_s']:.0f} items/s, {r['load_items_per_cpu_s']:.0f} per CPU second; one by one "
+            f"in batches {r['load_items_per_s']:.0f} items/s, {r['load_items_per_cpu_s']:.0f} per CPU second; "
+            f"one by one "
             f"{r['item_load_items_per_s']:.0f}, {r['item_load_items_per_cpu_s']:.0f}")
         if n >= 1_000_000: say("pack 1 M items <= 10 min", r['pack_s'] <= 600, f"{r['pack_s']:.0f} s")
         if 'loader_share' not in r: continue
@@ -260,7 +265,8 @@ def main(argv=None):
     p.add_argument('--train-kw', default='{}', help='other `cmrl train` settings as JSON, e.g. \'{"max_speech": 10}\'')
     a = p.parse_args(argv)
     try: train_kw = json.loads(a.train_kw); assert isinstance(train_kw, dict)
-    except (ValueError, AssertionError): p.error(f"--train-kw: give a JSON object of `cmrl train` settings, not {a.train_kw!r}")
+    except (ValueError, AssertionError):
+        p.error(f"--train-kw: give a JSON object of `cmrl train` settings, not {a.train_kw!r}")
     sizes = [int(s) for s in a.sizes.split(',') if s.strip()]
     if a.item_loader:
         import cmrl.data.loaders as loaders
@@ -286,7 +292,8 @@ def main(argv=None):
     if a.json:
         cmd = 'python benchmarks/scale.py ' + ' '.join(sys.argv[1:] if argv is None else argv)
         Path(a.json).write_text(json.dumps({'command': cmd, 'cores': os.cpu_count(), 'threads': 1,
-                                            'train_kw': train_kw, 'item_loader': a.item_loader, 'sizes': res, 'goals': gl},
+                                            'train_kw': train_kw, 'item_loader': a.item_loader, 'sizes': res,
+                                            'goals': gl},
                                            indent=1) + '\n')
     if not a.work and not a.keep: shutil.rmtree(work, ignore_errors=True)
     return res

@@ -96,7 +96,8 @@ def source_dls(source='tuxpaint',  # a `Source`, or a name/path for `get_source`
     if len(val) == 0:
         warnings.warn(f"{src.name}: the {valid!r} part is empty; training runs without validation (no validation loss or metrics)")
     ckw = _collate_kw(src, max_len)
-    dls = DataLoaders(_dl(trn, bs, shuffle=shuffle_train, drop_last=len(trn) > bs, num_workers=num_workers, device=device, **ckw),
+    dls = DataLoaders(_dl(trn, bs, shuffle=shuffle_train, drop_last=len(trn) > bs, num_workers=num_workers,
+                          device=device, **ckw),
                       _dl(val, bs, shuffle=False, num_workers=num_workers, device=device, **ckw), device=device)
     if hasattr(trn, 'shuffle_fn'): dls.train.shuffle_fn = partial(trn.shuffle_fn, dls.train)  # a store: shard by shard
     dls.source, dls.vocab = src, src.class_names
