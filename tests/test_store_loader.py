@@ -144,3 +144,24 @@ def test_memory_does_not_grow_with_steps(tmp_path):
     assert steps >= 30
     assert c.objs[-1] - c.objs[4] <= 2 * steps, c.objs  # fastai's Recorder keeps one loss per step
     assert max(c.rss[5:]) - c.rss[4] < 30, c.rss
+
+
+def test_padded_tensors_are_reused_only_when_free(tmp_path):
+    "A batch's padded tensor is reused once nothing holds it (no reference, no view), reset to padding even when it "
+    "was changed in place; every batch equals `collate_items`"
+    scale_module().pack_planted(1300, tmp_path / 'st', shard_size=500)
+    fs = FeatureStore(tmp_path / 'st')
+    ds, ml = StoreDataset(fs, np.arange(fs.n), ('image', 'audio', 'text')), {'image': 512, 'audio': 40, 'text': 12}
+    def check(b, p): same_batch(b, collate_items([ds[int(i)] for i in p], modalities=ds.modalities, max_len=ml))
+    p = [np.arange(k, k + 8) * 37 % fs.n for k in range(6)]
+    b = ds.batch(p[0], max_len=ml); ptr = b.x['image'].data_ptr(); del b
+    b = ds.batch(p[1], max_len=ml); check(b, p[1]); assert b.x['image'].data_ptr() == ptr  # reused
+    view, held = b.x['image'][:, :3], b.x['audio']; del b
+    b = ds.batch(p[2], max_len=ml); check(b, p[2])
+    assert b.x['image'].data_ptr() != view.data_ptr() and b.x['audio'].data_ptr() != held.data_ptr()
+    assert view.abs().sum() > 0 and held.abs().sum() > 0  # what they hold was not overwritten
+    b.x['text'].fill_(7.); ptr = b.x['text'].data_ptr(); del b
+    b = ds.batch(p[3], max_len=ml); check(b, p[3]); assert b.x['text'].data_ptr() == ptr  # reused, all of it reset
+    kept = [ds.batch(q, max_len=ml) for q in p]  # all held: all distinct
+    assert len({k.x['image'].data_ptr() for k in kept}) == len(p)
+    for k, q in zip(kept, p): check(k, q)

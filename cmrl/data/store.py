@@ -381,6 +381,38 @@ class StoreDataset(torch.utils.data.Dataset):
         return pos[np.lexsort((g.random(len(pos)), key))].tolist()
     def __repr__(self): return f"StoreDataset({self.name}: {len(self)} items, modalities {', '.join(self.modalities)})"
 
+# %% ../../nbs/09b_data.store.ipynb #bbe22e02
+_POOL = 3  # padded tensors kept per shape, dtype and pad value
+
+def _unheld(t: torch.Tensor, refs: int) -> bool:
+    "Whether `t` is held by `refs` Python references (besides this call's) and nothing else: no view, no other "
+    "tensor sharing its memory, no other process"
+    s = t.untyped_storage()
+    return sys.getrefcount(t) == refs + 2 and not s.is_shared() and torch._C._storage_Use_Count(s._cdata) == 2
+
+@patch
+def _buffer(self: FeatureStore, shape: tuple, dtype: torch.dtype, pad_value: float) -> torch.Tensor:
+    "A tensor of `pad_value`: one this store handed out before that nothing holds any more, else a new one"
+    if torch.utils.data.get_worker_info() is not None: return _padded(shape, dtype, pad_value)  # sent to another process
+    pool = self.__dict__.setdefault('_pool', {}).setdefault((shape, dtype, pad_value), [])
+    for e in pool:
+        if not _unheld(e[0], 1): continue  # held by the pool alone
+        t, rows, version = e
+        (t if t._version != version else t[:, :rows]).fill_(pad_value)  # changed in place: all of it
+        e[1] = 0
+        return t
+    t = _padded(shape, dtype, pad_value)
+    pool.append([t, 0, t._version])
+    if len(pool) > _POOL: pool.pop(0)
+    return t
+
+@patch
+def _written(self: FeatureStore, t: torch.Tensor, rows: int):
+    "Note that the first `rows` steps of `t` (if pooled) were written"
+    for e in (e for p in self.__dict__.get('_pool', {}).values() for e in p):
+        if e[0] is t: e[1], e[2] = max(e[1], rows), t._version
+
+
 # %% ../../nbs/09b_data.store.ipynb #22f017fe
 def _gather(data: np.ndarray, starts: np.ndarray, n: int, read: str) -> np.ndarray:
     "Rows `starts[b] + [0, n)` of `data` for each b as `[b, n, ...]` in dtype `read`: one read, in file order"
@@ -391,9 +423,8 @@ def _gather(data: np.ndarray, starts: np.ndarray, n: int, read: str) -> np.ndarr
     return out
 
 def _padded(shape: tuple, dtype: torch.dtype, pad_value: float) -> torch.Tensor:
-    "A tensor of `pad_value`; zeros from `np.zeros` (calloc): the pages no row is written to are never touched"
-    if pad_value: return torch.full(shape, pad_value, dtype=dtype)
-    return torch.from_numpy(np.zeros(shape, dtype=torch.empty(0, dtype=dtype).numpy().dtype))
+    "A new tensor of `pad_value`"
+    return torch.full(shape, pad_value, dtype=dtype)
 
 @patch
 def read_batch(self: FeatureStore, idx,  # store positions of the batch's items
@@ -424,7 +455,7 @@ def read_batch(self: FeatureStore, idx,  # store positions of the batch's items
         ml = (max_len or {}).get(m)
         T = max(1, int(lens.max())) if ml is None else ml
         n = np.minimum(lens, T)
-        out = _padded((B, T, *rest), dt, pad_value)
+        out = self._buffer((B, T, *rest), dt, pad_value)
         for k, s in sel.items():
             for L in np.unique(n[s]):
                 if L == 0: continue
@@ -432,6 +463,7 @@ def read_batch(self: FeatureStore, idx,  # store positions of the batch's items
                 rows = torch.from_numpy(_gather(self.shard(k)['mods'][m][0], a[b], int(L), self.layout[m]['read']))
                 if len(b) == B: out[:, :L] = rows  # every item (b is sorted): a plain copy
                 else: out[:, :L].index_copy_(0, torch.from_numpy(b), rows)
+        self._written(out, int(n.max()))
         mask[m] = torch.arange(T)[None] < torch.from_numpy(n)[:, None]
         x[m], present[m] = out, torch.from_numpy(pres) & mask[m].any(1)
     return ModalityBatch(x, mask, present, *self._batch_cols(sh, row, sel))
