@@ -2,15 +2,19 @@
 
 Each item has a latent z ~ N(0, I_16); each of 3 modalities is a fixed random linear map of z to `[10, 128]` plus
 Gaussian noise of the same variance as the signal per element, stored float16; 1,000 held-out items (split 'test')
-form the R@10 gallery. Per size: pack (`cmrl.data.store.pack_items`), random-access load (`StoreDataset`), one epoch
+form the R@10 gallery. Per size: pack (`cmrl.data.store.pack_items`), random-access load (`load_items_per_s`: batches
+of 256 random items read at once, as the training loader reads them; `item_load_items_per_s`: one by one), one epoch
 of the feature-only Uni-Code model with its default settings except batch size 256 (`cmrl.train.train`, 1 thread),
 held-out cross-modal R@10, and a linear CCA fitted on the same training items as a peer. Prints per size
 
     scale: n=... pack_s=... store_mb=... raw_mb=... load_items_per_s=... train_items_per_s_per_core=...
            peak_rss_mb=... loader_share=... heldout_R@10=...
 
-(one line), and writes every number to `--json` (default benchmarks/scale.json).
+(one line), then a `goal:` line per goal of issue 30 the sizes speak to (met or missed, by how much), and writes every
+number to `--json` (default benchmarks/scale.json). `--train-kw` measures other `cmrl train` settings (not defaults).
 `peak_rss_mb` is the peak anonymous RSS (`RssAnon`, the store's memory-mapped pages excluded) of the training process.
+Times are wall-clock; the JSON also has them in CPU seconds of the process (`train_items_per_cpu_s`,
+`loader_share_cpu`), which other processes on the same cores do not inflate.
 
     python benchmarks/scale.py --sizes 10000,100000 [--work /tmp/scale] [--json benchmarks/scale.json]
 """
@@ -77,44 +81,60 @@ def pack_planted(n: int, store: Path, shard_size: int = 100_000) -> tuple[float,
     return time.perf_counter() - t0 - gen[0], gen[0]
 
 
-def load_rate(store: Path, k: int = 20000, seed: int = 0) -> float:
-    "Random-access items/s through `StoreDataset` (one process, as the default `num_workers=0`)"
+def load_rate(store: Path, k: int = 20000, seed: int = 0, bs: int = 256) -> dict:
+    "Random-access reads in one process (the default `num_workers=0`), items/s of wall clock and of CPU: in batches of "
+    "`bs` random items read at once as the training loader reads them (`StoreDataset.batch`), and one by one; each "
+    "through its own fresh memory maps (the first touch of a page is part of a random read)"
+    import torch
     from cmrl.data.store import FeatureStore, StoreDataset
-    fs = FeatureStore(store)
-    ds = StoreDataset(fs, np.arange(fs.n), MODS)
-    idx = np.random.default_rng(seed).integers(0, fs.n, k)
-    t0 = time.perf_counter()
-    for i in idx: ds[int(i)]
-    return k / (time.perf_counter() - t0)
+    torch.set_num_threads(1)  # as training runs (`--threads 1`)
+    idx = np.random.default_rng(seed).integers(0, FeatureStore(store).n, k)
+    def rate(read):
+        fs = FeatureStore(store)
+        ds = StoreDataset(fs, np.arange(fs.n), MODS)
+        t0, c0 = time.perf_counter(), time.process_time()
+        read(ds)
+        return k / (time.perf_counter() - t0), k / (time.process_time() - c0)
+    r = {}
+    batches = lambda ds: [ds.batch(idx[a:a + bs]) for a in range(0, k, bs)]
+    r['load_items_per_s'], r['load_items_per_cpu_s'] = rate(batches)
+    r['item_load_items_per_s'], r['item_load_items_per_cpu_s'] = rate(lambda ds: [ds[int(i)] for i in idx])
+    return r
 
 
-def train_epoch(store: Path, out: Path) -> dict:
-    "One epoch of Uni-Code (defaults, bs 256, 1 thread): items/s, loader share, peak RssAnon, held-out R@10"
+def train_epoch(store: Path, out: Path, **kw) -> dict:
+    "One epoch of Uni-Code (defaults, bs 256, 1 thread; `kw`: other `cmrl train` settings): items/s, loader share, "
+    "peak RssAnon"
     import torch
     from fastai.callback.core import Callback
     from cmrl.train import train
     torch.set_num_threads(1)
     class Start(Callback):  # first of every callback at the start of a batch
         order = -1000
-        def before_fit(self): self.waits, self.steps, self.t_end, self.t_start = [], [], None, None
+        def before_fit(self):
+            self.waits, self.steps, self.t_end, self.t_start, self.cpu0 = [], [], None, None, time.process_time()
         def before_batch(self):
-            now = time.perf_counter()
+            now = (time.perf_counter(), time.thread_time())  # wall clock, and this thread's CPU time
             if self.training and self.t_end is not None:
-                self.waits.append(now - self.t_end); self.steps.append(now - self.t_start)
+                self.waits.append(np.subtract(now, self.t_end)); self.steps.append(np.subtract(now, self.t_start))
             self.t_start = now
     class End(Callback):  # last of every callback at the end of a batch: from here to `Start` is waiting for data
         order = 1000
         def after_batch(self):
-            if self.training: clock.t_end = time.perf_counter()
+            if self.training: clock.t_end = (time.perf_counter(), time.thread_time())
+        def after_fit(self): clock.cpu = time.process_time() - clock.cpu0
     clock = Start()
     with PeakRss() as rss, warnings.catch_warnings():
         warnings.simplefilter('ignore')
         t0 = time.perf_counter()
-        s = train(data=str(store), bs=256, epochs=1, out=str(out), quiet=True, threads=1, cbs=[clock, End()])
+        s = train(data=str(store), bs=256, epochs=1, out=str(out), quiet=True, threads=1, cbs=[clock, End()], **kw)
         fit = s.get('fit_seconds') or (time.perf_counter() - t0)
+    share = np.sum(clock.waits, 0) / np.sum(clock.steps, 0) if clock.steps else [float('nan')] * 2
     return {'n_train': s['n_train'], 'fit_s': fit, 'train_items_per_s_per_core': s['n_train'] / fit,
-            'loader_share': float(np.sum(clock.waits) / np.sum(clock.steps)) if clock.steps else float('nan'),
-            'peak_rss_mb': rss.peak, 'train_loss': s.get('train_loss')}
+            'loader_share': float(share[0]), 'peak_rss_mb': rss.peak, 'train_loss': s.get('train_loss'),
+            # the same measured in CPU seconds of the process (steady when other processes share the cores)
+            'fit_cpu_s': clock.cpu, 'train_items_per_cpu_s': s['n_train'] / clock.cpu,
+            'loader_share_cpu': float(share[1])}
 
 
 def heldout_r10(store: Path, out: Path) -> float:
@@ -176,21 +196,54 @@ def cca_r10(store: Path, k: int = Z, eps: float = 1e-3) -> float:
     return float(np.mean(rs))
 
 
-def run_size(n: int, work: Path, keep: bool = False, pack_only: bool = False) -> dict:
+def run_size(n: int, work: Path, keep: bool = False, pack_only: bool = False, train_kw: dict | None = None) -> dict:
     store, out = work / f"store-{n}", work / f"run-{n}"
     for p in (store, out): shutil.rmtree(p, ignore_errors=True)
     pack_s, gen_s = pack_planted(n, store)
     from cmrl.data.store import FeatureStore
     r = {'n': n, 'pack_s': pack_s, 'generate_s': gen_s, 'store_mb': FeatureStore(store).nbytes() / 1e6,
-         'raw_mb': n * len(MODS) * T * D * 2 / 1e6, 'load_items_per_s': load_rate(store)}
+         'raw_mb': n * len(MODS) * T * D * 2 / 1e6}
+    r.update(load_rate(store))
     if pack_only:
         shutil.rmtree(store, ignore_errors=True)
         return r
-    r.update(train_epoch(store, out))
+    r.update(train_epoch(store, out, **(train_kw or {})))
     r['heldout_R@10'] = heldout_r10(store, out)
     r['cca_heldout_R@10'] = cca_r10(store)
     if not keep: shutil.rmtree(store, ignore_errors=True); shutil.rmtree(out, ignore_errors=True)
     return r
+
+
+def goals(res: list[dict]) -> list[str]:
+    "Each goal of issue 30 that the measured sizes speak to, met or missed, and by how much"
+    out = []
+    def say(name, ok, how): out.append(f"goal: {name}: {'met' if ok else 'MISSED'} ({how})")
+    for r in res:
+        n = r['n']
+        say(f"store <= 1.1 x raw bytes (n={n})", r['store_mb'] <= 1.1 * r['raw_mb'],
+            f"{r['store_mb'] / r['raw_mb']:.3f} x")
+        say(f"random reads >= 20,000 items/s (n={n})", r['load_items_per_s'] >= 20000,
+            f"in batches {r['load_items_per_s']:.0f} items/s, {r['load_items_per_cpu_s']:.0f} per CPU second; "
+            f"one by one "
+            f"{r['item_load_items_per_s']:.0f}, {r['item_load_items_per_cpu_s']:.0f}")
+        if n >= 1_000_000: say("pack 1 M items <= 10 min", r['pack_s'] <= 600, f"{r['pack_s']:.0f} s")
+        if 'loader_share' not in r: continue
+        say(f"loader <= 10 % of a step (n={n})", r['loader_share'] <= .1,
+            f"{r['loader_share']:.3f}; {r['loader_share_cpu']:.3f} of its CPU time")
+        v = r['train_items_per_s_per_core']
+        say(f"training >= 2,000 items/s/core (n={n})", v >= 2000, f"{v:.0f}: {v / 2000:.2f} x the goal; "
+            f"{r['train_items_per_cpu_s']:.0f} per CPU second")
+        if n >= 1_000_000: say("held-out R@10 >= 90 at 1 M", r['heldout_R@10'] >= 90, f"{r['heldout_R@10']:.1f}")
+    tr = sorted((r for r in res if 'loader_share' in r), key=lambda r: r['n'])
+    if len(tr) > 1:
+        a, b = tr[0], tr[-1]
+        q = b['peak_rss_mb'] / a['peak_rss_mb']
+        say(f"peak RssAnon at n={b['n']} <= 1.2 x at n={a['n']}", q <= 1.2,
+            f"{b['peak_rss_mb']:.0f} / {a['peak_rss_mb']:.0f} MB = {q:.2f} x")
+        v, c = ([r[k] for r in tr] for k in ('train_items_per_s_per_core', 'train_items_per_cpu_s'))
+        say(f"training items/s constant within 10 % (n={a['n']}..{b['n']})", max(v) / min(v) - 1 <= .1,
+            f"max / min - 1 = {100 * (max(v) / min(v) - 1):.0f} %; per CPU second {100 * (max(c) / min(c) - 1):.0f} %")
+    return out
 
 
 def line(r: dict) -> str:
@@ -207,15 +260,25 @@ def main(argv=None):
     p.add_argument('--json', default='benchmarks/scale.json', help="where to write the numbers ('' for nowhere)")
     p.add_argument('--keep', action='store_true', help='keep the stores and runs')
     p.add_argument('--pack-only', action='store_true', help='only pack and load (a `scale-pack:` line per size)')
+    p.add_argument('--item-loader', action='store_true',
+                   help="train with the loader that reads and collates item by item (the old path), to compare")
+    p.add_argument('--train-kw', default='{}', help='other `cmrl train` settings as JSON, e.g. \'{"max_speech": 10}\'')
     a = p.parse_args(argv)
+    try: train_kw = json.loads(a.train_kw); assert isinstance(train_kw, dict)
+    except (ValueError, AssertionError):
+        p.error(f"--train-kw: give a JSON object of `cmrl train` settings, not {a.train_kw!r}")
     sizes = [int(s) for s in a.sizes.split(',') if s.strip()]
+    if a.item_loader:
+        import cmrl.data.loaders as loaders
+        from cmrl.core import modality_dl
+        loaders._dl = lambda ds, *args, **kw: modality_dl(ds, *args, **kw)
     if any(n <= HELD + 256 for n in sizes):
         p.error(f"--sizes: each size must exceed {HELD + 256} (1,000 held out, one batch)")
     work = Path(a.work) if a.work else Path(tempfile.mkdtemp(prefix='cmrl-scale-'))
     work.mkdir(parents=True, exist_ok=True)
     res = []
     for n in sizes:
-        r = run_size(n, work, a.keep, a.pack_only)
+        r = run_size(n, work, a.keep, a.pack_only, train_kw)
         res.append(r)
         if a.pack_only:
             print(f"scale-pack: n={n} pack_s={r['pack_s']:.1f} generate_s={r['generate_s']:.1f} "
@@ -224,10 +287,14 @@ def main(argv=None):
             continue
         print(f"cca: n={n} heldout_R@10={r['cca_heldout_R@10']:.1f}", flush=True)
         print(line(r), flush=True)
+    gl = goals(res)
+    print('\n'.join(gl), flush=True)
     if a.json:
         cmd = 'python benchmarks/scale.py ' + ' '.join(sys.argv[1:] if argv is None else argv)
-        Path(a.json).write_text(json.dumps({'command': cmd,
-                                            'cores': os.cpu_count(), 'threads': 1, 'sizes': res}, indent=1) + '\n')
+        Path(a.json).write_text(json.dumps({'command': cmd, 'cores': os.cpu_count(), 'threads': 1,
+                                            'train_kw': train_kw, 'item_loader': a.item_loader, 'sizes': res,
+                                            'goals': gl},
+                                           indent=1) + '\n')
     if not a.work and not a.keep: shutil.rmtree(work, ignore_errors=True)
     return res
 

@@ -94,7 +94,9 @@ def plot_loss_history(history: list,  # `learn.loss_history`
 
 # %% ../nbs/31_callbacks.ipynb #943b55e6
 def _finite(o) -> bool:
-    if isinstance(o, Tensor): return not o.is_floating_point() or bool(torch.isfinite(o).all())
+    "Whether every float in `o` (tensors, nested in dicts, lists, tuples) is finite"
+    if isinstance(o, Tensor):  # a finite sum has finite terms; a sum that overflowed: every element checked
+        return not o.is_floating_point() or bool(torch.isfinite(o.sum())) or bool(torch.isfinite(o).all())
     if isinstance(o, dict): return all(_finite(v) for v in o.values())
     if isinstance(o, (list, tuple)): return all(_finite(v) for v in o)
     return True
@@ -129,7 +131,7 @@ class NaNGuard(Callback):
             for b, c in self._bufs: b.copy_(c)
         self._skip('a non-finite loss')
     def before_step(self):
-        if all(p.grad is None or bool(torch.isfinite(p.grad).all()) for g in self.learn.opt.param_lists for p in g): return
+        if all(p.grad is None or _finite(p.grad) for g in self.learn.opt.param_lists for p in g): return
         self.n_skipped += 1; self.epoch_skipped += 1
         self.reasons['non-finite gradients'] = self.reasons.get('non-finite gradients', 0) + 1
         self.learn.nan_skipped = self.n_skipped

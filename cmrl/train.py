@@ -315,10 +315,16 @@ def crop_long_features(src, ml: dict) -> dict:
     for m in src.modalities:
         if m not in src.npy_dims: continue
         ml[m] = cap = min(ml.get(m, limit), limit)
-        long = [(Path(r[m]).name, steps[r[m]]) for r in src.records if r.get(m) and steps.get(r[m], 0) > cap]
-        if long: warnings.warn(f"{m} features: {len(long)} item(s) have more than the model's {cap} steps and are "
-                               f"cropped to their first {cap}: " + ', '.join(f"{n} (T={t})" for n, t in long[:5])
-                               + (' ...' if len(long) > 5 else ''))
+        if hasattr(src, 'step_counts'):  # a store: every length from its offsets, no record made
+            n = src.step_counts(m)
+            ks = (n > cap).nonzero()[0]
+            k, long = len(ks), [(Path(str(src.records[int(i)][m])).name, int(n[i])) for i in ks[:5]]
+        else:
+            long = [(Path(r[m]).name, steps[r[m]]) for r in src.records if r.get(m) and steps.get(r[m], 0) > cap]
+            k = len(long)
+        if k: warnings.warn(f"{m} features: {k} item(s) have more than the model's {cap} steps and are "
+                            f"cropped to their first {cap}: " + ', '.join(f"{n} (T={t})" for n, t in long[:5])
+                            + (' ...' if k > 5 else ''))
     return ml
 
 # %% ../nbs/35_train.ipynb #4d98b263

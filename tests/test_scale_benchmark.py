@@ -22,6 +22,12 @@ def test_scale_small(tmp_path):
     cca = float(re.search(r"^cca: n=2000 heldout_R@10=([\d.]+)$", r.stdout, re.M).group(1))
     assert cca >= 90  # the planted structure is linear: a linear CCA finds it on 1,000 training items
     assert not list((tmp_path / 'w').glob('store-*'))  # cleaned up
+    gl = re.findall(r"^goal: (.+): (met|MISSED) \((.+)\)$", r.stdout, re.M)
+    assert {g[0] for g in gl} >= {'loader <= 10 % of a step (n=2000)', 'random reads >= 20,000 items/s (n=2000)',
+                                  'training >= 2,000 items/s/core (n=2000)', 'store <= 1.1 x raw bytes (n=2000)'}
+    import json
+    j = json.loads((tmp_path / 's.json').read_text())
+    assert j['goals'] == [f"goal: {a}: {b} ({c})" for a, b, c in gl] and j['sizes'][0]['item_load_items_per_s'] > 0
 
 
 def test_store_reads_through_memory_maps(tmp_path):
@@ -43,3 +49,18 @@ def test_store_reads_through_memory_maps(tmp_path):
         for m in scale.MODS: assert all(map(mapped, fs.shard(k)['mods'][m]))
     x = ds[1234]['audio']
     assert x.shape == (10, 128) and x.dtype.is_floating_point and not isinstance(x.numpy(), np.memmap)
+
+
+def test_scale_phases_small(tmp_path):
+    "benchmarks/scale_phases.py: every phase of a step in CPU milliseconds, shares summing to 1; bad --variants: exit 2"
+    import json
+    cmd = [sys.executable, str(ROOT / 'benchmarks' / 'scale_phases.py'), '--n', '1600',
+           '--json', str(tmp_path / 'p.json')]
+    r = subprocess.run(cmd + ['--variants', '[{"mi_steps": 0}]'], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    v, = json.loads((tmp_path / 'p.json').read_text())['variants']
+    assert v['kw'] == {'mi_steps': 0} and v['steps'] == 1 and v['n_train'] == 600
+    assert abs(sum(p['share'] for p in v['phases'].values()) - 1) < 1e-6
+    assert v['phases']['forward']['cpu_ms_per_step'] > 0
+    bad = subprocess.run(cmd + ['--variants', '{"mi_steps": 0}'], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert bad.returncode == 2 and 'JSON list' in bad.stderr and 'Traceback' not in bad.stderr

@@ -17,7 +17,7 @@ from .source import *
 from .tuxpaint import TuxPaint
 from .manifest import ManifestSource
 from .synth import SynthSource
-from .store import StoreSource, is_store
+from .store import StoreSource, StoreDataset, is_store, store_dl
 
 # %% auto #0
 __all__ = ['SOURCES', 'data_cli', 'get_source', 'source_dls', 'source_dl', 'data']
@@ -70,6 +70,10 @@ def get_source(source='tuxpaint',  # 'tuxpaint', 'synth', a store folder (`cmrl 
 def _collate_kw(src: Source, max_len: dict | None) -> dict:
     return {'modalities': src.modalities, 'shapes': src.shapes, **({'max_len': max_len} if max_len else {})}
 
+def _dl(ds, *args, **kwargs):
+    "`store_dl` for a store's items (read a batch at once), else `modality_dl`"
+    return (store_dl if isinstance(ds, StoreDataset) else modality_dl)(ds, *args, **kwargs)
+
 def source_dls(source='tuxpaint',  # a `Source`, or a name/path for `get_source`
                bs: int = 32,  # batch size
                cache=True,  # feature cache: `True` (default folder), a path, or `False`
@@ -92,8 +96,9 @@ def source_dls(source='tuxpaint',  # a `Source`, or a name/path for `get_source`
     if len(val) == 0:
         warnings.warn(f"{src.name}: the {valid!r} part is empty; training runs without validation (no validation loss or metrics)")
     ckw = _collate_kw(src, max_len)
-    dls = DataLoaders(modality_dl(trn, bs, shuffle=shuffle_train, drop_last=len(trn) > bs, num_workers=num_workers, device=device, **ckw),
-                      modality_dl(val, bs, shuffle=False, num_workers=num_workers, device=device, **ckw), device=device)
+    dls = DataLoaders(_dl(trn, bs, shuffle=shuffle_train, drop_last=len(trn) > bs, num_workers=num_workers,
+                          device=device, **ckw),
+                      _dl(val, bs, shuffle=False, num_workers=num_workers, device=device, **ckw), device=device)
     if hasattr(trn, 'shuffle_fn'): dls.train.shuffle_fn = partial(trn.shuffle_fn, dls.train)  # a store: shard by shard
     dls.source, dls.vocab = src, src.class_names
     return dls
@@ -111,7 +116,7 @@ def source_dl(source='tuxpaint',  # a `Source`, or a name/path for `get_source`
     "One fastai `DataLoader` over a split (for evaluation), yielding `(ModalityBatch,)`"
     src = get_source(source, **source_kw)
     ds = src.dataset(split, cache=cache, validate=validate)
-    dl = modality_dl(ds, bs=bs, shuffle=shuffle, num_workers=num_workers, device=device, **_collate_kw(src, max_len))
+    dl = _dl(ds, bs=bs, shuffle=shuffle, num_workers=num_workers, device=device, **_collate_kw(src, max_len))
     dl.source = src
     return dl
 

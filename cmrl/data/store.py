@@ -18,11 +18,13 @@ from .source import Source, VALID_PCT
 from .text import tokenizer_from_dict
 from .source import parse_langs, group_split, valid_fracs
 from fastai.data.transforms import CategoryMap
+from fastai.data.load import DataLoader
 
 # %% auto #0
 __all__ = ['STORE_FILE', 'STORE_FORMAT', 'COLUMNS', 'StoreError', 'is_store', 'read_meta', 'ShardWriter', 'pack_items',
            'frontend_parts', 'settings_diff', 'frontend_key', 'source_meta', 'source_items', 'pack', 'FeatureStore',
-           'Positions', 'StoreRecords', 'StoreDataset', 'StoreSource', 'parse_h5_spec', 'pool_rows', 'pack_h5']
+           'Positions', 'StoreRecords', 'StoreDataset', 'store_dl', 'StoreSource', 'parse_h5_spec', 'pool_rows',
+           'pack_h5']
 
 # %% ../../nbs/09b_data.store.ipynb #62ac2b5d
 STORE_FILE, STORE_FORMAT = 'store.json', 1  # the metadata file that marks a store folder, and its format version
@@ -379,6 +381,136 @@ class StoreDataset(torch.utils.data.Dataset):
         return pos[np.lexsort((g.random(len(pos)), key))].tolist()
     def __repr__(self): return f"StoreDataset({self.name}: {len(self)} items, modalities {', '.join(self.modalities)})"
 
+# %% ../../nbs/09b_data.store.ipynb #bbe22e02
+_POOL = 3  # padded tensors kept per shape, dtype and pad value
+
+def _unheld(t: torch.Tensor, refs: int) -> bool:
+    "Whether `t` is held by `refs` Python references (besides this call's) and nothing else: no view, no other "
+    "tensor sharing its memory, no other process"
+    s = t.untyped_storage()
+    return sys.getrefcount(t) == refs + 2 and not s.is_shared() and torch._C._storage_Use_Count(s._cdata) == 2
+
+@patch
+def _buffer(self: FeatureStore, shape: tuple, dtype: torch.dtype, pad_value: float) -> torch.Tensor:
+    "A tensor of `pad_value`: one this store handed out before that nothing holds any more, else a new one"
+    if torch.utils.data.get_worker_info() is not None: return _padded(shape, dtype, pad_value)  # sent to another process
+    pool = self.__dict__.setdefault('_pool', {}).setdefault((shape, dtype, pad_value), [])
+    for e in pool:
+        if not _unheld(e[0], 1): continue  # held by the pool alone
+        t, rows, version = e
+        (t if t._version != version else t[:, :rows]).fill_(pad_value)  # changed in place: all of it
+        e[1] = 0
+        return t
+    t = _padded(shape, dtype, pad_value)
+    pool.append([t, 0, t._version])
+    if len(pool) > _POOL: pool.pop(0)
+    return t
+
+@patch
+def _written(self: FeatureStore, t: torch.Tensor, rows: int):
+    "Note that the first `rows` steps of `t` (if pooled) were written"
+    for e in (e for p in self.__dict__.get('_pool', {}).values() for e in p):
+        if e[0] is t: e[1], e[2] = max(e[1], rows), t._version
+
+
+# %% ../../nbs/09b_data.store.ipynb #22f017fe
+def _gather(data: np.ndarray, starts: np.ndarray, n: int, read: str) -> np.ndarray:
+    "Rows `starts[b] + [0, n)` of `data` for each b as `[b, n, ...]` in dtype `read`: one read, in file order"
+    order = np.argsort(starts, kind='stable')
+    rows = (starts[order][:, None] + np.arange(n)).ravel()
+    out = np.empty((len(starts), n, *data.shape[1:]), dtype=read)
+    out[order] = data[rows].reshape(len(starts), n, *data.shape[1:])  # the cast happens in this copy
+    return out
+
+def _padded(shape: tuple, dtype: torch.dtype, pad_value: float) -> torch.Tensor:
+    "A new tensor of `pad_value`"
+    return torch.full(shape, pad_value, dtype=dtype)
+
+@patch
+def read_batch(self: FeatureStore, idx,  # store positions of the batch's items
+               modalities: Sequence[str],  # modalities to collate (as `collate_items(modalities=)`)
+               shapes: dict | None = None,  # `{m: (shape, dtype)}` for modalities no item of the batch has
+               pad_value: float = 0.,  # value of padded positions
+               max_len: dict | None = None,  # per-modality length to pad or truncate to
+              ) -> ModalityBatch:
+    "`collate_items([self.item(i, modalities) for i in idx], ...)`, read as one slice per shard, modality and length"
+    idx = np.asarray(idx, dtype=np.int64).reshape(-1)
+    B = len(idx)
+    if B == 0: raise ValueError("read_batch: empty list of items")
+    if idx.min() < 0 or idx.max() >= self.n: raise IndexError(f"items {idx.min()}..{idx.max()} of a store of {self.n}")
+    sh = np.searchsorted(self.starts, idx, 'right') - 1
+    row, ks = idx - self.starts[sh], np.unique(sh)
+    sel = {int(k): np.flatnonzero(sh == k) for k in ks}
+    x, mask, present = {}, {}, {}
+    for m in dict.fromkeys(modalities):
+        pres, a, lens = np.zeros(B, bool), np.zeros(B, np.int64), np.zeros(B, np.int64)
+        for k, s in sel.items():
+            if (mm := self.shard(k)['mods'].get(m)) is None: continue
+            r = row[s]
+            pres[s], a[s], lens[s] = mm[2][r], mm[1][r], mm[1][r + 1] - mm[1][r]
+        lens[~pres] = 0
+        if pres.any(): dt, rest = torch.from_numpy(np.zeros(0, self.layout[m]['read'])).dtype, self.layout[m]['rest']
+        elif shapes is not None and m in shapes: rest, dt = shapes[m]
+        else: continue
+        ml = (max_len or {}).get(m)
+        T = max(1, int(lens.max())) if ml is None else ml
+        n = np.minimum(lens, T)
+        out = self._buffer((B, T, *rest), dt, pad_value)
+        for k, s in sel.items():
+            for L in np.unique(n[s]):
+                if L == 0: continue
+                b = s[n[s] == L]
+                rows = torch.from_numpy(_gather(self.shard(k)['mods'][m][0], a[b], int(L), self.layout[m]['read']))
+                if len(b) == B: out[:, :L] = rows  # every item (b is sorted): a plain copy
+                else: out[:, :L].index_copy_(0, torch.from_numpy(b), rows)
+        self._written(out, int(n.max()))
+        mask[m] = torch.arange(T)[None] < torch.from_numpy(n)[:, None]
+        x[m], present[m] = out, torch.from_numpy(pres) & mask[m].any(1)
+    return ModalityBatch(x, mask, present, *self._batch_cols(sh, row, sel))
+
+
+# %% ../../nbs/09b_data.store.ipynb #cff1a61e
+@patch
+def _batch_cols(self: FeatureStore, sh: np.ndarray, row: np.ndarray, sel: dict) -> tuple:
+    "ids, labels `[B]` and `extra` of a batch's items as `collate_items` collates their `item`s"
+    B = len(sh)
+    ids, y, ex = np.empty(B, dtype=object), np.empty(B, np.int64), {}
+    for k, s in sel.items():
+        c = self.shard(k)['cols']
+        ids[s], y[s] = c['id'][row[s]], c['label'][row[s]]
+        for f in EXTRA_FIELDS:
+            if f not in c: continue
+            v = ex.setdefault(f, np.full(B, '', dtype=object))
+            v[s] = c[f][row[s]]
+    y[y < 0] = -1
+    has = {f: np.asarray([bool(s) for s in v]) for f, v in ex.items()}
+    first = {f: (int(h.argmax()), EXTRA_FIELDS.index(f)) for f, h in has.items() if h.any()}  # `collate_items` order
+    extra = {f: [str(s) if h else None for s, h in zip(ex[f], has[f])] for f in sorted(first, key=first.get)}
+    return [str(i) for i in ids], torch.from_numpy(y), extra
+
+
+# %% ../../nbs/09b_data.store.ipynb #fa23750d
+@patch
+def batch(self: StoreDataset, pos, modalities: Sequence[str] | None = None, **kwargs) -> ModalityBatch:
+    "Items `pos` (positions in this data set) collated (`FeatureStore.read_batch`; `kwargs` as `collate_items`)"
+    return self.store.read_batch(self.idx[np.asarray(pos, dtype=np.int64)], modalities or self.modalities, **kwargs)
+
+def _position(i): return i  # a store's loader passes positions, not items, to `create_batch`
+def _rewrap(b): return tuple(ModalityBatch.of(o) if isinstance(o, dict) else o for o in b)
+
+def store_dl(ds: StoreDataset,  # the items
+             bs: int = 32,  # batch size
+             shuffle: bool = False,  # reshuffle each epoch
+             drop_last: bool = False,  # drop the last incomplete batch
+             num_workers: int = 0,  # worker processes
+             device=None,  # where batches go; `None`: fastai's default device
+             **kwargs,  # to `FeatureStore.read_batch` (as `collate_items`: shapes, max_len, pad_value)
+            ) -> DataLoader:
+    "`modality_dl` for a store: a fastai `DataLoader` of `(ModalityBatch,)`, each batch read at once"
+    def create_batch(pos): return (ds.batch(pos, **kwargs),)
+    return DataLoader(ds, bs=bs, shuffle=shuffle, drop_last=drop_last, num_workers=num_workers,
+                      create_item=_position, create_batch=create_batch, after_batch=_rewrap, device=device)
+
 # %% ../../nbs/09b_data.store.ipynb #d2c75fb0
 class StoreSource(Source):
     "A store folder as a cmrl `Source`: its splits, class names, front-end settings and tokenizer are the packed ones"
@@ -441,6 +573,14 @@ def tokenizer(self: StoreSource): return tokenizer_from_dict(self.store.meta['to
 def dataset(self: StoreSource, split: str = 'train', cache=True, validate: bool = False, progress: bool = False):
     "A `StoreDataset` of split `split` (or 'all'); `cache`, `validate` and `progress` do nothing (decoded when packed)"
     return StoreDataset(self.store, self.split(split).idx, self.modalities, name=f"{self.store.path.name}:{split}")
+
+# %% ../../nbs/09b_data.store.ipynb #75915e62
+@patch
+def step_counts(self: StoreSource, m: str) -> np.ndarray:
+    "The length (steps) of modality `m` of each record, 0 where absent: read from the offsets, no record is made"
+    parts = [np.zeros(s['n'], np.int64) if (mm := self.store.shard(k)['mods'].get(m)) is None
+             else np.diff(mm[1]) * mm[2] for k, s in enumerate(self.store.meta['shards'])]
+    return np.concatenate(parts)[self.records.idx] if parts else np.zeros(0, np.int64)
 
 # %% ../../nbs/09b_data.store.ipynb #47c2f53a
 def parse_h5_spec(spec: str) -> dict:
