@@ -20,6 +20,7 @@ Usage (repository root, the project's venv):
 
     python benchmarks/hashing.py --runs /work/runs26/test            # reuse the lead's runs (seeds found there)
     python benchmarks/hashing.py --work /tmp/hash --seeds 0,1,2       # train the runs (cmrl train --threads 1)
+    python benchmarks/hashing.py --runs DIR --n 0 --bits 64 --seeds 0,1,2  # the goal's bits only, no scale part
     python benchmarks/hashing.py --runs DIR --choose                  # the recipe search on the valid part
     python benchmarks/hashing.py --quick --out /tmp/h.json            # 100 k items at scale (and whatever --runs has)
 
@@ -71,7 +72,8 @@ def train_run(seed: int, manifest: Path, work: Path) -> Path:
     run = work / f'unicode-s{seed}'
     if (run / 'metrics.json').exists(): return run
     exe = Path(sys.executable).parent / 'cmrl'
-    cmd = [str(exe) if exe.exists() else 'cmrl', 'train', '--data', str(manifest), '--seed', str(seed), '--out', str(run),
+    cmd = [str(exe) if exe.exists() else 'cmrl', 'train', '--data', str(manifest), '--seed', str(seed),
+           '--out', str(run),
            '--quiet', '--threads', '1']
     print('  $', ' '.join(shlex.quote(c) for c in cmd), file=sys.stderr, flush=True)
     p = subprocess.run(cmd, capture_output=True, text=True)
@@ -105,27 +107,31 @@ def find_runs(runs: Path | None, seeds) -> dict:
     if runs is None: return {}
     return {s: runs / f'unicode-s{s}' for s in seeds if (runs / f'unicode-s{s}' / 'metrics.json').exists()}
 
-def real(a, manifest: Path, recipes: dict, part: str) -> dict:
-    "Every seed's scores of `part`, and their mean / min / max"
+def real(a, manifest: Path, recipes: dict, part: str, save=None) -> dict:
+    "Every seed's scores of `part`, and their mean / min / max; `save(res)` after every seed (a crash keeps what was measured)"
     from cmrl.eval.benchmark import aggregate
-    runs = find_runs(Path(a.runs), range(6)) if a.runs else {}
+    seeds = [int(x) for x in a.seeds.split(',')]
+    runs = find_runs(Path(a.runs), seeds) if a.runs else {}
     if len(runs) < a.min_seeds:
         if not a.work: raise SystemExit(f"hashing: --runs {a.runs} holds {len(runs)} finished runs (< {a.min_seeds}); "
                                         "give --work DIR to train the missing seeds")
-        runs = {s: train_run(s, manifest, Path(a.work)) for s in [int(x) for x in a.seeds.split(',')]}
+        runs = {s: train_run(s, manifest, Path(a.work)) for s in seeds}
     per_seed = {}
     for s, run in sorted(runs.items()):
         print(f"[{time.strftime('%H:%M:%S')}] {part}: seed {s} ({run})", file=sys.stderr, flush=True)
         P = run_parts(run, manifest, ('train', part))
         per_seed[str(s)] = score_part(P['train'], P[part], a.bits, recipes, s)
         per_seed[str(s)].update(run=str(run), n_train=len(P['train']['ids']), n_scored=len(P[part]['ids']))
-    return {'part': part, 'seeds': sorted(int(s) for s in per_seed), 'per_seed': per_seed, 'summary': aggregate(per_seed)}
+        res = {'part': part, 'seeds': sorted(int(s) for s in per_seed), 'per_seed': per_seed,
+               'summary': aggregate(per_seed)}
+        if save: save(res)
+    return res
 
 def real_goals(res: dict, B: int = 64, row: str = 'learned') -> dict:
     "Per direction (means over seeds): learned >= lsh, learned >= 0.8 x float R@10"
     S, out = res['summary'], {}
     for d in res['per_seed'][str(res['seeds'][0])]['float']:
-        f, h, l = (S[f'{w}/{B}/{d}/R@10']['mean'] if w != 'float' else S[f'float/{d}/R@10']['mean'] for w in ('float', row, 'lsh'))
+        f, h, l = S[f'float/{d}/R@10']['mean'], S[f'{row}/{B}/{d}/R@10']['mean'], S[f'lsh/{B}/{d}/R@10']['mean']
         out[d] = {'float': f, row: h, 'lsh': l, 'beats_lsh': h >= l, 'ratio_to_float': h / f if f else float('nan'),
                   'ge_0.8_float': h >= GOAL_RATIO * f}
     return out
@@ -140,8 +146,9 @@ def spectrum_of(runs: dict, manifest: Path) -> np.ndarray | None:
     X = torch.cat([torch.nn.functional.normalize(v, dim=-1) for v in P['train']['emb'].values()]).double().numpy()
     return np.cov(X, rowvar=False)
 
-def make_clusters(n: int, q: int, d: int, cov: np.ndarray | None, clusters: int, spread: float, path: Path, seed: int = 0):
-    "Gallery (written to a `.npy` memmap at `path`, chunk by chunk) and queries: cluster centres ~ N(0, cov), items = centre + spread N(0, cov)"
+def make_clusters(n: int, q: int, d: int, cov: np.ndarray | None, clusters: int, spread: float, path: Path,
+                  seed: int = 0):
+    "Gallery (a `.npy` memmap at `path`, written in chunks) and queries: centres ~ N(0, cov), items = centre + spread N(0, cov)"
     rng = np.random.default_rng(seed)
     if cov is None:  # no real run: a power-law spectrum in a random basis
         ev = 1 / np.arange(1, d + 1); Qb = np.linalg.qr(rng.standard_normal((d, d)))[0]; cov = (Qb * ev) @ Qb.T
@@ -184,20 +191,22 @@ def scale(a, cov, path: Path) -> dict:
     rng = np.random.default_rng(1)
     S = np.ascontiguousarray(G[np.sort(rng.choice(a.n, min(a.hash_fit, a.n), replace=False))])
     _, nn_ = torch_exact(S, S, 2)
-    t_fit, head = timed(lambda: fit_hash_head({'query': S, 'gallery': S[nn_[:, 1]]}, bits=a.scale_bits, epochs=a.hash_epochs,
+    t_fit, head = timed(lambda: fit_hash_head({'query': S, 'gallery': S[nn_[:, 1]]}, bits=a.scale_bits,
+                                              epochs=a.hash_epochs,
                                               seed=0, threads=a.threads))
     enc = {'learned': lambda X, m: head.encode({m: torch.from_numpy(np.array(X, np.float32))})[m].numpy(),
            'lsh': lambda X, m: lsh_codes(np.ascontiguousarray(X), a.scale_bits, seed=0).numpy()}
     exact_ix = EmbeddingIndex(d, 'flat', 'cos').add(np.ascontiguousarray(G))  # in memory: the float matrix
     idx = {w: BinaryIndex(a.scale_bits).add(np.concatenate([pack_codes(f(G[s:s + 100_000], 'gallery'))
                                                           for s in range(0, a.n, 100_000)])) for w, f in enc.items()}
-    for ix in idx.values(): ix.index.use_heap = False  # faiss's counting top-k: faster than its heap for 1,000 candidates
+    for ix in idx.values(): ix.index.use_heap = False  # faiss's counting top-k: faster than its heap for k = 1,000
     # a sub-linear variant: an inverted file over the learned codes (binary k-means lists, `nprobe` of them scanned);
     # faiss stores an 8-byte id beside every code, so it costs twice the memory of the flat codes
     nlist = max(16, int(4 * a.n ** 0.5))
     ivf = faiss.IndexBinaryIVF(faiss.IndexBinaryFlat(a.scale_bits), a.scale_bits, nlist)
     Gc = np.concatenate([pack_codes(enc['learned'](G[s:s + 100_000], 'gallery')) for s in range(0, a.n, 100_000)])
-    ivf.train(Gc[np.random.default_rng(2).choice(a.n, min(a.n, 50 * nlist), replace=False)]); ivf.add(Gc); ivf.nprobe = a.nprobe
+    ivf.train(Gc[np.random.default_rng(2).choice(a.n, min(a.n, 50 * nlist), replace=False)])
+    ivf.add(Gc); ivf.nprobe = a.nprobe
     del Gc
     runs = {'faiss': lambda: exact_ix.search(Q, a.k), 'torch': lambda: torch_exact(Q, G, a.k)}
     for w in enc:
@@ -211,13 +220,16 @@ def scale(a, cov, path: Path) -> dict:
     med = {n: statistics.median(v) for n, v in times.items()}
     exact = res['faiss'][1]
     base = min(('faiss', 'torch'), key=med.get)
-    out = {'n': a.n, 'd': d, 'queries': a.q, 'k': a.k, 'bits': a.scale_bits, 'candidates': a.candidates, 'threads': a.threads,
-           'clusters': max(1, a.n // a.per_cluster), 'spread': a.spread, 'spectrum': 'real' if cov is not None else 'power law 1/i',
-           'eigenvalues_top8': [float(x) for x in eig[:8]], 'data_seconds': round(t_data, 1), 'fit_seconds': round(t_fit, 1),
+    out = {'n': a.n, 'd': d, 'queries': a.q, 'k': a.k, 'bits': a.scale_bits, 'candidates': a.candidates,
+           'threads': a.threads, 'clusters': max(1, a.n // a.per_cluster), 'spread': a.spread,
+           'spectrum': 'real' if cov is not None else 'power law 1/i', 'eigenvalues_top8': [float(x) for x in eig[:8]],
+           'data_seconds': round(t_data, 1), 'fit_seconds': round(t_fit, 1),
            'hash_fit_items': len(S), 'seconds': {n: [round(x, 4) for x in v] for n, v in times.items()},
            'median_seconds': med, 'baseline': base, 'torch_recall_vs_faiss': knn_recall(res['torch'][1], exact),
-           'float_bytes': int(a.n * d * 4), 'index_bytes': int(idx['learned'].index.ntotal * idx['learned'].bytes_per_item),
-           'ivf': {'nlist': nlist, 'nprobe': a.nprobe, 'index_bytes': int(a.n * (a.scale_bits // 8 + 8) + nlist * a.scale_bits // 8)}}
+           'float_bytes': int(a.n * d * 4),
+           'index_bytes': int(idx['learned'].index.ntotal * idx['learned'].bytes_per_item),
+           'ivf': {'nlist': nlist, 'nprobe': a.nprobe,
+                   'index_bytes': int(a.n * (a.scale_bits // 8 + 8) + nlist * a.scale_bits // 8)}}
     out['memory_ratio'] = out['float_bytes'] / out['index_bytes']
     for w in enc:
         out[w] = {'recall@k': knn_recall(res[w][1], exact), 'speedup': med[base] / med[w],
@@ -240,10 +252,12 @@ def scale_goals(s: dict) -> dict:
 
 # ----------------------------------------------------------------------------- main
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split('\n')[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0], epilog=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--runs', default=None, help='folder with finished `cmrl train` runs unicode-s{0..5} (read-only)')
     p.add_argument('--work', default=None, help='folder for the manifests and the runs trained here')
-    p.add_argument('--seeds', default='0,1,2', help='seeds to train when --runs has fewer than --min-seeds')
+    p.add_argument('--seeds', default='0,1,2,3,4,5',
+                   help='seeds: the runs of these found in --runs, or trained into --work when fewer than --min-seeds')
     p.add_argument('--min-seeds', type=int, default=3)
     p.add_argument('--bits', default=','.join(map(str, BITS)))
     p.add_argument('--choose', action='store_true', help='score RECIPES on the valid part (the choice of the defaults)')
@@ -256,13 +270,14 @@ def main(argv=None):
     p.add_argument('--per-cluster', type=int, default=100, help='gallery items per cluster')
     p.add_argument('--spread', type=float, default=0.5, help='within-cluster spread (relative to the centres)')
     p.add_argument('--nprobe', type=int, default=32, help='inverted lists scanned by the IVF variant')
-    p.add_argument('--hash-fit', type=int, default=20_000, help='gallery items the head is fitted on (with their neighbours)')
+    p.add_argument('--hash-fit', type=int, default=20_000,
+                   help='gallery items the head is fitted on (with their neighbours)')
     p.add_argument('--hash-epochs', type=int, default=30)
     p.add_argument('--reps', type=int, default=3, help='interleaved repetitions of every timed search')
     p.add_argument('--threads', type=int, default=1, help='torch and faiss threads (the same for every search)')
     p.add_argument('--quick', action='store_true', help='100 k items at scale, 2 repetitions, bits 16,64')
-    p.add_argument('--merge', default='', help="comma-separated JSON files of earlier runs: their 'choice' / 'real' / 'scale' sections "
-                   "are kept where this run does not redo them (parts measured in parallel processes)")
+    p.add_argument('--merge', default='', help="comma-separated JSON files of earlier runs: their 'choice' / 'real' / "
+                   "'scale' sections are kept where this run does not redo them (parts measured in parallel processes)")
     p.add_argument('--out', default=str(ROOT / 'benchmarks' / 'hashing.json'))
     a = p.parse_args(argv)
     if a.quick: a.n, a.reps, a.bits = min(a.n, 100_000), 2, '16,64'
@@ -276,11 +291,13 @@ def main(argv=None):
     if a.choose or not a.no_real or spec_runs:
         manifest = write_manifests(read_split(SPLIT_FILE), work)['paths']['cmrl']
     res = {'command': ' '.join(['python', 'benchmarks/hashing.py', *(argv if argv is not None else sys.argv[1:])]),
-           'machine': dict(cpus=os.cpu_count(), load_1min=os.getloadavg()[0], python=platform.python_version(), torch=torch.__version__,
+           'machine': dict(cpus=os.cpu_count(), load_1min=os.getloadavg()[0], python=platform.python_version(),
+                           torch=torch.__version__,
                            threads=a.threads, processor=platform.processor() or platform.machine()),
            'split_file': str(SPLIT_FILE.relative_to(ROOT)), 'goals_doc': (
-               f"64 bits, no re-ranking: learned >= LSH in every direction and >= {GOAL_RATIO} x float R@10 (test part, mean over seeds); "
-               f"scale: Hamming + re-ranking >= {GOAL_SPEEDUP:.0f}x faster than exact float, index >= {GOAL_MEMORY:.0f}x smaller, "
+               f"64 bits, no re-ranking: learned >= LSH in every direction and >= {GOAL_RATIO} x float R@10 "
+               f"(test part, mean over seeds); scale: Hamming + re-ranking >= {GOAL_SPEEDUP:.0f}x faster than exact "
+               f"float, index >= {GOAL_MEMORY:.0f}x smaller, "
                f"recall@10 of the exact result >= {GOAL_RECALL}"), 'ssah_recipe': SSAH}
     outp = Path(a.out)
     old = json.loads(outp.read_text()) if outp.exists() else {}
@@ -291,13 +308,16 @@ def main(argv=None):
         res['choice'] = real(a, manifest, RECIPES, 'valid')
         res['choice'].update(recipes=RECIPES, command=cmd)
         S = res['choice']['summary']
-        rank = {n: float(np.mean([v['mean'] for k, v in S.items() if k.startswith(f'{n}/64/') and k.endswith('/R@10')])) for n in RECIPES}
+        rank = {n: float(np.mean([v['mean'] for k, v in S.items() if k.startswith(f'{n}/64/') and k.endswith('/R@10')]))
+                for n in RECIPES}
         res['choice']['mean_R@10_64bits'], res['choice']['best'] = rank, max(rank, key=rank.get)
         print('\n'.join(f"{n:34s} {v:5.1f}" for n, v in sorted(rank.items(), key=lambda x: -x[1])))
     elif 'choice' in old: res['choice'] = old['choice']  # kept from the last --choose run
     if not a.no_real:
-        res['real'] = real(a, manifest, {'learned': {}, 'ssah': SSAH}, 'test')
-        res['real'].update(goals={str(B): real_goals(res['real'], B) for B in a.bits}, command=cmd)
+        def save(r):
+            r.update(goals={str(B): real_goals(r, B) for B in a.bits}, command=cmd)
+            outp.write_text(json.dumps({**res, 'real': r}, indent=1, default=float) + '\n')
+        res['real'] = real(a, manifest, {'learned': {}, 'ssah': SSAH}, 'test', save)
     elif 'real' in old: res['real'] = old['real']
     if a.n:
         with tempfile.TemporaryDirectory(dir=a.work) as tmp:
@@ -311,9 +331,11 @@ def main(argv=None):
                      f">= {GOAL_RATIO} x float in {sum(v['ge_0.8_float'] for v in g.values())}/{len(g)} "
                      f"({len(res['real']['seeds'])} seeds)")
         for d, v in g.items():
-            if not v['beats_lsh']: print(f"  missed: {d} learned {v['learned']:.1f} < lsh {v['lsh']:.1f} (by {v['lsh'] - v['learned']:.1f})")
+            if not v['beats_lsh']:
+                print(f"  missed: {d} learned {v['learned']:.1f} < lsh {v['lsh']:.1f} (by {v['lsh'] - v['learned']:.1f})")
             if not v['ge_0.8_float']:
-                print(f"  missed: {d} learned {v['learned']:.1f} < {GOAL_RATIO} x float {v['float']:.1f} (ratio {v['ratio_to_float']:.2f})")
+                print(f"  missed: {d} learned {v['learned']:.1f} < {GOAL_RATIO} x float {v['float']:.1f} "
+                      f"(ratio {v['ratio_to_float']:.2f})")
     if 'scale' in res:
         s = res['scale']
         lines.append(f"scale {s['n']:,}: flat codes {s['learned']['speedup']:.1f}x faster than {s['baseline']}, memory "
@@ -321,7 +343,8 @@ def main(argv=None):
                      f"ivf {s['ivf']['speedup']:.1f}x, {s['ivf']['memory_ratio']:.1f}x, {s['ivf']['recall@k']:.3f}")
         for name, g in s['goals'].items():
             for k, v in g.items():
-                if not v['met']: print(f"  missed: scale {name} {k} {v['value']:.3g} < {v['goal']} (short by {v['goal'] - v['value']:.3g})")
+                if not v['met']:
+                    print(f"  missed: scale {name} {k} {v['value']:.3g} < {v['goal']} (short by {v['goal'] - v['value']:.3g})")
     res['summary'] = 'hashing: ' + '; '.join(lines)
     outp.write_text(json.dumps(res, indent=1, default=float) + '\n')
     print(res['summary'])
