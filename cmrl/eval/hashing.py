@@ -6,19 +6,20 @@ Docs: https://cmrl-dev.github.io/cmrl/eval.hashing.html.md"""
 
 # %% ../../nbs/44_eval.hashing.ipynb #157f2391
 from __future__ import annotations
-import warnings
+import math, warnings
 from fastcore.meta import delegates
 from typing import Sequence
 import numpy as np
 import torch
 from torch import Tensor
 from ..core import tensor_of
-from ..heads.hashing import to_binary, lsh_codes, fit_hash_head, HashHead
-from .index import hamming_distances
-from ..metrics import cross_modal_retrieval, direction
+from ..heads.hashing import to_binary, lsh_codes, fit_hash_head, HashHead, pack_codes
+from .index import BinaryIndex, hamming_distances
+from ..metrics import cross_modal_retrieval, direction, relevance
 
 # %% auto #0
-__all__ = ['hamming_similarity', 'hash_retrieval', 'hash_retrieval_report', 'hash_report_table']
+__all__ = ['hamming_similarity', 'hash_retrieval', 'tie_fraction', 'hash_retrieval_report', 'hash_report_table',
+           'hamming_rerank_search']
 
 # %% ../../nbs/44_eval.hashing.ipynb #ccf5cdc6
 def hamming_similarity(q, g) -> Tensor:  # `[Q, G]` minus the Hamming distance (higher = closer), for `cmrl.metrics.similarity`
@@ -30,6 +31,26 @@ def hash_retrieval(codes: dict,  # modality -> `[N, B]` +-1 codes, rows are the 
                   ) -> dict:  # 'a->b' -> metrics dict, like `cross_modal_retrieval`
     "Retrieval metrics in every direction, ranking the gallery by Hamming distance (faiss binary index)"
     return cross_modal_retrieval(codes, metric=hamming_similarity, **kwargs)
+
+# %% ../../nbs/44_eval.hashing.ipynb #16c1c68c
+def tie_fraction(codes: dict,  # modality -> `[N, B]` +-1 codes, rows are the same N items
+                 ids: Sequence | None = None,  # item id per row
+                 groups: Sequence | None = None,  # group id per row (false-negative mask, as the scorer's)
+                 directions: Sequence[tuple[str, str]] | None = None,  # (query, gallery) pairs; default every ordered pair
+                ) -> dict:  # 'a->b' -> {'tied': % of queries, 'mean_tied': negatives tied per query}
+    "How often a query's partner shares its Hamming distance with a negative (the pessimistic rule ranks it below them)"
+    mods = list(codes)
+    N = len(codes[mods[0]])
+    ids = list(range(N)) if ids is None else list(ids)
+    directions = [(a, b) for a in mods for b in mods if a != b] if directions is None else list(directions)
+    out = {}
+    for a, b in directions:
+        rel, ign = relevance(ids, ids, groups, groups)
+        s = hamming_similarity(codes[a], codes[b]).float()
+        best = s.masked_fill(~rel, -math.inf).max(1).values[:, None]
+        eq = ((s == best) & ~rel & ~ign).sum(1).float()
+        out[direction(a, b)] = {'tied': 100 * float((eq > 0).float().mean()), 'mean_tied': float(eq.mean())}
+    return out
 
 # %% ../../nbs/44_eval.hashing.ipynb #31463369
 def hash_retrieval_report(fit_embs: dict,  # modality -> `[N_fit, D]` embeddings of the training items
@@ -76,3 +97,34 @@ def hash_report_table(rep: dict,  # from `hash_retrieval_report`
     b = rep['bytes_per_item']
     lines = ['  '.join(c.rjust(w) for c, w in zip(r, wid)) for r in rows]
     return '\n'.join(lines + [f"bytes per item: float {b['float']}, hash {b['hash']}, lsh {b['lsh']}"])
+
+# %% ../../nbs/44_eval.hashing.ipynb #3d06a771
+def _rerank_chunk(q: np.ndarray, gallery, cand: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    "Cosine of the candidates' float rows (read in one gather), top-k per query; -1 candidates never win"
+    c = np.maximum(cand, 0)
+    g = np.asarray(gallery[c.ravel()], np.float32).reshape(*c.shape, -1)  # [Q, C, D], only these rows are read
+    s = np.matmul(g, q[:, :, None])[..., 0] / np.maximum(np.sqrt(np.einsum('qcd,qcd->qc', g, g)), 1e-12)
+    s[cand < 0] = -np.inf
+    kk = min(k, s.shape[1])
+    top = np.argpartition(-s, kk - 1, axis=1)[:, :kk] if kk < s.shape[1] else np.broadcast_to(np.arange(kk), s.shape).copy()
+    o = np.take_along_axis(top, np.argsort(-np.take_along_axis(s, top, 1), axis=1, kind='stable'), 1)
+    return np.take_along_axis(s, o, 1), np.take_along_axis(cand, o, 1)
+
+def hamming_rerank_search(index,  # the gallery's codes: a `BinaryIndex`, or a faiss binary index (e.g. `IndexBinaryIVF`)
+                          q_codes,  # `[Q, B]` +-1 (or packed) codes of the queries
+                          q_emb,  # `[Q, D]` float embeddings of the queries
+                          gallery,  # `[N, D]` float embeddings of the gallery, e.g. `np.load(path, mmap_mode='r')`
+                          k: int = 10,  # results per query
+                          candidates: int = 1000,  # Hamming neighbours re-ranked by float cosine
+                          chunk: int = 100,  # queries re-ranked at once (bounds memory: chunk x candidates x D floats)
+                         ) -> tuple[np.ndarray, np.ndarray]:  # (`[Q, k]` cosine scores, `[Q, k]` gallery positions)
+    "Two-stage search: the Hamming top-`candidates` from the codes in memory, re-ranked by cosine with floats read on demand"
+    if isinstance(index, BinaryIndex): _, C = index.search(q_codes, candidates)
+    else:
+        qc = np.asarray(q_codes)
+        _, C = index.search(qc if qc.dtype == np.uint8 else pack_codes(qc), min(candidates, index.ntotal))
+    q = np.asarray(q_emb, np.float32)
+    q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
+    parts = [_rerank_chunk(q[s:s + chunk], gallery, C[s:s + chunk], k) for s in range(0, len(q), chunk)]
+    if not parts: return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])

@@ -20,7 +20,8 @@ from ..core import tensor_of
 
 # %% auto #0
 __all__ = ['to_binary', 'pack_codes', 'unpack_codes', 'lsh_codes', 'HashHead', 'pairwise_likelihood_loss', 'quantization_loss',
-           'bit_balance_loss', 'HashLoss', 'stack_embeddings', 'fit_hash_head']
+           'bit_balance_loss', 'code_logits', 'code_infonce_loss', 'neighbour_distill_loss', 'HashLoss',
+           'stack_embeddings', 'fit_hash_head']
 
 # %% ../../nbs/19_heads.hashing.ipynb #bd026f09
 def to_binary(h,  # `[..., B]` logits or relaxed codes (tensor or array)
@@ -60,18 +61,28 @@ def lsh_codes(emb,  # `[N, D]` embeddings (tensor or array)
 
 # %% ../../nbs/19_heads.hashing.ipynb #4ec92120
 class HashHead(nn.Module):
-    "Per modality one linear layer from the shared embedding to B bits: h = W e + c; relaxed codes tanh(h), binary codes sign(h)"
+    "Per modality one linear layer (or one shared by all) from the shared embedding to B bits: h = W e + c; relaxed codes tanh(h), binary codes sign(h)"
     def __init__(self, modalities: Sequence[str],  # modalities with a head
                  d: int,  # embedding width D
                  bits: int = 64,  # code length B (a multiple of 8)
-                 normalize: bool = True):  # L2-normalise embeddings first (float retrieval ranks by cosine)
+                 normalize: bool = True,  # L2-normalise embeddings first (float retrieval ranks by cosine)
+                 shared: bool = False,  # one projection for every modality (their embeddings already share one space)
+                 init: str = 'random',  # 'random' (PyTorch's) or 'lsh': W = the directions of `lsh_codes(..., seed)`, c = 0
+                 seed: int = 0):  # seed of the 'lsh' directions
         super().__init__()
         if bits <= 0 or bits % 8: raise ValueError(f"HashHead: bits must be a positive multiple of 8, got {bits}")
         if not modalities: raise ValueError("HashHead: give at least one modality")
+        if init not in ('random', 'lsh'): raise ValueError(f"HashHead: init must be 'random' or 'lsh', got {init!r}")
         self.modalities = tuple(modalities)
-        store_attr('d,bits,normalize')
-        self.proj = nn.ModuleDict({m: nn.Linear(d, bits) for m in self.modalities})
-        self.config = dict(modalities=list(self.modalities), d=d, bits=bits, normalize=normalize)
+        store_attr('d,bits,normalize,shared,init,seed')
+        lins = [nn.Linear(d, bits) for _ in range(1 if shared else len(self.modalities))]
+        if init == 'lsh':  # the same directions as `lsh_codes`: before training the head's codes are LSH's
+            R = torch.randn(d, bits, generator=torch.Generator().manual_seed(seed))
+            with torch.no_grad():
+                for l in lins: l.weight.copy_(R.T); l.bias.zero_()
+        self.proj = nn.ModuleDict({m: lins[0 if shared else i] for i, m in enumerate(self.modalities)})
+        self.log_scale = nn.Parameter(torch.tensor(math.log(10.)))  # s of the soft-max losses over code similarities <u, v> / B
+        self.config = dict(modalities=list(self.modalities), d=d, bits=bits, normalize=normalize, shared=shared, init=init, seed=seed)
 
     def logits(self, e, m: str) -> Tensor:
         "h = W_m e + c_m for `[N, D]` embeddings of modality `m`"
@@ -83,7 +94,8 @@ class HashHead(nn.Module):
     def forward(self, x):  # modality -> `[N, D]`, or `[N, M, D]` stacked in `self.modalities` order
         "Relaxed codes tanh(h), in the layout of `x`"
         if isinstance(x, dict): return {m: torch.tanh(self.logits(v, m)) for m, v in x.items()}
-        if x.ndim != 3 or x.shape[1] != len(self.modalities): raise ValueError(f"HashHead: a stacked input must be [N, {len(self.modalities)}, D], got {tuple(x.shape)}")
+        if x.ndim != 3 or x.shape[1] != len(self.modalities):
+            raise ValueError(f"HashHead: a stacked input must be [N, {len(self.modalities)}, D], got {tuple(x.shape)}")
         return torch.stack([torch.tanh(self.logits(x[:, i], m)) for i, m in enumerate(self.modalities)], 1)
 
     @torch.no_grad()
@@ -125,27 +137,79 @@ def bit_balance_loss(u: Tensor,  # `[N, B]` relaxed codes
     if valid is not None: u = u[valid.to(u.device).bool()]
     return (u.mean(0) ** 2).mean() if len(u) else (u * 0).sum()
 
+# %% ../../nbs/19_heads.hashing.ipynb #69d3fa51
+def code_logits(u: Tensor,  # `[N, B]` relaxed (or binary) codes
+                v: Tensor,  # `[M, B]`
+                scale=1.,  # s (a float or a scalar tensor)
+               ) -> Tensor:  # `[N, M]` s <u_i, v_j> / B = s (1 - 2 d_H / B) for binary codes
+    "Code similarities on a fixed scale whatever B"
+    return scale * (u @ v.T) / u.shape[-1]
+
+def code_infonce_loss(u: Tensor,  # `[N, B]` relaxed codes of modality a
+                      v: Tensor,  # `[N, B]` relaxed codes of modality b (row i = the partner of row i)
+                      scale=10.,  # s
+                     ) -> Tensor:  # scalar: mean of the a->b and b->a cross-entropies of the partner
+    "InfoNCE on code similarities: each row's partner against the other rows of the batch, both directions"
+    z, y = code_logits(u, v, scale), torch.arange(len(u), device=u.device)
+    return (F.cross_entropy(z, y) + F.cross_entropy(z.T, y)) / 2
+
+def neighbour_distill_loss(u: Tensor,  # `[N, B]` relaxed codes of modality a
+                           v: Tensor,  # `[M, B]` relaxed codes of modality b
+                           ea: Tensor,  # `[N, D]` float embeddings of the same items in a
+                           eb: Tensor,  # `[M, D]` float embeddings in b
+                           scale=10.,  # s of the codes' soft-max
+                           tau: float = 0.1,  # temperature of the float cosines' soft-max
+                           same: bool = False,  # a modality against itself: the diagonal is left out
+                          ) -> Tensor:  # scalar: mean over rows of KL(p_i || q_i)
+    "Rows' float neighbours taught to the codes: p_i = softmax_j(cos(ea_i, eb_j) / tau), q_i = softmax_j(s <u_i, v_j> / B)"
+    t = F.normalize(ea.float(), dim=-1) @ F.normalize(eb.float(), dim=-1).T / tau
+    z = code_logits(u, v, scale)
+    if same:  # -1e4, not -inf: 0 * log(0 / 0) would be NaN
+        eye = torch.eye(len(t), dtype=torch.bool, device=t.device)
+        t, z = t.masked_fill(eye, -1e4), z.masked_fill(eye, -1e4)
+    return F.kl_div(F.log_softmax(z, 1), F.log_softmax(t, 1), log_target=True, reduction='batchmean')
+
 # %% ../../nbs/19_heads.hashing.ipynb #31a142e5
 class HashLoss:
-    "L_sim (pairwise likelihood, mean over modality pairs) + gamma L_q + eta L_bal on `[N, M, B]` relaxed codes"
+    "L_pair (mean over modality pairs) + w L_distill (mean over ordered pairs of different modalities) + gamma L_q + eta L_bal on `[N, M, B]` relaxed codes"
     def __init__(self, gamma: float = 0.1,  # weight of the quantisation loss
-                 eta: float = 0.01):  # weight of the bit-balance loss (0: off)
+                 eta: float = 0.01,  # weight of the bit-balance loss (0: off)
+                 pair: str = 'likelihood',  # 'likelihood' (SSAH's), 'infonce' (`code_infonce_loss`) or 'none'
+                 distill: float = 0.,  # weight w of `neighbour_distill_loss` (needs the embeddings)
+                 tau: float = 0.1):  # its temperature
+        if pair not in ('likelihood', 'infonce', 'none'): raise ValueError(f"HashLoss: pair must be 'likelihood', 'infonce' or 'none', got {pair!r}")
         store_attr()
     def parts(self, u: Tensor,  # `[N, M, B]` relaxed codes, modalities along dim 1
               present: Tensor | None = None,  # `[N, M]` bool
-             ) -> dict:  # 'sim', 'q', 'bal' scalars
+              e: Tensor | None = None,  # `[N, M, D]` float embeddings (for the distillation)
+              scale=10.,  # s of the soft-max losses (`HashHead.log_scale.exp()` when fitting)
+             ) -> dict:  # 'sim', 'distill', 'q', 'bal' scalars
         N, M, _ = u.shape
         present = torch.ones(N, M, dtype=torch.bool, device=u.device) if present is None else present.to(u.device).bool()
-        eye = torch.eye(N, device=u.device)
-        sims = [pairwise_likelihood_loss(u[:, a], u[:, b], eye, present[:, a, None] & present[None, :, b])
-                for a in range(M) for b in range(a + 1, M) if (present[:, a] & present[:, b]).any()]
         z = (u * 0).sum()
-        return dict(sim=torch.stack(sims).mean() if sims else z,
+        both = [(a, b, present[:, a] & present[:, b]) for a in range(M) for b in range(a + 1, M)]
+        both = [(a, b, k) for a, b, k in both if k.sum() > (1 if self.pair == 'infonce' else 0)]
+        if self.pair == 'likelihood':
+            eye = torch.eye(N, device=u.device)
+            sims = [pairwise_likelihood_loss(u[:, a], u[:, b], eye, present[:, a, None] & present[None, :, b]) for a, b, _ in both]
+        elif self.pair == 'infonce': sims = [code_infonce_loss(u[k, a], u[k, b], scale) for a, b, k in both]
+        else: sims = []
+        dist = []
+        if self.distill:
+            if e is None: raise ValueError("HashLoss: distill needs the embeddings `e`")
+            for a in range(M):
+                for b in range(M):
+                    ka, kb = present[:, a], present[:, b]
+                    if a != b and ka.sum() > 1 and kb.sum() > 1:
+                        dist.append(neighbour_distill_loss(u[ka, a], u[kb, b], e[ka, a], e[kb, b], scale, self.tau))
+        return dict(sim=torch.stack(sims).mean() if sims else z, distill=torch.stack(dist).mean() if dist else z,
                     q=torch.stack([quantization_loss(u[:, m], present[:, m]) for m in range(M)]).mean(),
                     bal=torch.stack([bit_balance_loss(u[:, m], present[:, m]) for m in range(M)]).mean())
-    def __call__(self, u: Tensor, present: Tensor | None = None) -> Tensor:
-        p = self.parts(u, present)
-        return p['sim'] + self.gamma * p['q'] + self.eta * p['bal']
+    def __call__(self, u,  # `[N, M, B]` relaxed codes, or (codes, embeddings, scale) from `fit_hash_head`'s model
+                 present: Tensor | None = None) -> Tensor:
+        u, e, s = u if isinstance(u, tuple) else (u, None, 10.)
+        p = self.parts(u, present, e, s)
+        return p['sim'] + self.distill * p['distill'] + self.gamma * p['q'] + self.eta * p['bal']
 
 # %% ../../nbs/19_heads.hashing.ipynb #6a23b34c
 def stack_embeddings(embs: dict,  # modality -> `[N, D]` embeddings, rows are the same N items
@@ -168,28 +232,39 @@ def stack_embeddings(embs: dict,  # modality -> `[N, D]` embeddings, rows are th
     return X.masked_fill(~P[..., None], 0.), P, mods
 
 # %% ../../nbs/19_heads.hashing.ipynb #3f7e105b
+class _FitHead(nn.Module):
+    "What `HashLoss` reads while fitting: the relaxed codes, the embeddings and the scale s"
+    def __init__(self, head: HashHead):
+        super().__init__(); self.head = head
+    def forward(self, x): return self.head(x), x, self.head.log_scale.exp()
+
 def fit_hash_head(embs: dict,  # modality -> `[N, D]` embeddings of the fit items (frozen)
                   present: dict | None = None,  # modality -> `[N]` bool; default all present
                   bits: int = 64,  # code length B
-                  epochs: int = 30,  # passes over the items
-                  lr: float = 0.1,  # peak learning rate of the one-cycle schedule
-                  bs: int = 64,  # items per batch (each item's negatives are the other items of its batch)
+                  epochs: int = 100,  # passes over the items
+                  lr: float = 0.02,  # peak learning rate of the one-cycle schedule
+                  bs: int = 1024,  # items per batch (each item's negatives and neighbours are the items of its batch)
                   gamma: float = 0.1,  # quantisation weight
-                  eta: float = 0.01,  # bit-balance weight
-                  wd: float = 1e-4,  # weight decay
+                  eta: float = 0.1,  # bit-balance weight
+                  wd: float = 0.,  # weight decay
                   normalize: bool = True,  # L2-normalise the embeddings first
+                  pair: str = 'infonce',  # pair term: 'infonce', 'likelihood' (SSAH's) or 'none'
+                  distill: float = 1.,  # weight of the float neighbours' distillation (0: off)
+                  tau: float = 0.1,  # temperature of the float neighbours
+                  shared: bool = True,  # one projection for every modality
+                  init: str = 'lsh',  # 'lsh' (start from LSH's directions, `seed`) or 'random'
                   seed: int = 0,  # seeds the initialisation and the shuffling (global RNG states are restored)
                   device=None,  # where to train; default CPU
                   threads: int | None = 1,  # torch CPU threads while fitting (restored after); None: leave as is
                   return_learner: bool = False,  # also return the fastai `Learner` (its recorder holds the losses)
                  ) -> HashHead:  # in eval mode, on CPU
-    "Train a `HashHead` on frozen paired embeddings with a fastai `Learner` (pairwise likelihood + quantisation + balance)"
+    "Train a `HashHead` on frozen paired embeddings with a fastai `Learner` (pair term + neighbour distillation + quantisation + balance)"
     X, P, mods = stack_embeddings(embs, present)
     pairs = sum(int((P[:, a] & P[:, b]).sum()) for a in range(len(mods)) for b in range(a + 1, len(mods)))
     if pairs < 2: raise ValueError(f"fit_hash_head: need at least 2 items present in two modalities, got {pairs} pairs")
-    val = TensorDataset(X[:1024], P[:1024])  # (up to 1024 of) the fit items: the recorder's valid loss
-    learn = fit_tensors(lambda: HashHead(mods, X.shape[-1], bits, normalize), TensorDataset(X, P), val, HashLoss(gamma, eta),
-                        epochs, lr, bs, valid_bs=1024, wd=wd, seed=seed, device=device, threads=threads)
-    head = learn.model
-    head = head.cpu().eval()
+    val = TensorDataset(X[:256], P[:256])  # (up to 256 of) the fit items: the recorder's valid loss
+    make = lambda: _FitHead(HashHead(mods, X.shape[-1], bits, normalize, shared=shared, init=init, seed=seed))
+    learn = fit_tensors(make, TensorDataset(X, P), val, HashLoss(gamma, eta, pair, distill, tau),
+                        epochs, lr, bs, valid_bs=256, wd=wd, seed=seed, device=device, threads=threads)
+    head = learn.model.head.cpu().eval()
     return (head, learn) if return_learner else head
