@@ -160,8 +160,9 @@ def test_generate_evaluate(run):
         assert {'generated', 'medoid', 'nearest', 'shuffled'} <= set(r) and r['n'] == res['scored'] == 32
         assert r['medoid'] == res['sets']['video']['medoid']  # one constant caption, scored on the same 32 items
         assert all(0 <= r[w]['cer'] for w in ('generated', 'medoid', 'nearest', 'shuffled'))
-        for w, v in r['vs'].items():  # paired bootstrap of CER(generated) - CER(reference)
-            assert abs(v['diff'] - (r['generated']['cer'] - r[w]['cer'])) < 1e-9 and v['lo'] <= v['diff'] <= v['hi']
+        for w, vs in r['vs'].items():  # paired bootstrap of score(generated) - score(reference), CER, BLEU and chrF
+            for k, v in vs.items():
+                assert abs(v['diff'] - (r['generated'][k] - r[w][k])) < 1e-9 and v['lo'] <= v['diff'] <= v['hi']
     assert 'medoid' in err.splitlines()[0] and 'shuffled' in err
 
 
