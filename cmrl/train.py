@@ -407,7 +407,7 @@ def build_learner(cfg: TrainConfig,  # the run's settings
                       word_dim=info.get('word_dim'))  # recorded: old runs rebuild their 2-layer stem
     set_seed(cfg.seed)
     model = make_model(cfg.model, mods, dims, **cfg.model_options())
-    if cfg.decoders: model = with_decoders(model, cfg.decoders, info['src'], text_stage='after')  # text: `fit_text_after`
+    if cfg.decoders: model = with_decoders(model, cfg.decoders, info['src'], text_stage='after')  # `fit_text_after`
     if cfg.decoders: feed_pictures(model, dls)  # frozen picture features: the image decoder reads the files
     config = {**asdict(cfg), 'modalities': mods, 'dims': dims, 'model_config': getattr(model, 'config', {}),
               'source': info['source'], 'max_len': info['max_len']}
@@ -470,9 +470,10 @@ def fit_text_after(learn, valid: bool, seed: int = 0, quiet: bool = False) -> di
     if ck.best: model.load_state_dict(ck.best['model'])  # the decoder reads the encoders the checkpoint keeps as best
     log = None if quiet else lambda r: _say(f"text decoder epoch {r['epoch']}: loss {r['loss']:.3f}" +
                                             (f", valid chrF {r['valid_chrf']:.1f}" if 'valid_chrf' in r else ''))
-    rep = fit_text_decoder(model, learn.dls.train.new(shuffle=False, drop_last=False), learn.dls.valid if valid else None,
-                           seed=seed, log=log)
-    dec = {k: v.detach().cpu().clone() for k, v in model.state_dict().items() if k.startswith(('text.', 'text_memory.'))}
+    rep = fit_text_decoder(model, learn.dls.train.new(shuffle=False, drop_last=False),
+                           learn.dls.valid if valid else None, seed=seed, log=log)
+    dec = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()
+           if k.startswith(('text.', 'text_memory.'))}
     model.load_state_dict({**last, **dec})
     if ck.best: ck.best['model'].update(dec)
     save_checkpoint(learn, Path(learn.path) / ck.fname, int(learn.epoch), ck.config, ck.extra, best=ck.best,

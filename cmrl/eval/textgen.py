@@ -87,8 +87,9 @@ def item_stats(hyps: Sequence[str], refs: Sequence[str]) -> dict:  # score -> `[
     from sacrebleu.metrics import BLEU, CHRF
     e, n = char_edits(hyps, refs)
     hyps, refs = [str(h) for h in hyps], [str(r) for r in refs]
-    return {'cer': np.stack([e, n], 1), 'bleu': np.array(BLEU()._extract_corpus_statistics(hyps, [refs]), dtype=np.float64),
-            'chrf': np.array(CHRF()._extract_corpus_statistics(hyps, [refs]), dtype=np.float64)}
+    bleu, chrf = BLEU()._extract_corpus_statistics(hyps, [refs]), CHRF()._extract_corpus_statistics(hyps, [refs])
+    return {'cer': np.stack([e, n], 1), 'bleu': np.array(bleu, dtype=np.float64),
+            'chrf': np.array(chrf, dtype=np.float64)}
 
 def corpus_score(score: str, stats: np.ndarray) -> float:
     "A corpus score from summed statistics (`item_stats` rows summed)"
@@ -98,7 +99,7 @@ def corpus_score(score: str, stats: np.ndarray) -> float:
     return float(m._compute_score_from_stats([float(x) for x in stats]).score)
 
 def bootstrap_scores(a: dict, b: dict,  # `item_stats` of two systems on the same rows
-                     groups: Sequence | None = None,  # row -> item (rows of one item are drawn together); None: one row each
+                     groups: Sequence | None = None,  # row -> item (an item's rows are drawn together); None: one each
                      iters: int = 1000, seed: int = 0) -> dict:  # score -> {'diff', 'lo', 'hi', 'better'}
     "Paired bootstrap over items of `score(a) - score(b)` for CER, BLEU and chrF"
     keys = list(dict.fromkeys(range(len(a['cer'])) if groups is None else groups))
@@ -110,7 +111,8 @@ def bootstrap_scores(a: dict, b: dict,  # `item_stats` of two systems on the sam
     for s in SCORES:
         A, B = per[s]
         d = np.array([corpus_score(s, A[i].sum(0)) - corpus_score(s, B[i].sum(0)) for i in idx])
-        diff, lo, hi = corpus_score(s, A.sum(0)) - corpus_score(s, B.sum(0)), float(np.quantile(d, .025)), float(np.quantile(d, .975))
+        diff = corpus_score(s, A.sum(0)) - corpus_score(s, B.sum(0))
+        lo, hi = float(np.quantile(d, .025)), float(np.quantile(d, .975))
         out[s] = {'diff': diff, 'lo': lo, 'hi': hi, 'better': bool(hi < 0 if s == 'cer' else lo > 0)}
     return out
 
@@ -130,8 +132,8 @@ def records_inputs(model, src, records: Sequence[dict], sources: Sequence[str], 
     with warnings.catch_warnings():
         warnings.filterwarnings('ignore', message='.*nested tensors.*')
         for s in range(0, len(sub), bs):
-            b = collate_items([sub[i] for i in range(s, min(s + bs, len(sub)))], modalities=list(sources), shapes=shapes,
-                              max_len=max_len)
+            b = collate_items([sub[i] for i in range(s, min(s + bs, len(sub)))], modalities=list(sources),
+                              shapes=shapes, max_len=max_len)
             inps.append(_map(caption_inputs(model, b.to(dev)), lambda t: t.cpu()))
     return cat_inputs(inps)
 
@@ -194,15 +196,17 @@ def text_generation_eval(ckpt,  # checkpoint folder or file (trained with --deco
             sim = sum(similarity(fe.emb[m][rows], keys(m)) for m in S) / len(S)
             return [train_caps[int(tr_rows[j])] for j in sim.argmax(1)]
         outs = {'generated': _write(model, inp, rows, S, method, bs=bs, **kw), 'medoid': [medoid] * len(R),
-                'nearest': nearest(lambda m: tr.emb[TEXT][tr_rows]), 'nearest_item': nearest(lambda m: tr.emb[m][tr_rows]),
+                'nearest': nearest(lambda m: tr.emb[TEXT][tr_rows]),
+                'nearest_item': nearest(lambda m: tr.emb[m][tr_rows]),
                 'shuffled': _write(model, inp, rows, S, method, perm=derangement(len(rows), seed), bs=bs, **kw)}
         stats = {w: item_stats(h, R) for w, h in outs.items()}
         gen = outs['generated']
         res['sets']['+'.join(S)] = {
             'n': len(rows), 'distinct': len(set(gen)) / len(gen), **{w: text_scores(h, R) for w, h in outs.items()},
-            'vs': {w: bootstrap_scores(stats['generated'], stats[w], iters=iters, seed=seed) for w in outs if w != 'generated'},
-            'examples': [{'id': str(fe.ids[int(rows[i])]), 'true': R[i], 'generated': gen[i], 'nearest': outs['nearest'][i]}
-                         for i in range(min(n_examples, len(R)))],
+            'vs': {w: bootstrap_scores(stats['generated'], stats[w], iters=iters, seed=seed)
+                   for w in outs if w != 'generated'},
+            'examples': [{'id': str(fe.ids[int(rows[i])]), 'true': R[i], 'generated': gen[i],
+                          'nearest': outs['nearest'][i]} for i in range(min(n_examples, len(R)))],
             **({'items': {'ids': [str(fe.ids[int(r)]) for r in rows], 'true': R, **outs}} if items else {})}
     if not res['sets']: raise ValueError("no scored item has a caption and the decoder's sources")
     return res
@@ -219,8 +223,9 @@ def eval_table(res: dict) -> str:
         for w in ('generated',) + CONTROLS:
             if w not in r: continue
             s, v = r[w], r.get('vs', {}).get(w)
-            ci = ('   ' + ' | '.join(f"{v[k]['diff']:+.3g} [{v[k]['lo']:+.3g}, {v[k]['hi']:+.3g}]" for k in ('cer', 'bleu', 'chrf'))
+            ci = ('   ' + ' | '.join(f"{v[k]['diff']:+.3g} [{v[k]['lo']:+.3g}, {v[k]['hi']:+.3g}]"
+                                      for k in ('cer', 'bleu', 'chrf'))
                   if v else f"   distinct outputs {r['distinct']:.0%}" if 'distinct' in r else '')
-            lines.append(f"{name if w == 'generated' else '':<14}{w:<13}{s['cer']:>7.3f}{s['bleu']:>7.1f}{s['chrf']:>7.1f}"
-                         f"{s['n']:>6}{ci}")
+            lines.append(f"{name if w == 'generated' else '':<14}{w:<13}{s['cer']:>7.3f}{s['bleu']:>7.1f}"
+                         f"{s['chrf']:>7.1f}{s['n']:>6}{ci}")
     return '\n'.join(lines)

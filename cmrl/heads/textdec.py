@@ -44,10 +44,10 @@ def keep_sources(present: Tensor,  # `[B, S]` bool, item has source s
     return keep | (F.one_hot(best, present.shape[1]).bool() & lost[:, None])
 
 # %% ../../nbs/19a_heads.textdec.ipynb #5adc7ec5
-MEMORY_PARTS = ('pooled', 'codes', 'sem')  # a source's pooled embedding, its quantised steps (the seed's), its pre-quantisation steps
+MEMORY_PARTS = ('pooled', 'codes', 'sem')  # pooled embedding, quantised steps (the seed's), pre-quantisation steps
 
 class CrossModalMemory(nn.Module):
-    "The memory a decoder reads: its sources' steps side by side, each with a modality embedding and step positions, after a null slot"
+    "The memory a decoder reads: its sources' steps side by side (modality embeddings, positions) after a null slot"
     def __init__(self, sources: Sequence[str],  # source modalities, in memory order
                  d_in: int,  # width D of the quantised features
                  d: int,  # decoder width
@@ -56,10 +56,12 @@ class CrossModalMemory(nn.Module):
         super().__init__()
         if not sources: raise ValueError("CrossModalMemory: give at least one source modality")
         bad = [p for p in parts if p not in MEMORY_PARTS]
-        if not parts or bad: raise ValueError(f"CrossModalMemory: parts must be some of {MEMORY_PARTS}, got {tuple(parts)}")
+        if not parts or bad:
+            raise ValueError(f"CrossModalMemory: parts must be some of {MEMORY_PARTS}, got {tuple(parts)}")
         self.sources, self.p_drop, self.parts = list(sources), p_drop, tuple(p for p in MEMORY_PARTS if p in parts)
         self.proj = nn.Linear(d_in, d)  # the quantised steps
-        self.extra = nn.ModuleDict({p: nn.Sequential(nn.LayerNorm(d_in), nn.Linear(d_in, d)) for p in self.parts if p != 'codes'})
+        self.extra = nn.ModuleDict({p: nn.Sequential(nn.LayerNorm(d_in), nn.Linear(d_in, d))
+                                    for p in self.parts if p != 'codes'})
         self.mod = nn.Parameter(torch.randn(len(self.sources), d) * 0.02)
         self.null = nn.Parameter(torch.randn(1, 1, d) * 0.02)
         if len(self.parts) > 1: self.part = nn.Parameter(torch.randn(len(self.parts), d) * 0.02)
@@ -72,7 +74,8 @@ class CrossModalMemory(nn.Module):
             if x is None: raise ValueError(f"CrossModalMemory: the memory reads {p!r} of {m}; pass it in `extra`")
             if x.ndim == 2: x, r = x[:, None], real.any(1, keepdim=True)  # pooled: one slot
             else: r = real
-            h = (self.proj if p == 'codes' else self.extra[p])(x.to(self.proj.weight.dtype)) + self.mod[self.sources.index(m)]
+            h = (self.proj if p == 'codes' else self.extra[p])(x.to(self.proj.weight.dtype))
+            h = h + self.mod[self.sources.index(m)]
             if p != 'pooled': h = h + sinusoid(x.shape[1], self.proj.out_features, x.device)
             out.append((h + self.part[i] if len(self.parts) > 1 else h, r))
         return out
@@ -198,7 +201,8 @@ SPACE = '\u2581'  # `▁`: marks a token that follows a space
 def caption_tokens(s: str) -> list[str]:
     "Words and punctuation marks of a caption; a token after a space (or the first) starts with `SPACE`"
     out = []
-    for m in re.finditer(r"(\s*)(\w+|[^\w\s])", str(s)): out.append((SPACE if m.group(1) or not out else '') + m.group(2))
+    for m in re.finditer(r"(\s*)(\w+|[^\w\s])", str(s)):
+        out.append((SPACE if m.group(1) or not out else '') + m.group(2))
     return out
 
 def caption_text(tokens) -> str:
@@ -219,7 +223,8 @@ class CaptionVocab:
         return cls([w for w, n in sorted(c.items(), key=lambda x: (-x[1], x[0])) if n >= min_count])
     @property
     def size(self) -> int: return len(self.words)
-    def encode(self, s: str) -> Tensor: return torch.tensor([self.stoi.get(t, 1) for t in caption_tokens(s)], dtype=torch.long)
+    def encode(self, s: str) -> Tensor:
+        return torch.tensor([self.stoi.get(t, 1) for t in caption_tokens(s)], dtype=torch.long)
     def decode(self, ids) -> str: return caption_text(self.words[i] for i in map(int, ids) if 3 <= i < len(self.words))
     def to_dict(self) -> dict: return {'kind': 'captions', 'words': self.words[len(self.SPECIALS):]}
     def __repr__(self): return f"CaptionVocab(size={self.size})"

@@ -184,12 +184,13 @@ class WithDecoders(CrossModalModel):
                  image: ImageDecoder | None = None,  # the two-stage image decoder
                  vocab: dict | None = None,  # vocabulary spec of the text ids (`text_vocab`)
                  w_text: float = 1., w_image: float = 1.,  # weights of the decoder losses
-                 captions: Sequence[str] | None = None,  # the words the text decoder writes (`CaptionVocab`); None: text ids
-                 text_stage: str = 'beside'):  # 'beside': trained with the model's loss (OPT); 'after': by `fit_text_decoder`
+                 captions: Sequence[str] | None = None,  # the decoder's words (`CaptionVocab`); None: the text ids
+                 text_stage: str = 'beside'):  # 'beside': with the model's loss (OPT); 'after': `fit_text_decoder`
         nn.Module.__init__(self)  # the encoders stay the base model's (no second copy in the state dict)
         if text is not None and (text_memory is None or vocab is None): raise ValueError("WithDecoders: a text decoder needs its memory and the vocabulary spec")
         if text is None and image is None: raise ValueError("WithDecoders: give a text decoder, an image decoder or both")
-        if text_stage not in TEXT_STAGES: raise ValueError(f"WithDecoders: text_stage must be one of {TEXT_STAGES}, got {text_stage!r}")
+        if text_stage not in TEXT_STAGES:
+            raise ValueError(f"WithDecoders: text_stage must be one of {TEXT_STAGES}, got {text_stage!r}")
         self.base, self.text, self.text_memory, self.image = base, text, text_memory, image
         self.vocab = TextVocab(vocab) if vocab is not None else None
         self.out_vocab = CaptionVocab(captions) if captions is not None else self.vocab  # what the decoder's ids mean
@@ -204,7 +205,8 @@ class WithDecoders(CrossModalModel):
     def text_beside(self) -> bool: return self.text is not None and self.text_stage == 'beside'
     @property
     def loss_names(self) -> tuple:
-        return tuple(getattr(self.base, 'loss_names', ())) + (('gen_text',) if self.text_beside else ()) + (('gen_image',) if self.image is not None else ())
+        return (tuple(getattr(self.base, 'loss_names', ())) + (('gen_text',) if self.text_beside else ())
+                + (('gen_image',) if self.image is not None else ()))
     @property
     def decoders(self) -> tuple: return tuple(n for n, d in (('text', self.text), ('image', self.image)) if d is not None)
     def encode(self, b): return self.base.encode(b)
@@ -244,7 +246,9 @@ def _forward(self: WithDecoders, *args) -> ModelOutput:
     b = as_batch(*args)
     out = self.base(b)
     need = [m for m in self.text_sources() + self.image_sources() if m in b.x]
-    if any(m not in out.feats for m in need): out = out._replace(**{k: getattr(self.base.represent(b), k) for k in ('feats', 'mask', 'emb')})  # e.g. OPT in training
+    if any(m not in out.feats for m in need):  # e.g. OPT in training
+        rep = self.base.represent(b)
+        out = out._replace(**{k: getattr(rep, k) for k in ('feats', 'mask', 'emb')})
     losses, extra = dict(out.losses), []
     if self.text_beside and TEXT in b.x:
         inp = self.memory_inputs(b, out)
@@ -269,12 +273,14 @@ def training_captions(src,  # the training source (its 'train' split, else every
                       vocab: dict,  # vocabulary spec of its text ids
                      ) -> CaptionVocab:
     "The caption vocabulary of a source's training texts, as its tokenizer sees them (normalised, cut to its length)"
-    if vocab.get('kind') == 'words': return CaptionVocab([SPACE + w for w in vocab['words'][2:]])  # synthetic: every word
-    if src is None: raise ValueError("with_decoders: captions=True needs the training source (`src`) for the caption vocabulary")
+    if vocab.get('kind') == 'words': return CaptionVocab([SPACE + w for w in vocab['words'][2:]])  # synthetic words
+    if src is None:
+        raise ValueError("with_decoders: captions=True needs the training source (`src`) for the caption vocabulary")
     recs = src.split('train') if 'train' in (getattr(src, 'splits', None) or {}) else src.split('all')
     tv = TextVocab(vocab)
     caps = [tv.decode(tv.encode(r[TEXT])) for r in recs if isinstance(r.get(TEXT), str) and r[TEXT].strip()]
-    if not caps: raise ValueError("with_decoders: the training items have no caption to build the caption vocabulary from")
+    if not caps:
+        raise ValueError("with_decoders: the training items have no caption to build the caption vocabulary from")
     return CaptionVocab.fit(caps)
 
 # %% ../../nbs/25a_models.decoders.ipynb #3aee4183
@@ -282,7 +288,7 @@ def _check_steps(cfg: dict, ds):
     err = decoder_errors(ds, cfg.get('steps'))
     if err: raise ValueError(err[0] + f" (the {cfg.get('model', 'model')!r} model was built with steps={cfg.get('steps')})")
 
-_MEMORY_KEYS = ('sources', 'd_memory', 'p_drop', 'parts', 'stage')  # the text spec's entries that are not `TextDecoder`'s
+_MEMORY_KEYS = ('sources', 'd_memory', 'p_drop', 'parts', 'stage')  # text spec entries that are not `TextDecoder`'s
 
 def attach_decoders(base: nn.Module,  # the model to wrap
                     spec: dict,  # what `with_decoders` recorded as `config['decoders']`
@@ -316,7 +322,7 @@ def with_decoders(model: nn.Module,  # a cmrl model built by `make_model` (it re
                   image: dict | None = None,  # `ImageDecoder` settings (`tokenizer`, `prior`, `train_tokenizer`)
                   text_stage: str = 'beside',  # 'beside' (OPT: with the model's loss) or 'after' (`fit_text_decoder`)
                   parts: Sequence[str] = MEMORY_PARTS,  # what the text memory reads; ('codes',): the seed's
-                  captions: bool = True,  # write caption words (`CaptionVocab` of the training captions); False: text ids
+                  captions: bool = True,  # write words of the training captions (`CaptionVocab`); False: text ids
                   label_smoothing: float = 0.1,  # eps of the text decoder's smoothed NLL
                  ) -> WithDecoders:
     "`model` with OPT's decoders; `model.config` gains a `decoders` entry that rebuilds them"
@@ -337,12 +343,13 @@ def with_decoders(model: nn.Module,  # a cmrl model built by `make_model` (it re
         V = dims[TEXT]['vocab']
         if TextVocab(vocab).size != V: raise ValueError(f"with_decoders: the vocabulary spec has {TextVocab(vocab).size} ids, the model's text has {V}")
         mask_id = None if vocab.get('kind') == 'words' else MASK  # the synthetic words have no mask token (their id 2 is 'a')
-        if text_stage not in TEXT_STAGES: raise ValueError(f"text_stage must be one of {TEXT_STAGES}, got {text_stage!r}")
+        if text_stage not in TEXT_STAGES:
+            raise ValueError(f"text_stage must be one of {TEXT_STAGES}, got {text_stage!r}")
         if captions:
             spec['captions'] = training_captions(src, vocab).to_dict()['words']
             V, mask_id = CaptionVocab(spec['captions']).size, 2
-        spec['text'] = dict(sources=srcs, d_memory=D, p_drop=p_drop, parts=list(parts), stage=text_stage, vocab_size=V, d=d,
-                            n_layers=n_layers, n_heads=n_heads, max_len=max_len, dropout=dropout, token_drop=token_drop,
+        spec['text'] = dict(sources=srcs, d_memory=D, p_drop=p_drop, parts=list(parts), stage=text_stage,
+                            vocab_size=V, d=d, n_layers=n_layers, n_heads=n_heads, max_len=max_len, dropout=dropout, token_drop=token_drop,
                             mask_id=mask_id, label_smoothing=label_smoothing)
     if 'image' in ds:
         vis = next((m for m in mods if m in VISUAL), None)
@@ -412,8 +419,8 @@ def caption_inputs(model: WithDecoders, b: ModalityBatch) -> dict:
 
 def _map(inp: dict, fn) -> dict:
     "`fn` applied to every tensor of a `caption_inputs` dict"
-    return {k: ({p: {m: fn(t) for m, t in d.items()} for p, d in v.items()} if k == 'extra' else {m: fn(t) for m, t in v.items()})
-            for k, v in inp.items()}
+    return {k: ({p: {m: fn(t) for m, t in d.items()} for p, d in v.items()} if k == 'extra'
+                else {m: fn(t) for m, t in v.items()}) for k, v in inp.items()}
 
 def take_inputs(inp: dict, rows) -> dict:
     "The items `rows` of a `caption_inputs` dict"
@@ -503,7 +510,8 @@ def fit_text_decoder(model: WithDecoders,  # a model with a text decoder; its en
         hist.append(rec)
         if log is not None: log(rec)
         if best is None or rec.get('valid_chrf', ep) >= best[0]:
-            best = (rec.get('valid_chrf', ep), ep, copy.deepcopy((model.text.state_dict(), model.text_memory.state_dict())))
+            state = copy.deepcopy((model.text.state_dict(), model.text_memory.state_dict()))
+            best = (rec.get('valid_chrf', ep), ep, state)
     model.text.load_state_dict(best[2][0]); model.text_memory.load_state_dict(best[2][1])
     model.text.eval(); model.text_memory.eval()
     return {'best_epoch': best[1], 'valid_chrf': best[0] if len(vrows) else None, 'history': hist,
