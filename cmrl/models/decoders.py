@@ -349,8 +349,8 @@ def with_decoders(model: nn.Module,  # a cmrl model built by `make_model` (it re
             spec['captions'] = training_captions(src, vocab).to_dict()['words']
             V, mask_id = CaptionVocab(spec['captions']).size, 2
         spec['text'] = dict(sources=srcs, d_memory=D, p_drop=p_drop, parts=list(parts), stage=text_stage,
-                            vocab_size=V, d=d, n_layers=n_layers, n_heads=n_heads, max_len=max_len, dropout=dropout, token_drop=token_drop,
-                            mask_id=mask_id, label_smoothing=label_smoothing)
+                            vocab_size=V, d=d, n_layers=n_layers, n_heads=n_heads, max_len=max_len, dropout=dropout,
+                            token_drop=token_drop, mask_id=mask_id, label_smoothing=label_smoothing)
     if 'image' in ds:
         vis = next((m for m in mods if m in VISUAL), None)
         if vis is None: raise ValueError(f"--decoders image: the model has no image or video modality ({', '.join(mods)})")
