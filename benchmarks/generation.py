@@ -1,4 +1,4 @@
-"""Generation benchmark (issue 29, item 2): captions written from pictures and from recordings on the French Tux Paint split.
+"""Generation benchmark (issue 29, item 2): captions from pictures and from recordings, French Tux Paint split.
 
 Protocol (the goals of issue 29 are checked here and written beside the numbers):
 
@@ -17,7 +17,7 @@ Protocol (the goals of issue 29 are checked here and written beside the numbers)
 * Beside the recording -> caption CER: the Whisper transcript's own CER on the same recordings
   (`WhisperFrontend.transcribe`, where this checkout has it).
 
-    python benchmarks/generation.py --work /tmp/gen              # writes benchmarks/generation.json (~25 min on 2 busy cores)
+    python benchmarks/generation.py --work /tmp/gen    # writes benchmarks/generation.json (an hour or more, 2 cores)
 """
 import argparse, json, os, platform, time, warnings
 from pathlib import Path
@@ -34,7 +34,8 @@ def train_seed(manifest: Path, work: Path, seed: int, reuse: bool) -> dict:
     import cmrl.train as T
     run = work / f'run-s{seed}'
     if not (reuse and (run / 'metrics.json').exists()):
-        T.train(quiet=True, data=str(manifest), decoders='text', steps=4, seed=seed, threads=1, out=str(run), overwrite=True)
+        T.train(quiet=True, data=str(manifest), decoders='text', steps=4, seed=seed, threads=1, out=str(run),
+                overwrite=True)
     return json.loads((run / 'metrics.json').read_text())
 
 
@@ -43,7 +44,8 @@ def evaluate(work: Path, seed: int, split: str, method: str, iters: int, reuse: 
     from cmrl.eval.textgen import text_generation_eval
     f = work / f'eval-{split}-{method}-s{seed}.json'
     if reuse and f.exists(): return json.loads(f.read_text())
-    ev = text_generation_eval(work / f'run-s{seed}', split=split, method=method, device='cpu', seed=seed, iters=iters, items=True)
+    ev = text_generation_eval(work / f'run-s{seed}', split=split, method=method, device='cpu', seed=seed, iters=iters,
+                              items=True)
     f.write_text(json.dumps(ev, ensure_ascii=False))
     return ev
 
@@ -61,11 +63,13 @@ def pooled(evs: list, iters: int) -> dict:
         refs = [r for it in its for r in it['true']]
         stats = {w: item_stats([h for it in its for h in it[w]], refs) for w in ('generated',) + CONTROLS}
         out[name] = {'n_items': len(its[0]['ids']), 'n_rows': len(ids),
-                     'mean': {w: {k: float(np.mean([e['sets'][name][w][k] for e in evs])) for k in ('cer', 'bleu', 'chrf')}
-                              for w in ('generated',) + CONTROLS},
-                     'pooled': {w: text_scores([h for it in its for h in it[w]], refs) for w in ('generated',) + CONTROLS},
+                     'mean': {w: {k: float(np.mean([e['sets'][name][w][k] for e in evs]))
+                                  for k in ('cer', 'bleu', 'chrf')} for w in ('generated',) + CONTROLS},
+                     'pooled': {w: text_scores([h for it in its for h in it[w]], refs)
+                                for w in ('generated',) + CONTROLS},
                      'distinct': float(np.mean([e['sets'][name]['distinct'] for e in evs])),
-                     'vs': {w: bootstrap_scores(stats['generated'], stats[w], groups=ids, iters=iters) for w in CONTROLS}}
+                     'vs': {w: bootstrap_scores(stats['generated'], stats[w], groups=ids, iters=iters)
+                            for w in CONTROLS}}
     return out
 
 
@@ -75,7 +79,8 @@ def goals(pool: dict) -> dict:
     for name, what in GOAL_SETS.items():
         if name not in pool: continue
         vs, p = pool[name]['vs'], pool[name]
-        g[f'{name}: beats nearest on chrF and BLEU'] = vs['nearest']['chrf']['better'] and vs['nearest']['bleu']['better']
+        g[f'{name}: beats nearest on chrF and BLEU'] = (vs['nearest']['chrf']['better']
+                                                        and vs['nearest']['bleu']['better'])
         for w in ('medoid', 'shuffled'):
             g[f'{name}: beats {w} on CER, chrF and BLEU'] = all(vs[w][k]['better'] for k in ('cer', 'chrf', 'bleu'))
         g[f'{name}: distinct outputs >= 50%'] = p['distinct'] >= 0.5
@@ -90,15 +95,17 @@ def missed(pool: dict, gl: dict) -> list:
         name, what = key.split(': ', 1)
         p = pool[name]
         if 'distinct' in what:
-            out.append(f"{GOAL_SETS[name].capitalize()}, the decoder writes distinct captions for {p['distinct']:.0%} of the "
-                       "test items (goal: 50 %).")
+            out.append(f"{GOAL_SETS[name].capitalize()}, the decoder writes distinct captions for "
+                       f"{p['distinct']:.0%} of the test items (goal: 50 %).")
             continue
         w = what.split()[1]
         ks = ('chrf', 'bleu') if w == 'nearest' else ('cer', 'chrf', 'bleu')
+        v = p['vs'][w]
         parts = [f"{k.upper() if k != 'chrf' else 'chrF'} {p['pooled']['generated'][k]:.3g} vs {p['pooled'][w][k]:.3g} "
-                 f"(difference {p['vs'][w][k]['diff']:+.3g}, 95 % interval [{p['vs'][w][k]['lo']:+.3g}, {p['vs'][w][k]['hi']:+.3g}])"
-                 for k in ks if not p['vs'][w][k]['better']]
-        out.append(f"{GOAL_SETS[name].capitalize()}, the decoder does not beat the {w} caption: " + '; '.join(parts) + '.')
+                 f"(difference {v[k]['diff']:+.3g}, 95 % interval [{v[k]['lo']:+.3g}, {v[k]['hi']:+.3g}])"
+                 for k in ks if not v[k]['better']]
+        out.append(f"{GOAL_SETS[name].capitalize()}, the decoder does not beat the {w} caption: "
+                   + '; '.join(parts) + '.')
     return out
 
 
@@ -112,7 +119,8 @@ def examples(ev: dict, k_good: int = 3, k_bad: int = 2) -> list:
         order = sorted(range(len(sc)), key=lambda i: -sc[i])
         for tag, rows in (('good', order[:k_good]), ('bad', order[-k_bad:])):
             out += [{'query': name, 'id': it['ids'][i], 'kind': tag, 'chrf': round(sc[i], 1), 'true': it['true'][i],
-                     'generated': it['generated'][i], 'nearest': it['nearest'][i], 'nearest_item': it['nearest_item'][i]}
+                     'generated': it['generated'][i], 'nearest': it['nearest'][i],
+                     'nearest_item': it['nearest_item'][i]}
                     for i in rows]
     return out
 
@@ -127,7 +135,8 @@ def transcripts(manifest: Path, ev: dict) -> dict | None:
     from cmrl.eval.textgen import text_scores
     rows = {json.loads(l)['id']: json.loads(l) for l in manifest.read_text().splitlines() if l.strip()}
     it = ev['sets']['speech']['items']
-    hyp = WhisperFrontend(SpeechConfig(frontend='whisper_base')).transcribe([rows[i]['speech'] for i in it['ids']], 'fr')
+    fe = WhisperFrontend(SpeechConfig(frontend='whisper_base'))
+    hyp = fe.transcribe([rows[i]['speech'] for i in it['ids']], 'fr')
     return {**text_scores(hyp, it['true']), 'examples': [{'id': i, 'true': r, 'transcript': h}
                                                         for i, r, h in list(zip(it['ids'], it['true'], hyp))[:10]]}
 
@@ -140,7 +149,7 @@ def main(argv=None):
     p.add_argument('--reuse', action='store_true', help='keep finished runs in --work')
     p.add_argument('--no-transcripts', action='store_true')
     p.add_argument('--methods', default=','.join(METHODS), help='decoding methods to choose from on valid')
-    p.add_argument('--only-seed', type=int, help='train and score one seed (both methods, valid and test) into --work, then stop')
+    p.add_argument('--only-seed', type=int, help='train and score one seed into --work, then stop')
     p.add_argument('--out', default=str(ROOT / 'benchmarks' / 'generation.json'))
     a = p.parse_args(argv)
     from cmrl.eval.textgen import eval_table
@@ -150,7 +159,8 @@ def main(argv=None):
     work.mkdir(parents=True, exist_ok=True)
     manifest = work / 'cmrl.jsonl'  # kept when reusing: runs side by side read it
     if not (a.reuse and manifest.exists()): manifest = write_manifests(read_split(SPLIT_FILE), work)['paths']['cmrl']
-    res = {'command': f"python benchmarks/generation.py --work WORK --seeds {a.seeds} --iters {a.iters} --methods {a.methods}",
+    res = {'command': f"python benchmarks/generation.py --work WORK --seeds {a.seeds} --iters {a.iters} "
+                      f"--methods {a.methods}",
            'train_command': "cmrl train --data MANIFEST --decoders text --steps 4 --seed S --threads 1",
            'split_file': str(SPLIT_FILE.relative_to(ROOT)), 'seeds': seeds,
            'machine': {'cpus': os.cpu_count(), 'platform': platform.platform(), 'load_before': os.getloadavg()[0]},
@@ -158,19 +168,20 @@ def main(argv=None):
     if a.only_seed is not None:  # one seed's share, to run seeds side by side; the full command then reuses it
         train_seed(manifest, work, a.only_seed, a.reuse)
         v = {m: mean_chrf(evaluate(work, a.only_seed, 'valid', m, 200, a.reuse)) for m in methods}
-        evaluate(work, a.only_seed, 'test', max(v, key=v.get), a.iters, a.reuse)  # the full command scores others if needed
+        evaluate(work, a.only_seed, 'test', max(v, key=v.get), a.iters, a.reuse)  # the full command scores the others
         return
     for s in seeds:
         m = train_seed(manifest, work, s, a.reuse)
         res['train'][str(s)] = {k: m.get(k) for k in ('fit_seconds', 'best', 'n_train', 'n_valid', 'n_test')}
-        res['train'][str(s)]['text_decoder'] = {k: v for k, v in (m.get('text_decoder') or {}).items() if k != 'history'}
+        td = m.get('text_decoder') or {}
+        res['train'][str(s)]['text_decoder'] = {k: v for k, v in td.items() if k != 'history'}
         res['train'][str(s)]['retrieval_valid'] = m.get('retrieval')
         print(f"seed {s}: trained ({m.get('fit_seconds')} s)", flush=True)
     for meth in methods:  # the choice: validation chrF only
-        evs = [evaluate(work, s, 'valid', meth, 200, a.reuse) for s in seeds]  # the choice reads the scores, not the intervals
+        evs = [evaluate(work, s, 'valid', meth, 200, a.reuse) for s in seeds]  # the choice reads scores, not intervals
         res['valid'][meth] = {'mean_chrf': float(np.mean([mean_chrf(e) for e in evs])),
-                              'sets': {n: {w: float(np.mean([e['sets'][n][w]['chrf'] for e in evs])) for w in ('generated', 'nearest', 'nearest_item')}
-                                       for n in evs[0]['sets']}}
+                              'sets': {n: {w: float(np.mean([e['sets'][n][w]['chrf'] for e in evs]))
+                                           for w in ('generated', 'nearest', 'nearest_item')} for n in evs[0]['sets']}}
     method = max(methods, key=lambda m: res['valid'][m]['mean_chrf'])
     res['method'] = method
     evs = []
