@@ -321,7 +321,7 @@ def with_decoders(model: nn.Module,  # a cmrl model built by `make_model` (it re
                   w_text: float = 1., w_image: float = 1.,  # weights of the decoder losses
                   image: dict | None = None,  # `ImageDecoder` settings (`tokenizer`, `prior`, `train_tokenizer`)
                   text_stage: str = 'beside',  # 'beside' (OPT: with the model's loss) or 'after' (`fit_text_decoder`)
-                  parts: Sequence[str] = MEMORY_PARTS,  # what the text memory reads; ('codes',): the seed's
+                  parts: Sequence[str] | None = None,  # text memory parts; default all after, ('codes',) beside (OPT)
                   captions: bool = True,  # write words of the training captions (`CaptionVocab`); False: text ids
                   label_smoothing: float = 0.1,  # eps of the text decoder's smoothed NLL
                  ) -> WithDecoders:
@@ -345,6 +345,7 @@ def with_decoders(model: nn.Module,  # a cmrl model built by `make_model` (it re
         mask_id = None if vocab.get('kind') == 'words' else MASK  # the synthetic words have no mask token (their id 2 is 'a')
         if text_stage not in TEXT_STAGES:
             raise ValueError(f"text_stage must be one of {TEXT_STAGES}, got {text_stage!r}")
+        parts = tuple(parts) if parts is not None else MEMORY_PARTS if text_stage == 'after' else ('codes',)
         if captions:
             spec['captions'] = training_captions(src, vocab).to_dict()['words']
             V, mask_id = CaptionVocab(spec['captions']).size, 2
