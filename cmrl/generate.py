@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 from .core import *
 from .command import command, check_out
-from .models.decoders import WithDecoders
+from .models.decoders import WithDecoders, caption_inputs, write_captions
 from .eval.ckpt import load_generator, ckpt_source, max_lengths, eval_device
 from .eval.textgen import text_generation_eval, eval_table
 from .retrieve import query_kind, query_item
@@ -81,13 +81,12 @@ def generate(ckpt,  # checkpoint folder or file (trained with --decoders)
     feats, masks, pres = {qm: rep.feats[qm]}, {qm: rep.mask[qm]}, {qm: qb.present[qm] & rep.mask[qm].any(1)}
     g = torch.Generator().manual_seed(seed)
     res = {'query': str(query).strip(), 'modality': qm, 'to': to, 'k': k, 'weights': ck['weights']}
-    if to == 'text':
-        mem, mk = model.text_memory(feats, masks, pres)
-        hs = model.text.generate(mem, mk, method, n=k, width=width, k=top_k, temperature=temperature, alpha=alpha,
-                                 generator=g)[0]
-        res.update(method=method, results=[{'rank': i + 1, 'text': model.vocab.decode(h.tokens), 'score': round(h.score, 4),
+    if to == 'text':  # the memory reads what the decoder was trained on: codes, and pooled / pre-quantisation features
+        hs = write_captions(model, caption_inputs(model, qb), [qm], method, n=k, width=width, k=top_k,
+                            temperature=temperature, alpha=alpha, generator=g)[0]
+        res.update(method=method, results=[{'rank': i + 1, 'text': t, 'score': round(h.score, 4),
                                             'logp': round(h.logp, 4), 'finished': h.finished}
-                                           for i, h in enumerate(hs)])
+                                           for i, (t, h) in enumerate(hs)])
     else:
         tk = 1 if method == 'greedy' else top_k
         pics, lp = model.image.generate(feats, masks, pres, n=k, top_k=tk, temperature=temperature, generator=g)

@@ -20,9 +20,9 @@ from .encoders import input_dims, ngram_problem, ModalityEncoder
 from .data.loaders import get_source, source_dls
 from .data.text import word_vectors
 from .models.registry import MODELS, make_model
-from .models.decoders import with_decoders, decoder_errors, feed_pictures
+from .models.decoders import with_decoders, decoder_errors, feed_pictures, fit_text_decoder
 from .metrics import cross_modal_retrieval
-from .checkpoint import CheckpointError, find_checkpoint, read_checkpoint, load_checkpoint
+from .checkpoint import CheckpointError, find_checkpoint, read_checkpoint, load_checkpoint, save_checkpoint
 from .callbacks import *
 from .augment import BatchAugment
 from .learner import cmrl_learner
@@ -33,8 +33,8 @@ __all__ = ['RUN_FILES', 'RUNS', 'EVAL_OUTPUTS', 'STOP_SIGNALS', 'SPLIT_FIELDS', 
            'check_config', 'pick_device', 'run_files', 'remove_run_files', 'numbered', 'RunLock', 'claim', 'claim_free',
            'RunPlan', 'run_folder', 'check_pairs', 'crop_long_features', 'source_kwargs', 'check_modalities',
            'wordvec_coverage', 'make_dls', 'SkipValidation', 'without_validation', 'build_learner', 'stop_signals',
-           'Interrupted', 'fit', 'ran_precision', 'valid_retrieval', 'check_same_split', 'trained_ids', 'train',
-           'train_parser', 'summary_text', 'train_cmd']
+           'Interrupted', 'fit', 'fit_text_after', 'ran_precision', 'valid_retrieval', 'check_same_split',
+           'trained_ids', 'train', 'train_parser', 'summary_text', 'train_cmd']
 
 # %% ../nbs/35_train.ipynb #2606d7b0
 @dataclass
@@ -413,7 +413,7 @@ def build_learner(cfg: TrainConfig,  # the run's settings
                       word_dim=info.get('word_dim'))  # recorded: old runs rebuild their 2-layer stem
     set_seed(cfg.seed)
     model = make_model(cfg.model, mods, dims, **cfg.model_options())
-    if cfg.decoders: model = with_decoders(model, cfg.decoders, info['src'])  # records the text vocabulary (ids -> strings) in model.config
+    if cfg.decoders: model = with_decoders(model, cfg.decoders, info['src'], text_stage='after')  # `fit_text_after`
     if cfg.decoders: feed_pictures(model, dls)  # frozen picture features: the image decoder reads the files
     config = {**asdict(cfg), 'modalities': mods, 'dims': dims, 'model_config': getattr(model, 'config', {}),
               'source': info['source'], 'max_len': info['max_len']}
@@ -465,6 +465,26 @@ def fit(learn, cfg: TrainConfig, out: Path,  # the Learner, the run's settings a
         else: msg = (f"{how}; kept {out / 'checkpoint.pt'} ({e + 1} of {cfg.epochs} epochs done); resume with: "
                      f"cmrl train --out {out} --resume")
         raise Interrupted(msg, out, e) from None
+
+# %% ../nbs/35_train.ipynb #858c4382
+def fit_text_after(learn, valid: bool, seed: int = 0, quiet: bool = False) -> dict | None:
+    "`--decoders text`: fit the text decoder on the frozen encoders of the best weights; write it into the checkpoint"
+    model = unwrap(learn.model)
+    if getattr(model, 'text', None) is None or model.text_stage != 'after' or rank_distrib() != 0: return None
+    ck = next(cb for cb in learn.cbs if isinstance(cb, SaveCheckpoint))
+    last = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    if ck.best: model.load_state_dict(ck.best['model'])  # the decoder reads the encoders the checkpoint keeps as best
+    log = None if quiet else lambda r: _say(f"text decoder epoch {r['epoch']}: loss {r['loss']:.3f}" +
+                                            (f", valid chrF {r['valid_chrf']:.1f}" if 'valid_chrf' in r else ''))
+    rep = fit_text_decoder(model, learn.dls.train.new(shuffle=False, drop_last=False),
+                           learn.dls.valid if valid else None, seed=seed, log=log)
+    dec = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()
+           if k.startswith(('text.', 'text_memory.'))}
+    model.load_state_dict({**last, **dec})
+    if ck.best: ck.best['model'].update(dec)
+    save_checkpoint(learn, Path(learn.path) / ck.fname, int(learn.epoch), ck.config, ck.extra, best=ck.best,
+                    train_ids=ck.train_ids, frontends=ck.frontends)
+    return rep
 
 # %% ../nbs/35_train.ipynb #587cab7f
 def ran_precision(learn) -> str:
@@ -623,6 +643,7 @@ def _train(cfg: TrainConfig, given: dict, plan: RunPlan, quiet, cbs, progress) -
     t1 = time.time()
     fit(learn, cfg, out, start, quiet)
     s = {**_summary(learn, cfg, info, config, dev, start, time.time() - t1), 'out': str(out)}
+    if cfg.decoders: s['text_decoder'] = fit_text_after(learn, bool(info['n_valid']), cfg.seed, quiet)
     s['plots'] = _write_plots(learn, out) if rank0 else []
     s['total_seconds'] = round(time.time() - t0, 1)
     if rank0: (out / 'metrics.json').write_text(json.dumps(s, indent=1, default=str))

@@ -64,12 +64,16 @@ def test_train_decoders_with_default_frontends(trained):
     assert cfg['text_frontend'] == 'bytes+wordvec'
     assert 'in_dim' in cfg['dims']['image'] and cfg['dims'][TEXT].get('word_dim')  # the encoders read frozen features
     m = json.loads((run / 'metrics.json').read_text())
-    hist = json.dumps(m)
-    assert '"gen_text"' in hist and '"gen_image"' in hist, sorted(m)  # both decoders' losses were computed
+    hist = json.dumps(m['loss_history'])
+    assert '"gen_image"' in hist and '"gen_text"' not in hist, sorted(m)  # the image decoder trains beside the encoders
+    td = m['text_decoder']  # the text decoder after them, on their frozen features, kept by validation chrF
+    assert td['n_train'] > 0 and len(td['history']) == td['epochs'] and 0 <= td['best_epoch'] < td['epochs']
+    if td['n_valid']: assert td['valid_chrf'] == max(h['valid_chrf'] for h in td['history'])
     from cmrl.checkpoint import read_checkpoint
     ck = read_checkpoint(run / 'checkpoint.pt')
     spec = ck['config']['model_config']['decoders'] if 'model_config' in ck['config'] else ck['config']['decoders']
     assert spec['which'] == ['text', 'image'] and spec['image']['image_size'] == cfg['image_size']
+    assert spec['text']['stage'] == 'after' and spec['captions'] and spec['text']['parts'] == ['pooled', 'codes', 'sem']
 
 
 def test_generate_from_the_checkpoint(trained, tmp_path):

@@ -24,7 +24,8 @@ def run(tmp_path_factory):
     p = tmp_path_factory.mktemp('gen') / 'run'
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
-        _, learn = tiny_ckpt(p, decoders='text,image', epochs=15, bs=8, image=TINY_IMAGE)
+        _, learn = tiny_ckpt(p, decoders='text,image', epochs=15, bs=8, image=TINY_IMAGE, label_smoothing=0.,
+                             captions=False)  # the seed's joint decoder (text ids, codes), plain NLL
     return p, learn
 
 
@@ -160,8 +161,9 @@ def test_generate_evaluate(run):
         assert {'generated', 'medoid', 'nearest', 'shuffled'} <= set(r) and r['n'] == res['scored'] == 32
         assert r['medoid'] == res['sets']['video']['medoid']  # one constant caption, scored on the same 32 items
         assert all(0 <= r[w]['cer'] for w in ('generated', 'medoid', 'nearest', 'shuffled'))
-        for w, v in r['vs'].items():  # paired bootstrap of CER(generated) - CER(reference)
-            assert abs(v['diff'] - (r['generated']['cer'] - r[w]['cer'])) < 1e-9 and v['lo'] <= v['diff'] <= v['hi']
+        for w, vs in r['vs'].items():  # paired bootstrap of score(generated) - score(reference), CER, BLEU and chrF
+            for k, v in vs.items():
+                assert abs(v['diff'] - (r['generated'][k] - r[w][k])) < 1e-9 and v['lo'] <= v['diff'] <= v['hi']
     assert 'medoid' in err.splitlines()[0] and 'shuffled' in err
 
 

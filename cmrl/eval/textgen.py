@@ -1,4 +1,4 @@
-"""Score captions that a checkpoint's text decoder writes: character error rate, BLEU and chrF against the true captions, beside three references that need no decoder (the medoid caption, the nearest training caption, the decoder fed another item's codes), with paired-bootstrap intervals.
+"""Score captions that a checkpoint's text decoder writes: character error rate, BLEU and chrF against the true captions, beside references that need no decoder (the medoid caption, the nearest training captions, the decoder fed another item's input), with paired-bootstrap intervals on all three scores.
 
 Docs: https://cmrl-dev.github.io/cmrl/eval.textgen.html.md"""
 
@@ -14,11 +14,12 @@ from torch import Tensor
 from ..core import *
 from ..metrics import similarity
 from .ckpt import (load_generator, ckpt_source, eval_parts, usable_modalities, max_lengths, records_features,
-                            eval_device)
+                            eval_device, _subset)
+from ..models.decoders import caption_inputs, cat_inputs, take_inputs, write_captions, _map
 
 # %% auto #0
-__all__ = ['text_scores', 'medoid_caption', 'derangement', 'char_edits', 'paired_bootstrap', 'source_sets',
-           'text_generation_eval', 'eval_table']
+__all__ = ['SCORES', 'CONTROLS', 'text_scores', 'medoid_caption', 'derangement', 'char_edits', 'paired_bootstrap', 'item_stats',
+           'corpus_score', 'bootstrap_scores', 'records_inputs', 'source_sets', 'text_generation_eval', 'eval_table']
 
 # %% ../../nbs/45a_eval.textgen.ipynb #2cf088f6
 def text_scores(hyps: Sequence[str],  # generated texts
@@ -78,6 +79,43 @@ def paired_bootstrap(edits_a: np.ndarray, edits_b: np.ndarray,  # per-item edits
     return {'diff': float((edits_a.sum() - edits_b.sum()) / lengths.sum()), 'lo': float(np.quantile(d, .025)),
             'hi': float(np.quantile(d, .975)), 'p_better': float((d < 0).mean())}
 
+# %% ../../nbs/45a_eval.textgen.ipynb #13b7f962
+SCORES = ('cer', 'bleu', 'chrf')  # the corpus scores; CER lower is better, BLEU and chrF higher
+
+def item_stats(hyps: Sequence[str], refs: Sequence[str]) -> dict:  # score -> `[N, k]` per-item counts
+    "Per-item sufficient statistics of CER, BLEU and chrF (their column sums give the corpus scores)"
+    from sacrebleu.metrics import BLEU, CHRF
+    e, n = char_edits(hyps, refs)
+    hyps, refs = [str(h) for h in hyps], [str(r) for r in refs]
+    bleu, chrf = BLEU()._extract_corpus_statistics(hyps, [refs]), CHRF()._extract_corpus_statistics(hyps, [refs])
+    return {'cer': np.stack([e, n], 1), 'bleu': np.array(bleu, dtype=np.float64),
+            'chrf': np.array(chrf, dtype=np.float64)}
+
+def corpus_score(score: str, stats: np.ndarray) -> float:
+    "A corpus score from summed statistics (`item_stats` rows summed)"
+    from sacrebleu.metrics import BLEU, CHRF
+    if score == 'cer': return float(stats[0] / max(stats[1], 1))
+    m = BLEU() if score == 'bleu' else CHRF()
+    return float(m._compute_score_from_stats([float(x) for x in stats]).score)
+
+def bootstrap_scores(a: dict, b: dict,  # `item_stats` of two systems on the same rows
+                     groups: Sequence | None = None,  # row -> item (an item's rows are drawn together); None: one each
+                     iters: int = 1000, seed: int = 0) -> dict:  # score -> {'diff', 'lo', 'hi', 'better'}
+    "Paired bootstrap over items of `score(a) - score(b)` for CER, BLEU and chrF"
+    keys = list(dict.fromkeys(range(len(a['cer'])) if groups is None else groups))
+    rows = [[] for _ in keys]; pos = {k: i for i, k in enumerate(keys)}
+    for r, g in enumerate(range(len(a['cer'])) if groups is None else groups): rows[pos[g]].append(r)
+    per = {s: (np.stack([a[s][r].sum(0) for r in rows]), np.stack([b[s][r].sum(0) for r in rows])) for s in SCORES}
+    idx = np.random.default_rng(seed).integers(0, len(keys), (iters, len(keys)))
+    out = {}
+    for s in SCORES:
+        A, B = per[s]
+        d = np.array([corpus_score(s, A[i].sum(0)) - corpus_score(s, B[i].sum(0)) for i in idx])
+        diff = corpus_score(s, A.sum(0)) - corpus_score(s, B.sum(0))
+        lo, hi = float(np.quantile(d, .025)), float(np.quantile(d, .975))
+        out[s] = {'diff': diff, 'lo': lo, 'hi': hi, 'better': bool(hi < 0 if s == 'cer' else lo > 0)}
+    return out
+
 # %% ../../nbs/45a_eval.textgen.ipynb #34b7231c
 def _captions(fe, records, vocab) -> list[str]:
     "The true captions of the featured items, as the model's tokenizer sees them (normalised, cut to its length)"
@@ -85,15 +123,28 @@ def _captions(fe, records, vocab) -> list[str]:
     return [vocab.decode(vocab.encode(c)) if c else '' for c in raw]
 
 @torch.no_grad()
-def _write(model, fe, rows, sources, method: str, perm=None, bs: int = 64, **kw) -> list[str]:
+def records_inputs(model, src, records: Sequence[dict], sources: Sequence[str], bs: int = 64,
+                   max_len: dict | None = None) -> dict:
+    "`caption_inputs` (what the text memory reads) of some records, rows in the order of `records`"
+    sub, dev = _subset(src, records), next(model.parameters()).device
+    shapes = {m: v for m, v in src.shapes.items() if m in sources}
+    inps = []
+    with warnings.catch_warnings():
+        warnings.filterwarnings('ignore', message='.*nested tensors.*')
+        for s in range(0, len(sub), bs):
+            b = collate_items([sub[i] for i in range(s, min(s + bs, len(sub)))], modalities=list(sources),
+                              shapes=shapes, max_len=max_len)
+            inps.append(_map(caption_inputs(model, b.to(dev)), lambda t: t.cpu()))
+    return cat_inputs(inps)
+
+@torch.no_grad()
+def _write(model, inp, rows, sources, method: str, perm=None, bs: int = 64, **kw) -> list[str]:
     "Texts the decoder writes for items `rows` from `sources` (optionally from the items `perm` points to)"
     take = rows if perm is None else rows[perm]
     dev, out = next(model.parameters()).device, []
     for s in range(0, len(take), bs):
-        r = take[s:s + bs]
-        f = {m: fe.feats[m][r].to(dev) for m in sources}; mk = {m: fe.mask[m][r].to(dev) for m in sources}
-        mem, mmask = model.text_memory(f, mk, {m: fe.present[m][r].to(dev) for m in sources})
-        out += [model.vocab.decode(hs[0].tokens) for hs in model.text.generate(mem, mmask, method, n=1, **kw)]
+        x = _map(take_inputs(inp, take[s:s + bs]), lambda t: t.to(dev))
+        out += [c[0][0] for c in write_captions(model, x, sources, method, n=1, **kw)]
     return out
 
 def source_sets(sources: Sequence[str]) -> list[tuple]:
@@ -105,9 +156,11 @@ def text_generation_eval(ckpt,  # checkpoint folder or file (trained with --deco
                          split: str | None = None,  # split to score; default the items not trained on
                          method: str = 'greedy',  # 'greedy' or 'beam' (the best beam)
                          width: int = 4,  # beam width
-                         seed: int = 0,  # seed of the shuffled-input control
+                         seed: int = 0,  # seed of the shuffled-input control and of the bootstrap
                          bs: int = 64, device=None, weights: str = 'best',
                          n_examples: int = 5,  # examples (reference, generated) per source set
+                         iters: int = 1000,  # bootstrap resamples
+                         items: bool = False,  # also return every item's texts (to pool seeds)
                         ) -> dict:
     "CER / BLEU / chrF of captions written from each set of sources, beside the medoid, nearest and shuffled references"
     if method not in ('greedy', 'beam'): raise ValueError(f"--method {method!r}: scoring uses greedy or beam")
@@ -126,7 +179,8 @@ def text_generation_eval(ckpt,  # checkpoint folder or file (trained with --deco
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
         fe = records_features(model, src, parts['scored'], srcs + [TEXT], bs, ml)
-        tr = records_features(model, src, parts['fit'], [TEXT], bs, ml)
+        tr = records_features(model, src, parts['fit'], srcs + [TEXT], bs, ml)
+    inp = records_inputs(model, src, parts['scored'], srcs, bs, ml)
     refs, train_caps = _captions(fe, parts['scored'], model.vocab), _captions(tr, parts['fit'], model.vocab)
     has_ref = torch.tensor([bool(c) for c in refs]) & fe.present[TEXT]
     tr_rows = torch.tensor([bool(c) for c in train_caps]).nonzero().flatten()
@@ -138,33 +192,40 @@ def text_generation_eval(ckpt,  # checkpoint folder or file (trained with --deco
         rows = (has_ref & torch.stack([fe.present[m] for m in S]).all(0)).nonzero().flatten()
         if len(rows) < 2: continue
         R = [refs[i] for i in rows]
-        gen = _write(model, fe, rows, S, method, bs=bs, **kw)
-        shuf = _write(model, fe, rows, S, method, perm=derangement(len(rows), seed), bs=bs, **kw)
-        sim = sum(similarity(fe.emb[m][rows], tr.emb[TEXT][tr_rows]) for m in S) / len(S)
-        near = [train_caps[int(tr_rows[j])] for j in sim.argmax(1)]
-        name = '+'.join(S)
-        outs = {'generated': gen, 'medoid': [medoid] * len(R), 'nearest': near, 'shuffled': shuf}
-        edits = {w: char_edits(h, R)[0] for w, h in outs.items()}
-        lens = char_edits(R, R)[1]
-        res['sets'][name] = {'n': len(rows), **{w: text_scores(h, R) for w, h in outs.items()},
-                             'vs': {w: paired_bootstrap(edits['generated'], edits[w], lens, seed=seed)
-                                    for w in ('medoid', 'nearest', 'shuffled')},
-                             'examples': [{'id': str(fe.ids[int(rows[i])]), 'true': R[i], 'generated': gen[i],
-                                           'nearest': near[i]}
-                                          for i in range(min(n_examples, len(R)))]}
+        def nearest(keys):  # the training caption of the most similar training row, similarities averaged over S
+            sim = sum(similarity(fe.emb[m][rows], keys(m)) for m in S) / len(S)
+            return [train_caps[int(tr_rows[j])] for j in sim.argmax(1)]
+        outs = {'generated': _write(model, inp, rows, S, method, bs=bs, **kw), 'medoid': [medoid] * len(R),
+                'nearest': nearest(lambda m: tr.emb[TEXT][tr_rows]),
+                'nearest_item': nearest(lambda m: tr.emb[m][tr_rows]),
+                'shuffled': _write(model, inp, rows, S, method, perm=derangement(len(rows), seed), bs=bs, **kw)}
+        stats = {w: item_stats(h, R) for w, h in outs.items()}
+        gen = outs['generated']
+        res['sets']['+'.join(S)] = {
+            'n': len(rows), 'distinct': len(set(gen)) / len(gen), **{w: text_scores(h, R) for w, h in outs.items()},
+            'vs': {w: bootstrap_scores(stats['generated'], stats[w], iters=iters, seed=seed)
+                   for w in outs if w != 'generated'},
+            'examples': [{'id': str(fe.ids[int(rows[i])]), 'true': R[i], 'generated': gen[i],
+                          'nearest': outs['nearest'][i]} for i in range(min(n_examples, len(R)))],
+            **({'items': {'ids': [str(fe.ids[int(r)]) for r in rows], 'true': R, **outs}} if items else {})}
     if not res['sets']: raise ValueError("no scored item has a caption and the decoder's sources")
     return res
 
 # %% ../../nbs/45a_eval.textgen.ipynb #6f6c5a00
+CONTROLS = ('medoid', 'nearest', 'nearest_item', 'shuffled')  # the references of `text_generation_eval`
+
 def eval_table(res: dict) -> str:
     "The human-readable table of `text_generation_eval`"
     lines = [f"text generation ({res['method']}), {res['scored']} scored item(s); medoid caption: {res['medoid']!r}",
-             f"{'sources':<16}{'what':<11}{'CER':>7}{'BLEU':>7}{'chrF':>7}{'n':>6}"
-             "   CER(generated) - CER(this) [95% paired bootstrap]"]
+             f"{'sources':<14}{'what':<13}{'CER':>7}{'BLEU':>7}{'chrF':>7}{'n':>6}"
+             "   generated - this, 95% paired bootstrap: CER | BLEU | chrF"]
     for name, r in res['sets'].items():
-        for w in ('generated', 'medoid', 'nearest', 'shuffled'):
+        for w in ('generated',) + CONTROLS:
+            if w not in r: continue
             s, v = r[w], r.get('vs', {}).get(w)
-            ci = f"   {v['diff']:+.3f} [{v['lo']:+.3f}, {v['hi']:+.3f}]" if v else ''
-            lines.append(f"{name if w == 'generated' else '':<16}{w:<11}{s['cer']:>7.3f}{s['bleu']:>7.1f}{s['chrf']:>7.1f}"
-                         f"{s['n']:>6}{ci}")
+            ci = ('   ' + ' | '.join(f"{v[k]['diff']:+.3g} [{v[k]['lo']:+.3g}, {v[k]['hi']:+.3g}]"
+                                      for k in ('cer', 'bleu', 'chrf'))
+                  if v else f"   distinct outputs {r['distinct']:.0%}" if 'distinct' in r else '')
+            lines.append(f"{name if w == 'generated' else '':<14}{w:<13}{s['cer']:>7.3f}{s['bleu']:>7.1f}"
+                         f"{s['chrf']:>7.1f}{s['n']:>6}{ci}")
     return '\n'.join(lines)

@@ -6,7 +6,8 @@ Docs: https://cmrl-dev.github.io/cmrl/heads.textdec.html.md"""
 
 # %% ../../nbs/19a_heads.textdec.ipynb #f6513816
 from __future__ import annotations
-import math
+import math, re
+from collections import Counter
 from typing import Callable, NamedTuple, Sequence
 import torch
 from torch import nn, Tensor
@@ -14,8 +15,9 @@ import torch.nn.functional as F
 from fastcore.basics import store_attr
 
 # %% auto #0
-__all__ = ['sinusoid', 'keep_sources', 'CrossModalMemory', 'TextDecoder', 'teacher_forcing', 'drop_tokens', 'text_nll',
-           'Hypothesis', 'beam_score', 'greedy_decode', 'beam_search', 'sample_topk']
+__all__ = ['MEMORY_PARTS', 'SPACE', 'sinusoid', 'keep_sources', 'CrossModalMemory', 'TextDecoder', 'teacher_forcing',
+           'drop_tokens', 'text_nll', 'caption_tokens', 'caption_text', 'CaptionVocab', 'Hypothesis', 'beam_score',
+           'greedy_decode', 'beam_search', 'sample_topk']
 
 # %% ../../nbs/19a_heads.textdec.ipynb #e26a1826
 def sinusoid(n: int,  # positions 0..n-1
@@ -42,36 +44,58 @@ def keep_sources(present: Tensor,  # `[B, S]` bool, item has source s
     return keep | (F.one_hot(best, present.shape[1]).bool() & lost[:, None])
 
 # %% ../../nbs/19a_heads.textdec.ipynb #5adc7ec5
+MEMORY_PARTS = ('pooled', 'codes', 'sem')  # pooled embedding, quantised steps (the seed's), pre-quantisation steps
+
 class CrossModalMemory(nn.Module):
-    "The memory a decoder reads: its sources' step features side by side, each with a modality embedding and step positions, after a null slot"
+    "The memory a decoder reads: its sources' steps side by side (modality embeddings, positions) after a null slot"
     def __init__(self, sources: Sequence[str],  # source modalities, in memory order
                  d_in: int,  # width D of the quantised features
                  d: int,  # decoder width
-                 p_drop: float = 0.3):  # training: drop rate per present source (OPT's modality-level masking)
+                 p_drop: float = 0.3,  # training: drop rate per present source (OPT's modality-level masking)
+                 parts: Sequence[str] = ('codes',)):  # what each source gives (`MEMORY_PARTS`); ('codes',): the seed's
         super().__init__()
         if not sources: raise ValueError("CrossModalMemory: give at least one source modality")
-        self.sources, self.p_drop = list(sources), p_drop
-        self.proj = nn.Linear(d_in, d)
+        bad = [p for p in parts if p not in MEMORY_PARTS]
+        if not parts or bad:
+            raise ValueError(f"CrossModalMemory: parts must be some of {MEMORY_PARTS}, got {tuple(parts)}")
+        self.sources, self.p_drop, self.parts = list(sources), p_drop, tuple(p for p in MEMORY_PARTS if p in parts)
+        self.proj = nn.Linear(d_in, d)  # the quantised steps
+        self.extra = nn.ModuleDict({p: nn.Sequential(nn.LayerNorm(d_in), nn.Linear(d_in, d))
+                                    for p in self.parts if p != 'codes'})
         self.mod = nn.Parameter(torch.randn(len(self.sources), d) * 0.02)
         self.null = nn.Parameter(torch.randn(1, 1, d) * 0.02)
+        if len(self.parts) > 1: self.part = nn.Parameter(torch.randn(len(self.parts), d) * 0.02)
+
+    def _slots(self, m: str, feats: dict, masks: dict, extra: dict | None) -> list:
+        "(features `[B, n, d]`, real `[B, n]`) of each part of source `m`"
+        out, real = [], masks[m].bool()
+        for i, p in enumerate(self.parts):
+            x = feats[m] if p == 'codes' else (extra or {}).get(p, {}).get(m)
+            if x is None: raise ValueError(f"CrossModalMemory: the memory reads {p!r} of {m}; pass it in `extra`")
+            if x.ndim == 2: x, r = x[:, None], real.any(1, keepdim=True)  # pooled: one slot
+            else: r = real
+            h = (self.proj if p == 'codes' else self.extra[p])(x.to(self.proj.weight.dtype))
+            h = h + self.mod[self.sources.index(m)]
+            if p != 'pooled': h = h + sinusoid(x.shape[1], self.proj.out_features, x.device)
+            out.append((h + self.part[i] if len(self.parts) > 1 else h, r))
+        return out
 
     def forward(self, feats: dict,  # modality -> `[B, T_m, D]` quantised steps (sources missing here are absent)
                 masks: dict,  # modality -> `[B, T_m]` bool, real steps
                 present: dict | None = None,  # modality -> `[B]` bool; default: items with a real step
                 generator: torch.Generator | None = None,  # for the training-time source dropping
-               ) -> tuple[Tensor, Tensor]:  # memory `[B, 1 + sum T_m, d]`, its mask `[B, 1 + sum T_m]` (True = real)
+                extra: dict | None = None,  # the other parts: {'sem': {m: `[B, T_m, D]`}, 'pooled': {m: `[B, D]`}}
+               ) -> tuple[Tensor, Tensor]:  # memory `[B, 1 + slots, d]`, its mask (True = real)
         "Build the memory of the sources in `feats`; in training, drop sources at random"
         srcs = [m for m in self.sources if m in feats]
-        ref = next(iter(feats.values())) if feats else None
-        if ref is None: raise ValueError(f"CrossModalMemory: none of the sources {self.sources} is in the features")
-        B, dev = ref.shape[0], ref.device
+        if not srcs: raise ValueError(f"CrossModalMemory: none of the sources {self.sources} is in the features")
+        B, dev = feats[srcs[0]].shape[0], feats[srcs[0]].device
         pres = torch.stack([(present or {}).get(m, masks[m].any(1)) & masks[m].any(1) for m in srcs], 1)
         keep = keep_sources(pres, self.p_drop, generator) if self.training else pres
         mem, mk = [self.null.expand(B, 1, -1)], [torch.ones(B, 1, dtype=torch.bool, device=dev)]
         for j, m in enumerate(srcs):
-            x = feats[m].to(self.proj.weight.dtype)
-            mem.append(self.proj(x) + self.mod[self.sources.index(m)] + sinusoid(x.shape[1], self.proj.out_features, dev))
-            mk.append(masks[m].bool() & keep[:, j:j + 1])
+            for h, r in self._slots(m, feats, masks, extra):
+                mem.append(h); mk.append(r & keep[:, j:j + 1])
         return torch.cat(mem, 1), torch.cat(mk, 1)
 
 # %% ../../nbs/19a_heads.textdec.ipynb #85571ae7
@@ -86,9 +110,10 @@ class TextDecoder(nn.Module):
                  token_drop: float = 0.1,  # training: input tokens replaced by the mask token (OPT's denoising)
                  pad_id: int = 0,  # padding id of the text tokens
                  mask_id: int | None = 2,  # the mask token (cmrl's tokenizers: 2); None: input tokens are dropped to padding
+                 label_smoothing: float = 0.,  # training: eps of the smoothed NLL (`text_nll`)
                 ):
         super().__init__()
-        store_attr('vocab_size,d,max_len,token_drop,pad_id,mask_id')
+        store_attr('vocab_size,d,max_len,token_drop,pad_id,mask_id,label_smoothing')
         self.bos, self.eos, self.n_out = vocab_size, vocab_size + 1, vocab_size + 2
         self.emb, self.pos = nn.Embedding(self.n_out, d), nn.Embedding(max_len + 1, d)
         layer = nn.TransformerDecoderLayer(d, n_heads, 2 * d, dropout, batch_first=True, norm_first=True)
@@ -141,14 +166,19 @@ def drop_tokens(inp: Tensor,  # `[B, L]` decoder inputs (bos first)
     hit[:, 0] = False
     return inp.masked_fill(hit, to)
 
-def text_nll(logits: Tensor,  # `[B, L, V]`
+def text_nll(logits: Tensor,  # `[B, L, V]` (banned ids at -inf)
              tgt: Tensor,  # `[B, L]` target ids
              valid: Tensor,  # `[B, L]` bool, positions that count
-            ) -> Tensor:  # scalar: mean negative log-likelihood per counted token (0, attached, when none)
-    "Teacher-forced NLL: mean of -log p(target) over the counted positions"
-    lp = logits.float().log_softmax(-1).gather(-1, tgt[..., None].clamp(min=0)).squeeze(-1)
-    v = valid.to(lp.dtype)
-    return -(lp.masked_fill(~valid.bool(), 0.) * v).sum() / v.sum().clamp(min=1)
+             smoothing: float = 0.,  # eps: weight of the mean -log p over the allowed (finite) tokens
+            ) -> Tensor:  # scalar: mean (smoothed) negative log-likelihood per counted token (0, attached, when none)
+    "Teacher-forced NLL, `(1 - eps) (-log p(target)) + eps mean_a (-log p(a))` over the counted positions"
+    lp = logits.float().log_softmax(-1)
+    nll = -lp.gather(-1, tgt[..., None].clamp(min=0)).squeeze(-1)
+    if smoothing > 0:
+        ok = torch.isfinite(lp)
+        nll = (1 - smoothing) * nll - smoothing * lp.masked_fill(~ok, 0.).sum(-1) / ok.sum(-1).clamp(min=1)
+    v = valid.to(nll.dtype)
+    return (nll.masked_fill(~valid.bool(), 0.) * v).sum() / v.sum().clamp(min=1)
 
 # %% ../../nbs/19a_heads.textdec.ipynb #26509b8b
 def _loss(self: TextDecoder, y: Tensor,  # `[B, L]` text ids
@@ -162,8 +192,42 @@ def _loss(self: TextDecoder, y: Tensor,  # `[B, L]` text ids
     valid = valid & has[:, None]
     if self.training and self.token_drop > 0:
         inp = drop_tokens(inp, valid, self.token_drop, self.pad_id if self.mask_id is None else self.mask_id, generator)
-    return text_nll(self.logits(inp, memory, mem_mask), tgt, valid)
+    return text_nll(self.logits(inp, memory, mem_mask), tgt, valid, self.label_smoothing if self.training else 0.)
 TextDecoder.loss = _loss
+
+# %% ../../nbs/19a_heads.textdec.ipynb #a4957f26
+SPACE = '\u2581'  # `▁`: marks a token that follows a space
+
+def caption_tokens(s: str) -> list[str]:
+    "Words and punctuation marks of a caption; a token after a space (or the first) starts with `SPACE`"
+    out = []
+    for m in re.finditer(r"(\s*)(\w+|[^\w\s])", str(s)):
+        out.append((SPACE if m.group(1) or not out else '') + m.group(2))
+    return out
+
+def caption_text(tokens) -> str:
+    "The text of `caption_tokens` (runs of spaces become one)"
+    return ''.join(tokens).replace(SPACE, ' ').strip()
+
+class CaptionVocab:
+    "Word-level vocabulary of the training captions: ids 0 pad, 1 unknown, 2 mask, then the tokens by frequency"
+    SPECIALS = ('<pad>', '<unk>', '<mask>')
+    def __init__(self, words: Sequence[str]):  # the tokens, most frequent first
+        self.words = list(self.SPECIALS) + [w for w in words if w not in self.SPECIALS]
+        self.stoi = {w: i for i, w in enumerate(self.words)}
+    @classmethod
+    def fit(cls, captions: Sequence[str],  # training captions
+            min_count: int = 1):  # tokens seen fewer times are unknown
+        "The vocabulary of `captions`"
+        c = Counter(t for s in captions if s for t in caption_tokens(s))
+        return cls([w for w, n in sorted(c.items(), key=lambda x: (-x[1], x[0])) if n >= min_count])
+    @property
+    def size(self) -> int: return len(self.words)
+    def encode(self, s: str) -> Tensor:
+        return torch.tensor([self.stoi.get(t, 1) for t in caption_tokens(s)], dtype=torch.long)
+    def decode(self, ids) -> str: return caption_text(self.words[i] for i in map(int, ids) if 3 <= i < len(self.words))
+    def to_dict(self) -> dict: return {'kind': 'captions', 'words': self.words[len(self.SPECIALS):]}
+    def __repr__(self): return f"CaptionVocab(size={self.size})"
 
 # %% ../../nbs/19a_heads.textdec.ipynb #1607e439
 class Hypothesis(NamedTuple):

@@ -12,17 +12,21 @@ from torch import Tensor
 from fastcore.basics import store_attr
 from ..core import *
 from .core import *
-from ..heads.textdec import CrossModalMemory, TextDecoder
+import copy, time
+from ..heads.textdec import CrossModalMemory, TextDecoder, CaptionVocab, MEMORY_PARTS, SPACE
 from ..data.text import tokenizer_from_dict, MASK
 from ..data.image import ImageFrontend, ImageConfig
 
 # %% auto #0
-__all__ = ['DECODERS', 'MIN_STEPS', 'PIXELS', 'parse_decoders', 'decoder_errors', 'text_vocab', 'TextVocab', 'text_ids',
-           'no_text_ids', 'picture_size', 'target_pictures', 'ImageDecoder', 'WithDecoders', 'attach_decoders',
-           'with_decoders', 'rebuild_with_decoders', 'PictureTargets', 'feed_pictures']
+__all__ = ['DECODERS', 'TEXT_STAGES', 'MIN_STEPS', 'PIXELS', 'parse_decoders', 'decoder_errors', 'text_vocab', 'TextVocab',
+           'text_ids', 'no_text_ids', 'picture_size', 'caption_ids', 'target_pictures', 'ImageDecoder', 'WithDecoders',
+           'training_captions', 'attach_decoders', 'with_decoders', 'rebuild_with_decoders', 'PictureTargets',
+           'feed_pictures', 'caption_inputs', 'take_inputs', 'cat_inputs', 'write_captions', 'loader_captions', 'chrf',
+           'fit_text_decoder']
 
 # %% ../../nbs/25a_models.decoders.ipynb #fcc53496
 DECODERS = ('text', 'image')  # the decoders `--decoders` can name
+TEXT_STAGES = ('beside', 'after')  # the text decoder trains with the model's loss (OPT), or after it on frozen features
 MIN_STEPS = 4  # fewest steps per item the decoders accept (OPT reads a sequence; T = 1 is a single code)
 
 def parse_decoders(decoders) -> tuple[str, ...]:
@@ -99,6 +103,18 @@ def picture_size(src, vis: str = IMAGE) -> int:
     return int(cfg.size if isinstance(cfg.size, int) else max(cfg.size))
 
 
+# %% ../../nbs/25a_models.decoders.ipynb #fb98bb8b
+def caption_ids(captions: Sequence[str],  # texts
+                vocab: CaptionVocab,  # the caption vocabulary
+                max_len: int | None = None,  # tokens kept per caption
+                device=None) -> tuple[Tensor, Tensor]:  # `[B, L]` ids (0-padded on the right), `[B, L]` bool mask
+    "A batch of captions as padded caption-word ids"
+    ids = [vocab.encode(c)[:max_len] if c else torch.zeros(0, dtype=torch.long) for c in captions]
+    L = max([1] + [len(i) for i in ids])
+    y, m = torch.zeros(len(ids), L, dtype=torch.long), torch.zeros(len(ids), L, dtype=torch.bool)
+    for r, i in enumerate(ids): y[r, :len(i)], m[r, :len(i)] = i, True
+    return y.to(device), m.to(device)
+
 # %% ../../nbs/25a_models.decoders.ipynb #7c7240dc
 def target_pictures(x: Tensor,  # `[B, 3, H, W]` pictures or `[B, T, 3, H, W]` clips
                     span: Tensor | None = None,  # `[B, 2]` event (start, end) steps of clips
@@ -167,13 +183,18 @@ class WithDecoders(CrossModalModel):
                  text_memory: CrossModalMemory | None = None,  # its memory over the non-text modalities
                  image: ImageDecoder | None = None,  # the two-stage image decoder
                  vocab: dict | None = None,  # vocabulary spec of the text ids (`text_vocab`)
-                 w_text: float = 1., w_image: float = 1.):  # weights of the decoder losses
+                 w_text: float = 1., w_image: float = 1.,  # weights of the decoder losses
+                 captions: Sequence[str] | None = None,  # the decoder's words (`CaptionVocab`); None: the text ids
+                 text_stage: str = 'beside'):  # 'beside': with the model's loss (OPT); 'after': `fit_text_decoder`
         nn.Module.__init__(self)  # the encoders stay the base model's (no second copy in the state dict)
         if text is not None and (text_memory is None or vocab is None): raise ValueError("WithDecoders: a text decoder needs its memory and the vocabulary spec")
         if text is None and image is None: raise ValueError("WithDecoders: give a text decoder, an image decoder or both")
+        if text_stage not in TEXT_STAGES:
+            raise ValueError(f"WithDecoders: text_stage must be one of {TEXT_STAGES}, got {text_stage!r}")
         self.base, self.text, self.text_memory, self.image = base, text, text_memory, image
         self.vocab = TextVocab(vocab) if vocab is not None else None
-        store_attr('w_text,w_image')
+        self.out_vocab = CaptionVocab(captions) if captions is not None else self.vocab  # what the decoder's ids mean
+        store_attr('w_text,w_image,text_stage')
         self.config = dict(getattr(base, 'config', {}) or {})
 
     @property
@@ -181,8 +202,11 @@ class WithDecoders(CrossModalModel):
     @property
     def codebook(self): return getattr(self.base, 'codebook', None)
     @property
+    def text_beside(self) -> bool: return self.text is not None and self.text_stage == 'beside'
+    @property
     def loss_names(self) -> tuple:
-        return tuple(getattr(self.base, 'loss_names', ())) + (('gen_text',) if self.text is not None else ()) + (('gen_image',) if self.image is not None else ())
+        return (tuple(getattr(self.base, 'loss_names', ())) + (('gen_text',) if self.text_beside else ())
+                + (('gen_image',) if self.image is not None else ()))
     @property
     def decoders(self) -> tuple: return tuple(n for n, d in (('text', self.text), ('image', self.image)) if d is not None)
     def encode(self, b): return self.base.encode(b)
@@ -199,18 +223,38 @@ def _sources(b: ModalityBatch, out: ModelOutput, sources, only=None) -> tuple[di
     ms = [m for m in sources if m in out.feats and m in b.x and (only is None or m in only)]
     return ({m: out.feats[m] for m in ms}, {m: out.mask[m] for m in ms}, {m: b.present[m] & out.mask[m].any(1) for m in ms})
 
+def _memory_inputs(self: WithDecoders, b: ModalityBatch, out: ModelOutput, enc: dict | None = None) -> dict:
+    "What the text memory reads of batch `b`: its sources' codes, masks, presence and the other parts (`extra`)"
+    f, mk, pres = _sources(b, out, self.text_sources())
+    parts, extra = self.text_memory.parts, {}
+    if 'pooled' in parts: extra['pooled'] = {m: out.emb[m] for m in f}
+    if 'sem' in parts:
+        enc = enc if enc is not None else self.base.encode(b)
+        extra['sem'] = {m: enc[m].sem for m in f}
+    return {'feats': f, 'masks': mk, 'present': pres, 'extra': extra}
+WithDecoders.memory_inputs = _memory_inputs
+
+def _text_targets(self: WithDecoders, b: ModalityBatch) -> tuple[Tensor, Tensor]:
+    "`[B, L]` ids the text decoder learns to write for batch `b` and their mask (caption words, or the text ids)"
+    ids, mask = text_ids(b.x[TEXT]), b.mask[TEXT] & b.present[TEXT][:, None]
+    if self.out_vocab is self.vocab: return ids, mask
+    caps = [self.vocab.decode(i[k].tolist()) for i, k in zip(ids.cpu(), mask.cpu())]
+    return caption_ids(caps, self.out_vocab, self.text.max_len, ids.device)
+WithDecoders.text_targets = _text_targets
+
 def _forward(self: WithDecoders, *args) -> ModelOutput:
     b = as_batch(*args)
     out = self.base(b)
     need = [m for m in self.text_sources() + self.image_sources() if m in b.x]
-    if any(m not in out.feats for m in need): out = out._replace(**{k: getattr(self.base.represent(b), k) for k in ('feats', 'mask')})  # e.g. OPT in training
+    if any(m not in out.feats for m in need):  # e.g. OPT in training
+        rep = self.base.represent(b)
+        out = out._replace(**{k: getattr(rep, k) for k in ('feats', 'mask', 'emb')})
     losses, extra = dict(out.losses), []
-    if self.text is not None and TEXT in b.x:
-        f, mk, pres = _sources(b, out, self.text_sources())
-        if f:
-            mem, mmask = self.text_memory(f, mk, pres)
-            ym = b.mask[TEXT] & b.present[TEXT][:, None]
-            losses['gen_text'] = self.w_text * self.text.loss(text_ids(b.x[TEXT]), ym, mem, mmask)
+    if self.text_beside and TEXT in b.x:
+        inp = self.memory_inputs(b, out)
+        if inp['feats']:
+            mem, mmask = self.text_memory(inp['feats'], inp['masks'], inp['present'], extra=inp['extra'])
+            losses['gen_text'] = self.w_text * self.text.loss(*self.text_targets(b), mem, mmask)
             extra.append(losses['gen_text'])
     if self.image is not None:
         vis = next((m for m in VISUAL if m in b.x), None)
@@ -224,10 +268,27 @@ def _forward(self: WithDecoders, *args) -> ModelOutput:
     return out._replace(loss=out.loss + sum(extra), losses=losses)
 WithDecoders.forward = _forward
 
+# %% ../../nbs/25a_models.decoders.ipynb #ff7ed221
+def training_captions(src,  # the training source (its 'train' split, else every item)
+                      vocab: dict,  # vocabulary spec of its text ids
+                     ) -> CaptionVocab:
+    "The caption vocabulary of a source's training texts, as its tokenizer sees them (normalised, cut to its length)"
+    if vocab.get('kind') == 'words': return CaptionVocab([SPACE + w for w in vocab['words'][2:]])  # synthetic words
+    if src is None:
+        raise ValueError("with_decoders: captions=True needs the training source (`src`) for the caption vocabulary")
+    recs = src.split('train') if 'train' in (getattr(src, 'splits', None) or {}) else src.split('all')
+    tv = TextVocab(vocab)
+    caps = [tv.decode(tv.encode(r[TEXT])) for r in recs if isinstance(r.get(TEXT), str) and r[TEXT].strip()]
+    if not caps:
+        raise ValueError("with_decoders: the training items have no caption to build the caption vocabulary from")
+    return CaptionVocab.fit(caps)
+
 # %% ../../nbs/25a_models.decoders.ipynb #3aee4183
 def _check_steps(cfg: dict, ds):
     err = decoder_errors(ds, cfg.get('steps'))
     if err: raise ValueError(err[0] + f" (the {cfg.get('model', 'model')!r} model was built with steps={cfg.get('steps')})")
+
+_MEMORY_KEYS = ('sources', 'd_memory', 'p_drop', 'parts', 'stage')  # text spec entries that are not `TextDecoder`'s
 
 def attach_decoders(base: nn.Module,  # the model to wrap
                     spec: dict,  # what `with_decoders` recorded as `config['decoders']`
@@ -235,12 +296,13 @@ def attach_decoders(base: nn.Module,  # the model to wrap
     "The decoders of a recorded spec on `base` (untrained)"
     cfg = dict(getattr(base, 'config', {}) or {})
     text = mem = image = None
+    t = spec.get('text') or {}
     if 'text' in spec['which']:
-        t = spec['text']
-        mem = CrossModalMemory(t['sources'], t['d_memory'], t['d'], t['p_drop'])
-        text = TextDecoder(**{k: v for k, v in t.items() if k not in ('sources', 'd_memory', 'p_drop')})
+        mem = CrossModalMemory(t['sources'], t['d_memory'], t['d'], t['p_drop'], t.get('parts', ('codes',)))
+        text = TextDecoder(**{k: v for k, v in t.items() if k not in _MEMORY_KEYS})
     if 'image' in spec['which']: image = ImageDecoder(**spec['image'])
-    w = WithDecoders(base, text, mem, image, spec.get('vocab'), spec.get('w_text', 1.), spec.get('w_image', 1.))
+    w = WithDecoders(base, text, mem, image, spec.get('vocab'), spec.get('w_text', 1.), spec.get('w_image', 1.),
+                     spec.get('captions'), t.get('stage', 'beside'))
     w.config = {**cfg, 'decoders': spec}
     return w
 
@@ -253,11 +315,15 @@ def with_decoders(model: nn.Module,  # a cmrl model built by `make_model` (it re
                   n_layers: int = 2,  # text decoder layers
                   n_heads: int = 4,  # text decoder heads
                   max_len: int = 64,  # longest text the decoder writes (tokens)
-                  dropout: float = 0.1,  # text decoder dropout
+                  dropout: float = 0.3,  # text decoder dropout
                   token_drop: float = 0.1,  # OPT's denoising: input tokens masked in training
                   p_drop: float = 0.3,  # OPT's modality-level masking of the memory sources in training
                   w_text: float = 1., w_image: float = 1.,  # weights of the decoder losses
                   image: dict | None = None,  # `ImageDecoder` settings (`tokenizer`, `prior`, `train_tokenizer`)
+                  text_stage: str = 'beside',  # 'beside' (OPT: with the model's loss) or 'after' (`fit_text_decoder`)
+                  parts: Sequence[str] | None = None,  # text memory parts; default all after, ('codes',) beside (OPT)
+                  captions: bool = True,  # write words of the training captions (`CaptionVocab`); False: text ids
+                  label_smoothing: float = 0.1,  # eps of the text decoder's smoothed NLL
                  ) -> WithDecoders:
     "`model` with OPT's decoders; `model.config` gains a `decoders` entry that rebuilds them"
     ds = parse_decoders(decoders)
@@ -277,8 +343,15 @@ def with_decoders(model: nn.Module,  # a cmrl model built by `make_model` (it re
         V = dims[TEXT]['vocab']
         if TextVocab(vocab).size != V: raise ValueError(f"with_decoders: the vocabulary spec has {TextVocab(vocab).size} ids, the model's text has {V}")
         mask_id = None if vocab.get('kind') == 'words' else MASK  # the synthetic words have no mask token (their id 2 is 'a')
-        spec['text'] = dict(sources=srcs, d_memory=D, p_drop=p_drop, vocab_size=V, d=d, n_layers=n_layers, n_heads=n_heads, max_len=max_len,
-                            dropout=dropout, token_drop=token_drop, mask_id=mask_id)
+        if text_stage not in TEXT_STAGES:
+            raise ValueError(f"text_stage must be one of {TEXT_STAGES}, got {text_stage!r}")
+        parts = tuple(parts) if parts is not None else MEMORY_PARTS if text_stage == 'after' else ('codes',)
+        if captions:
+            spec['captions'] = training_captions(src, vocab).to_dict()['words']
+            V, mask_id = CaptionVocab(spec['captions']).size, 2
+        spec['text'] = dict(sources=srcs, d_memory=D, p_drop=p_drop, parts=list(parts), stage=text_stage,
+                            vocab_size=V, d=d, n_layers=n_layers, n_heads=n_heads, max_len=max_len, dropout=dropout,
+                            token_drop=token_drop, mask_id=mask_id, label_smoothing=label_smoothing)
     if 'image' in ds:
         vis = next((m for m in mods if m in VISUAL), None)
         if vis is None: raise ValueError(f"--decoders image: the model has no image or video modality ({', '.join(mods)})")
@@ -333,3 +406,114 @@ def feed_pictures(model: nn.Module,  # the model, maybe with decoders (`with_dec
         dl.dataset = PictureTargets(dl.dataset, img.tok.image_size)
     return True
 
+
+# %% ../../nbs/25a_models.decoders.ipynb #a21c4940
+@torch.no_grad()
+def caption_inputs(model: WithDecoders, b: ModalityBatch) -> dict:
+    "What the text memory reads of a batch (eval mode, no gradient): `{'feats', 'masks', 'present', 'extra'}`"
+    was = model.training; model.eval()
+    try:
+        b = as_batch(b)
+        out = model.represent(b)
+        return model.memory_inputs(b, out)
+    finally: model.train(was)
+
+def _map(inp: dict, fn) -> dict:
+    "`fn` applied to every tensor of a `caption_inputs` dict"
+    return {k: ({p: {m: fn(t) for m, t in d.items()} for p, d in v.items()} if k == 'extra'
+                else {m: fn(t) for m, t in v.items()}) for k, v in inp.items()}
+
+def take_inputs(inp: dict, rows) -> dict:
+    "The items `rows` of a `caption_inputs` dict"
+    return _map(inp, lambda t: t[rows.to(t.device) if isinstance(rows, Tensor) else rows])
+
+def cat_inputs(inps: Sequence[dict]) -> dict:
+    "`caption_inputs` of several batches as one (steps padded to the longest, padding masked)"
+    def cat(ts):
+        T = max(t.shape[1] for t in ts) if ts[0].ndim > 1 else None
+        return torch.cat([t if T is None or t.shape[1] == T else
+                          torch.cat([t, t.new_zeros(t.shape[0], T - t.shape[1], *t.shape[2:])], 1) for t in ts])
+    first = inps[0]
+    return {k: ({p: {m: cat([i[k][p][m] for i in inps]) for m in d} for p, d in v.items()} if k == 'extra'
+                else {m: cat([i[k][m] for i in inps]) for m in v}) for k, v in first.items()}
+
+@torch.no_grad()
+def write_captions(model: WithDecoders, inp: dict,  # a `caption_inputs` dict
+                   sources: Sequence[str] | None = None,  # the sources to read (default all of `inp`)
+                   method: str = 'greedy', n: int = 1, **kw):  # `TextDecoder.generate` settings
+    "Per item, its captions (text, `Hypothesis`) best first, written from `sources`"
+    srcs = [m for m in (sources or inp['feats']) if m in inp['feats']]
+    pick = lambda d: {m: d[m] for m in srcs}
+    was = model.training; model.eval()
+    try:
+        mem, mk = model.text_memory(pick(inp['feats']), pick(inp['masks']), pick(inp['present']),
+                                    extra={p: pick(d) for p, d in inp['extra'].items()})
+        hs = model.text.generate(mem, mk, method, n=n, **kw)
+    finally: model.train(was)
+    return [[(model.out_vocab.decode(h.tokens), h) for h in row] for row in hs]
+
+# %% ../../nbs/25a_models.decoders.ipynb #bea815c0
+def loader_captions(model: WithDecoders, dl) -> tuple[dict, list[str]]:
+    "`caption_inputs` of every item a loader gives, and their captions ('' where an item has none)"
+    inps, caps = [], []
+    for xb, *_ in dl:
+        b = ModalityBatch.of(xb)
+        inps.append(_map(caption_inputs(model, b), lambda t: t.detach().cpu()))
+        ids, mk = text_ids(b.x[TEXT]).cpu(), (b.mask[TEXT] & b.present[TEXT][:, None]).cpu()
+        caps += [model.vocab.decode(i[k].tolist()) if k.any() else '' for i, k in zip(ids, mk)]
+    if not inps: return {}, []
+    return cat_inputs(inps), caps
+
+def chrf(hyps: Sequence[str], refs: Sequence[str]) -> float:
+    "Corpus chrF (sacrebleu) of hypotheses against references"
+    import sacrebleu
+    return float(sacrebleu.corpus_chrf(list(hyps), [list(refs)]).score)
+
+# %% ../../nbs/25a_models.decoders.ipynb #17a56382
+def fit_text_decoder(model: WithDecoders,  # a model with a text decoder; its encoders stay frozen
+                     train_dl, valid_dl=None,  # loaders of the training and validation items (validation: the choice)
+                     epochs: int = 40,  # passes over the training captions
+                     lr: float = 2e-3, wd: float = 0.01,  # AdamW, one-cycle schedule
+                     bs: int = 32,  # captions per step
+                     seed: int = 0,
+                     log: Callable | None = None,  # called with each epoch's record
+                    ) -> dict:  # {'best_epoch', 'valid_chrf', 'history', 'seconds', 'n_train', 'n_valid'}
+    "Train the text decoder and its memory on the frozen encoders' features; keep the epoch of best validation chrF"
+    t0, gen = time.time(), torch.Generator().manual_seed(seed)
+    tr, trc = loader_captions(model, train_dl)
+    va, vac = loader_captions(model, valid_dl) if valid_dl is not None else ({}, [])
+    rows = torch.tensor([bool(c) for c in trc]).nonzero().flatten()
+    if not len(rows): raise ValueError("fit_text_decoder: no training item has a caption")
+    vrows = torch.tensor([bool(c) for c in vac], dtype=torch.bool).nonzero().flatten()
+    dev = next(model.text.parameters()).device
+    y, ym = caption_ids([trc[i] for i in rows], model.out_vocab, model.text.max_len)
+    tr = take_inputs(tr, rows)
+    params = list(model.text.parameters()) + list(model.text_memory.parameters())
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=wd)
+    n_steps = epochs * -(-len(rows) // bs)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=n_steps)
+    best, hist = None, []
+    for ep in range(epochs):
+        model.text.train(); model.text_memory.train()
+        perm, tot = torch.randperm(len(rows), generator=gen), 0.
+        for s in range(0, len(rows), bs):
+            r = perm[s:s + bs]
+            inp = _map(take_inputs(tr, r), lambda t: t.to(dev))
+            mem, mk = model.text_memory(inp['feats'], inp['masks'], inp['present'], gen, extra=inp['extra'])
+            loss = model.text.loss(y[r].to(dev), ym[r].to(dev), mem, mk, generator=gen)
+            opt.zero_grad(); loss.backward(); opt.step(); sched.step(); tot += float(loss) * len(r)
+        rec = {'epoch': ep, 'loss': round(tot / len(rows), 4)}
+        if len(vrows):
+            v = _map(take_inputs(va, vrows), lambda t: t.to(dev))
+            refs = [vac[i] for i in vrows]
+            rec['valid_chrf'] = round(sum(chrf([c[0][0] for c in write_captions(model, v, [m])], refs)
+                                          for m in model.text_sources() if m in v['feats']) / len(v['feats']), 3)
+        hist.append(rec)
+        if log is not None: log(rec)
+        if best is None or rec.get('valid_chrf', ep) >= best[0]:
+            state = copy.deepcopy((model.text.state_dict(), model.text_memory.state_dict()))
+            best = (rec.get('valid_chrf', ep), ep, state)
+    model.text.load_state_dict(best[2][0]); model.text_memory.load_state_dict(best[2][1])
+    model.text.eval(); model.text_memory.eval()
+    return {'best_epoch': best[1], 'valid_chrf': best[0] if len(vrows) else None, 'history': hist,
+            'seconds': round(time.time() - t0, 1), 'n_train': len(rows), 'n_valid': len(vrows), 'epochs': epochs}
