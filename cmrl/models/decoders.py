@@ -363,6 +363,8 @@ def with_decoders(model: nn.Module,  # a cmrl model built by `make_model` (it re
         spec['image'] = ImageDecoder(**spec['image']).config  # the full settings (defaults filled in)
     return attach_decoders(model, spec)
 
+
+# %% ../../nbs/25a_models.decoders.ipynb #31bc6bb9
 def rebuild_with_decoders(config: dict,  # a recorded configuration with a `decoders` entry
                           rebuild_base: Callable,  # rebuilds the base model from its configuration (the registry's `rebuild`)
                          ) -> WithDecoders:
