@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from fastcore.basics import patch
 from ..core import *
+from ..core import _rewrap  # batches back into `ModalityBatch` after the device move (one home: `modality_dl`'s)
 from .cache import FrontendConfig, EXTRA_FIELDS
 from .source import Source, VALID_PCT
 from .text import tokenizer_from_dict
@@ -496,7 +497,6 @@ def batch(self: StoreDataset, pos, modalities: Sequence[str] | None = None, **kw
     return self.store.read_batch(self.idx[np.asarray(pos, dtype=np.int64)], modalities or self.modalities, **kwargs)
 
 def _position(i): return i  # a store's loader passes positions, not items, to `create_batch`
-def _rewrap(b): return tuple(ModalityBatch.of(o) if isinstance(o, dict) else o for o in b)
 
 def store_dl(ds: StoreDataset,  # the items
              bs: int = 32,  # batch size
