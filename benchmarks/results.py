@@ -90,8 +90,8 @@ def _cmrl_cmd() -> list:
     exe = Path(sys.executable).parent / 'cmrl'
     return [str(exe)] if exe.exists() else [sys.executable, '-c', 'import sys; from cmrl.cli import main; sys.exit(main())']
 
-def cmrl_parts(run: Path, manifest: Path, part: str) -> tuple:
-    "Frozen features of the training part and of `part` from a `cmrl train` output folder (its best weights)"
+def cmrl_parts(run: Path, manifest: Path, part: str, train: bool = True) -> tuple:
+    "Frozen features of the training part (None when not `train`) and of `part` from a `cmrl train` output folder (its best weights)"
     from cmrl.checkpoint import load_model
     from cmrl.eval.ckpt import ckpt_source, usable_modalities, max_lengths, records_features, semantic_embeddings
     model, ck = load_model(run, weights='best')
@@ -99,8 +99,8 @@ def cmrl_parts(run: Path, manifest: Path, part: str) -> tuple:
     mods = [m for m in MODS if m in usable_modalities(model, src)]
     K = getattr(getattr(model, 'codebook', None), 'n_codes', None)
     ml = max_lengths(ck, src)
-    out = []
-    for p in ('train', part):
+    out = [] if train else [None]
+    for p in (('train', part) if train else (part,)):
         recs = src.split(p)
         fe = records_features(model, src, recs, mods, max_len=ml)
         meta = {str(r['id']): r for r in recs}
@@ -151,7 +151,7 @@ def run_cascade(seed: int, manifest: Path, work: Path, part: str, lang: str, mod
     tman.write_text(''.join(json.dumps({**r, 'text': said.get(r['id'], r['text'])}, ensure_ascii=False) + '\n' for r in rows),
                     encoding='utf-8')
     tr, te, _, _ = cmrl_parts(run, manifest, part)
-    _, heard, _, _ = cmrl_parts(run, tman, part)
+    _, heard, _, _ = cmrl_parts(run, tman, part, train=False)  # only the scored part's transcripts differ
     assert heard.ids == te.ids
     # training part: the captions stand in for the recordings (the cascade has no speech of its own)
     train = Part(tr.ids, tr.groups, tr.labels, {**tr.emb, 'speech': tr.emb['text']}, {**tr.probe, 'speech': tr.probe['text']})
