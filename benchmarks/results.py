@@ -389,6 +389,20 @@ def intervals(row: dict) -> dict:
     "The bootstrap interval over test items of the seed mean of every headline number"
     return {k: bootstrap_interval(m[1]) for k in HEADLINE if (m := item_matrix(row, k)) is not None}
 
+def join_rows(files: list) -> dict:
+    "The rows of several results files (queues run side by side): a row in several files joins seed by seed (a later file's seed replaces an earlier one's); summary and intervals recomputed"
+    out = {}
+    for rows in files:
+        for k, v in rows.items():
+            if not v.get('per_seed'): continue
+            j = out.setdefault(k, {'per_seed': {}, 'seeds': []})
+            j.update({x: y for x, y in v.items() if x not in ('per_seed', 'per_item', 'seeds', 'summary', 'intervals')})  # notes, failures
+            j['per_seed'].update(v['per_seed'])
+            if 'per_item' in v: j.setdefault('per_item', {}).update(v['per_item'])
+            j['seeds'] = sorted({*j['seeds'], *v['seeds']})
+    for j in out.values(): j['summary'], j['intervals'] = aggregate(j['per_seed']), intervals(j)
+    return out
+
 GOALS_DOC = ("issue 26 (six-seed means, French test): R@10 image<->speech >= the reference on the same front-ends and >= 45; "
              "probe acc and bacc image<->speech >= that reference + 5; kappa image-speech >= 0.2, image-text >= 0.3, "
              "speech-text >= 0.4 with perplexity >= 16 per modality; codes-only R@10 image<->speech >= 0.8 x embedding R@10")
@@ -463,7 +477,7 @@ def main(argv=None):
     p.add_argument('--target-row', default=None, help="the row whose issue-13 goals are checked (default 'unicode' + --tag)")
     p.add_argument('--merge', action='store_true', help='keep the rows of an existing --out that this run does not redo')
     p.add_argument('--merge-from', default='', metavar='FILES',
-                   help='comma-separated results files of the same split and part (e.g. queues run side by side): their rows join --out')
+                   help='comma-separated results files of the same split and part (e.g. queues run side by side): their rows join --out, a row in several files seed by seed')
     a = p.parse_args(argv)
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
     if a.make_split:
@@ -489,12 +503,14 @@ def main(argv=None):
     if res.get('scored_part_rows') not in (None, a.split) and a.merge: raise ValueError(f"{outp} holds rows scored on another part; use another --out")
     res['scored_part_rows'] = a.split
     res.setdefault('rows', {})
+    others = []
     for f in [f for f in a.merge_from.split(',') if f.strip()]:
         other = json.loads(Path(f).read_text())
         if (other.get('split_file'), other.get('scored_part_rows')) != (res['split_file'], a.split):
             raise ValueError(f"{f}: rows of {other.get('split_file')} {other.get('scored_part_rows')}, not {res['split_file']} {a.split}")
-        res['rows'].update({k: v for k, v in other['rows'].items() if v.get('per_seed')})
+        others.append(other['rows'])
         if other.get('zero_shot_split'): res['zero_shot_split'] = other['zero_shot_split']
+    res['rows'].update(join_rows(others))
     res['length_reference'] = length_row(man['rows'], a.split)
     jobs = [(m, m + a.tag) for m in models] + ([('feat', 'reference' + a.tag)] if a.reference else [])
     jobs += [('ref', 'reference (from scratch)' + a.tag)] if a.reference and a.reference_scratch else []

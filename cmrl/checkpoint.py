@@ -24,7 +24,7 @@ __all__ = ['FORMAT', 'VERSION', 'CONFIG_DEFAULTS', 'CheckpointError', 'plain', '
 FORMAT, VERSION = 'cmrl-checkpoint', 2  # the checkpoint format's name and version
 # per format version: settings a run's config may lack, with what such a run trained with (version 2 began before
 # cmrl 0.3 added these); `read_checkpoint` fills them in
-CONFIG_DEFAULTS = {2: {'audio_width': 0, 'text_ngram': 0, 'text_frontend': 'bytes'}}
+CONFIG_DEFAULTS = {2: {'audio_width': 0, 'text_ngram': 0, 'text_frontend': 'bytes', 'feature_hidden': 0, 'feature_dropout': 0., 'feature_norm': 'layer'}}
 
 class CheckpointError(ValueError):
     "A file that is not a readable cmrl checkpoint, or a checkpoint that does not fit this run"

@@ -14,8 +14,8 @@ from torch import Tensor
 from .core import *
 
 # %% auto #0
-__all__ = ['standardise_frames', 'AudioStem', 'ImageStem', 'VideoStem', 'ngram_problem', 'TextStem', 'FeatureStem', 'Encoded',
-           'ModalityEncoder', 'make_encoder', 'input_dims']
+__all__ = ['standardise_frames', 'AudioStem', 'ImageStem', 'VideoStem', 'ngram_problem', 'TextStem', 'RunningStandardize',
+           'FeatureStem', 'Encoded', 'ModalityEncoder', 'make_encoder', 'input_dims']
 
 # %% ../nbs/20_encoders.ipynb #a72a4e13
 def _sub_mask(mask: Tensor, k: int = 2) -> Tensor: return mask[:, ::k]
@@ -136,22 +136,53 @@ class TextStem(nn.Module):
         return h, mask, F.one_hot(x, self.vocab).to(torch.float32)
 
 
+# %% ../nbs/20_encoders.ipynb #deee8f91
+class RunningStandardize(nn.Module):
+    "Per-dimension standardisation $(x_i - \\mu_i) / \\sqrt{\\sigma_i^2 + \\epsilon}$ by the mean and variance of the real (unmasked) training steps, a running estimate kept as buffers"
+    def __init__(self, dim: int,  # D, the features' width
+                 momentum: float = 0.01,  # weight of a new batch once the running estimate has seen 1/momentum batches
+                 eps: float = 1e-5):  # added to the variance
+        super().__init__()
+        store_attr('dim,momentum,eps')
+        self.register_buffer('mean', torch.zeros(dim)); self.register_buffer('var', torch.ones(dim))
+        self.register_buffer('batches', torch.zeros((), dtype=torch.long))
+    @torch.no_grad()
+    def update(self, x: Tensor, mask: Tensor):
+        "Fold the real steps of one training batch into the estimate (a cumulative mean for the first 1/momentum batches)"
+        v = x[mask].float()  # float32 on every device (MPS has no float64)
+        if len(v) < 2: return
+        w = max(self.momentum, 1. / (int(self.batches) + 1))
+        self.mean.lerp_(v.mean(0).to(self.mean.dtype), w); self.var.lerp_(v.var(0, unbiased=False).to(self.var.dtype), w)
+        self.batches += 1
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        if self.training: self.update(x, mask)
+        return ((x - self.mean.to(x.dtype)) * torch.rsqrt(self.var + self.eps).to(x.dtype)) * mask[..., None].to(x.dtype)
+
 # %% ../nbs/20_encoders.ipynb #3bc799e4
 class FeatureStem(nn.Module):
-    "Precomputed features `[B, L, in_dim]` (any modality) → LayerNorm → linear projection; target: the normalised features"
+    "Precomputed features `[B, L, in_dim]` (any modality) → normalisation (per step or per dimension) → [hidden layer] → linear projection, with dropout; target: the features normalised per step"
     def __init__(self, in_dim: int,  # width D of the features
-                 d: int = 64):  # token width
+                 d: int = 64,  # token width
+                 hidden: int = 0,  # width of a hidden layer (linear, GELU) before the projection; 0: none
+                 dropout: float = 0.,  # dropout on the normalised input and the hidden layer
+                 norm: str = 'layer'):  # 'layer' (LayerNorm of each step) or 'standard' (each dimension by its training mean and variance, `RunningStandardize`)
         super().__init__()
+        if norm not in ('layer', 'standard'): raise ValueError(f"FeatureStem: norm {norm!r}: choose 'layer' or 'standard'")
+        if not 0 <= dropout < 1: raise ValueError(f"FeatureStem: dropout {dropout!r}: give a probability in [0, 1)")
+        store_attr('hidden,dropout'); self.norm_kind = norm
         self.in_dim = self.target_dim = in_dim
-        self.norm, self.proj = nn.LayerNorm(in_dim), nn.Linear(in_dim, d)
+        self.norm = nn.LayerNorm(in_dim) if norm == 'layer' else RunningStandardize(in_dim)
+        mlp = [nn.Linear(in_dim, hidden), nn.GELU(), nn.Dropout(dropout)] if hidden else []
+        self.proj = nn.Sequential(nn.Dropout(dropout), *mlp, nn.Linear(hidden or in_dim, d)) if hidden or dropout else nn.Linear(in_dim, d)
     def forward(self, x: Tensor, mask: Tensor):
         if not x.is_floating_point() or x.ndim != 3 or x.shape[-1] != self.in_dim:
             raise ValueError(f"FeatureStem: expected float features [B, L, {self.in_dim}], got {tuple(x.shape)} {x.dtype}; "
                              f"build the encoder with in_dim = the features' width")
-        x = x * mask[..., None].to(x.dtype)
-        tgt = F.layer_norm(x, (self.in_dim,)) * mask[..., None].to(x.dtype)  # scale-free target, whatever model made the features
-        return self.proj(self.norm(x)), mask, tgt
-
+        z = mask[..., None].to(x.dtype)
+        x = x * z
+        tgt = F.layer_norm(x, (self.in_dim,)) * z  # scale-free target, whatever model made the features
+        h = self.norm(x) if self.norm_kind == 'layer' else self.norm(x, mask)
+        return self.proj(h) * z, mask, tgt
 
 # %% ../nbs/20_encoders.ipynb #2d8caf4e
 class Encoded(NamedTuple):
@@ -224,12 +255,15 @@ def make_encoder(modality: str,  # 'image', 'video', 'audio', 'speech', 'text' (
                  text_ngram: int | None = None,  # text: odd kernel of the token stem's residual n-gram convolution (`TextStem(ngram=)`); None: embeddings only
                  word_dim: int | None = None,  # text: width of the word vector each token carries (`TextStem(word_dim=)`); None: ids only
                  in_dim: int | None = None,  # any modality: width D of precomputed float features `[L, D]` (a `FeatureStem`)
+                 feature_hidden: int = 0,  # precomputed features: hidden layer width of the `FeatureStem`; 0: none
+                 feature_dropout: float = 0.,  # precomputed features: the `FeatureStem`'s dropout
+                 feature_norm: str = 'layer',  # precomputed features: the `FeatureStem`'s normalisation, 'layer' or 'standard'
                  kind: str | None = None,  # stem kind for a modality name cmrl does not know: 'audio', 'image', 'video', 'text'
                  dropout: float = 0.,  # transformer dropout
                 ) -> ModalityEncoder:
     "The encoder of `modality` with the given widths"
     kind = kind or {SPEECH: AUDIO}.get(modality, modality)
-    if in_dim is not None: stem = FeatureStem(in_dim, d)
+    if in_dim is not None: stem = FeatureStem(in_dim, d, feature_hidden, feature_dropout, feature_norm)
     elif kind == AUDIO: stem = AudioStem(n_mels, d, width=audio_width)
     elif kind == IMAGE: stem = ImageStem(d, in_ch, grid)
     elif kind == VIDEO: stem = VideoStem(d, in_ch)
@@ -243,6 +277,7 @@ def input_dims(b: ModalityBatch,  # a batch
                audio_width: int | None = None,  # log-mel modalities: hidden channels of the wider stem (`AudioStem(width=)`), recorded with the dims
                text_ngram: int | None = None,  # token-id text: kernel of the stem's n-gram convolution (`TextStem(ngram=)`), recorded with the dims
                word_dim: int | None = None,  # text arrives as `[B, L, 1 + word_dim]` floats: token ids, each with its word vector (`TextStem(word_dim=)`)
+               feature_stem: dict | None = None,  # precomputed features: `make_encoder`'s `feature_hidden`, `feature_dropout`, `feature_norm`, recorded with the dims
               ) -> dict:  # modality -> keyword arguments for `make_encoder`
     "Input settings of each modality in `b` (mel bins, channels, text vocabulary or feature width)"
     b, out, features = ModalityBatch.of(b), {}, set(features or ())
@@ -252,7 +287,7 @@ def input_dims(b: ModalityBatch,  # a batch
                 raise ValueError(f"input_dims: text with word vectors should be [B, L, 1 + {word_dim}] floats, got {tuple(x.shape)} {x.dtype}")
             out[m] = dict(vocab=vocab, **({'text_ngram': text_ngram} if text_ngram else {}), word_dim=word_dim); continue
         feat = x.is_floating_point() and x.ndim == 3 and (m in features or m not in AURAL)  # log-mels look like features: only on request
-        if feat: out[m] = dict(in_dim=x.shape[-1])
+        if feat: out[m] = dict(in_dim=x.shape[-1], **(feature_stem or {}))
         elif m in features: raise ValueError(f"input_dims: {m!r} should be float features [B, T, D], got {tuple(x.shape)} {x.dtype}")
         elif m in AURAL: out[m] = dict(n_mels=x.shape[-1], **({'audio_width': audio_width} if audio_width else {}))
         elif m in VISUAL: out[m] = dict(in_ch=x.shape[-3], size=x.shape[-1])

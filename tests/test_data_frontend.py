@@ -95,4 +95,4 @@ def test_tiny_training_run(manifest, tmp_path):
     assert s['train_loss'] is not None and np.isfinite(s['train_loss'])
     cfg = json.loads((tmp_path / 'run' / 'config.json').read_text())
     assert cfg['source']['image_frontend'] == FE  # recorded: evaluation rebuilds the same front-end
-    assert cfg['dims']['image'] == {'in_dim': 1280}  # the model got a feature stem for the pictures
+    assert cfg['dims']['image']['in_dim'] == 1280  # the model got a feature stem for the pictures

@@ -255,3 +255,18 @@ def test_goals_and_paired_intervals():
     assert res['rows']['unicode']['intervals']['retrieval/image->speech/R@10']['mean'] == pytest.approx(60.)
     it = R.interval_table(res)
     assert '60.0 [' in it and '| chance | – | 9.0 |' in it  # chance from the same items
+
+
+def test_merge_from_joins_a_row_seed_by_seed():
+    "Queues run side by side with the same row on other seeds: `--merge-from` joins them seed by seed, summary and intervals of all seeds"
+    ids = [f'i{j}' for j in range(10)]
+    def queue(seeds, r10):
+        per_seed = {str(s): {'retrieval': {'image->speech': {'R@1': 1., 'R@10': r10 + s, 'chance_R@1': 2., 'chance_R@10': 9.}}} for s in seeds}
+        per_item = {str(s): {'ids': ids, 'retrieval/image->speech/R@10': [100.] * (s + 1) + [0.] * (9 - s)} for s in seeds}
+        return {'unicode': {'per_seed': per_seed, 'per_item': per_item, 'seeds': list(seeds), 'note': 'n'}, 'empty': {'per_seed': {}}}
+    j = R.join_rows([queue([0, 1, 2], 30.), queue([3, 4, 5], 30.)])
+    u = j['unicode']
+    assert u['seeds'] == [0, 1, 2, 3, 4, 5] and sorted(u['per_item']) == ['0', '1', '2', '3', '4', '5'] and 'empty' not in j
+    assert u['summary']['retrieval/image->speech/R@10']['mean'] == pytest.approx(32.5) and u['note'] == 'n'
+    assert u['intervals']['retrieval/image->speech/R@10']['mean'] == pytest.approx(35.)  # (1 + ... + 6) hits of 10 items over six seeds
+    assert R.join_rows([queue([0], 30.), queue([0], 50.)])['unicode']['summary']['retrieval/image->speech/R@10']['mean'] == 50.  # a later file's seed wins

@@ -173,6 +173,7 @@ def test_train_defaults_and_audio_width():
     from cmrl.train import TrainConfig, check_config
     assert TrainConfig().audio_width == 128 and TrainConfig().epochs == 40 and TrainConfig().text_ngram == 5
     assert TrainConfig().text_frontend == 'bytes+wordvec'
+    assert (TrainConfig().feature_hidden, TrainConfig().feature_dropout, TrainConfig().feature_norm) == (512, 0.3, 'standard')
     with pytest.raises(ValueError, match='--text-frontend'): check_config(TrainConfig(text_frontend='glove'))
     with pytest.raises(ValueError, match='--audio-width'): check_config(TrainConfig(audio_width=-1))
 

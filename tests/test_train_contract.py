@@ -339,9 +339,29 @@ def test_frozen_image_features_front_end(tmp_path, capsys):
     rc, so, se = run(['--data', m, '--out', out, '--cache', tmp_path / 'cache', *SMALL, '--image-frontend', 'efficientnet_lite0', '--quiet'], capsys)
     assert rc == 0, se
     ck = read_checkpoint(out)
-    assert ck['config']['dims']['image'] == {'in_dim': 1280} and ck['config']['source']['image_frontend'] == 'efficientnet_lite0'
+    assert ck['config']['dims']['image'] == dict(in_dim=1280, feature_hidden=512, feature_dropout=0.3, feature_norm='standard')  # the default stem of frozen features
+    assert ck['config']['source']['image_frontend'] == 'efficientnet_lite0'
     assert ck['frontends']['config']['image']['frontend'] == 'efficientnet_lite0'
 
+
+
+def test_feature_stem_settings_are_recorded_and_rebuilt(tmp_path, capsys):
+    "`--feature-norm standard --feature-hidden H --feature-dropout p`: the frozen features' stem is built with them, they are recorded in the dims, and the checkpoint rebuilds the same model with the training statistics"
+    from cmrl.checkpoint import load_model
+    from cmrl.encoders import RunningStandardize
+    m = manifest(tmp_path, 8, extra=lambda i: {'split': 'valid' if i < 2 else 'train'})
+    out = tmp_path / 'run'
+    rc, so, se = run(['--data', m, '--out', out, '--cache', tmp_path / 'cache', *SMALL, '--image-frontend', 'efficientnet_lite0',
+                      '--feature-norm', 'standard', '--feature-hidden', '24', '--feature-dropout', '0.2', '--quiet'], capsys)
+    assert rc == 0, se
+    ck = read_checkpoint(out)
+    assert ck['config']['dims']['image'] == dict(in_dim=1280, feature_hidden=24, feature_dropout=0.2, feature_norm='standard')
+    stem = load_model(out)[0].encoders['image'].stem
+    assert isinstance(stem.norm, RunningStandardize) and stem.hidden == 24 and int(stem.norm.batches) > 0
+    assert torch.equal(stem.norm.mean, ck['model']['encoders.image.stem.norm.mean']) and stem.norm.mean.abs().sum() > 0
+    for bad, opt in (('-0.1', '--feature-dropout'), ('1', '--feature-dropout'), ('batch', '--feature-norm'), ('-3', '--feature-hidden')):
+        rc, so, se = run(['--data', m, '--out', tmp_path / 'bad', '--cache', tmp_path / 'cache', *SMALL, opt, bad], capsys)
+        assert rc == 2 and opt in se and 'Traceback' not in se
 
 def _train_french(tmp_path, capsys, *options) -> tuple:
     "(manifest, run folder) of a one-epoch Uni-Code run on 8 pictures with French captions"
