@@ -396,11 +396,15 @@ def join_rows(files: list) -> dict:
         for k, v in rows.items():
             if not v.get('per_seed'): continue
             j = out.setdefault(k, {'per_seed': {}, 'seeds': []})
-            j.update({x: y for x, y in v.items() if x not in ('per_seed', 'per_item', 'seeds', 'summary', 'intervals')})  # notes, failures
+            j.update({x: y for x, y in v.items() if x not in ('per_seed', 'per_item', 'seeds', 'summary', 'intervals', 'failed')})  # notes
             j['per_seed'].update(v['per_seed'])
+            j.setdefault('failed', {}).update(v.get('failed', {}))
             if 'per_item' in v: j.setdefault('per_item', {}).update(v['per_item'])
             j['seeds'] = sorted({*j['seeds'], *v['seeds']})
-    for j in out.values(): j['summary'], j['intervals'] = aggregate(j['per_seed']), intervals(j)
+    for j in out.values():
+        j['failed'] = {s: e for s, e in j['failed'].items() if s not in j['per_seed']}  # measured in another queue
+        if not j['failed']: del j['failed']
+        j['summary'], j['intervals'] = aggregate(j['per_seed']), intervals(j)
     return out
 
 GOALS_DOC = ("issue 26 (six-seed means, French test): R@10 image<->speech >= the reference on the same front-ends and >= 45; "

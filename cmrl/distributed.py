@@ -15,10 +15,11 @@ from fastai.torch_core import get_model, rank_distrib, num_distrib
 from fastai.imports import noop  # what `learn.no_logging()` sets (not fastcore's)
 from accelerate.utils import DistributedDataParallelKwargs
 from .codebook import is_distributed
+from .encoders import RunningStandardize
 
 # %% auto #0
 __all__ = ['all_sum', 'all_mean_grads', 'all_gather_objects', 'CmrlDistributedTrainer', 'init_distributed', 'state_fingerprint',
-           'check_ranks_agree', 'distrib_ctx']
+           'check_ranks_agree', 'sync_running_stats', 'distrib_ctx']
 
 # %% ../nbs/30_distributed.ipynb #e442bdd2
 def all_sum(t: Tensor) -> Tensor:
@@ -97,6 +98,13 @@ def check_ranks_agree(learn) -> dict:
               file=sys.stderr, flush=True)
     return res
 
+def sync_running_stats(model: nn.Module):
+    "Every process takes process 0's running feature statistics (`RunningStandardize` buffers), as DDP gives them to each forward pass"
+    if not is_distributed(): return
+    for m in get_model(model).modules():
+        if isinstance(m, RunningStandardize):
+            for b in m.buffers(): torch.distributed.broadcast(b, 0)
+
 @contextlib.contextmanager
 def distrib_ctx(learn,  # a cmrl Learner
                 check: bool = True):  # after training, check that every process holds the same model (`ranks_agree`)
@@ -109,4 +117,5 @@ def distrib_ctx(learn,  # a cmrl Learner
     if rank_distrib(): learn.remove_cb(ProgressCallback)
     try: yield learn
     finally: learn.remove_cb(cb)
+    sync_running_stats(learn.model)  # the last step updated each process's own statistics
     if check: learn.ranks_agree = check_ranks_agree(learn)

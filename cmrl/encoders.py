@@ -148,12 +148,15 @@ class RunningStandardize(nn.Module):
         self.register_buffer('batches', torch.zeros((), dtype=torch.long))
     @torch.no_grad()
     def update(self, x: Tensor, mask: Tensor):
-        "Fold the real steps of one training batch into the estimate (a cumulative mean for the first 1/momentum batches)"
-        v = x[mask].float()  # float32 on every device (MPS has no float64)
-        if len(v) < 2: return
-        w = max(self.momentum, 1. / (int(self.batches) + 1))
-        self.mean.lerp_(v.mean(0).to(self.mean.dtype), w); self.var.lerp_(v.var(0, unbiased=False).to(self.var.dtype), w)
-        self.batches += 1
+        "Fold the mean and variance of one training batch's real steps into the estimate (a plain average for the first 1/momentum batches); a batch of fewer than 2 steps is left out"
+        z = mask[..., None].float()
+        d = (x.float() - self.mean) * z  # float32 on every device, shifted by the running mean for precision
+        n = z.sum()
+        bm = d.sum((0, 1)) / n.clamp(min=1)  # the batch mean minus the running mean
+        bvar = ((d * d).sum((0, 1)) / n.clamp(min=1) - bm * bm).clamp(min=0)
+        w = (1. / (self.batches + 1)).clamp(min=self.momentum) * (n >= 2)  # a tensor: no wait for the device
+        self.mean.add_(bm * w); self.var.lerp_(bvar, w)
+        self.batches += (n >= 2).long()
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
         if self.training: self.update(x, mask)
         return ((x - self.mean.to(x.dtype)) * torch.rsqrt(self.var + self.eps).to(x.dtype)) * mask[..., None].to(x.dtype)

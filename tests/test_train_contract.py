@@ -316,7 +316,8 @@ def test_trains_on_precomputed_features(tmp_path, capsys):
                       '--d', '8', '--quiet'], capsys)
     assert rc == 0, se
     ck = read_checkpoint(out)
-    assert ck['config']['dims'] == {'image': {'in_dim': 24}, 'speech': {'in_dim': 10}}
+    stem = dict(feature_hidden=512, feature_dropout=0.3, feature_norm='standard')  # the default stem of float features
+    assert ck['config']['dims'] == {'image': {'in_dim': 24, **stem}, 'speech': {'in_dim': 10, **stem}}
     assert ck['frontends']['feature_dims'] == {'image': 24, 'speech': 10}
     assert math.isfinite(metrics(out)['train_loss'])
 
@@ -378,7 +379,8 @@ def test_word_vector_text_front_end(tmp_path, capsys):
     "`--text-frontend wordvec`: French texts become frozen `[T, 300]` word vectors; `cmrl eval` rebuilds them from the checkpoint"
     m, out = _train_french(tmp_path, capsys, '--text-frontend', 'wordvec')
     ck = read_checkpoint(out)
-    assert ck['config']['dims']['text'] == {'in_dim': 300} and ck['config']['source']['text_kind'] == 'wordvec'
+    assert ck['config']['dims']['text'] == dict(in_dim=300, feature_hidden=512, feature_dropout=0.3, feature_norm='standard')
+    assert ck['config']['source']['text_kind'] == 'wordvec'
     assert ck['frontends']['config']['text']['kind'] == 'wordvec' and ck['config']['text_frontend'] == 'wordvec'
     from cmrl.checkpoint import load_model
     from cmrl.eval.report import ckpt_source
