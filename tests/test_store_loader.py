@@ -41,12 +41,18 @@ def same_batch(a, b):
         assert t.dtype == u.dtype and t.shape == u.shape and torch.equal(t, u), (t.shape, u.shape)
 
 
-def test_read_batch_is_collate_items(manifest, tmp_path):
-    "Any batch (shards mixed, out of order, repeats, truncation, absent modalities) as `collate_items` makes it"
+def _packed(manifest, tmp_path, shard_size):
+    "The manifest's source, packed into `tmp_path / 'st'` in shards of `shard_size` items"
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
         src = get_source(str(manifest))
-        pack(src, tmp_path / 'st', shard_size=7, cache=tmp_path / 'c')
+        pack(src, tmp_path / 'st', shard_size=shard_size, cache=tmp_path / 'c')
+    return src
+
+
+def test_read_batch_is_collate_items(manifest, tmp_path):
+    "Any batch (shards mixed, out of order, repeats, truncation, absent modalities) as `collate_items` makes it"
+    src = _packed(manifest, tmp_path, 7)
     fs = FeatureStore(tmp_path / 'st')
     assert len(fs.meta['shards']) == 4
     g = np.random.default_rng(0)
@@ -64,10 +70,7 @@ def test_read_batch_is_collate_items(manifest, tmp_path):
 
 def test_store_dl_yields_modality_dl_batches(manifest, tmp_path):
     "The same batches as `modality_dl` over the same items, shuffled with the same generator, with workers too"
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore')
-        src = get_source(str(manifest))
-        pack(src, tmp_path / 'st', shard_size=10, cache=tmp_path / 'c')
+    src = _packed(manifest, tmp_path, 10)
     st = StoreSource(tmp_path / 'st')
     ds, kw = st.dataset('all'), dict(modalities=st.modalities, shapes=st.shapes, max_len={'text': 8})
     for nw in (0, 1):
