@@ -12,13 +12,14 @@ held-out cross-modal R@10, and a linear CCA fitted on the same training items as
 
 (one line), then a `goal:` line per goal of issue 30 the sizes speak to (met or missed, by how much), and writes every
 number to `--json` (default benchmarks/scale.json). `--train-kw` measures other `cmrl train` settings (not defaults).
-`peak_rss_mb` is the peak anonymous RSS (`RssAnon`, the store's memory-mapped pages excluded) of the training process.
+`peak_rss_mb` is the peak anonymous RSS (`RssAnon`, the store's memory-mapped pages excluded) of the training process,
+a fresh Python process that does nothing else.
 Times are wall-clock; the JSON also has them in CPU seconds of the process (`train_items_per_cpu_s`,
 `loader_share_cpu`), which other processes on the same cores do not inflate.
 
     python benchmarks/scale.py --sizes 10000,100000 [--work /tmp/scale] [--json benchmarks/scale.json]
 """
-import argparse, json, os, shutil, sys, tempfile, threading, time, warnings
+import argparse, json, os, shutil, subprocess, sys, tempfile, threading, time, warnings
 from pathlib import Path
 import numpy as np
 
@@ -137,6 +138,16 @@ def train_epoch(store: Path, out: Path, **kw) -> dict:
             'loader_share_cpu': float(share[1])}
 
 
+def train_epoch_fresh(store: Path, out: Path, item_loader: bool = False, **kw) -> dict:
+    "`train_epoch` in a new Python process, so that its peak RssAnon is that of a process that only trains (not one "
+    "that also generated and packed the planted set)"
+    cmd = [sys.executable, str(Path(__file__).resolve()), '--train-epoch', str(store), str(out), '--train-kw',
+           json.dumps(kw)] + (['--item-loader'] if item_loader else [])
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    if p.returncode: raise RuntimeError(f"training process failed ({p.returncode}):\n{p.stderr[-3000:]}")
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
 def heldout_r10(store: Path, out: Path) -> float:
     "Mean cross-modal R@10 of the trained model on the held-out items (every ordered pair of modalities)"
     import torch
@@ -196,7 +207,8 @@ def cca_r10(store: Path, k: int = Z, eps: float = 1e-3) -> float:
     return float(np.mean(rs))
 
 
-def run_size(n: int, work: Path, keep: bool = False, pack_only: bool = False, train_kw: dict | None = None) -> dict:
+def run_size(n: int, work: Path, keep: bool = False, pack_only: bool = False, train_kw: dict | None = None,
+             item_loader: bool = False) -> dict:
     store, out = work / f"store-{n}", work / f"run-{n}"
     for p in (store, out): shutil.rmtree(p, ignore_errors=True)
     pack_s, gen_s = pack_planted(n, store)
@@ -207,7 +219,7 @@ def run_size(n: int, work: Path, keep: bool = False, pack_only: bool = False, tr
     if pack_only:
         shutil.rmtree(store, ignore_errors=True)
         return r
-    r.update(train_epoch(store, out, **(train_kw or {})))
+    r.update(train_epoch_fresh(store, out, item_loader, **(train_kw or {})))
     r['heldout_R@10'] = heldout_r10(store, out)
     r['cca_heldout_R@10'] = cca_r10(store)
     if not keep: shutil.rmtree(store, ignore_errors=True); shutil.rmtree(out, ignore_errors=True)
@@ -262,6 +274,8 @@ def main(argv=None):
     p.add_argument('--pack-only', action='store_true', help='only pack and load (a `scale-pack:` line per size)')
     p.add_argument('--item-loader', action='store_true',
                    help="train with the loader that reads and collates item by item (the old path), to compare")
+    p.add_argument('--train-epoch', nargs=2, metavar=('STORE', 'OUT'),
+                   help='(internal) one epoch on STORE into OUT in this process; prints its numbers as JSON')
     p.add_argument('--train-kw', default='{}', help='other `cmrl train` settings as JSON, e.g. \'{"max_speech": 10}\'')
     a = p.parse_args(argv)
     try: train_kw = json.loads(a.train_kw); assert isinstance(train_kw, dict)
@@ -272,13 +286,16 @@ def main(argv=None):
         import cmrl.data.loaders as loaders
         from cmrl.core import modality_dl
         loaders._dl = lambda ds, *args, **kw: modality_dl(ds, *args, **kw)
+    if a.train_epoch:
+        print(json.dumps(train_epoch(Path(a.train_epoch[0]), Path(a.train_epoch[1]), **train_kw)))
+        return
     if any(n <= HELD + 256 for n in sizes):
         p.error(f"--sizes: each size must exceed {HELD + 256} (1,000 held out, one batch)")
     work = Path(a.work) if a.work else Path(tempfile.mkdtemp(prefix='cmrl-scale-'))
     work.mkdir(parents=True, exist_ok=True)
     res = []
     for n in sizes:
-        r = run_size(n, work, a.keep, a.pack_only, train_kw)
+        r = run_size(n, work, a.keep, a.pack_only, train_kw, a.item_loader)
         res.append(r)
         if a.pack_only:
             print(f"scale-pack: n={n} pack_s={r['pack_s']:.1f} generate_s={r['generate_s']:.1f} "

@@ -125,7 +125,8 @@ def collate_items(items: Sequence[dict],  # item dicts: `id`, `label`, modality 
                 raise ValueError(f"collate_items: item {items[i].get('id', i)!r} has {m} of shape {tuple(v.shape)}, "
                                  f"expected [T, {', '.join(map(str, first.shape[1:]))}]")
         ml = (max_len or {}).get(m)
-        T = max(1, max(len(v) for v in filled)) if ml is None else ml
+        T = max(1, max(len(v) for v in filled))
+        if ml is not None: T = min(T, ml)  # truncate to `max_len`, pad only to the longest item
         x[m], mask[m] = pad_stack(filled, pad_value, T)
         present[m] = pres & mask[m].any(1)
     ids = [str(it.get('id', i)) for i, it in enumerate(items)]

@@ -64,3 +64,18 @@ def test_scale_phases_small(tmp_path):
     assert v['phases']['forward']['cpu_ms_per_step'] > 0
     bad = subprocess.run(cmd + ['--variants', '{"mi_steps": 0}'], capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert bad.returncode == 2 and 'JSON list' in bad.stderr and 'Traceback' not in bad.stderr
+
+
+def test_scale_ceiling_small(tmp_path):
+    "benchmarks/scale_ceiling.py: counted work per item, a ceiling above the measured rate, the goal line; too few items: exit 2"
+    import json
+    cmd = [sys.executable, str(ROOT / 'benchmarks' / 'scale_ceiling.py'), '--json', str(tmp_path / 'c.json')]
+    r = subprocess.run(cmd + ['--n', '3600', '--timed', '3', '--profiled', '2'], capture_output=True, text=True, cwd=ROOT,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    j = json.loads((tmp_path / 'c.json').read_text())
+    assert j['flops_per_item'] > 1e6 and j['steps_timed'] == 3 and 0 < sum(j['op_share'].values()) <= 1
+    assert j['items_per_cpu_s'] < j['ceiling_items_per_s_per_core'] and 0 < j['efficiency'] < 1
+    assert re.search(r"^goal: training >= 2,000 items/s/core: .+ no implementation exceeds \d+ items/s/core", r.stdout, re.M)
+    bad = subprocess.run(cmd + ['--n', '2000'], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert bad.returncode == 2 and '--n 2000' in bad.stderr

@@ -168,3 +168,16 @@ def test_padded_tensors_are_reused_only_when_free(tmp_path):
     kept = [ds.batch(q, max_len=ml) for q in p]  # all held: all distinct
     assert len({k.x['image'].data_ptr() for k in kept}) == len(p)
     for k, q in zip(kept, p): check(k, q)
+
+
+def test_epoch_order_is_an_array(manifest, tmp_path):
+    "A store's training loader hands fastai its epoch order as an int64 array (8 bytes an item), every item once"
+    from cmrl.data.loaders import source_dls
+    _packed(manifest, tmp_path, 10)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        dls = source_dls(str(tmp_path / 'st'), bs=5, cache=False)
+    idx = dls.train.get_idxs()
+    assert isinstance(idx, np.ndarray) and idx.dtype == np.int64
+    assert sorted(idx.tolist()) == list(range(len(dls.train.dataset)))
+    assert sum(len(b.ids) for (b,) in dls.train) == len(dls.train.dataset) // 5 * 5  # drop_last: whole batches

@@ -24,8 +24,8 @@ from fastai.data.load import DataLoader
 # %% auto #0
 __all__ = ['STORE_FILE', 'STORE_FORMAT', 'COLUMNS', 'StoreError', 'is_store', 'read_meta', 'ShardWriter', 'pack_items',
            'frontend_parts', 'settings_diff', 'frontend_key', 'source_meta', 'source_items', 'pack', 'FeatureStore',
-           'Positions', 'StoreRecords', 'StoreDataset', 'store_dl', 'StoreSource', 'parse_h5_spec', 'pool_rows',
-           'pack_h5']
+           'Positions', 'StoreRecords', 'StoreDataset', 'StoreLoader', 'store_dl', 'StoreSource', 'parse_h5_spec',
+           'pool_rows', 'pack_h5']
 
 # %% ../../nbs/09b_data.store.ipynb #62ac2b5d
 STORE_FILE, STORE_FORMAT = 'store.json', 1  # the metadata file that marks a store folder, and its format version
@@ -372,14 +372,14 @@ class StoreDataset(torch.utils.data.Dataset):
         "The shard of each item"
         return np.searchsorted(self.store.starts, self.idx, 'right') - 1
 
-    def shuffle_fn(self, dl, idxs) -> list:
+    def shuffle_fn(self, dl, idxs) -> list | np.ndarray:
         "fastai's `shuffle_fn` for `dl`: one shard: fastai's order; several: shards in random order, shuffled within"
         sh = self.shards()
         if len(np.unique(sh)) <= 1: return dl.rng.sample(list(idxs), len(idxs))
         g = np.random.default_rng(dl.rng.getrandbits(63))
         pos = np.asarray(list(idxs) if not isinstance(idxs, np.ndarray) else idxs, dtype=np.int64)
         key = g.permutation(int(sh.max()) + 1)[sh[pos]]  # each shard's rank in this epoch's shard order
-        return pos[np.lexsort((g.random(len(pos)), key))].tolist()
+        return pos[np.lexsort((g.random(len(pos)), key))]  # an array: 8 bytes an item, not a list of Python ints
     def __repr__(self): return f"StoreDataset({self.name}: {len(self)} items, modalities {', '.join(self.modalities)})"
 
 # %% ../../nbs/09b_data.store.ipynb #bbe22e02
@@ -454,7 +454,7 @@ def read_batch(self: FeatureStore, idx,  # store positions of the batch's items
         elif shapes is not None and m in shapes: rest, dt = shapes[m]
         else: continue
         ml = (max_len or {}).get(m)
-        T = max(1, int(lens.max())) if ml is None else ml
+        T = max(1, int(lens.max())) if ml is None else min(ml, max(1, int(lens.max())))  # as `collate_items`
         n = np.minimum(lens, T)
         out = self._buffer((B, T, *rest), dt, pad_value)
         for k, s in sel.items():
@@ -498,6 +498,13 @@ def batch(self: StoreDataset, pos, modalities: Sequence[str] | None = None, **kw
 
 def _position(i): return i  # a store's loader passes positions, not items, to `create_batch`
 
+class StoreLoader(DataLoader):
+    "fastai's `DataLoader` whose epoch order is a NumPy array (8 bytes an item, not a list of Python ints)"
+    def get_idxs(self):
+        idxs = np.arange(self.n, dtype=np.int64)
+        return self.shuffle_fn(idxs) if self.shuffle else idxs
+    def shuffle_fn(self, idxs): return self.rng.sample(list(idxs), len(idxs))  # fastai's order (`source_dls` gives a store's training loader `StoreDataset.shuffle_fn`)
+
 def store_dl(ds: StoreDataset,  # the items
              bs: int = 32,  # batch size
              shuffle: bool = False,  # reshuffle each epoch
@@ -505,10 +512,10 @@ def store_dl(ds: StoreDataset,  # the items
              num_workers: int = 0,  # worker processes
              device=None,  # where batches go; `None`: fastai's default device
              **kwargs,  # to `FeatureStore.read_batch` (as `collate_items`: shapes, max_len, pad_value)
-            ) -> DataLoader:
+            ) -> StoreLoader:
     "`modality_dl` for a store: a fastai `DataLoader` of `(ModalityBatch,)`, each batch read at once"
     def create_batch(pos): return (ds.batch(pos, **kwargs),)
-    return DataLoader(ds, bs=bs, shuffle=shuffle, drop_last=drop_last, num_workers=num_workers,
+    return StoreLoader(ds, bs=bs, shuffle=shuffle, drop_last=drop_last, num_workers=num_workers,
                       create_item=_position, create_batch=create_batch, after_batch=_rewrap, device=device)
 
 # %% ../../nbs/09b_data.store.ipynb #d2c75fb0
