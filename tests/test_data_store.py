@@ -186,6 +186,25 @@ def test_pack_cli(manifest, tmp_path, capsys):
     assert err.startswith('cmrl pack: no such file') and '\n' not in err
 
 
+
+def test_store_keeps_its_packed_split(manifest, tmp_path):
+    "A manifest that leaves the split to be drawn holds out other items at --seed 3 than the store packed from it "
+    "(which keeps its seed-0 part); one that names every item's split trains the same numbers either way at seed 3"
+    from cmrl.train import train
+    rows = [json.loads(l) for l in manifest.read_text().splitlines()]
+    named = manifest.with_name('named.jsonl')
+    named.write_text(''.join(json.dumps({**r, 'split': 'valid' if i % 5 == 0 else 'train'}) + '\n' for i, r in enumerate(rows)))
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        for m, st in ((manifest, 'st'), (named, 'st2')): assert pack_cli([str(m), str(tmp_path / st)]) == 0
+        drawn = get_source(str(manifest), seed=3).split_ids()['train']
+        assert drawn != get_source(str(tmp_path / 'st'), seed=3).split_ids()['train']
+        assert get_source(str(manifest)).split_ids()['train'] == get_source(str(tmp_path / 'st')).split_ids()['train']
+        kw = dict(bs=8, epochs=1, quiet=True, threads=1, seed=3)
+        a = train(data=str(named), out=str(tmp_path / 'r1'), cache=str(tmp_path / 'c'), **kw)
+        b = train(data=str(tmp_path / 'st2'), out=str(tmp_path / 'r2'), **kw)
+    assert (a['n_train'], a['train_loss'], a['valid_loss']) == (b['n_train'], b['train_loss'], b['valid_loss'])
+
 TUX = Path(os.environ.get('CMRL_TUXPAINT') or '/usr/share/tuxpaint/stamps')
 
 
