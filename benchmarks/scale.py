@@ -213,7 +213,8 @@ def run_size(n: int, work: Path, keep: bool = False, pack_only: bool = False, tr
     for p in (store, out): shutil.rmtree(p, ignore_errors=True)
     pack_s, gen_s = pack_planted(n, store)
     from cmrl.data.store import FeatureStore
-    r = {'n': n, 'pack_s': pack_s, 'generate_s': gen_s, 'store_mb': FeatureStore(store).nbytes() / 1e6,
+    r = {'n': n, 'load_avg_before': os.getloadavg()[0], 'pack_s': pack_s, 'generate_s': gen_s,
+         'store_mb': FeatureStore(store).nbytes() / 1e6,
          'raw_mb': n * len(MODS) * T * D * 2 / 1e6}
     r.update(load_rate(store))
     if pack_only:
@@ -222,6 +223,7 @@ def run_size(n: int, work: Path, keep: bool = False, pack_only: bool = False, tr
     r.update(train_epoch_fresh(store, out, item_loader, **(train_kw or {})))
     r['heldout_R@10'] = heldout_r10(store, out)
     r['cca_heldout_R@10'] = cca_r10(store)
+    r['load_avg_after'] = os.getloadavg()[0]  # 1-minute load average: above the 2 cores, wall-clock rates are inflated
     if not keep: shutil.rmtree(store, ignore_errors=True); shutil.rmtree(out, ignore_errors=True)
     return r
 
