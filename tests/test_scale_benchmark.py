@@ -79,3 +79,16 @@ def test_scale_ceiling_small(tmp_path):
     assert re.search(r"^goal: training >= 2,000 items/s/core: .+ no implementation exceeds \d+ items/s/core", r.stdout, re.M)
     bad = subprocess.run(cmd + ['--n', '2000'], capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert bad.returncode == 2 and '--n 2000' in bad.stderr
+
+
+def test_scale_memory_small(tmp_path):
+    "benchmarks/scale_memory.py: RssAnon of each setup stage in a fresh process, and the count of recorded train_ids"
+    import json
+    r = subprocess.run([sys.executable, str(ROOT / 'benchmarks' / 'scale_memory.py'), '--sizes', '1500', '--work',
+                        str(tmp_path / 'w'), '--json', str(tmp_path / 'm.json')], capture_output=True, text=True,
+                       cwd=ROOT, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    row = json.loads((tmp_path / 'm.json').read_text())['sizes'][0]
+    assert row['n'] == 1500 and row['n_train_ids'] == 500 and row['imports_mb'] > 0
+    assert {'source', 'make_dls', 'make_dls_without_train_ids', 'first_batch'} <= set(row)
+    assert re.search(r"^memory: n=1500 .*n_train_ids=500", r.stdout, re.M)
