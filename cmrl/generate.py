@@ -40,17 +40,20 @@ def generate(ckpt,  # checkpoint folder or file (trained with --decoders)
              k: int = 5,  # texts or pictures to make
              method: str = 'beam',  # text: 'greedy', 'beam' or 'topk' (pictures are always top-k samples)
              out: str | None = None,  # --to image: folder for the PNG files (default CKPT/generated)
-             top_k: int = 10,  # top-k sampling: candidates per step (text and pictures)
+             top_k: int | None = None,  # top-k sampling: candidates per step (default: 10 for text, the image decoder's own for pictures)
              temperature: float = 1.,  # top-k sampling: tau
              width: int | None = None,  # beam width (default max(k, 4))
              alpha: float = 1.,  # length normalisation of the text scores
              seed: int = 0,  # seed of the samples
              modality: str | None = None,  # force the query's modality
-             device=None, weights: str = 'best') -> dict:
+             device=None, weights: str = 'best',
+             guidance: float | None = None,  # pictures: w of classifier-free guidance (default: the image decoder's own)
+            ) -> dict:
     "Texts (with scores) or pictures (PNG files) generated from one query; the dict `cmrl generate` prints"
     if to not in ('text', 'image'): raise ValueError(f"--to {to!r}: choose text or image")
     if method not in ('greedy', 'beam', 'topk'): raise ValueError(f"--method {method!r}: choose greedy, beam or topk")
-    if k < 1 or top_k < 1: raise ValueError(f"--k {k}, --top-k {top_k}: give whole numbers of at least 1")
+    if k < 1 or top_k is not None and top_k < 1: raise ValueError(f"--k {k}, --top-k {top_k}: give whole numbers of at least 1")
+    if guidance is not None and not (math.isfinite(float(guidance)) and guidance >= 0): raise ValueError(f"--guidance {guidance}: give a number of at least 0")
     for name, v in (('--alpha', alpha), ('--temperature', temperature)):
         if not math.isfinite(float(v)): raise ValueError(f"{name} {v}: give a finite number")
     if not temperature > 0: raise ValueError(f"--temperature {temperature}: give a number above 0")
@@ -78,21 +81,23 @@ def generate(ckpt,  # checkpoint folder or file (trained with --decoders)
     qb = collate_items([item], modalities=[qm], shapes={m: v for m, v in src.shapes.items() if m == qm},
                        max_len={qm: ml[qm]} if qm in ml else None).to(dev)
     rep = model.represent(qb)
-    feats, masks, pres = {qm: rep.feats[qm]}, {qm: rep.mask[qm]}, {qm: qb.present[qm] & rep.mask[qm].any(1)}
     g = torch.Generator().manual_seed(seed)
     res = {'query': str(query).strip(), 'modality': qm, 'to': to, 'k': k, 'weights': ck['weights']}
     if to == 'text':  # the memory reads what the decoder was trained on: codes, and pooled / pre-quantisation features
-        hs = write_captions(model, caption_inputs(model, qb), [qm], method, n=k, width=width, k=top_k,
+        hs = write_captions(model, caption_inputs(model, qb), [qm], method, n=k, width=width, k=10 if top_k is None else top_k,
                             temperature=temperature, alpha=alpha, generator=g)[0]
         res.update(method=method, results=[{'rank': i + 1, 'text': t, 'score': round(h.score, 4),
                                             'logp': round(h.logp, 4), 'finished': h.finished}
                                            for i, (t, h) in enumerate(hs)])
     else:
-        tk = 1 if method == 'greedy' else top_k
-        pics, lp = model.image.generate(feats, masks, pres, n=k, top_k=tk, temperature=temperature, generator=g)
+        tk = 1 if method == 'greedy' else -1 if top_k is None else top_k  # -1: the decoder's own
+        inp = model.memory_inputs(qb, rep, which='image')  # codes, and pooled / pre-quantisation features when it reads them
+        pics, lp = model.image.generate(inp['feats'], inp['masks'], inp['present'], n=k, top_k=tk, temperature=temperature,
+                                        generator=g, extra=inp['extra'], guidance=guidance)
         o.mkdir(parents=True, exist_ok=True)
         order = lp[0].argsort(descending=True).tolist()
         res.update(method='greedy' if tk == 1 else 'topk', out=str(o),
+                   guidance=model.image.guidance if guidance is None else guidance,
                    results=[{'rank': r + 1, 'file': str(_png(pics[0, i], o / f'generated-{r + 1}.png')),
                              'score': round(float(lp[0, i]), 4)}
                             for r, i in enumerate(order)])
@@ -105,7 +110,7 @@ def generate_cmd(ckpt: Annotated[str, dict(opt=True, required=True)],  # folder 
                  k: int = 5,  # texts or pictures to make
                  method: Annotated[str, dict(choices=('greedy', 'beam', 'topk'))] = 'beam',  # text decoding (pictures: top-k)
                  out: str = None,  # --to image: folder for the PNG files (default CKPT/generated)
-                 top_k: int = 10,  # top-k sampling: candidates per step
+                 top_k: int = None,  # top-k sampling: candidates per step (default: 10 for text, the image decoder's own for pictures)
                  temperature: float = 1.,  # top-k sampling: temperature
                  width: int = None,  # beam width (default max(k, 4))
                  alpha: float = 1.,  # length normalisation exponent of the scores
@@ -115,6 +120,7 @@ def generate_cmd(ckpt: Annotated[str, dict(opt=True, required=True)],  # folder 
                  split: str = None,  # --evaluate: split to score (default: every item not trained on)
                  device: str = None,  # 'cpu', 'cuda', ... (default: the best available)
                  weights: Annotated[str, dict(choices=('best', 'last'))] = 'best',  # which weights of the checkpoint
+                 guidance: float = None,  # --to image: w of classifier-free guidance (default: the image decoder's own)
                 ):
     "Generate texts or pictures from a query (or, with --evaluate, score generated captions)."
     if evaluate:
@@ -123,7 +129,7 @@ def generate_cmd(ckpt: Annotated[str, dict(opt=True, required=True)],  # folder 
         return eval_table(res), res
     if query is None: raise ValueError("give --query (a picture or sound file, or a text), or --evaluate")
     res = generate(ckpt, query, to, k, method, out, top_k, temperature, width, alpha, seed, query_modality, device,
-                   weights)
+                   weights, guidance)
     head = f"query ({res['modality']}): {res['query']}  ->  {res['to']} ({res['method']})"
     rows = [f"  {r['rank']:>2}  {r['score']:+.4f}  " + (r['text'] if res['to'] == 'text' else r['file'])
             for r in res['results']]

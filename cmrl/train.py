@@ -20,7 +20,7 @@ from .encoders import input_dims, ngram_problem, make_encoder, ModalityEncoder
 from .data.loaders import get_source, source_dls
 from .data.text import word_vectors
 from .models.registry import MODELS, make_model
-from .models.decoders import with_decoders, decoder_errors, feed_pictures, fit_text_decoder
+from .models.decoders import with_decoders, decoder_errors, feed_pictures, fit_text_decoder, fit_image_decoder, parse_decoders
 from .metrics import cross_modal_retrieval
 from .checkpoint import CheckpointError, find_checkpoint, read_checkpoint, load_checkpoint, save_checkpoint
 from .callbacks import *
@@ -33,8 +33,8 @@ __all__ = ['RUN_FILES', 'RUNS', 'EVAL_OUTPUTS', 'STOP_SIGNALS', 'SPLIT_FIELDS', 
            'check_config', 'pick_device', 'run_files', 'remove_run_files', 'numbered', 'RunLock', 'claim', 'claim_free',
            'RunPlan', 'run_folder', 'check_pairs', 'crop_long_features', 'source_kwargs', 'check_modalities',
            'wordvec_coverage', 'make_dls', 'SkipValidation', 'without_validation', 'feature_stem', 'build_learner',
-           'stop_signals', 'Interrupted', 'fit', 'fit_text_after', 'ran_precision', 'valid_retrieval',
-           'check_same_split', 'trained_ids', 'train', 'train_parser', 'summary_text', 'train_cmd']
+           'stop_signals', 'Interrupted', 'fit', 'fit_text_after', 'fit_image_after', 'ran_precision',
+           'valid_retrieval', 'check_same_split', 'trained_ids', 'train', 'train_parser', 'summary_text', 'train_cmd']
 
 # %% ../nbs/35_train.ipynb #2606d7b0
 @dataclass
@@ -49,7 +49,7 @@ class TrainConfig:
     lr: float = 2e-3  # peak learning rate (one-cycle schedule)
     wd: float = 0.01  # weight decay
     d: int = 64  # feature and code width D
-    decoders: str = ''  # opt-in generation decoders trained beside the main objective (OPT): 'text', 'image' or 'text,image'; they need --steps 4 or more
+    decoders: str = ''  # opt-in generation decoders, trained after the encoders on their frozen features: 'text', 'image' or 'text,image'; text needs --steps 4 or more
     steps: int = 1  # T, time steps per item (1: item-level codes, right for pictures/names/descriptions; 10 for events in time)
     n_layers: int = 2  # semantic transformer layers
     n_codes: int = 64  # codebook size K (codebook models)
@@ -130,7 +130,7 @@ def check_config(cfg: TrainConfig) -> TrainConfig:
     if not 0 <= cfg.feature_dropout < 1: errs.append(f"--feature-dropout {cfg.feature_dropout!r}: give a probability in [0, 1)")
     if not 0 <= cfg.aug_text < 1: errs.append(f"--aug-text {cfg.aug_text!r}: give a probability in [0, 1)")
     if cfg.resume and cfg.overwrite: errs.append("--resume and --overwrite: give one (continue the run, or replace it)")
-    errs += decoder_errors(cfg.decoders, cfg.steps)  # unknown names; --steps < 4
+    errs += decoder_errors(cfg.decoders, cfg.steps, image_stage='after')  # unknown names; --steps < 4 for text
     if errs: raise ValueError('; '.join(errs))
     return cfg
 
@@ -424,7 +424,7 @@ def build_learner(cfg: TrainConfig,  # the run's settings
                       word_dim=info.get('word_dim'), feature_stem=feature_stem(cfg))  # recorded: old runs rebuild their 2-layer stem
     set_seed(cfg.seed)
     model = make_model(cfg.model, mods, dims, **cfg.model_options())
-    if cfg.decoders: model = with_decoders(model, cfg.decoders, info['src'], text_stage='after')  # `fit_text_after`
+    if cfg.decoders: model = with_decoders(model, cfg.decoders, info['src'], text_stage='after', image_stage='after')  # `fit_text_after`
     if cfg.decoders: feed_pictures(model, dls)  # frozen picture features: the image decoder reads the files
     config = {**asdict(cfg), 'modalities': mods, 'dims': dims, 'model_config': getattr(model, 'config', {}),
               'source': info['source'], 'max_len': info['max_len']}
@@ -491,6 +491,26 @@ def fit_text_after(learn, valid: bool, seed: int = 0, quiet: bool = False) -> di
                            learn.dls.valid if valid else None, seed=seed, log=log)
     dec = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()
            if k.startswith(('text.', 'text_memory.'))}
+    model.load_state_dict({**last, **dec})
+    if ck.best: ck.best['model'].update(dec)
+    save_checkpoint(learn, Path(learn.path) / ck.fname, int(learn.epoch), ck.config, ck.extra, best=ck.best,
+                    train_ids=ck.train_ids, frontends=ck.frontends)
+    return rep
+
+def fit_image_after(learn, valid: bool, seed: int = 0, quiet: bool = False) -> dict | None:
+    "`--decoders image`: fit the image decoder on the frozen encoders of the best weights; write it into the checkpoint"
+    model = unwrap(learn.model)
+    if getattr(model, 'image', None) is None or model.image.stage != 'after' or rank_distrib() != 0: return None
+    ck = next(cb for cb in learn.cbs if isinstance(cb, SaveCheckpoint))
+    last = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    if ck.best: model.load_state_dict(ck.best['model'])  # the decoder reads the encoders the checkpoint keeps as best
+    log = None if quiet else lambda r: _say(f"image decoder epoch {r['epoch']}: loss {r['loss']:.3f}" +
+                                            (f", valid {r['valid_loss']:.3f} (no memory {r['valid_loss_uncond']:.3f}, "
+                                             f"another item's {r['valid_loss_shuffled']:.3f})" if 'valid_loss' in r else ''))
+    fit = ((model.config.get('decoders') or {}).get('image') or {}).get('fit') or {}
+    rep = fit_image_decoder(model, learn.dls.train.new(shuffle=False, drop_last=False),
+                            learn.dls.valid if valid else None, seed=seed, log=log, **fit)
+    dec = {k: v.detach().cpu().clone() for k, v in model.state_dict().items() if k.startswith('image.')}
     model.load_state_dict({**last, **dec})
     if ck.best: ck.best['model'].update(dec)
     save_checkpoint(learn, Path(learn.path) / ck.fname, int(learn.epoch), ck.config, ck.extra, best=ck.best,
@@ -655,6 +675,7 @@ def _train(cfg: TrainConfig, given: dict, plan: RunPlan, quiet, cbs, progress) -
     fit(learn, cfg, out, start, quiet)
     s = {**_summary(learn, cfg, info, config, dev, start, time.time() - t1), 'out': str(out)}
     if cfg.decoders: s['text_decoder'] = fit_text_after(learn, bool(info['n_valid']), cfg.seed, quiet)
+    if 'image' in parse_decoders(cfg.decoders): s['image_decoder'] = fit_image_after(learn, bool(info['n_valid']), cfg.seed, quiet)
     s['plots'] = _write_plots(learn, out) if rank0 else []
     s['total_seconds'] = round(time.time() - t0, 1)
     if rank0: (out / 'metrics.json').write_text(json.dumps(s, indent=1, default=str))

@@ -2,7 +2,8 @@
 installed stamps), `cmrl train --decoders text,image --steps 4` with every front-end at its default (frozen
 EfficientNet-Lite0 pictures, frozen Whisper-base speech, `bytes+wordvec` text) trains both decoders (the text decoder on
 the byte ids of bytes+wordvec, the image decoder on the picture files), `cmrl generate` writes text from a picture and a
-picture from a caption; a text front-end without ids is refused in one line naming the flag to add."""
+picture from a caption; `cmrl train --decoders image` with every other setting at its default (item-level codes) trains
+and draws; a text front-end without ids is refused in one line naming the flag to add."""
 import json, os
 from pathlib import Path
 import pytest, torch
@@ -65,7 +66,9 @@ def test_train_decoders_with_default_frontends(trained):
     assert 'in_dim' in cfg['dims']['image'] and cfg['dims'][TEXT].get('word_dim')  # the encoders read frozen features
     m = json.loads((run / 'metrics.json').read_text())
     hist = json.dumps(m['loss_history'])
-    assert '"gen_image"' in hist and '"gen_text"' not in hist, sorted(m)  # the image decoder trains beside the encoders
+    assert '"gen_image"' not in hist and '"gen_text"' not in hist, sorted(m)  # both decoders train after the encoders
+    idec = m['image_decoder']  # on their frozen features, the epoch of lowest validation loss kept
+    assert idec['n_train'] > 0 and idec['n_examples'] >= idec['n_train'] and 0 <= idec['best_epoch'] < idec['epochs']
     td = m['text_decoder']  # the text decoder after them, on their frozen features, kept by validation chrF
     assert td['n_train'] > 0 and len(td['history']) == td['epochs'] and 0 <= td['best_epoch'] < td['epochs']
     if td['n_valid']: assert td['valid_chrf'] == max(h['valid_chrf'] for h in td['history'])
@@ -92,6 +95,21 @@ def test_generate_from_the_checkpoint(trained, tmp_path):
     from PIL import Image
     f = json.loads(out.strip().splitlines()[-1])['results'][0]['file']
     assert Image.open(f).size == (32, 32)
+
+
+def test_decoders_image_with_every_default(manifest, tmp_path, monkeypatch):
+    "issue 29 item 1 for pictures: `cmrl train --decoders image`, nothing else but the data, the run folder and one epoch"
+    from cmrl.train import train_cli
+    from cmrl.generate import generate_cli
+    monkeypatch.setenv('CMRL_CACHE', str(tmp_path / 'cache'))
+    rc, out, err = invoke(train_cli, ['--data', str(manifest), '--decoders', 'image', '--epochs', '1', '--threads', '1',
+                                      '--out', str(tmp_path / 'r')])
+    assert rc == 0, err
+    m = json.loads((tmp_path / 'r' / 'metrics.json').read_text())
+    assert m['image_decoder']['n_train'] > 0 and json.loads((tmp_path / 'r' / 'config.json').read_text())['steps'] == 1
+    rc, out, err = invoke(generate_cli, ['--ckpt', str(tmp_path / 'r'), '--query', 'Une grenouille.', '--to', 'image', '--k', '1',
+                                         '--device', 'cpu', '--out', str(tmp_path / 'g')])
+    assert rc == 0, err
 
 
 def test_text_frontend_without_ids_refused_naming_the_flag(manifest, tmp_path, monkeypatch):

@@ -262,3 +262,85 @@ def test_show_generated(pictures):
     assert len(fig.axes) == 9
     assert 'grenouille' in fig.axes[5].get_ylabel()
     with pytest.raises(ValueError, match='captions'): show_generated(x, ['one'])
+
+
+# ---------------------------------------------------------------------------------------------- guidance (issue 29)
+def test_guided_logits_is_a_tempered_product():
+    "softmax(l_u + w (l_c - l_u)) = p_c^w p_u^(1-w), renormalised; w = 1 the conditional, w = 0 the unconditional"
+    from cmrl.heads.imagegen import guided_logits
+    g = torch.Generator().manual_seed(0)
+    lc, lu = torch.randn(4, 7, generator=g), torch.randn(4, 7, generator=g)
+    for w in (0., 1., 2., 5.):
+        q = lc.softmax(-1) ** w * lu.softmax(-1) ** (1 - w)
+        assert torch.allclose(guided_logits(lc, lu, w).softmax(-1), q / q.sum(-1, keepdim=True), atol=1e-5)
+    assert torch.equal(guided_logits(torch.tensor([2., 0.]), torch.tensor([1., 0.]), 3.), torch.tensor([4., 0.]))
+
+
+def test_drop_memory_drops_whole_rows_at_p():
+    from cmrl.heads.imagegen import drop_memory
+    m = torch.ones(4000, 5, dtype=torch.bool)
+    d = drop_memory(m, 0.3, torch.Generator().manual_seed(1))
+    gone = ~d.any(1)
+    assert (d.all(1) | gone).all() and abs(gone.float().mean().item() - 0.3) < 0.03
+    part = torch.tensor([[True, False], [False, False]])
+    assert torch.equal(drop_memory(part, 0.), part) and not (drop_memory(part, 0.99, torch.Generator().manual_seed(0)) & ~part).any()
+    with pytest.raises(ValueError, match=r'\[0, 1\)'): drop_memory(part, 1.)
+
+
+def test_guidance_zero_ignores_the_memory_and_one_is_unguided(trained_prior):
+    prior, _, (vmem, *_) = trained_prior
+    u = prior.sample(vmem[:6], top_k=1, guidance=0.)[:, 0]
+    assert (u == u[:1]).all()  # the unconditional prior: one greedy sequence for every memory
+    g = lambda w: prior.sample(vmem[:6], k=2, top_k=4, generator=torch.Generator().manual_seed(3), guidance=w)
+    assert torch.equal(g(1.), prior.sample(vmem[:6], k=2, top_k=4, generator=torch.Generator().manual_seed(3)))
+    with pytest.raises(ValueError, match='guidance'): g(float('nan'))
+
+
+def test_prior_with_dropped_memories_learns_both(trained_prior):
+    "p_uncond > 0: the prior's loss with the null slot alone stays finite and above its conditional loss"
+    mem, codes, _, _ = toy_pairs(256, 0)
+    vmem, vcodes, _, _ = toy_pairs(64, 1)
+    prior, _ = fit_code_prior(codes, mem, epochs=10, lr=3e-3, n_codes=16, p_uncond=0.2, **SMALL_PRIOR)
+    none = torch.zeros(vmem.shape[:2], dtype=torch.bool)
+    lc = F.cross_entropy(prior(vcodes, vmem)[:, 0], vcodes[:, 0]).item()
+    lu = F.cross_entropy(prior(vcodes, vmem, none)[:, 0], vcodes[:, 0]).item()
+    assert lc < 0.75 * lu and math.isfinite(lu), (lc, lu)
+
+
+# ---------------------------------------------------------------------------------------------- query dependence
+def test_pairwise_difference_and_nearest_picture(pictures):
+    from cmrl.eval.imagegen import pairwise_difference, nearest_picture, picture_distances
+    x = pictures[2][:12]
+    same = x[:1].repeat(12, 1, 1, 1)
+    assert pairwise_difference(same)['frac_above'] == 0. and pairwise_difference(same)['mean'] == pytest.approx(0., abs=1e-4)
+    r = pairwise_difference(x, size=64)
+    assert r['n_pairs'] == 66 and r['size'] == 64 and r['frac_above'] > 0.5  # different toy pictures differ
+    d = picture_distances(x[:3], x[3:5])
+    assert d.shape == (3, 2) and d[0, 0].item() == pytest.approx(255 * (x[0] - x[3]).abs().mean().item(), rel=1e-4)
+    v, i = nearest_picture(torch.cat([x[5:6], x[:1] * 0.5 + 0.5]), x[3:8])
+    assert v[0].item() == pytest.approx(0., abs=1e-4) and i[0].item() == 2 and v[1] > 0  # a copy is at 0
+
+
+def test_cmrl_train_decoders_image_at_default_steps(tmp_path):
+    "`cmrl train --decoders image` needs no --steps: the image decoder trains after the encoders, guided, and generates"
+    import json
+    from pathlib import Path
+    from cmrl.testing import invoke
+    from cmrl.train import train_cli
+    from cmrl.generate import generate_cli
+    rc, out, err = invoke(train_cli, ['--data', 'synth', '--n-train', '32', '--n-valid', '8', '--epochs', '1', '--bs', '16',
+                                      '--d', '16', '--n-layers', '1', '--quiet', '--threads', '1', '--decoders', 'image',
+                                      '--out', str(tmp_path / 'run')])
+    assert rc == 0, err
+    m = json.loads((tmp_path / 'run' / 'metrics.json').read_text())
+    d = m['image_decoder']
+    assert d['n_examples'] == 2 * d['n_train'] and d['valid_loss'] == min(h['valid_loss'] for h in d['history'])
+    assert all('valid_loss_uncond' in h and 'valid_loss_shuffled' in h for h in d['history'])
+    assert '"gen_image"' not in json.dumps(m['loss_history'])  # not in the model's loss
+    cfg = json.loads((tmp_path / 'run' / 'config.json').read_text())
+    assert cfg['steps'] == 1
+    rc, out, err = invoke(generate_cli, ['--ckpt', str(tmp_path / 'run'), '--query', 'a red circle', '--to', 'image', '--k', '2',
+                                         '--out', str(tmp_path / 'pics'), '--device', 'cpu'])
+    assert rc == 0, err
+    res = json.loads(out.strip().splitlines()[-1])
+    assert res['guidance'] == 3. and len(res['results']) == 2 and all(Path(r['file']).is_file() for r in res['results'])

@@ -162,14 +162,16 @@ def test_ceiling_speech_classifiers_train_and_score():
 
 
 def test_legacy_stems_pin_the_generation_benchmarks():
-    "imagegen.py trains with cmrl < 0.3's stems and byte text (what its JSON was measured with), as options `cmrl train` accepts; generation.py trains with today's defaults"
+    "cmrl < 0.3's stems stay options `cmrl train` accepts; generation.py and imagegen.py train with today's defaults (issue 29)"
     from cmrl.train import TrainConfig, check_config
     opts, flags = R.legacy_stems()
     check_config(TrainConfig(**opts))
     assert all(getattr(TrainConfig(), k) != v for k, v in opts.items())  # today's defaults differ, so the pin matters
     assert flags == '--audio-width 0 --text-ngram 0 --text-frontend bytes --feature-hidden 0 --feature-dropout 0.0 --feature-norm layer'
-    assert '--text-ngram 0' in json.loads((ROOT / 'benchmarks' / 'imagegen.json').read_text())['command']
-    assert 'legacy_stems' not in (ROOT / 'benchmarks' / 'generation.py').read_text()  # issue 29: the defaults, no pinned stems
+    for name in ('generation', 'imagegen'):  # issue 29: the defaults, no pinned stems
+        assert 'legacy_stems' not in (ROOT / 'benchmarks' / f'{name}.py').read_text()
+    ran = json.loads((ROOT / 'benchmarks' / 'imagegen.json').read_text())['train_command']
+    assert ran.startswith('cmrl train --data MANIFEST --decoders image') and '--steps' not in ran and '--text-ngram' not in ran
 
 
 def test_reference_runs_its_full_steps_unless_told():

@@ -22,7 +22,7 @@ from ..fit import fit_tensors
 # %% auto #0
 __all__ = ['load_pictures', 'manifest_pictures', 'PictureCNN', 'RandomFlip', 'ImageClassifier', 'fit_image_classifier',
            'reference_accuracies', 'psnr', 'reconstruction_error', 'mean_picture_error', 'imagegen_report',
-           'show_generated']
+           'show_generated', 'picture_distances', 'pairwise_difference', 'nearest_picture']
 
 # %% ../../nbs/48_eval.imagegen.ipynb #1cb71fce
 from ..data.image import ImageConfig, ImageFrontend
@@ -223,3 +223,38 @@ def show_generated(pictures,  # `[N, k, 3, S, S]` (k per caption) or `[N, 3, S, 
     if title: fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
+
+# %% ../../nbs/48_eval.imagegen.ipynb #221c5aea
+def picture_distances(a,  # `[N, 3, S, S]` pictures (float in [0, 1] or uint8)
+                      b=None,  # `[M, 3, S, S]`; default `a`
+                      size: int | None = None,  # upsample (bilinear) or downsample both to this side first
+                      bs: int = 256,  # rows per pass
+                     ) -> Tensor:  # `[N, M]` mean absolute difference on the 0-255 scale
+    "d(x, y) = 255 / (3 S²) Σ |x - y| between every picture of `a` and every picture of `b`"
+    def prep(x):
+        x = as_pixels(x, name='picture_distances: pictures').float()
+        if size is not None and x.shape[-1] != size: x = F.interpolate(x, size=(size, size), mode='bilinear', align_corners=False)
+        return x.flatten(1)
+    x = prep(a); y = x if b is None else prep(b)
+    return torch.cat([torch.cdist(x[i:i + bs], y, p=1) for i in range(0, len(x), bs)]) * 255 / x.shape[1] if len(x) else torch.zeros(0, len(y))
+
+def pairwise_difference(pictures,  # `[N, 3, S, S]` one picture per query
+                        threshold: float = 8.,  # on the 0-255 scale
+                        size: int | None = 64,  # side at which pictures are compared (issue 29: 64)
+                       ) -> dict:  # 'frac_above' (of the N(N-1)/2 pairs), 'mean', 'median', 'threshold', 'size', 'n_pairs'
+    "How much pictures for different queries differ: the fraction of pairs whose mean absolute difference exceeds `threshold`"
+    d = picture_distances(pictures, size=size)
+    n = len(d)
+    if n < 2: raise ValueError(f"pairwise_difference: need at least 2 pictures, got {n}")
+    iu = torch.triu_indices(n, n, 1)
+    v = d[iu[0], iu[1]]
+    return dict(frac_above=(v > threshold).float().mean().item(), mean=v.mean().item(), median=v.median().item(),
+                threshold=threshold, size=size, n_pairs=len(v))
+
+def nearest_picture(pictures,  # `[N, 3, S, S]` generated (or real test) pictures
+                    train,  # `[M, 3, S, S]` the training pictures
+                   ) -> tuple[Tensor, Tensor]:  # distance `[N]` (0-255 scale) to the nearest training picture, its index `[N]`
+    "Each picture's nearest training picture by `picture_distances` (a copy of a training picture is at 0)"
+    d = picture_distances(pictures, train)
+    v, i = d.min(1)
+    return v, i

@@ -19,7 +19,8 @@ from fastcore.basics import patch
 
 # %% auto #0
 __all__ = ['SHAPES', 'toy_pictures', 'ResBlock', 'conv_encoder', 'conv_decoder', 'TokenizerOutput', 'as_pixels', 'ImageTokenizer',
-           'own_loss', 'fit_tokenizer', 'sequence_log_prob', 'top_k_probs', 'CodePrior', 'prior_loss', 'fit_code_prior']
+           'own_loss', 'fit_tokenizer', 'sequence_log_prob', 'top_k_probs', 'CodePrior', 'guided_logits', 'drop_memory',
+           'prior_loss', 'fit_code_prior']
 
 # %% ../../nbs/19b_heads.imagegen.ipynb #c6e08ebb
 from ..core import seeded_generator
@@ -297,9 +298,11 @@ def sample(self: CodePrior, memory: Tensor,  # `[B, T, D_m]`
            temperature: float = 1.,  # τ; 0: greedy
            generator: torch.Generator | None = None,  # for reproducible samples (a CPU generator also serves a GPU model)
            length: int | None = None,  # codes to generate; default `seq_len`
+           guidance: float = 1.,  # w of classifier-free guidance (`guided_logits`); 1: the conditional alone
           ) -> Tensor:  # `[B, k, L]` long
-    "Generate code sequences autoregressively with top-k sampling (greedy for `top_k=1` or `temperature=0`)"
+    "Generate code sequences autoregressively with top-k sampling (greedy for `top_k=1` or `temperature=0`), optionally guided"
     if k < 1: raise ValueError(f"CodePrior.sample: k must be >= 1, got {k}")
+    if not math.isfinite(guidance) or guidance < 0: raise ValueError(f"CodePrior.sample: guidance must be a finite number >= 0, got {guidance}")
     L = self.seq_len if length is None else length
     if not 1 <= L <= self.seq_len: raise ValueError(f"CodePrior.sample: length must be 1..{self.seq_len}, got {L}")
     was = self.training; self.eval()
@@ -307,10 +310,14 @@ def sample(self: CodePrior, memory: Tensor,  # `[B, T, D_m]`
         mem, pad = self._memory(memory, mask)
         B = len(mem)
         mem, pad = mem.repeat_interleave(k, 0), pad.repeat_interleave(k, 0)
+        if guidance != 1:  # the unconditional pass reads the null slot alone
+            umem, upad = self._memory(memory, torch.zeros(memory.shape[:2], dtype=torch.bool))
+            umem, upad = umem.repeat_interleave(k, 0), upad.repeat_interleave(k, 0)
         seq = torch.full((B * k, 1), self.bos, dtype=torch.long, device=mem.device)
         greedy = top_k == 1 or temperature == 0
         for _ in range(L):
             lg = self._decode(seq, mem, pad)[:, -1]
+            if guidance != 1: lg = guided_logits(lg, self._decode(seq, umem, upad)[:, -1], guidance)
             if greedy: nxt = lg.argmax(-1, keepdim=True)
             else:
                 p = top_k_probs(lg, top_k, temperature)
@@ -320,6 +327,24 @@ def sample(self: CodePrior, memory: Tensor,  # `[B, T, D_m]`
             seq = torch.cat([seq, nxt], 1)
     finally: self.train(was)
     return seq[:, 1:].view(B, k, L)
+
+# %% ../../nbs/19b_heads.imagegen.ipynb #ddab56a8
+def guided_logits(cond: Tensor,  # `[..., K]` logits ℓ_c given the memory
+                  uncond: Tensor,  # `[..., K]` logits ℓ_u given the null slot alone
+                  w: float = 1.,  # guidance weight; 1: `cond`, 0: `uncond`
+                 ) -> Tensor:  # `[..., K]` ℓ_u + w (ℓ_c - ℓ_u)
+    "Classifier-free guidance (Ho & Salimans 2022): extrapolate from the unconditional logits towards the conditional ones"
+    return uncond + w * (cond - uncond)
+
+def drop_memory(mask: Tensor,  # `[B, T]` bool, True = real memory step
+                p: float,  # probability of dropping an item's whole memory
+                generator: torch.Generator | None = None,  # CPU generator for reproducible draws
+               ) -> Tensor:  # `[B, T]` bool: the rows drawn are all False (the prior then reads its null slot alone)
+    "Training for classifier-free guidance: each item loses its whole memory with probability `p`"
+    if not 0 <= p < 1: raise ValueError(f"drop_memory: p must be in [0, 1), got {p}")
+    if p == 0: return mask
+    keep = torch.rand(len(mask), generator=generator).to(mask.device) >= p
+    return mask & keep[:, None]
 
 # %% ../../nbs/19b_heads.imagegen.ipynb #f6e1ebb8
 def prior_loss(logits: Tensor,  # `[B, L, K]`
@@ -339,9 +364,10 @@ def fit_code_prior(codes: Tensor,  # `[N, L]` long picture codes (from `ImageTok
                    seed: int = 0,  # seeds the initialisation and the shuffling
                    device=None,  # where to train; default CPU
                    threads: int | None = 1,  # torch CPU threads while fitting; None: leave as is
+                   p_uncond: float = 0.,  # classifier-free guidance: probability of dropping an item's memory in training (`drop_memory`)
                    **kwargs,  # `CodePrior` arguments (`n_codes` default max code + 1, `seq_len` and `d_memory` from the data)
                   ) -> tuple[CodePrior, Learner]:  # (the prior, in eval mode, on CPU; the fastai Learner)
-    "Train stage two on (memory, mask) -> codes pairs with a fastai `Learner` (teacher forcing)"
+    "Train stage two on (memory, mask) -> codes pairs with a fastai `Learner` (teacher forcing; `p_uncond` > 0 for guidance)"
     if codes.ndim != 2 or memory.ndim != 3 or len(codes) != len(memory):
         raise ValueError(f"fit_code_prior: need codes [N, L] and memory [N, T, D] with the same N, got {tuple(codes.shape)} and {tuple(memory.shape)}")
     if len(codes) < 2: raise ValueError(f"fit_code_prior: need at least 2 items, got {len(codes)}")
@@ -356,11 +382,13 @@ def fit_code_prior(codes: Tensor,  # `[N, L]` long picture codes (from `ImageTok
         vc, vm, vk = valid
         vk = torch.ones(vm.shape[:2], dtype=torch.bool) if vk is None else vk.bool()
         vds = TensorDataset(vm.float(), vk, vc.long(), vc.long())
-    learn = fit_tensors(_TeacherForced(prior), ds, vds, prior_loss, epochs, lr, bs, wd=wd, seed=seed, device=device,
+    learn = fit_tensors(_TeacherForced(prior, p_uncond), ds, vds, prior_loss, epochs, lr, bs, wd=wd, seed=seed, device=device,
                         threads=threads)
     return prior.cpu().eval(), learn
 
 class _TeacherForced(nn.Module):
-    "fastai calls `model(*xb)` with xb = (memory, mask, codes): the prior's `forward(codes, memory, mask)`"
-    def __init__(self, prior: CodePrior): super().__init__(); self.prior = prior
-    def forward(self, memory, mask, codes): return self.prior(codes, memory, mask)
+    "fastai calls `model(*xb)` with xb = (memory, mask, codes): the prior's `forward(codes, memory, mask)` (memories dropped at `p_uncond` in training)"
+    def __init__(self, prior: CodePrior, p_uncond: float = 0.): super().__init__(); self.prior, self.p_uncond = prior, p_uncond
+    def forward(self, memory, mask, codes):
+        if self.training and self.p_uncond > 0: mask = drop_memory(mask, self.p_uncond)
+        return self.prior(codes, memory, mask)

@@ -16,17 +16,23 @@ import copy, time
 from ..heads.textdec import CrossModalMemory, TextDecoder, CaptionVocab, MEMORY_PARTS, SPACE
 from ..data.text import tokenizer_from_dict, MASK
 from ..data.image import ImageFrontend, ImageConfig
+from ..heads.imagegen import drop_memory
 
 # %% auto #0
-__all__ = ['DECODERS', 'TEXT_STAGES', 'MIN_STEPS', 'PIXELS', 'parse_decoders', 'decoder_errors', 'text_vocab', 'TextVocab',
-           'text_ids', 'no_text_ids', 'picture_size', 'caption_ids', 'target_pictures', 'ImageDecoder', 'WithDecoders',
-           'training_captions', 'attach_decoders', 'with_decoders', 'rebuild_with_decoders', 'PictureTargets',
-           'feed_pictures', 'caption_inputs', 'take_inputs', 'cat_inputs', 'write_captions', 'loader_captions', 'chrf',
-           'fit_text_decoder']
+__all__ = ['DECODERS', 'TEXT_STAGES', 'IMAGE_STAGES', 'IMAGE_AFTER', 'IMAGE_FIT', 'MIN_STEPS', 'PIXELS', 'parse_decoders',
+           'decoder_errors', 'text_vocab', 'TextVocab', 'text_ids', 'no_text_ids', 'picture_size', 'caption_ids',
+           'target_pictures', 'ImageDecoder', 'WithDecoders', 'training_captions', 'attach_decoders', 'with_decoders',
+           'rebuild_with_decoders', 'PictureTargets', 'feed_pictures', 'caption_inputs', 'take_inputs', 'cat_inputs',
+           'write_captions', 'loader_captions', 'chrf', 'fit_text_decoder', 'image_examples', 'image_inputs',
+           'fit_image_decoder']
 
 # %% ../../nbs/25a_models.decoders.ipynb #fcc53496
 DECODERS = ('text', 'image')  # the decoders `--decoders` can name
 TEXT_STAGES = ('beside', 'after')  # the text decoder trains with the model's loss (OPT), or after it on frozen features
+IMAGE_STAGES = ('beside', 'after')  # the image decoder likewise: 'beside' is the seed's (OPT), 'after' `fit_image_decoder`
+IMAGE_AFTER = dict(stage='after', parts=list(MEMORY_PARTS), p_uncond=0.2, guidance=3., top_k=None, temperature=1.,
+                   prior=dict(dropout=0.3))  # the image decoder `cmrl train --decoders image` trains (issue 29; chosen on valid)
+IMAGE_FIT = dict(tok_epochs=60, epochs=12, lr=1e-3, wd=0.01, bs=32)  # `fit_image_decoder`'s settings recorded in the spec
 MIN_STEPS = 4  # fewest steps per item the decoders accept (OPT reads a sequence; T = 1 is a single code)
 
 def parse_decoders(decoders) -> tuple[str, ...]:
@@ -39,10 +45,12 @@ def parse_decoders(decoders) -> tuple[str, ...]:
 
 def decoder_errors(decoders,  # the `--decoders` setting
                    steps: int | None,  # the model's steps per item (None: the encoders' own length)
+                   image_stage: str = 'beside',  # 'after': the image decoder reads the pooled embedding too, any steps do
                   ) -> list[str]:  # messages, empty when the settings are fine
     "What is wrong with `--decoders` for a run with `steps` steps per item, one message per problem"
     try: ds = parse_decoders(decoders)
     except ValueError as e: return [str(e)]
+    if image_stage == 'after': ds = tuple(d for d in ds if d != 'image')  # its memory holds the pooled embedding beside the steps
     if ds and steps is not None and steps < MIN_STEPS:
         return [f"--decoders {','.join(ds)}: the decoders read each item's per-step codes, and with --steps {steps} an item is "
                 f"{steps} code{'s' if steps > 1 else ''}; give --steps {MIN_STEPS} or more"]
@@ -126,6 +134,7 @@ def target_pictures(x: Tensor,  # `[B, 3, H, W]` pictures or `[B, T, 3, H, W]` c
     t = ((span[:, 0] + span[:, 1] - 1) // 2).clamp(0, T - 1).to(x.device) if span is not None else torch.full((B,), T // 2, device=x.device)
     return x[torch.arange(B, device=x.device), t.long()]
 
+# %% ../../nbs/25a_models.decoders.ipynb #55505e72
 class ImageDecoder(nn.Module):
     "OPT's two-stage image decoder (stage 1 `ImageTokenizer`, stage 2 `CodePrior`) reading a memory of the item's other modalities"
     def __init__(self, sources: Sequence[str],  # memory modalities (text, speech/audio)
@@ -134,41 +143,58 @@ class ImageDecoder(nn.Module):
                  tokenizer: dict | None = None,  # `ImageTokenizer` settings
                  prior: dict | None = None,  # `CodePrior` settings
                  p_drop: float = 0.3,  # training: drop rate per memory source
-                 train_tokenizer: bool = True):  # False: stage 1 was fitted beforehand; it stays frozen
+                 train_tokenizer: bool = True,  # False: stage 1 was fitted beforehand; it stays frozen
+                 stage: str = 'beside',  # 'beside': with the model's loss (OPT, the seed); 'after': `fit_image_decoder` on frozen features
+                 parts: Sequence[str] = ('codes',),  # memory parts per source (`MEMORY_PARTS`); ('codes',): the seed's
+                 p_uncond: float = 0.,  # classifier-free guidance: training drops an item's whole memory with this probability
+                 guidance: float = 1.,  # w of the guided sampling (`guided_logits`); 1: the conditional prior
+                 top_k: int | None = 32,  # the top-k of sampling when none is given
+                 temperature: float = 1.):  # tau of sampling when none is given
         super().__init__()
+        if stage not in IMAGE_STAGES: raise ValueError(f"ImageDecoder: stage must be one of {IMAGE_STAGES}, got {stage!r}")
         from cmrl.heads.imagegen import ImageTokenizer, CodePrior
         self.tok = ImageTokenizer(**{'image_size': image_size, **(tokenizer or {})})
         self.prior = CodePrior(**{'n_codes': self.tok.n_codes, 'seq_len': self.tok.seq_len, 'd_memory': d_memory, **(prior or {})})
-        self.memory = CrossModalMemory(sources, d_memory, d_memory, p_drop)
+        self.memory = CrossModalMemory(sources, d_memory, d_memory, p_drop, parts)
         self.train_tokenizer = train_tokenizer
+        store_attr('stage,p_uncond,guidance,top_k,temperature')
         if not train_tokenizer: self.tok.requires_grad_(False)
         self.config = dict(sources=list(sources), d_memory=d_memory, image_size=self.tok.image_size, tokenizer=dict(self.tok.config),
-                           prior=dict(self.prior.config), p_drop=p_drop, train_tokenizer=train_tokenizer)
+                           prior=dict(self.prior.config), p_drop=p_drop, train_tokenizer=train_tokenizer, stage=stage,
+                           parts=list(self.memory.parts), p_uncond=p_uncond, guidance=guidance, top_k=top_k, temperature=temperature)
 
     def loss(self, img: Tensor,  # `[B, 3, H, W]` target pictures in [0, 1]
              has: Tensor,  # `[B]` bool, items with a picture
              feats: dict, masks: dict, present: dict | None = None,  # the memory sources' quantised steps
+             extra: dict | None = None,  # the memory's other parts (`CrossModalMemory`)
+             codes: Tensor | None = None,  # `[B, L]` the pictures' codes when stage 1 is frozen (saves encoding them again)
             ) -> Tensor:  # scalar: stage 1 (if trained here) + stage 2
-        "Stage 1's loss on the pictures and stage 2's cross-entropy of their codes given the memory"
+        "Stage 1's loss on the pictures and stage 2's cross-entropy of their codes given the memory (dropped at `p_uncond` in training)"
         if not has.any(): return sum(p.sum() * 0 for p in self.prior.parameters())
         pics = img[has]
-        if self.train_tokenizer and self.training: o = self.tok(pics); l, codes = o.loss, o.codes  # codes: before this step's EMA update, no grad
+        if codes is not None: l, codes = 0., codes[has]
+        elif self.train_tokenizer and self.training: o = self.tok(pics); l, codes = o.loss, o.codes  # codes: before this step's EMA update, no grad
         else: l, codes = 0., self.tok.encode(pics)
-        mem, mk = self.memory(feats, masks, present)
+        mem, mk = self.memory(feats, masks, present, extra=extra)
+        mk = drop_memory(mk, self.p_uncond) if self.training and self.p_uncond > 0 else mk
         return l + self.prior.loss(codes, mem[has], mk[has])
 
     @torch.no_grad()
     def generate(self, feats: dict, masks: dict, present: dict | None = None,  # the memory sources' quantised steps
                  n: int = 1,  # pictures per item
-                 top_k: int | None = 32,  # stage 2 top-k sampling (1: greedy)
-                 temperature: float = 1.,  # tau
+                 top_k: int | None = -1,  # stage 2 top-k sampling (1: greedy; None: every code); -1: the decoder's own
+                 temperature: float | None = None,  # tau; None: the decoder's own
                  generator: torch.Generator | None = None,
+                 extra: dict | None = None,  # the memory's other parts (`CrossModalMemory`)
+                 guidance: float | None = None,  # w of classifier-free guidance; None: the decoder's own
                 ) -> tuple[Tensor, Tensor]:  # pictures `[B, n, 3, H, W]` in [0, 1], their `log p(codes | memory)` `[B, n]`
-        "Sample code sequences with stage 2 and draw them with stage 1"
+        "Sample code sequences with stage 2 (guided) and draw them with stage 1"
         was = self.training; self.eval()
+        top_k = self.top_k if top_k == -1 else top_k
+        temperature, guidance = (self.temperature if temperature is None else temperature), (self.guidance if guidance is None else guidance)
         try:
-            mem, mk = self.memory(feats, masks, present)
-            codes = self.prior.sample(mem, mk, k=n, top_k=top_k, temperature=temperature, generator=generator)  # [B, n, L]
+            mem, mk = self.memory(feats, masks, present, extra=extra)
+            codes = self.prior.sample(mem, mk, k=n, top_k=top_k, temperature=temperature, generator=generator, guidance=guidance)  # [B, n, L]
             B = len(codes)
             lp = self.prior.log_prob(codes.flatten(0, 1), mem.repeat_interleave(n, 0), mk.repeat_interleave(n, 0)).view(B, n)
             pics = self.tok.decode(codes.flatten(0, 1))
@@ -204,9 +230,11 @@ class WithDecoders(CrossModalModel):
     @property
     def text_beside(self) -> bool: return self.text is not None and self.text_stage == 'beside'
     @property
+    def image_beside(self) -> bool: return self.image is not None and self.image.stage == 'beside'
+    @property
     def loss_names(self) -> tuple:
         return (tuple(getattr(self.base, 'loss_names', ())) + (('gen_text',) if self.text_beside else ())
-                + (('gen_image',) if self.image is not None else ()))
+                + (('gen_image',) if self.image_beside else ()))
     @property
     def decoders(self) -> tuple: return tuple(n for n, d in (('text', self.text), ('image', self.image)) if d is not None)
     def encode(self, b): return self.base.encode(b)
@@ -223,10 +251,12 @@ def _sources(b: ModalityBatch, out: ModelOutput, sources, only=None) -> tuple[di
     ms = [m for m in sources if m in out.feats and m in b.x and (only is None or m in only)]
     return ({m: out.feats[m] for m in ms}, {m: out.mask[m] for m in ms}, {m: b.present[m] & out.mask[m].any(1) for m in ms})
 
-def _memory_inputs(self: WithDecoders, b: ModalityBatch, out: ModelOutput, enc: dict | None = None) -> dict:
-    "What the text memory reads of batch `b`: its sources' codes, masks, presence and the other parts (`extra`)"
-    f, mk, pres = _sources(b, out, self.text_sources())
-    parts, extra = self.text_memory.parts, {}
+def _memory_inputs(self: WithDecoders, b: ModalityBatch, out: ModelOutput, enc: dict | None = None,
+                   which: str = 'text',  # whose memory: the text decoder's or the image decoder's
+                  ) -> dict:
+    "What the text (or image) memory reads of batch `b`: its sources' codes, masks, presence and the other parts (`extra`)"
+    f, mk, pres = _sources(b, out, self.text_sources() if which == 'text' else self.image_sources())
+    parts, extra = (self.text_memory if which == 'text' else self.image.memory).parts, {}
     if 'pooled' in parts: extra['pooled'] = {m: out.emb[m] for m in f}
     if 'sem' in parts:
         enc = enc if enc is not None else self.base.encode(b)
@@ -256,7 +286,7 @@ def _forward(self: WithDecoders, *args) -> ModelOutput:
             mem, mmask = self.text_memory(inp['feats'], inp['masks'], inp['present'], extra=inp['extra'])
             losses['gen_text'] = self.w_text * self.text.loss(*self.text_targets(b), mem, mmask)
             extra.append(losses['gen_text'])
-    if self.image is not None:
+    if self.image_beside:
         vis = next((m for m in VISUAL if m in b.x), None)
         f, mk, pres = _sources(b, out, self.image_sources())
         if vis is not None and f:
@@ -284,8 +314,8 @@ def training_captions(src,  # the training source (its 'train' split, else every
     return CaptionVocab.fit(caps)
 
 # %% ../../nbs/25a_models.decoders.ipynb #3aee4183
-def _check_steps(cfg: dict, ds):
-    err = decoder_errors(ds, cfg.get('steps'))
+def _check_steps(cfg: dict, ds, image_stage: str = 'beside'):
+    err = decoder_errors(ds, cfg.get('steps'), image_stage)
     if err: raise ValueError(err[0] + f" (the {cfg.get('model', 'model')!r} model was built with steps={cfg.get('steps')})")
 
 _MEMORY_KEYS = ('sources', 'd_memory', 'p_drop', 'parts', 'stage')  # text spec entries that are not `TextDecoder`'s
@@ -300,7 +330,7 @@ def attach_decoders(base: nn.Module,  # the model to wrap
     if 'text' in spec['which']:
         mem = CrossModalMemory(t['sources'], t['d_memory'], t['d'], t['p_drop'], t.get('parts', ('codes',)))
         text = TextDecoder(**{k: v for k, v in t.items() if k not in _MEMORY_KEYS})
-    if 'image' in spec['which']: image = ImageDecoder(**spec['image'])
+    if 'image' in spec['which']: image = ImageDecoder(**{k: v for k, v in spec['image'].items() if k != 'fit'})
     w = WithDecoders(base, text, mem, image, spec.get('vocab'), spec.get('w_text', 1.), spec.get('w_image', 1.),
                      spec.get('captions'), t.get('stage', 'beside'))
     w.config = {**cfg, 'decoders': spec}
@@ -324,13 +354,16 @@ def with_decoders(model: nn.Module,  # a cmrl model built by `make_model` (it re
                   parts: Sequence[str] | None = None,  # text memory parts; default all after, ('codes',) beside (OPT)
                   captions: bool = True,  # write words of the training captions (`CaptionVocab`); False: text ids
                   label_smoothing: float = 0.1,  # eps of the text decoder's smoothed NLL
+                  image_stage: str = 'beside',  # 'beside' (OPT: with the model's loss) or 'after' (`fit_image_decoder`)
                  ) -> WithDecoders:
     "`model` with OPT's decoders; `model.config` gains a `decoders` entry that rebuilds them"
     ds = parse_decoders(decoders)
     if not ds: raise ValueError("with_decoders: name at least one decoder (text, image)")
     cfg = dict(getattr(model, 'config', None) or {})
     if 'dims' not in cfg: raise ValueError(f"with_decoders: {type(model).__name__} recorded no configuration; build it with `make_model`")
-    _check_steps(cfg, ds)
+    im = {**IMAGE_AFTER, **(image or {})} if image_stage == 'after' else dict(image or {})
+    if image_stage not in IMAGE_STAGES: raise ValueError(f"image_stage must be one of {IMAGE_STAGES}, got {image_stage!r}")
+    _check_steps(cfg, ds, im.get('stage', 'beside'))
     mods, dims, D = list(model.modalities), cfg['dims'], cfg.get('d', 64)
     spec = {'which': list(ds), 'w_text': w_text, 'w_image': w_image}
     if 'text' in ds:
@@ -358,11 +391,10 @@ def with_decoders(model: nn.Module,  # a cmrl model built by `make_model` (it re
         size = int(dims[vis]['size']) if 'size' in dims[vis] and 'in_dim' not in dims[vis] else picture_size(src, vis)
         srcs = [m for m in mods if m not in VISUAL]
         if not srcs: raise ValueError("--decoders image: the model has no text or sound to draw a picture from")
-        im = dict(image or {})
-        spec['image'] = dict(sources=srcs, d_memory=D, image_size=size, p_drop=p_drop, **im)
+        spec['image'] = dict(sources=srcs, d_memory=D, image_size=size, p_drop=p_drop, **{k: v for k, v in im.items() if k != 'fit'})
         spec['image'] = ImageDecoder(**spec['image']).config  # the full settings (defaults filled in)
+        spec['image']['fit'] = {**IMAGE_FIT, **im.get('fit', {})} if spec['image']['stage'] == 'after' else {}
     return attach_decoders(model, spec)
-
 
 # %% ../../nbs/25a_models.decoders.ipynb #31bc6bb9
 def rebuild_with_decoders(config: dict,  # a recorded configuration with a `decoders` entry
@@ -519,3 +551,127 @@ def fit_text_decoder(model: WithDecoders,  # a model with a text decoder; its en
     model.text.eval(); model.text_memory.eval()
     return {'best_epoch': best[1], 'valid_chrf': best[0] if len(vrows) else None, 'history': hist,
             'seconds': round(time.time() - t0, 1), 'n_train': len(rows), 'n_valid': len(vrows), 'epochs': epochs}
+
+# %% ../../nbs/25a_models.decoders.ipynb #0c689cc1
+def _gather(model: WithDecoders, dl, which: str = 'image') -> tuple[dict, Tensor, Tensor]:
+    "Memory inputs of every item a loader gives (eval mode, CPU), their target pictures `[N, 3, S, S]` uint8 and which have one"
+    inps, pics, has = [], [], []
+    vis = next((m for m in model.base.modalities if m in VISUAL), None)
+    was = model.training; model.eval()
+    try:
+        with torch.no_grad():
+            for xb, *_ in dl:
+                b = ModalityBatch.of(xb)
+                out = model.represent(b)
+                inps.append(_map(model.memory_inputs(b, out, which=which), lambda t: t.detach().cpu()))
+                px = (b.extra or {}).get(PIXELS)
+                if not isinstance(px, Tensor):
+                    span = (b.extra or {}).get('span')
+                    px = (target_pictures(b.x[vis].float(), span if isinstance(span, Tensor) else None).clamp(0, 1) * 255).round().byte()
+                pics.append(px.cpu()); has.append(b.present[vis].cpu() & (px.flatten(1).max(1).values.cpu() > 0))
+    finally: model.train(was)
+    if not inps: return {}, torch.zeros(0, dtype=torch.uint8), torch.zeros(0, dtype=torch.bool)
+    return cat_inputs(inps), torch.cat(pics), torch.cat(has)
+
+def image_examples(inp: dict,  # `image_inputs`-like dict of N items
+                   has: Tensor,  # `[N]` bool, items with a picture
+                  ) -> tuple[dict, Tensor]:  # inputs of the examples, and the item each came from `[E]`
+    "One example per (item with a picture, present source): the item's memory with every other source marked absent"
+    rows, parts = [], []
+    for m in inp['feats']:
+        r = (has & inp['present'][m]).nonzero().flatten()
+        if not len(r): continue
+        x = take_inputs(inp, r)
+        x['present'] = {k: (v if k == m else torch.zeros_like(v)) for k, v in x['present'].items()}
+        rows.append(r); parts.append(x)
+    if not parts: raise ValueError("fit_image_decoder: no item has both a picture and a text or sound to draw it from")
+    return cat_inputs(parts), torch.cat(rows)
+
+@torch.no_grad()
+def _prior_losses(dec, inp: dict, codes: Tensor, bs: int = 256) -> dict:
+    "Validation loss of the prior with the true memory, with none (the null slot) and with another example's memory"
+    dev = next(dec.prior.parameters()).device
+    n, tot = len(codes), {'valid_loss': 0., 'valid_loss_uncond': 0., 'valid_loss_shuffled': 0.}
+    perm = torch.roll(torch.arange(n), 1)  # every example reads the next one's memory (another item's: examples are item-major per source)
+    was = dec.training; dec.eval()
+    try:
+        for s in range(0, n, bs):
+            r = torch.arange(s, min(s + bs, n))
+            for key, rows in (('valid_loss', r), ('valid_loss_shuffled', perm[r])):
+                x = _map(take_inputs(inp, rows), lambda t: t.to(dev))
+                mem, mk = dec.memory(x['feats'], x['masks'], x['present'], extra=x['extra'])
+                tot[key] += dec.prior.loss(codes[r].to(dev), mem, mk).item() * len(r)
+                if key == 'valid_loss': tot['valid_loss_uncond'] += dec.prior.loss(codes[r].to(dev), mem, torch.zeros_like(mk)).item() * len(r)
+    finally: dec.train(was)
+    return {k: round(v / max(n, 1), 4) for k, v in tot.items()}
+
+# %% ../../nbs/25a_models.decoders.ipynb #9c2cc7c6
+def image_inputs(model: WithDecoders, b: ModalityBatch) -> dict:
+    "What the image memory reads of a batch (eval mode, no gradient): `{'feats', 'masks', 'present', 'extra'}`"
+    was = model.training; model.eval()
+    try:
+        with torch.no_grad():
+            b = as_batch(b)
+            return model.memory_inputs(b, model.represent(b), which='image')
+    finally: model.train(was)
+
+# %% ../../nbs/25a_models.decoders.ipynb #1a2ae16a
+def fit_image_decoder(model: WithDecoders,  # a model with an image decoder; its encoders stay frozen
+                      train_dl, valid_dl=None,  # loaders of the training and validation items (validation: the kept epoch)
+                      tok_epochs: int = 60,  # passes of stage one over the training pictures
+                      epochs: int = 12,  # passes of stage two over the training examples
+                      lr: float = 1e-3, wd: float = 0.01,  # AdamW, one-cycle schedule (stage two)
+                      bs: int = 32,  # examples per step
+                      seed: int = 0,
+                      log: Callable | None = None,  # called with each epoch's record
+                     ) -> dict:  # {'best_epoch', 'valid_loss', 'history', 'tokenizer', 'seconds', 'n_train', 'n_valid'}
+    "Train the image decoder (stage one, then stage two and its memory) on the frozen encoders' features; keep the epoch of best validation loss"
+    from cmrl.heads.imagegen import own_loss
+    from cmrl.fit import fit_tensors
+    from torch.utils.data import TensorDataset
+    t0, gen, dec = time.time(), torch.Generator().manual_seed(seed), model.image
+    tr, trp, trh = _gather(model, train_dl)
+    va, vap, vah = _gather(model, valid_dl) if valid_dl is not None else ({}, None, None)
+    if not trh.any(): raise ValueError("fit_image_decoder: no training item has a picture")
+    dev = next(dec.prior.parameters()).device
+    x = trp[trh].float() / 255
+    vx = vap[vah].float() / 255 if vah is not None and vah.any() else x[:256]
+    tok_rep = None
+    if dec.train_tokenizer and tok_epochs > 0:  # stage one, in place
+        tl = fit_tensors(dec.tok, TensorDataset(x, x), TensorDataset(vx, vx), own_loss, tok_epochs, 2e-3, 32, seed=seed,
+                         device=dev, threads=None)
+        tok_rep = {'epochs': tok_epochs, 'valid_loss': round(float(tl.recorder.values[-1][1]), 5)}
+    dec.tok.requires_grad_(False); dec.tok.eval()
+    codes = torch.zeros(len(trp), dec.tok.seq_len, dtype=torch.long)
+    codes[trh] = dec.tok.encode(x.to(dev)).cpu()
+    ex, rows = image_examples(tr, trh)
+    y = codes[rows]
+    if va:
+        vcodes = torch.zeros(len(vap), dec.tok.seq_len, dtype=torch.long)
+        if vah.any(): vcodes[vah] = dec.tok.encode(vx.to(dev)).cpu()
+        vex, vrows = image_examples(va, vah) if vah.any() else ({}, None)
+    params = list(dec.prior.parameters()) + list(dec.memory.parameters())
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=wd)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=epochs * -(-len(y) // bs))
+    best, hist = None, []
+    for ep in range(epochs):
+        dec.prior.train(); dec.memory.train()
+        perm, tot = torch.randperm(len(y), generator=gen), 0.
+        for s in range(0, len(y), bs):
+            r = perm[s:s + bs]
+            inp = _map(take_inputs(ex, r), lambda t: t.to(dev))
+            mem, mk = dec.memory(inp['feats'], inp['masks'], inp['present'], gen, extra=inp['extra'])
+            mk = drop_memory(mk, dec.p_uncond, gen)
+            loss = dec.prior.loss(y[r].to(dev), mem, mk)
+            opt.zero_grad(); loss.backward(); opt.step(); sched.step(); tot += loss.item() * len(r)
+        rec = {'epoch': ep, 'loss': round(tot / len(y), 4)}
+        if va and vrows is not None: rec.update(_prior_losses(dec, vex, vcodes[vrows]))
+        hist.append(rec)
+        if log is not None: log(rec)
+        if best is None or rec.get('valid_loss', -ep) <= best[0]:
+            best = (rec.get('valid_loss', -ep), ep, copy.deepcopy((dec.prior.state_dict(), dec.memory.state_dict())))
+    dec.prior.load_state_dict(best[2][0]); dec.memory.load_state_dict(best[2][1])
+    dec.eval()
+    return {'best_epoch': best[1], 'valid_loss': best[0] if va else None, 'history': hist, 'tokenizer': tok_rep,
+            'seconds': round(time.time() - t0, 1), 'n_train': int(trh.sum()), 'n_valid': int(vah.sum()) if vah is not None else 0,
+            'n_examples': len(y), 'epochs': epochs}
