@@ -14,8 +14,8 @@ operations per item: no implementation of this model, at these settings, trains 
 import argparse, json, os, shutil, sys, tempfile, time, warnings
 from pathlib import Path
 import numpy as np
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import scale  # the planted generator and packer of the scale benchmark (one home)
+if __package__: from . import scale  # python -m benchmarks.NAME
+else: import scale  # python benchmarks/NAME.py (its folder is on the path): the planted generator and packer (one home)
 
 GOAL = 2000  # items/s per core (issue 30)
 

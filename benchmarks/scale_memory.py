@@ -10,8 +10,8 @@ first batch. Differences are to the process after its imports.
 """
 import argparse, gc, json, os, subprocess, sys, tempfile, warnings
 from pathlib import Path
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import scale  # the planted generator and packer (one home)
+if __package__: from . import scale  # python -m benchmarks.NAME
+else: import scale  # python benchmarks/NAME.py (its folder is on the path): the planted generator and packer (one home)
 
 
 def rss_anon_mb() -> float:

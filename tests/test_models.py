@@ -1,6 +1,6 @@
 "Every model: typed output with a loss breakdown, a few steps lower the loss (raw synthetic inputs and precomputed features), missing modalities, embed/codes interface, recorded config."
 import json, pytest, torch
-from cmrl.core import set_seed, collate_items, VIDEO, AUDIO, TEXT, IMAGE, SPEECH
+from cmrl.core import set_seed, collate_items, ModalityBatch, VIDEO, AUDIO, TEXT, IMAGE, SPEECH
 from cmrl.encoders import input_dims
 from cmrl.models.core import ModelOutput, quantise
 from cmrl.testing import tiny_synth, feature_items
@@ -185,7 +185,9 @@ def test_config_recorded_once_and_rebuilds(name, synth):
 def test_padding_to_a_fixed_length_changes_nothing(name):
     "loaders may pad text to max_len (64) while items are shorter: every model (OPT's token targets too) gives the same losses"
     ds, b, dims = tiny_synth(8, seed=0)
-    bp = collate_items([ds[i] for i in range(8)], max_len={TEXT: 64})
+    t, mk = b.x[TEXT], b.mask[TEXT]  # padded by hand to 64: `collate_items` pads only to the longest item
+    grow = lambda v: torch.cat([v, v.new_zeros(v.shape[0], 64 - v.shape[1], *v.shape[2:])], 1)
+    bp = ModalityBatch({**b.x, TEXT: grow(t)}, {**b.mask, TEXT: grow(mk)}, b.present, b.ids, b.y, b.extra)
     assert bp.x[TEXT].shape[1] == 64 > b.x[TEXT].shape[1]
     torch.manual_seed(0); model = BUILDERS[name](b.modalities, dims).eval()
     set_seed(0); o1 = model((b,))
