@@ -23,8 +23,8 @@ __all__ = ['DECODERS', 'TEXT_STAGES', 'IMAGE_STAGES', 'IMAGE_AFTER', 'IMAGE_FIT'
            'decoder_errors', 'text_vocab', 'TextVocab', 'text_ids', 'no_text_ids', 'picture_size', 'caption_ids',
            'target_pictures', 'ImageDecoder', 'WithDecoders', 'training_captions', 'attach_decoders', 'with_decoders',
            'rebuild_with_decoders', 'PictureTargets', 'feed_pictures', 'caption_inputs', 'take_inputs', 'cat_inputs',
-           'write_captions', 'loader_captions', 'chrf', 'fit_text_decoder', 'image_examples', 'image_inputs',
-           'fit_image_decoder']
+           'write_captions', 'loader_captions', 'chrf', 'fit_frozen', 'fit_text_decoder', 'image_examples',
+           'image_inputs', 'fit_image_decoder']
 
 # %% ../../nbs/25a_models.decoders.ipynb #fcc53496
 DECODERS = ('text', 'image')  # the decoders `--decoders` can name
@@ -504,6 +504,35 @@ def chrf(hyps: Sequence[str], refs: Sequence[str]) -> float:
     return float(sacrebleu.corpus_chrf(list(hyps), [list(refs)]).score)
 
 # %% ../../nbs/25a_models.decoders.ipynb #17a56382
+def fit_frozen(modules: Sequence[nn.Module],  # the modules that train (the rest of the model stays frozen)
+               n: int,  # training examples
+               batch_loss: Callable,  # `rows` (`[b]` long) -> scalar loss of those examples
+               evaluate: Callable | None,  # () -> the validation entries of an epoch's record (a dict); None: none
+               score: Callable,  # an epoch's record -> its score, higher is better: the epoch kept
+               epochs: int, lr: float, wd: float, bs: int,  # passes, AdamW with a one-cycle schedule, examples per step
+               generator: torch.Generator,  # the shuffling (and whatever `batch_loss` draws)
+               log: Callable | None = None,  # called with each epoch's record
+              ) -> tuple:  # (kept epoch, its score, the records)
+    "The loop the decoders fit with on frozen features; the kept epoch's weights are loaded back, the modules left in eval mode"
+    params = [q for m in modules for q in m.parameters()]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=wd)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=epochs * -(-n // bs))
+    best, hist = None, []
+    for ep in range(epochs):
+        for m in modules: m.train()
+        perm, tot = torch.randperm(n, generator=generator), 0.
+        for s in range(0, n, bs):
+            r = perm[s:s + bs]
+            loss = batch_loss(r)
+            opt.zero_grad(); loss.backward(); opt.step(); sched.step(); tot += float(loss) * len(r)
+        rec = {'epoch': ep, 'loss': round(tot / n, 4), **(evaluate() if evaluate is not None else {})}
+        hist.append(rec)
+        if log is not None: log(rec)
+        if best is None or score(rec) >= best[0]: best = (score(rec), ep, copy.deepcopy([m.state_dict() for m in modules]))
+    for m, sd in zip(modules, best[2]): m.load_state_dict(sd)
+    for m in modules: m.eval()
+    return best[1], best[0], hist
+
 def fit_text_decoder(model: WithDecoders,  # a model with a text decoder; its encoders stay frozen
                      train_dl, valid_dl=None,  # loaders of the training and validation items (validation: the choice)
                      epochs: int = 40,  # passes over the training captions
@@ -522,34 +551,18 @@ def fit_text_decoder(model: WithDecoders,  # a model with a text decoder; its en
     dev = next(model.text.parameters()).device
     y, ym = caption_ids([trc[i] for i in rows], model.out_vocab, model.text.max_len)
     tr = take_inputs(tr, rows)
-    params = list(model.text.parameters()) + list(model.text_memory.parameters())
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=wd)
-    n_steps = epochs * -(-len(rows) // bs)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=n_steps)
-    best, hist = None, []
-    for ep in range(epochs):
-        model.text.train(); model.text_memory.train()
-        perm, tot = torch.randperm(len(rows), generator=gen), 0.
-        for s in range(0, len(rows), bs):
-            r = perm[s:s + bs]
-            inp = _map(take_inputs(tr, r), lambda t: t.to(dev))
-            mem, mk = model.text_memory(inp['feats'], inp['masks'], inp['present'], gen, extra=inp['extra'])
-            loss = model.text.loss(y[r].to(dev), ym[r].to(dev), mem, mk, generator=gen)
-            opt.zero_grad(); loss.backward(); opt.step(); sched.step(); tot += float(loss) * len(r)
-        rec = {'epoch': ep, 'loss': round(tot / len(rows), 4)}
-        if len(vrows):
-            v = _map(take_inputs(va, vrows), lambda t: t.to(dev))
-            refs = [vac[i] for i in vrows]
-            rec['valid_chrf'] = round(sum(chrf([c[0][0] for c in write_captions(model, v, [m])], refs)
-                                          for m in model.text_sources() if m in v['feats']) / len(v['feats']), 3)
-        hist.append(rec)
-        if log is not None: log(rec)
-        if best is None or rec.get('valid_chrf', ep) >= best[0]:
-            state = copy.deepcopy((model.text.state_dict(), model.text_memory.state_dict()))
-            best = (rec.get('valid_chrf', ep), ep, state)
-    model.text.load_state_dict(best[2][0]); model.text_memory.load_state_dict(best[2][1])
-    model.text.eval(); model.text_memory.eval()
-    return {'best_epoch': best[1], 'valid_chrf': best[0] if len(vrows) else None, 'history': hist,
+    def batch_loss(r):
+        inp = _map(take_inputs(tr, r), lambda t: t.to(dev))
+        mem, mk = model.text_memory(inp['feats'], inp['masks'], inp['present'], gen, extra=inp['extra'])
+        return model.text.loss(y[r].to(dev), ym[r].to(dev), mem, mk, generator=gen)
+    def evaluate():
+        v = _map(take_inputs(va, vrows), lambda t: t.to(dev))
+        refs = [vac[i] for i in vrows]
+        return {'valid_chrf': round(sum(chrf([c[0][0] for c in write_captions(model, v, [m])], refs)
+                                        for m in model.text_sources() if m in v['feats']) / len(v['feats']), 3)}
+    ep, sc, hist = fit_frozen([model.text, model.text_memory], len(rows), batch_loss, evaluate if len(vrows) else None,
+                              lambda rec: rec.get('valid_chrf', rec['epoch']), epochs, lr, wd, bs, gen, log)
+    return {'best_epoch': ep, 'valid_chrf': sc if len(vrows) else None, 'history': hist,
             'seconds': round(time.time() - t0, 1), 'n_train': len(rows), 'n_valid': len(vrows), 'epochs': epochs}
 
 # %% ../../nbs/25a_models.decoders.ipynb #0c689cc1
@@ -650,28 +663,14 @@ def fit_image_decoder(model: WithDecoders,  # a model with an image decoder; its
         vcodes = torch.zeros(len(vap), dec.tok.seq_len, dtype=torch.long)
         if vah.any(): vcodes[vah] = dec.tok.encode(vx.to(dev)).cpu()
         vex, vrows = image_examples(va, vah) if vah.any() else ({}, None)
-    params = list(dec.prior.parameters()) + list(dec.memory.parameters())
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=wd)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=epochs * -(-len(y) // bs))
-    best, hist = None, []
-    for ep in range(epochs):
-        dec.prior.train(); dec.memory.train()
-        perm, tot = torch.randperm(len(y), generator=gen), 0.
-        for s in range(0, len(y), bs):
-            r = perm[s:s + bs]
-            inp = _map(take_inputs(ex, r), lambda t: t.to(dev))
-            mem, mk = dec.memory(inp['feats'], inp['masks'], inp['present'], gen, extra=inp['extra'])
-            mk = drop_memory(mk, dec.p_uncond, gen)
-            loss = dec.prior.loss(y[r].to(dev), mem, mk)
-            opt.zero_grad(); loss.backward(); opt.step(); sched.step(); tot += loss.item() * len(r)
-        rec = {'epoch': ep, 'loss': round(tot / len(y), 4)}
-        if va and vrows is not None: rec.update(_prior_losses(dec, vex, vcodes[vrows]))
-        hist.append(rec)
-        if log is not None: log(rec)
-        if best is None or rec.get('valid_loss', -ep) <= best[0]:
-            best = (rec.get('valid_loss', -ep), ep, copy.deepcopy((dec.prior.state_dict(), dec.memory.state_dict())))
-    dec.prior.load_state_dict(best[2][0]); dec.memory.load_state_dict(best[2][1])
+    def batch_loss(r):
+        inp = _map(take_inputs(ex, r), lambda t: t.to(dev))
+        mem, mk = dec.memory(inp['feats'], inp['masks'], inp['present'], gen, extra=inp['extra'])
+        return dec.prior.loss(y[r].to(dev), mem, drop_memory(mk, dec.p_uncond, gen))
+    evaluate = (lambda: _prior_losses(dec, vex, vcodes[vrows])) if va and vrows is not None else None
+    ep, sc, hist = fit_frozen([dec.prior, dec.memory], len(y), batch_loss, evaluate,
+                              lambda rec: -rec['valid_loss'] if 'valid_loss' in rec else rec['epoch'], epochs, lr, wd, bs, gen, log)
     dec.eval()
-    return {'best_epoch': best[1], 'valid_loss': best[0] if va else None, 'history': hist, 'tokenizer': tok_rep,
+    return {'best_epoch': ep, 'valid_loss': -sc if va and vrows is not None else None, 'history': hist, 'tokenizer': tok_rep,
             'seconds': round(time.time() - t0, 1), 'n_train': int(trh.sum()), 'n_valid': int(vah.sum()) if vah is not None else 0,
             'n_examples': len(y), 'epochs': epochs}
