@@ -48,22 +48,6 @@ SPLIT_FILE = ROOT / 'benchmarks' / 'splits' / 'tuxpaint_fr.json'
 MODELS = ('unicode', 'liu2022', 'plain_codebook', 'continuous')
 
 
-# ----------------------------------------------------------------------------- shared by the generation benchmarks
-def bench_parser(doc: str, work_help: str, epochs: int, out: str) -> argparse.ArgumentParser:
-    "The options the generation benchmarks share: --work, --epochs, --seed and --out (a file under benchmarks/)"
-    p = argparse.ArgumentParser(description=doc.split('\n\n')[0])
-    p.add_argument('--work', required=True, help=work_help)
-    p.add_argument('--epochs', type=int, default=epochs)
-    p.add_argument('--seed', type=int, default=0)
-    p.add_argument('--out', default=str(ROOT / 'benchmarks' / out))
-    return p
-
-def legacy_stems() -> tuple[dict, str]:
-    "`cmrl train` options of the stems of cmrl < 0.3 (what generation.json and imagegen.json were measured with), and as flags"
-    from cmrl.checkpoint import CONFIG_DEFAULTS
-    from cmrl.train import flag
-    return dict(CONFIG_DEFAULTS[2]), ' '.join(f'{flag(k)} {v}' for k, v in CONFIG_DEFAULTS[2].items())
-
 # ----------------------------------------------------------------------------- the length reference
 def length_features(rows: list) -> 'Features':
     "Manifest rows as `Features` with lengths in seconds of speech and characters of text (for `length_reference`)"

@@ -478,44 +478,38 @@ def fit(learn, cfg: TrainConfig, out: Path,  # the Learner, the run's settings a
         raise Interrupted(msg, out, e) from None
 
 # %% ../nbs/35_train.ipynb #858c4382
-def fit_text_after(learn, valid: bool, seed: int = 0, quiet: bool = False) -> dict | None:
-    "`--decoders text`: fit the text decoder on the frozen encoders of the best weights; write it into the checkpoint"
+def _fit_after(learn, fit_fn, prefixes: tuple, valid: bool, seed: int, log, **kw) -> dict:
+    "Fit one decoder (`fit_fn`) on the frozen encoders of the best weights; write it into the checkpoint"
     model = unwrap(learn.model)
-    if getattr(model, 'text', None) is None or model.text_stage != 'after' or rank_distrib() != 0: return None
     ck = next(cb for cb in learn.cbs if isinstance(cb, SaveCheckpoint))
     last = {k: v.detach().clone() for k, v in model.state_dict().items()}
     if ck.best: model.load_state_dict(ck.best['model'])  # the decoder reads the encoders the checkpoint keeps as best
-    log = None if quiet else lambda r: _say(f"text decoder epoch {r['epoch']}: loss {r['loss']:.3f}" +
-                                            (f", valid chrF {r['valid_chrf']:.1f}" if 'valid_chrf' in r else ''))
-    rep = fit_text_decoder(model, learn.dls.train.new(shuffle=False, drop_last=False),
-                           learn.dls.valid if valid else None, seed=seed, log=log)
-    dec = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()
-           if k.startswith(('text.', 'text_memory.'))}
+    rep = fit_fn(model, learn.dls.train.new(shuffle=False, drop_last=False), learn.dls.valid if valid else None,
+                 seed=seed, log=log, **kw)
+    dec = {k: v.detach().cpu().clone() for k, v in model.state_dict().items() if k.startswith(prefixes)}
     model.load_state_dict({**last, **dec})
     if ck.best: ck.best['model'].update(dec)
     save_checkpoint(learn, Path(learn.path) / ck.fname, int(learn.epoch), ck.config, ck.extra, best=ck.best,
                     train_ids=ck.train_ids, frontends=ck.frontends)
     return rep
 
+def fit_text_after(learn, valid: bool, seed: int = 0, quiet: bool = False) -> dict | None:
+    "`--decoders text`: fit the text decoder on the frozen encoders of the best weights; write it into the checkpoint"
+    model = unwrap(learn.model)
+    if getattr(model, 'text', None) is None or model.text_stage != 'after' or rank_distrib() != 0: return None
+    log = None if quiet else lambda r: _say(f"text decoder epoch {r['epoch']}: loss {r['loss']:.3f}" +
+                                            (f", valid chrF {r['valid_chrf']:.1f}" if 'valid_chrf' in r else ''))
+    return _fit_after(learn, fit_text_decoder, ('text.', 'text_memory.'), valid, seed, log)
+
 def fit_image_after(learn, valid: bool, seed: int = 0, quiet: bool = False) -> dict | None:
     "`--decoders image`: fit the image decoder on the frozen encoders of the best weights; write it into the checkpoint"
     model = unwrap(learn.model)
     if getattr(model, 'image', None) is None or model.image.stage != 'after' or rank_distrib() != 0: return None
-    ck = next(cb for cb in learn.cbs if isinstance(cb, SaveCheckpoint))
-    last = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    if ck.best: model.load_state_dict(ck.best['model'])  # the decoder reads the encoders the checkpoint keeps as best
     log = None if quiet else lambda r: _say(f"image decoder epoch {r['epoch']}: loss {r['loss']:.3f}" +
                                             (f", valid {r['valid_loss']:.3f} (no memory {r['valid_loss_uncond']:.3f}, "
                                              f"another item's {r['valid_loss_shuffled']:.3f})" if 'valid_loss' in r else ''))
     fit = ((model.config.get('decoders') or {}).get('image') or {}).get('fit') or {}
-    rep = fit_image_decoder(model, learn.dls.train.new(shuffle=False, drop_last=False),
-                            learn.dls.valid if valid else None, seed=seed, log=log, **fit)
-    dec = {k: v.detach().cpu().clone() for k, v in model.state_dict().items() if k.startswith('image.')}
-    model.load_state_dict({**last, **dec})
-    if ck.best: ck.best['model'].update(dec)
-    save_checkpoint(learn, Path(learn.path) / ck.fname, int(learn.epoch), ck.config, ck.extra, best=ck.best,
-                    train_ids=ck.train_ids, frontends=ck.frontends)
-    return rep
+    return _fit_after(learn, fit_image_decoder, ('image.',), valid, seed, log, **fit)
 
 # %% ../nbs/35_train.ipynb #587cab7f
 def ran_precision(learn) -> str:

@@ -161,15 +161,16 @@ def test_ceiling_speech_classifiers_train_and_score():
         assert all(0 <= r[w][k] <= 100 for w in ('last', 'best') for k in ('acc', 'bacc')) and r['last']['chance'] == 50.0
 
 
-def test_legacy_stems_pin_the_generation_benchmarks():
+def test_generation_benchmarks_train_with_the_defaults():
     "cmrl < 0.3's stems stay options `cmrl train` accepts; generation.py and imagegen.py train with today's defaults (issue 29)"
     from cmrl.train import TrainConfig, check_config
-    opts, flags = R.legacy_stems()
+    from cmrl.checkpoint import CONFIG_DEFAULTS
+    opts = dict(CONFIG_DEFAULTS[2])
     check_config(TrainConfig(**opts))
-    assert all(getattr(TrainConfig(), k) != v for k, v in opts.items())  # today's defaults differ, so the pin matters
-    assert flags == '--audio-width 0 --text-ngram 0 --text-frontend bytes --feature-hidden 0 --feature-dropout 0.0 --feature-norm layer'
+    assert all(getattr(TrainConfig(), k) != v for k, v in opts.items())  # today's defaults differ from the old stems
     for name in ('generation', 'imagegen'):  # issue 29: the defaults, no pinned stems
-        assert 'legacy_stems' not in (ROOT / 'benchmarks' / f'{name}.py').read_text()
+        src = (ROOT / 'benchmarks' / f'{name}.py').read_text()
+        assert 'CONFIG_DEFAULTS' not in src and not any(f"--{k.replace('_', '-')}" in src for k in opts)
     ran = json.loads((ROOT / 'benchmarks' / 'imagegen.json').read_text())['train_command']
     assert ran.startswith('cmrl train --data MANIFEST --decoders image') and '--steps' not in ran and '--text-ngram' not in ran
 

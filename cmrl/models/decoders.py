@@ -443,13 +443,15 @@ def feed_pictures(model: nn.Module,  # the model, maybe with decoders (`with_dec
 
 # %% ../../nbs/25a_models.decoders.ipynb #a21c4940
 @torch.no_grad()
-def caption_inputs(model: WithDecoders, b: ModalityBatch) -> dict:
-    "What the text memory reads of a batch (eval mode, no gradient): `{'feats', 'masks', 'present', 'extra'}`"
+def caption_inputs(model: WithDecoders, b: ModalityBatch,
+                   which: str = 'text',  # whose memory: the text decoder's or the image decoder's
+                  ) -> dict:
+    "What the text (or image) memory reads of a batch (eval mode, no gradient): `{'feats', 'masks', 'present', 'extra'}`"
     was = model.training; model.eval()
     try:
-        b = as_batch(b)
-        out = model.represent(b)
-        return model.memory_inputs(b, out)
+        with torch.no_grad():
+            b = as_batch(b)
+            return model.memory_inputs(b, model.represent(b), which=which)
     finally: model.train(was)
 
 def _map(inp: dict, fn) -> dict:
@@ -575,8 +577,7 @@ def _gather(model: WithDecoders, dl, which: str = 'image') -> tuple[dict, Tensor
         with torch.no_grad():
             for xb, *_ in dl:
                 b = ModalityBatch.of(xb)
-                out = model.represent(b)
-                inps.append(_map(model.memory_inputs(b, out, which=which), lambda t: t.detach().cpu()))
+                inps.append(_map(caption_inputs(model, b, which), lambda t: t.detach().cpu()))
                 px = (b.extra or {}).get(PIXELS)
                 if not isinstance(px, Tensor):
                     span = (b.extra or {}).get('span')
@@ -621,12 +622,7 @@ def _prior_losses(dec, inp: dict, codes: Tensor, bs: int = 256) -> dict:
 # %% ../../nbs/25a_models.decoders.ipynb #9c2cc7c6
 def image_inputs(model: WithDecoders, b: ModalityBatch) -> dict:
     "What the image memory reads of a batch (eval mode, no gradient): `{'feats', 'masks', 'present', 'extra'}`"
-    was = model.training; model.eval()
-    try:
-        with torch.no_grad():
-            b = as_batch(b)
-            return model.memory_inputs(b, model.represent(b), which='image')
-    finally: model.train(was)
+    return caption_inputs(model, b, which='image')
 
 # %% ../../nbs/25a_models.decoders.ipynb #1a2ae16a
 def fit_image_decoder(model: WithDecoders,  # a model with an image decoder; its encoders stay frozen
