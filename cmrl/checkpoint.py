@@ -13,15 +13,17 @@ import torch, torch.nn as nn
 from torch import Tensor
 from fastai.torch_core import get_model
 from fastcore.foundation import L
+from .core import ItemIds
 from .command import jsonable
 from .models.registry import MODELS, model_config, rebuild
 
 # %% auto #0
-__all__ = ['FORMAT', 'VERSION', 'CONFIG_DEFAULTS', 'CheckpointError', 'plain', 'rng_state', 'set_rng_state', 'checkpoint_state',
-           'save_checkpoint', 'find_checkpoint', 'read_checkpoint', 'check_fits', 'load_checkpoint', 'load_model']
+__all__ = ['FORMAT', 'VERSION', 'OLDEST', 'CONFIG_DEFAULTS', 'CheckpointError', 'plain', 'rng_state', 'set_rng_state',
+           'checkpoint_state', 'save_checkpoint', 'find_checkpoint', 'read_checkpoint', 'check_fits', 'load_checkpoint',
+           'load_model']
 
 # %% ../nbs/29_checkpoint.ipynb #8b1496da
-FORMAT, VERSION = 'cmrl-checkpoint', 2  # the checkpoint format's name and version
+FORMAT, VERSION, OLDEST = 'cmrl-checkpoint', 3, 2  # the checkpoint format's name, the version written, the oldest read
 # per format version: settings a run's config may lack, with what such a run trained with (version 2 began before
 # cmrl 0.3 added these); `read_checkpoint` fills them in
 CONFIG_DEFAULTS = {2: {'audio_width': 0, 'text_ngram': 0, 'text_frontend': 'bytes', 'feature_hidden': 0, 'feature_dropout': 0., 'feature_norm': 'layer'}}
@@ -101,7 +103,7 @@ def checkpoint_state(learn,  # the Learner
             'opt': plain(learn.opt.state_dict(), 'optimiser state') if getattr(learn, 'opt', None) is not None else None,
             'epoch': int(epoch), 'n_epoch': int(getattr(learn, 'n_epoch', 0) or 0),
             'rng': rng_state(learn), 'callbacks': _cb_states(learn),
-            'train_ids': None if train_ids is None else [str(i) for i in train_ids],
+            'train_ids': None if train_ids is None else ItemIds(train_ids).state(),  # no Python strings made
             'frontends': _json(frontends), 'extra': _json(extra or {}), 'torch_version': str(torch.__version__)}
 
 def save_checkpoint(learn,  # the Learner
@@ -152,6 +154,9 @@ def _decode(ck: dict, p: Path) -> dict:
         if isinstance(v, str):
             try: ck[k] = json.loads(v)
             except json.JSONDecodeError as e: raise CheckpointError(f"{p}: its {k!r} entry is not valid JSON ({e}); the file is corrupt") from None
+    if isinstance(ck.get('train_ids'), dict):  # format 3: UTF-8 bytes and offsets
+        try: ck['train_ids'] = list(ItemIds.from_state(ck['train_ids']))
+        except ValueError as e: raise CheckpointError(f"{p}: its 'train_ids' entry is damaged ({e}); the file is corrupt") from None
     if isinstance(ck.get('config'), dict) and 'epochs' in ck['config']:  # a `cmrl train` run's settings
         ck['config'] = {**CONFIG_DEFAULTS.get(ck.get('version'), {}), **ck['config']}
     missing = [k for k in ('model', 'epoch', 'model_config') if k not in ck]
@@ -191,7 +196,7 @@ def read_checkpoint(path: str | Path,  # a checkpoint file or its folder
                               f"not a whole number; cmrl writes version {VERSION}")
     if v > VERSION:
         raise CheckpointError(f"{p} was written by a newer cmrl (checkpoint format version {v}; this one reads version {VERSION}): upgrade cmrl")
-    if v < VERSION: raise CheckpointError(f"{p} has the older checkpoint format version {v}; this cmrl reads version {VERSION}: train again")
+    if v < OLDEST: raise CheckpointError(f"{p} has the older checkpoint format version {v}; this cmrl reads versions {OLDEST} to {VERSION}: train again")
     return _decode(ck, p)
 
 # %% ../nbs/29_checkpoint.ipynb #bfba2cad

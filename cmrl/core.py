@@ -8,7 +8,7 @@ Docs: https://cmrl-dev.github.io/cmrl/core.html.md"""
 from __future__ import annotations
 from fastcore.meta import delegates
 from fastcore.basics import patch
-import math, os, random
+import itertools, math, os, random
 from typing import Any, Iterable, Sequence
 import numpy as np
 import torch
@@ -17,8 +17,8 @@ import torch.nn.functional as F
 
 # %% auto #0
 __all__ = ['IMAGE', 'VIDEO', 'AUDIO', 'SPEECH', 'TEXT', 'MODALITIES', 'VISUAL', 'AURAL', 'ModalityBatch', 'pad_stack',
-           'collate_items', 'trim_padding', 'masked_mean', 'pool_steps', 'resample_steps', 'tensor_of', 'set_seed',
-           'default_device', 'seeded_generator', 'modality_dl', 'modality_dls', 'check_checkout']
+           'collate_items', 'trim_padding', 'masked_mean', 'pool_steps', 'resample_steps', 'tensor_of', 'ItemIds',
+           'set_seed', 'default_device', 'seeded_generator', 'modality_dl', 'modality_dls', 'check_checkout']
 
 # %% ../nbs/00_core.ipynb #7a989974
 IMAGE, VIDEO, AUDIO, SPEECH, TEXT = 'image', 'video', 'audio', 'speech', 'text'
@@ -239,6 +239,61 @@ def resample_steps(x: Tensor,  # `[B, L, ...]`
 def tensor_of(x) -> Tensor:  # `x` itself when it is a tensor, else `torch.as_tensor(np.asarray(x))`
     "A tensor from a tensor, an array or a nested list (a tensor is returned as it is)"
     return x if isinstance(x, Tensor) else torch.as_tensor(np.asarray(x))
+
+# %% ../nbs/00_core.ipynb #959f424d
+class ItemIds(Sequence):
+    "Item ids as one UTF-8 buffer and its offsets: a read-only sequence of `str` at a few bytes an id"
+    def __init__(self, ids: Iterable = (),  # str ids: a list, a NumPy array of str, another `ItemIds`, any iterable
+                 chunk: int = 100_000):  # ids encoded at a time (bounds the transient Python strings)
+        if isinstance(ids, ItemIds): self.buf, self.off = ids.buf, ids.off; return
+        if isinstance(ids, np.ndarray): parts = (ids[a:a + chunk].tolist() for a in range(0, len(ids), chunk))
+        else: it = iter(ids); parts = iter(lambda: list(itertools.islice(it, chunk)), [])
+        bufs, lens = [], []
+        for part in parts:
+            enc = [str(i).encode('utf-8') for i in part]
+            bufs.append(b''.join(enc)); lens.append(np.fromiter(map(len, enc), np.int64, len(enc)))
+        self.off = np.concatenate([np.zeros(1, np.int64), *lens]).cumsum()
+        self.buf, pos = np.empty(int(self.off[-1]), np.uint8), 0
+        for b in bufs: self.buf[pos:pos + len(b)] = np.frombuffer(b, np.uint8); pos += len(b)
+    def __len__(self): return len(self.off) - 1
+    def __getitem__(self, i):
+        if isinstance(i, slice): return ItemIds([self[j] for j in range(*i.indices(len(self)))])
+        n = len(self)
+        if not -n <= i < n: raise IndexError(f"ItemIds: index {i} of {n} ids")
+        i %= n
+        return str(memoryview(self.buf)[self.off[i]:self.off[i + 1]], 'utf-8')
+    def __iter__(self):
+        mv = memoryview(self.buf)
+        for c in range(0, len(self), 100_000):  # offsets as Python ints a chunk at a time
+            o = self.off[c:c + 100_001].tolist()
+            for a, b in zip(o, o[1:]): yield str(mv[a:b], 'utf-8')
+    def __eq__(self, other):
+        if isinstance(other, ItemIds): return np.array_equal(self.off, other.off) and np.array_equal(self.buf, other.buf)
+        if isinstance(other, (list, tuple)): return len(other) == len(self) and all(a == b for a, b in zip(self, other))
+        return NotImplemented
+    __hash__ = None
+    @property
+    def nbytes(self) -> int: return self.buf.nbytes + self.off.nbytes  # the memory the ids take
+    def __repr__(self):
+        head = ', '.join(repr(s) for s in itertools.islice(self, 3))
+        return f"ItemIds({len(self)} ids: {head}{', ...' if len(self) > 3 else ''})"
+    def state(self) -> dict:  # {'utf8': `[bytes]` uint8 tensor, 'offsets': `[N + 1]` int64 tensor}, sharing the memory
+        return {'utf8': torch.from_numpy(self.buf), 'offsets': torch.from_numpy(self.off)}
+    @classmethod
+    def from_state(cls, st: dict) -> 'ItemIds':
+        "The ids of a `state()` (e.g. read from a checkpoint); a `ValueError` that says what is wrong when it is damaged"
+        b, o = st.get('utf8') if isinstance(st, dict) else None, st.get('offsets') if isinstance(st, dict) else None
+        if not (isinstance(b, Tensor) and b.dtype == torch.uint8 and b.ndim == 1):
+            raise ValueError("ItemIds: 'utf8' must be a 1-D uint8 tensor")
+        if not (isinstance(o, Tensor) and o.dtype == torch.int64 and o.ndim == 1 and len(o) >= 1):
+            raise ValueError("ItemIds: 'offsets' must be a 1-D int64 tensor of at least one entry")
+        o = o.numpy()
+        if o[0] != 0 or o[-1] != len(b) or (np.diff(o) < 0).any():
+            raise ValueError(f"ItemIds: the offsets must rise from 0 to the buffer's length ({len(b)} bytes)")
+        out = cls.__new__(cls); out.buf, out.off = b.numpy(), o
+        try: bytes(out.buf).decode('utf-8')
+        except UnicodeDecodeError as e: raise ValueError(f"ItemIds: the buffer is not UTF-8 ({e.reason} at byte {e.start})") from None
+        return out
 
 # %% ../nbs/00_core.ipynb #9ad0bd8b
 def set_seed(seed: int = 0,  # the seed for Python, NumPy and torch (CPU and CUDA)

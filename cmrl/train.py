@@ -387,7 +387,7 @@ def make_dls(cfg: TrainConfig, device=None):
     if len(trn) == 0: raise ValueError(f"{cfg.data}: no training items (the parts have {_count(src, 'train')} train / "
                                        f"{_count(src, 'valid')} valid / {_count(src, 'test')} test items)")
     return dls, dict(src=src, vocab=src.text_vocab_size, modalities=list(src.modalities), source={'name': cfg.data, **kw}, max_len=ml,
-                     n_train=len(trn), n_valid=n_valid, n_test=_count(src, 'test'), train_ids=[str(i) for i in src.split_ids().get('train', [])],
+                     n_train=len(trn), n_valid=n_valid, n_test=_count(src, 'test'), train_ids=ItemIds(src.split_ids().get('train', [])),
                      feature_dims=dict(src.feature_dims), word_dim=src.word_dim,
                      frontends={'config': src.frontend_cfg.to_dict(), 'tokenizer': src.tokenizer.to_dict(), 'feature_dims': dict(src.feature_dims)})
 
@@ -590,14 +590,14 @@ def check_same_split(saved: dict, given: dict) -> None:
                      f"resumed run keeps the split it started with: drop {' and '.join(map(flag, bad))}, or start a "
                      "new run with another --out")
 
-def trained_ids(before, info: dict) -> list[str]:
+def trained_ids(before, info: dict) -> ItemIds:
     "Every item any epoch of a resumed run trained on: the checkpoint's `train_ids`, then the training part's new ones"
     old = [str(i) for i in before]; seen = set(old)
     back = [str(i) for i in info['src'].split_ids().get('valid', []) if str(i) in seen]
     if back: warnings.warn(f"{len(back)} item(s) of the validation part were trained on by earlier epochs of this run "
                            f"(its data changed since): {', '.join(back[:5])}{' ...' if len(back) > 5 else ''}; their "
                            "scores are not of unseen items")
-    return old + [i for i in info['train_ids'] if i not in seen]
+    return ItemIds(old + [i for i in info['train_ids'] if i not in seen])
 
 def _resumed_config(saved: dict, given: dict) -> TrainConfig:
     "The run's own settings from its checkpoint (`read_checkpoint` fills what its format lacks), overridden by `given`"

@@ -134,8 +134,10 @@ def _only_plain(o, where='ck'):
 def test_format_keys_and_plain_types(run):
     p, learn = run
     raw = torch.load(p / 'checkpoint.pt', weights_only=True)
-    assert set(raw) == KEYS and (raw['format'], raw['version']) == ('cmrl-checkpoint', 2)
+    assert set(raw) == KEYS and (raw['format'], raw['version']) == ('cmrl-checkpoint', 3)
     _only_plain(raw)
+    ids = raw['train_ids']  # one UTF-8 buffer and its offsets, not a list of Python strings
+    assert set(ids) == {'utf8', 'offsets'} and ids['utf8'].dtype == torch.uint8 and ids['offsets'].tolist()[-1] == len(ids['utf8'])
     for k in ('config', 'model_config', 'frontends', 'extra'): assert isinstance(raw[k], str)  # JSON text
     ck = read_checkpoint(p)
     assert ck['config'] == {'lr': 3e-3, 'mods': ['video', 'audio']} and ck['frontends'] == {'image_size': 32}

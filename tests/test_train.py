@@ -200,6 +200,8 @@ def test_old_format_checkpoint_resumes_with_the_stems_it_trained_with(tmp_path):
     cfg = json.loads(ck['config']) if isinstance(ck['config'], str) else ck['config']
     for k in ('audio_width', 'text_ngram', 'text_frontend'): del cfg[k]
     ck['config'] = json.dumps(cfg) if isinstance(ck['config'], str) else cfg
+    from cmrl.core import ItemIds
+    ck['version'], ck['train_ids'] = 2, list(ItemIds.from_state(ck['train_ids']))  # format 2 kept the ids as a list
     torch.save(ck, out / 'checkpoint.pt')
     old = read_checkpoint(out)['config']
     assert (old['audio_width'], old['text_ngram'], old['text_frontend']) == (0, 0, 'bytes')

@@ -569,9 +569,9 @@ def split(self: StoreSource, name: str) -> StoreRecords:
 
 @patch
 def split_ids(self: StoreSource) -> dict:
-    "Split name -> the ids of its items"
+    "Split name -> the ids of its items, as `ItemIds` (a few bytes an id, not a Python string each)"
     ids = self.store.column('id')[self.records.idx]
-    return {k: ids[v.a].tolist() for k, v in self.splits.items()}
+    return {k: ItemIds(ids[v.a]) for k, v in self.splits.items()}
 
 @patch(as_prop=True)
 def tokenizer(self: StoreSource): return tokenizer_from_dict(self.store.meta['tokenizer'])
