@@ -3,8 +3,9 @@
 `benchmarks/scale.py`, each size in a process of its own.
 
 Stages: the store opened as a source (`get_source`); `make_dls` (the loaders, and the ids of the training items that
-the checkpoint records as `train_ids` so that evaluation leaves them out); the same without that list of ids; the
-first batch. Differences are to the process after its imports.
+the checkpoint records as `train_ids` so that evaluation leaves them out); the same without those ids; the first
+batch. Differences are to the process after its imports; `train_ids_mb` is what the ids themselves take (`ItemIds`:
+UTF-8 bytes and offsets), `train_ids_as_list_mb` what the same ids take as a list of Python strings.
 
     python benchmarks/scale_memory.py [--sizes 10000,1000000] [--work DIR]   # writes benchmarks/scale_memory.json
 """
@@ -31,9 +32,14 @@ def stages(store: str) -> dict:
     src = get_source(cfg.data, **source_kwargs(cfg)); gc.collect(); out['source'] = rss_anon_mb() - r0
     del src; gc.collect()
     dls, info = make_dls(cfg); gc.collect(); out['make_dls'] = rss_anon_mb() - r0
-    out['n_train_ids'] = len(info['train_ids'])
+    ids = info['train_ids']
+    out['n_train_ids'] = len(ids)
+    out['train_ids_mb'] = (ids.nbytes if hasattr(ids, 'nbytes') else sys.getsizeof(ids) + sum(map(sys.getsizeof, ids))) / 2 ** 20
+    del ids
     info['train_ids'] = None; gc.collect(); out['make_dls_without_train_ids'] = rss_anon_mb() - r0
     next(iter(dls.train)); gc.collect(); out['first_batch'] = rss_anon_mb() - r0
+    as_list = [str(i) for i in dls.train.dataset.store.column('id')[dls.train.dataset.idx]] if hasattr(dls.train.dataset, 'store') else []
+    out['train_ids_as_list_mb'] = (sys.getsizeof(as_list) + sum(map(sys.getsizeof, as_list))) / 2 ** 20  # the form before `ItemIds`
     return out
 
 

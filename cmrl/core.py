@@ -243,18 +243,18 @@ def tensor_of(x) -> Tensor:  # `x` itself when it is a tensor, else `torch.as_te
 # %% ../nbs/00_core.ipynb #959f424d
 class ItemIds(Sequence):
     "Item ids as one UTF-8 buffer and its offsets: a read-only sequence of `str` at a few bytes an id"
-    def __init__(self, ids: Iterable = (),  # str ids: a list, a NumPy array of str, another `ItemIds`, any iterable
+    def __init__(self, ids: Iterable = (),  # str ids: a list, a NumPy array of str, anything with `len` and slices, any iterable
                  chunk: int = 100_000):  # ids encoded at a time (bounds the transient Python strings)
         if isinstance(ids, ItemIds): self.buf, self.off = ids.buf, ids.off; return
-        if isinstance(ids, np.ndarray): parts = (ids[a:a + chunk].tolist() for a in range(0, len(ids), chunk))
-        else: it = iter(ids); parts = iter(lambda: list(itertools.islice(it, chunk)), [])
-        bufs, lens = [], []
-        for part in parts:
-            enc = [str(i).encode('utf-8') for i in part]
-            bufs.append(b''.join(enc)); lens.append(np.fromiter(map(len, enc), np.int64, len(enc)))
-        self.off = np.concatenate([np.zeros(1, np.int64), *lens]).cumsum()
-        self.buf, pos = np.empty(int(self.off[-1]), np.uint8), 0
-        for b in bufs: self.buf[pos:pos + len(b)] = np.frombuffer(b, np.uint8); pos += len(b)
+        if not (hasattr(ids, '__len__') and hasattr(ids, '__getitem__')): ids = list(ids)
+        def utf8(part): return [str(i).encode('utf-8') for i in (part.tolist() if isinstance(part, np.ndarray) else part)]
+        spans = [(a, min(a + chunk, len(ids))) for a in range(0, len(ids), chunk)]
+        # two passes, the lasting arrays made before each pass's small transient ones (a heap with no holes under them)
+        self.off = np.zeros(len(ids) + 1, np.int64)
+        for a, b in spans: self.off[a + 1:b + 1] = [len(s) for s in utf8(ids[a:b])]
+        np.cumsum(self.off, out=self.off)
+        self.buf = np.empty(int(self.off[-1]), np.uint8)
+        for a, b in spans: self.buf[self.off[a]:self.off[b]] = np.frombuffer(b''.join(utf8(ids[a:b])), np.uint8)
     def __len__(self): return len(self.off) - 1
     def __getitem__(self, i):
         if isinstance(i, slice): return ItemIds([self[j] for j in range(*i.indices(len(self)))])

@@ -24,8 +24,8 @@ from fastai.data.load import DataLoader
 # %% auto #0
 __all__ = ['STORE_FILE', 'STORE_FORMAT', 'COLUMNS', 'StoreError', 'is_store', 'read_meta', 'ShardWriter', 'pack_items',
            'frontend_parts', 'settings_diff', 'frontend_key', 'source_meta', 'source_items', 'pack', 'FeatureStore',
-           'Positions', 'StoreRecords', 'StoreDataset', 'StoreLoader', 'store_dl', 'StoreSource', 'parse_h5_spec',
-           'pool_rows', 'pack_h5']
+           'StoreColumn', 'Positions', 'StoreRecords', 'StoreDataset', 'StoreLoader', 'store_dl', 'StoreSource',
+           'parse_h5_spec', 'pool_rows', 'pack_h5']
 
 # %% ../../nbs/09b_data.store.ipynb #62ac2b5d
 STORE_FILE, STORE_FORMAT = 'store.json', 1  # the metadata file that marks a store folder, and its format version
@@ -333,6 +333,20 @@ def item(self: FeatureStore, i: int, modalities: Sequence[str] | None = None) ->
     return {'id': c['id'], 'label': c['label'], **{m: self.feature(i, m, at) for m in mods},
             'extra': {f: c[f] for f in EXTRA_FIELDS if f in c}}
 
+# %% ../../nbs/09b_data.store.ipynb #c5ba27a3
+class StoreColumn:
+    "Column `c` of the store items at positions `pos`, read a slice at a time from the shards' memory maps (`ItemIds` of a split, with no whole column in memory)"
+    def __init__(self, store: FeatureStore, pos, c: str = 'id'): self.store, self.pos, self.c = store, np.asarray(pos, np.int64), c
+    def __len__(self): return len(self.pos)
+    def __getitem__(self, s: slice) -> np.ndarray:  # the values of `pos[s]`, an object array
+        p = self.pos[s]
+        k = np.searchsorted(self.store.starts, p, 'right') - 1
+        out = np.empty(len(p), dtype=object)
+        for kk in np.unique(k):
+            m = k == kk
+            out[m] = self.store.shard(int(kk))['cols'][self.c][p[m] - self.store.starts[kk]]
+        return out
+
 # %% ../../nbs/09b_data.store.ipynb #aa0934aa
 class Positions:
     "Item positions as a numpy array that reads like a list (truthy when not empty)"
@@ -570,8 +584,7 @@ def split(self: StoreSource, name: str) -> StoreRecords:
 @patch
 def split_ids(self: StoreSource) -> dict:
     "Split name -> the ids of its items, as `ItemIds` (a few bytes an id, not a Python string each)"
-    ids = self.store.column('id')[self.records.idx]
-    return {k: ItemIds(ids[v.a]) for k, v in self.splits.items()}
+    return {k: ItemIds(StoreColumn(self.store, self.records.idx[v.a])) for k, v in self.splits.items()}
 
 @patch(as_prop=True)
 def tokenizer(self: StoreSource): return tokenizer_from_dict(self.store.meta['tokenizer'])
