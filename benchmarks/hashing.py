@@ -220,8 +220,9 @@ def scale(a, cov, path: Path) -> dict:
         runs[f'{w} hamming only'] = (lambda w=w: idx[w].search(enc[w](Q, 'query'), a.k))
         runs[f'{w} hamming top-C'] = (lambda w=w: idx[w].search(enc[w](Q, 'query'), a.candidates))
     cand = np.sort(idx['learned'].search(enc['learned'](Q, 'query'), a.candidates)[1], axis=1)
-    gbuf = np.empty((cand.size, d), np.float32)  # the candidates' float rows into a buffer, nothing computed
-    runs['gather only'] = lambda: np.take(G, cand.ravel(), axis=0, out=gbuf)
+    gbuf = np.empty((16 * a.candidates, d), np.float32)  # the candidates' float rows, nothing computed, read as the
+    runs['gather only'] = lambda: [np.take(G, cand[s:s + 16].ravel(), axis=0, out=gbuf[:cand[s:s + 16].size])  # re-ranking
+                                   for s in range(0, len(cand), 16)]  # reads them: 16 queries at a time into one buffer
     runs['learned ivf'] = lambda: hamming_rerank_search(ivf, enc['learned'](Q, 'query'), Q, G, a.k, a.candidates)
     times, res = {n: [] for n in runs}, {}
     for r in range(a.reps):  # interleaved, the order turned each repetition (load drifts on a shared machine)
