@@ -13,8 +13,12 @@
 3. **Scale**: structured data (Gaussian clusters drawn with the covariance of the real training embeddings), 1 M
    gallery items (`--quick`: 100 k). Codes in memory (`cmrl.eval.index.BinaryIndex`), floats in a memory-mapped
    `.npy`; Hamming top-1,000 re-ranked by cosine (`hamming_rerank_search`), timed end to end (query encoding
-   included) against exact float search (faiss `IndexFlatIP` through `EmbeddingIndex`, and chunked torch matmul +
-   top-k; the faster is the baseline), interleaved repetitions, medians; recall@10 of the exact float result.
+   included) against exact float search (faiss `IndexFlatIP` through `EmbeddingIndex`, which scores a batch of
+   queries by one BLAS product, and chunked torch matmul + top-k; the faster is the baseline), interleaved
+   repetitions, medians; recall@10 of the exact float result. Also timed, to say where the time goes and what bounds
+   the speed-up: faiss flat at faiss's own BLAS threshold (its per-query loop), the Hamming top-1,000 alone, a
+   Hamming scan with a short top-k (the cost of reading every code once per query) and the gather of the candidates'
+   float rows alone (the floor of re-ranking).
 
 Usage (repository root, the project's venv):
 
@@ -164,7 +168,7 @@ def make_clusters(n: int, q: int, d: int, cov: np.ndarray | None, clusters: int,
 def timed(f):
     t = time.perf_counter(); r = f(); return time.perf_counter() - t, r
 
-def torch_exact(Q: np.ndarray, G, k: int, chunk: int = 100_000):
+def torch_exact(Q: np.ndarray, G, k: int, chunk: int = 16_384):  # a [Q, chunk] score block stays in cache
     "Exact cosine top-k by chunked matmul + top-k (torch), over an in-memory or memory-mapped gallery"
     q = torch.nn.functional.normalize(torch.from_numpy(np.ascontiguousarray(Q)), dim=-1)
     bs = bi = None
@@ -184,6 +188,7 @@ def scale(a, cov, path: Path) -> dict:
     from cmrl.eval.index import EmbeddingIndex, BinaryIndex, knn_recall
     from cmrl.eval.hashing import hamming_rerank_search
     faiss.omp_set_num_threads(a.threads); torch.set_num_threads(a.threads)
+    load0 = os.getloadavg()[0]
     d = cov.shape[0] if cov is not None else 64
     t_data, (G, Q, eig) = timed(lambda: make_clusters(a.n, a.q, d, cov, max(1, a.n // a.per_cluster), a.spread, path))
     print(f"scale: {a.n:,} x {d} float32 in {path.name} ({t_data:.1f} s), {a.q} queries", file=sys.stderr, flush=True)
@@ -199,7 +204,6 @@ def scale(a, cov, path: Path) -> dict:
     exact_ix = EmbeddingIndex(d, 'flat', 'cos').add(np.ascontiguousarray(G))  # in memory: the float matrix
     idx = {w: BinaryIndex(a.scale_bits).add(np.concatenate([pack_codes(f(G[s:s + 100_000], 'gallery'))
                                                           for s in range(0, a.n, 100_000)])) for w, f in enc.items()}
-    for ix in idx.values(): ix.index.use_heap = False  # faiss's counting top-k: faster than its heap for k = 1,000
     # a sub-linear variant: an inverted file over the learned codes (binary k-means lists, `nprobe` of them scanned);
     # faiss stores an 8-byte id beside every code, so it costs twice the memory of the flat codes
     nlist = max(16, int(4 * a.n ** 0.5))
@@ -208,10 +212,17 @@ def scale(a, cov, path: Path) -> dict:
     ivf.train(Gc[np.random.default_rng(2).choice(a.n, min(a.n, 50 * nlist), replace=False)])
     ivf.add(Gc); ivf.nprobe = a.nprobe
     del Gc
-    runs = {'faiss': lambda: exact_ix.search(Q, a.k), 'torch': lambda: torch_exact(Q, G, a.k)}
+    runs = {'faiss': lambda: exact_ix.search(Q, a.k), 'torch': lambda: torch_exact(Q, G, a.k),
+            # faiss's own threshold: below it (a batch of fewer queries) faiss loops over the queries without BLAS
+            'faiss per-query loop': lambda: exact_ix.search(Q, a.k, blas_from=10 ** 9)}
     for w in enc:
         runs[w] = (lambda w=w: hamming_rerank_search(idx[w], enc[w](Q, 'query'), Q, G, a.k, a.candidates))
         runs[f'{w} hamming only'] = (lambda w=w: idx[w].search(enc[w](Q, 'query'), a.k))
+        runs[f'{w} hamming top-C'] = (lambda w=w: idx[w].search(enc[w](Q, 'query'), a.candidates))
+    cand = np.sort(idx['learned'].search(enc['learned'](Q, 'query'), a.candidates)[1], axis=1)
+    gbuf = np.empty((16 * a.candidates, d), np.float32)  # the candidates' float rows, nothing computed, read as the
+    runs['gather only'] = lambda: [np.take(G, cand[s:s + 16].ravel(), axis=0, out=gbuf[:cand[s:s + 16].size])  # re-ranking
+                                   for s in range(0, len(cand), 16)]  # reads them: 16 queries at a time into one buffer
     runs['learned ivf'] = lambda: hamming_rerank_search(ivf, enc['learned'](Q, 'query'), Q, G, a.k, a.candidates)
     times, res = {n: [] for n in runs}, {}
     for r in range(a.reps):  # interleaved, the order turned each repetition (load drifts on a shared machine)
@@ -236,6 +247,16 @@ def scale(a, cov, path: Path) -> dict:
                   'hamming_only_recall@k': knn_recall(res[f'{w} hamming only'][1], exact)}
     out['ivf'].update({'recall@k': knn_recall(res['learned ivf'][1], exact), 'speedup': med[base] / med['learned ivf'],
                        'memory_ratio': out['float_bytes'] / out['ivf']['index_bytes']})
+    nq = a.n * a.q
+    out['limits'] = {  # where the time goes, and the speed-ups that the costs measured here allow
+        'ns_per_item_and_query': {'float exact': 1e9 * med[base] / nq, 'hamming scan': 1e9 * med['learned hamming only'] / nq},
+        'hamming_top_c_seconds': med['learned hamming top-C'],
+        'rerank_seconds': med['learned'] - med['learned hamming top-C'], 'gather_seconds': med['gather only'],
+        # the speed-up if choosing the candidates cost nothing (only their rows read) / cost one scan of the codes
+        'speedup_bound_free_candidates': med[base] / med['gather only'],
+        'speedup_bound_flat_scan': med[base] / (med['learned hamming only'] + med['gather only']),
+        'faiss_blas_speedup': med['faiss per-query loop'] / med['faiss']}
+    out['load_1min'] = {'start': load0, 'end': os.getloadavg()[0]}
     out['peak_rss_mb'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     del exact_ix, idx, ivf; gc.collect()
     return out
@@ -341,6 +362,12 @@ def main(argv=None):
         lines.append(f"scale {s['n']:,}: flat codes {s['learned']['speedup']:.1f}x faster than {s['baseline']}, memory "
                      f"{s['memory_ratio']:.1f}x, recall@{s['k']} {s['learned']['recall@k']:.3f} (lsh {s['lsh']['recall@k']:.3f}); "
                      f"ivf {s['ivf']['speedup']:.1f}x, {s['ivf']['memory_ratio']:.1f}x, {s['ivf']['recall@k']:.3f}")
+        L = s['limits']
+        print(f"  time: exact float {L['ns_per_item_and_query']['float exact']:.2f} ns per item and query, Hamming scan "
+              f"{L['ns_per_item_and_query']['hamming scan']:.2f}; Hamming top-{s['candidates']} {L['hamming_top_c_seconds']:.3f} s, "
+              f"re-rank {L['rerank_seconds']:.3f} s (gather alone {L['gather_seconds']:.3f} s); speed-up bounds: "
+              f"{L['speedup_bound_flat_scan']:.1f}x (one scan of the codes + gather), {L['speedup_bound_free_candidates']:.1f}x "
+              f"(gather only)", file=sys.stderr)
         for name, g in s['goals'].items():
             for k, v in g.items():
                 if not v['met']:

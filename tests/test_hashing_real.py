@@ -68,6 +68,14 @@ def test_scale_quick_path_writes_every_number(H, tmp_path, capsys):
     assert s['torch_recall_vs_faiss'] == 1.0  # the two exact searches agree
     assert set(s['goals']) == {'flat', 'ivf'} and s['goals']['flat']['memory_ratio']['met']
     assert not list(tmp_path.glob('**/gallery.npy'))  # the memory-mapped floats were a temporary file
+    med, L = s['median_seconds'], s['limits']
+    assert s['baseline'] in ('faiss', 'torch') and med[s['baseline']] == min(med['faiss'], med['torch'])
+    assert {'faiss per-query loop', 'learned hamming top-C', 'gather only'} <= set(med)
+    assert L['rerank_seconds'] == pytest.approx(med['learned'] - med['learned hamming top-C'])
+    assert L['speedup_bound_free_candidates'] == pytest.approx(med[s['baseline']] / med['gather only'])
+    assert L['speedup_bound_flat_scan'] == pytest.approx(med[s['baseline']] / (med['learned hamming only'] + med['gather only']))
+    assert L['faiss_blas_speedup'] == pytest.approx(med['faiss per-query loop'] / med['faiss'])
+    assert set(s['load_1min']) == {'start', 'end'} and s['load_1min']['start'] >= 0
 
 
 def test_default_head_starts_at_lsh_and_keeps_ssahs_recipe(H):

@@ -99,10 +99,13 @@ def hash_report_table(rep: dict,  # from `hash_retrieval_report`
     return '\n'.join(lines + [f"bytes per item: float {b['float']}, hash {b['hash']}, lsh {b['lsh']}"])
 
 # %% ../../nbs/44_eval.hashing.ipynb #3d06a771
-def _rerank_chunk(q: np.ndarray, gallery, cand: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    "Cosine of the candidates' float rows (read in one gather), top-k per query; -1 candidates never win"
+def _rerank_chunk(q: np.ndarray, gallery, cand: np.ndarray, k: int, buf: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    "Cosine of the candidates' float rows (read in one gather, into `buf` when given), top-k per query; -1 candidates never win"
+    cand = np.sort(cand, axis=1)  # each query's rows in file order: the memory-mapped file is read forwards
     c = np.maximum(cand, 0)
-    g = np.asarray(gallery[c.ravel()], np.float32).reshape(*c.shape, -1)  # [Q, C, D], only these rows are read
+    if buf is not None and isinstance(gallery, np.ndarray) and gallery.dtype == np.float32:
+        g = np.take(gallery, c.ravel(), axis=0, out=buf[:c.size]).reshape(*c.shape, -1)  # no fresh pages per chunk
+    else: g = np.asarray(gallery[c.ravel()], np.float32).reshape(*c.shape, -1)  # [Q, C, D], only these rows are read
     s = np.matmul(g, q[:, :, None])[..., 0] / np.maximum(np.sqrt(np.einsum('qcd,qcd->qc', g, g)), 1e-12)
     s[cand < 0] = -np.inf
     kk = min(k, s.shape[1])
@@ -116,7 +119,7 @@ def hamming_rerank_search(index,  # the gallery's codes: a `BinaryIndex`, or a f
                           gallery,  # `[N, D]` float embeddings of the gallery, e.g. `np.load(path, mmap_mode='r')`
                           k: int = 10,  # results per query
                           candidates: int = 1000,  # Hamming neighbours re-ranked by float cosine
-                          chunk: int = 100,  # queries re-ranked at once (bounds memory: chunk x candidates x D floats)
+                          chunk: int = 16,  # queries re-ranked at once (one buffer of chunk x candidates x D floats, reused)
                          ) -> tuple[np.ndarray, np.ndarray]:  # (`[Q, k]` cosine scores, `[Q, k]` gallery positions)
     "Two-stage search: the Hamming top-`candidates` from the codes in memory, re-ranked by cosine with floats read on demand"
     if isinstance(index, BinaryIndex): _, C = index.search(q_codes, candidates)
@@ -125,6 +128,7 @@ def hamming_rerank_search(index,  # the gallery's codes: a `BinaryIndex`, or a f
         _, C = index.search(qc if qc.dtype == np.uint8 else pack_codes(qc), min(candidates, index.ntotal))
     q = np.asarray(q_emb, np.float32)
     q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
-    parts = [_rerank_chunk(q[s:s + chunk], gallery, C[s:s + chunk], k) for s in range(0, len(q), chunk)]
+    buf = np.empty((min(chunk, len(q)) * C.shape[1], q.shape[1]), np.float32)
+    parts = [_rerank_chunk(q[s:s + chunk], gallery, C[s:s + chunk], k, buf) for s in range(0, len(q), chunk)]
     if not parts: return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])

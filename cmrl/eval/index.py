@@ -8,6 +8,7 @@ Docs: https://cmrl-dev.github.io/cmrl/eval.index.html.md"""
 from __future__ import annotations
 from fastcore.basics import store_attr
 import json, math, warnings
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Sequence
 import numpy as np
@@ -30,6 +31,15 @@ def _faiss():
     try: import faiss
     except ImportError as e: raise ImportError("cmrl.eval.index needs faiss: pip install faiss-cpu (or faiss-gpu)") from e
     return faiss
+
+@contextmanager
+def _blas_threshold(n: int):
+    "Inside the block, faiss computes exact distances of a batch of at least `n` queries as one BLAS matrix product"
+    cv = _faiss().cvar
+    old = cv.distance_compute_blas_threshold
+    cv.distance_compute_blas_threshold = int(n)
+    try: yield
+    finally: cv.distance_compute_blas_threshold = old
 
 # %% ../../nbs/41_eval.index.ipynb #febc0d66
 class EmbeddingIndex:
@@ -100,10 +110,11 @@ def add(self: EmbeddingIndex, x,  # `[N, D]` gallery vectors (tensor or array)
 @patch
 def search(self: EmbeddingIndex, q,  # `[Q, D]` query vectors
            k: int = 10,  # neighbours per query
+           blas_from: int = 20,  # batches of at least this many queries are scored by one BLAS matrix product
           ) -> tuple[np.ndarray, np.ndarray]:  # (`[Q, k]` scores, `[Q, k]` gallery positions; -1 where fewer than k)
     "The `k` most similar gallery items of every query, best first"
     if len(self) == 0: raise ValueError("EmbeddingIndex.search: the index is empty; add vectors first")
-    return self.index.search(self._prep(q), int(k))
+    with _blas_threshold(blas_from): return self.index.search(self._prep(q), int(k))
 
 @patch
 def ids_of(self: EmbeddingIndex, idx) -> list[list]:  # `[Q, k]` positions -> ids (None for -1)
@@ -261,8 +272,10 @@ class BinaryIndex:
         self.index.add(_packed(codes, self.bits, 'BinaryIndex.add')); return self
     def search(self, q,  # `[Q, B]` +-1 codes or `[Q, B/8]` packed uint8
                k: int = 10,  # neighbours per query (at most the gallery size)
+               heap_max: int = 256,  # up to this k faiss keeps a heap per query; above it, it counts the distances
               ) -> tuple[np.ndarray, np.ndarray]:  # (`[Q, k]` int32 Hamming distances, ascending; `[Q, k]` int64 positions)
         if not len(self): raise ValueError("BinaryIndex.search: the index is empty; add codes first")
+        self.index.use_heap = int(k) <= heap_max
         return self.index.search(_packed(q, self.bits, 'BinaryIndex.search'), min(int(k), len(self)))
 
 def hamming_distances(q,  # `[Q, B]` +-1 codes (or packed)
