@@ -265,9 +265,9 @@ def scale_goals(s: dict) -> dict:
     "Each scale goal for the flat codes (learned) and the IVF variant: value, goal, met"
     out = {}
     for name, r, mem in (('flat', s['learned'], s['memory_ratio']), ('ivf', s['ivf'], s['ivf']['memory_ratio'])):
-        out[name] = {'speedup': {'value': r['speedup'], 'goal': GOAL_SPEEDUP, 'met': r['speedup'] >= GOAL_SPEEDUP},
-                     'memory_ratio': {'value': mem, 'goal': GOAL_MEMORY, 'met': mem >= GOAL_MEMORY},
-                     'recall@10': {'value': r['recall@k'], 'goal': GOAL_RECALL, 'met': r['recall@k'] >= GOAL_RECALL}}
+        out[name] = {'speedup': {'value': r['speedup'], 'goal': GOAL_SPEEDUP, 'met': bool(r['speedup'] >= GOAL_SPEEDUP)},
+                     'memory_ratio': {'value': mem, 'goal': GOAL_MEMORY, 'met': bool(mem >= GOAL_MEMORY)},
+                     'recall@10': {'value': r['recall@k'], 'goal': GOAL_RECALL, 'met': bool(r['recall@k'] >= GOAL_RECALL)}}
     return out
 
 

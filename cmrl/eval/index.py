@@ -137,7 +137,7 @@ def knn_recall(approx,  # `[Q, k']` gallery positions found by an approximate se
     a, e = np.asarray(approx), np.asarray(exact)
     if len(a) != len(e): raise ValueError(f"knn_recall: {len(a)} approximate rows for {len(e)} exact rows")
     hits = sum(len(set(r.tolist()) & set(x.tolist()) - {-1}) for r, x in zip(a, e))
-    return hits / max(1, (e >= 0).sum())
+    return float(hits / max(1, (e >= 0).sum()))
 
 # %% ../../nbs/41_eval.index.ipynb #4827cb66
 def _code_lists(codes, mask=None) -> list[np.ndarray]:
