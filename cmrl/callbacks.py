@@ -325,6 +325,7 @@ class SaveCheckpoint(Callback):
                  frontends: dict | None = None,  # front-end settings of the training data
                  extra: dict | None = None):  # free room (JSON-able)
         store_attr()
+        if train_ids is not None: self.train_ids = ItemIds(train_ids)  # encoded once, not at every save
         if comp is None: self.comp = np.less if monitor and 'loss' in monitor else np.greater
         self.best, self.last_path, self._cancelled, self._idx = None, None, False, None
     def before_fit(self):
