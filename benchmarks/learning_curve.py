@@ -10,7 +10,10 @@ part's point is the `unicode` row of `benchmarks/results.json` (same protocol, s
 
 The fit: per model, the six-seed mean of image->speech and speech->image R@10 against log2(training pairs), least
 squares over the points; `pairs_for` gives the number of pairs at which the line reaches the goal (an extrapolation,
-reported as such). Writes `benchmarks/learning_curve.json`; the Results page plots it.
+reported as such). `--with-valid` adds a check of the line beyond the training part: Uni-Code trained on the training
+and valid parts together (40 epochs, no validation, so the last weights: nothing left to choose them on), scored on the
+same test part, beside what the line predicts at that many pairs. Writes `benchmarks/learning_curve.json`; the Results
+page plots it.
 
     python benchmarks/learning_curve.py --work /tmp/lc        # about 25 min on 2 cores
 """
@@ -33,6 +36,14 @@ def subset_split(split: dict, frac: float, seed: int = 0) -> dict:
     counts = {p: sum(i['split'] == p for i in items) for p in ('train', 'valid', 'test')}
     return {**split, 'items': items, 'counts': counts,
             'split_rule': f"{split.get('split_rule', '')}; training part cut to {frac:g} of its groups (seed {seed})"}
+
+
+def with_valid_split(split: dict) -> dict:
+    "`split` with its valid part trained on (the test part unchanged)"
+    items = [{**i, 'split': 'train' if i['split'] == 'valid' else i['split']} for i in split['items']]
+    counts = {p: sum(i['split'] == p for i in items) for p in ('train', 'valid', 'test')}
+    return {**split, 'items': items, 'counts': counts,
+            'split_rule': f"{split.get('split_rule', '')}; the valid part trained on"}
 
 
 def point(rows: dict, name: str) -> dict:
@@ -61,6 +72,7 @@ def main(argv=None):
     p.add_argument('--fracs', default='0.25,0.5', help='fractions of the training groups (the full part comes from --full)')
     p.add_argument('--seeds', default='0,1,2,3,4,5')
     p.add_argument('--subset-seed', type=int, default=0)
+    p.add_argument('--with-valid', action='store_true', help='also train on the training and valid parts together')
     p.add_argument('--full', default=str(ROOT / 'benchmarks' / 'results.json'), help="results JSON with the full part's rows")
     p.add_argument('--reuse', action='store_true', help='score runs already in --work')
     p.add_argument('--out', default=str(ROOT / 'benchmarks' / 'learning_curve.json'))
@@ -88,15 +100,33 @@ def main(argv=None):
         raise SystemExit(f"{a.full}: not the French test part's results")
     pts.append({'fraction': 1.0, 'epochs': 40, 'from': Path(a.full).name, **point(full['rows'], 'unicode')})
     pts.sort(key=lambda q: q['n_train'])
+    check = None
+    if a.with_valid:
+        sub = with_valid_split(split)
+        sf, wf, of = work / 'split-with-valid.json', work / 'with-valid', work / 'results-with-valid.json'
+        sf.write_text(json.dumps(sub, ensure_ascii=False))
+        print(f"[{time.strftime('%H:%M:%S')}] training and valid parts: {sub['counts']['train']} training pairs",
+              file=sys.stderr, flush=True)
+        results.main(['--split', 'test', '--seeds', a.seeds, '--models', 'unicode', '--split-file', str(sf),
+                      '--work', str(wf), '--out', str(of), '--train-args', '--threads 1']
+                     + (['--reuse'] if a.reuse else []))
+        check = {'what': 'trained on the training and valid parts (last weights)', 'epochs': 40,
+                 **point(json.loads(of.read_text())['rows'], 'unicode')}
     cmd = 'python benchmarks/learning_curve.py ' + ' '.join(sys.argv[1:] if argv is None else argv)
     out = {'command': cmd, 'doc': __doc__.split('\n\n')[1:3], 'split_file': 'benchmarks/splits/tuxpaint_fr.json',
            'scored_part': 'test', 'model': 'unicode', 'points': pts, 'fit': fit(pts),
+           'with_valid': check,
            'machine': {'cpus': os.cpu_count()}, 'seconds': round(time.time() - t0, 1)}
     text = json.dumps(out, indent=1)
     Path(a.out).write_text(text.replace(str(work.resolve()), 'WORK') + '\n')
     for q in pts: print(f"learning-curve: n_train={q['n_train']} R@10 i>s={q['image->speech']['mean']:.1f} "
                         f"s>i={q['speech->image']['mean']:.1f} mean={q['mean']['mean']:.1f}")
     ft = out['fit']
+    if check:
+        pred = ft['intercept'] + ft['per_doubling'] * np.log2(check['n_train'])
+        check['predicted'] = float(pred)
+        print(f"with-valid: n_train={check['n_train']} R@10 mean={check['mean']['mean']:.1f} (the line: {pred:.1f})")
+        Path(a.out).write_text(json.dumps(out, indent=1).replace(str(work.resolve()), 'WORK') + '\n')
     print(f"fit: {ft['per_doubling']:+.1f} R@10 per doubling of the pairs; {GOAL:g} at about "
           f"{ft['pairs_for']:.0f} pairs ({ft['times_the_training_part']:.1f} x the training part)" if ft['pairs_for']
           else f"fit: {ft['per_doubling']:+.1f} R@10 per doubling: the line does not rise")
