@@ -71,8 +71,12 @@ def main(argv=None):
     p.add_argument('--work', required=True, help='folder for the split files, manifests and runs')
     p.add_argument('--fracs', default='0.25,0.5', help='fractions of the training groups (the full part comes from --full)')
     p.add_argument('--seeds', default='0,1,2,3,4,5')
+    p.add_argument('--frac-seeds', default=None, help='seeds of the cut parts (default: --seeds)')
     p.add_argument('--subset-seed', type=int, default=0)
     p.add_argument('--with-valid', action='store_true', help='also train on the training and valid parts together')
+    p.add_argument('--reference', default=None, metavar='PATH', help='with --with-valid: the reference script, trained on '
+                   'the same pairs and front-end features')
+    p.add_argument('--ref-seeds', default='0,1,2', help="the reference's seeds (a run takes several minutes)")
     p.add_argument('--full', default=str(ROOT / 'benchmarks' / 'results.json'), help="results JSON with the full part's rows")
     p.add_argument('--reuse', action='store_true', help='score runs already in --work')
     p.add_argument('--out', default=str(ROOT / 'benchmarks' / 'learning_curve.json'))
@@ -91,7 +95,7 @@ def main(argv=None):
         epochs = round(40 / f)
         print(f"[{time.strftime('%H:%M:%S')}] fraction {f:g}: {sub['counts']['train']} training pairs, {epochs} epochs",
               file=sys.stderr, flush=True)
-        results.main(['--split', 'test', '--seeds', a.seeds, '--models', 'unicode', '--split-file', str(sf),
+        results.main(['--split', 'test', '--seeds', a.frac_seeds or a.seeds, '--models', 'unicode', '--split-file', str(sf),
                       '--work', str(wf), '--out', str(of), '--train-args', f'--epochs {epochs} --threads 1']
                      + (['--reuse'] if a.reuse else []))
         pts.append({'fraction': f, 'epochs': epochs, **point(json.loads(of.read_text())['rows'], 'unicode')})
@@ -112,6 +116,20 @@ def main(argv=None):
                      + (['--reuse'] if a.reuse else []))
         check = {'what': 'trained on the training and valid parts (last weights)', 'epochs': 40,
                  **point(json.loads(of.read_text())['rows'], 'unicode')}
+        if a.reference:  # the reference on the same features, trained on the same pairs, beside its row at the full part
+            rf = work / 'results-with-valid-ref.json'
+            results.main(['--split', 'test', '--seeds', a.ref_seeds, '--models', '', '--reference', a.reference,
+                          '--split-file', str(sf), '--work', str(wf), '--out', str(rf), '--ref-args', '--threads 1']
+                         + (['--reuse'] if a.reuse else []))
+            ref = point(json.loads(rf.read_text())['rows'], 'reference')
+            seeds = [str(x) for x in ref['seeds']]
+            same = {'rows': {n: {'per_seed': {k: v for k, v in full['rows'][n]['per_seed'].items() if k in seeds}}
+                             for n in ('unicode', 'reference')}}
+            check['reference'] = ref
+            check['at_training_part_same_seeds'] = {n: point(same['rows'], n) for n in ('unicode', 'reference')}
+            uv = json.loads(of.read_text())['rows']
+            check['unicode_same_seeds'] = point({'unicode': {'per_seed': {k: v for k, v in uv['unicode']['per_seed'].items()
+                                                                          if k in seeds}}}, 'unicode')
     cmd = 'python benchmarks/learning_curve.py ' + ' '.join(sys.argv[1:] if argv is None else argv)
     out = {'command': cmd, 'doc': __doc__.split('\n\n')[1:3], 'split_file': 'benchmarks/splits/tuxpaint_fr.json',
            'scored_part': 'test', 'model': 'unicode', 'points': pts, 'fit': fit(pts),
