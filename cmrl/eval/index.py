@@ -389,19 +389,25 @@ def cells(self: PartitionedBinaryIndex, q_emb,  # `[Q, D]` query embeddings
     "The `nprobe` cells whose centroids are nearest each query (cosine)"
     npb = int(nprobe or self.nprobe)
     if not 1 <= npb <= self.nlist: raise ValueError(f"PartitionedBinaryIndex: nprobe must lie in [1, {self.nlist}], got {npb}")
-    s = _unit(q_emb) @ self.centroids.T.astype(np.float32)
-    if npb == self.nlist: return np.broadcast_to(np.arange(npb), s.shape).copy()
-    return np.sort(np.argpartition(-s, npb - 1, axis=1)[:, :npb], axis=1)
+    _, I = _faiss().knn(_unit(q_emb), self.centroids.astype(np.float32), npb, _faiss().METRIC_INNER_PRODUCT)
+    return np.sort(I, axis=1)
 
 @patch
-def _hamming(self: PartitionedBinaryIndex, q: np.ndarray, a: list, b: list) -> np.ndarray:
-    "Hamming distances of one packed query code to the codes of rows [a_j, b_j) of every probed cell, concatenated"
-    if self._mask is None:  # big-endian: byte by byte
-        return _POP8[np.concatenate([self.codes[x:y] for x, y in zip(a, b)]) ^ q].sum(1, dtype=np.uint8)
+def _hamming(self: PartitionedBinaryIndex, q, a: list, b: list) -> np.ndarray:
+    "Hamming distances of one query code (its uint64 word; packed bytes on a big-endian machine) to the codes of rows [a_j, b_j), concatenated"
+    if self._mask is None: return _POP8[np.concatenate([self.codes[x:y] for x, y in zip(a, b)]) ^ q].sum(1, dtype=np.uint8)
     sub = np.concatenate([self._words[x:y] for x, y in zip(a, b)])
-    sub ^= np.frombuffer(np.pad(q, (0, 8 - len(q))).tobytes(), np.uint64)[0]
-    sub &= self._mask
+    sub ^= q; sub &= self._mask
     return _popcount(sub)
+
+@patch
+def _top(self: PartitionedBinaryIndex, dist: np.ndarray, c: int) -> np.ndarray:
+    "Positions of the `c` smallest distances, in ascending position (ties at the cut: the first ones), by counting"
+    if c >= len(dist): return np.arange(len(dist))
+    t = int(np.searchsorted(np.bincount(dist, minlength=self.bits + 1).cumsum(), c))  # the c-th smallest distance
+    keep = dist < t
+    keep[np.flatnonzero(dist == t)[:c - int(np.count_nonzero(keep))]] = True
+    return np.flatnonzero(keep)
 
 @patch
 def search(self: PartitionedBinaryIndex, q_codes,  # `[Q, B]` +-1 codes or `[Q, B/8]` packed uint8 of the queries
@@ -409,27 +415,32 @@ def search(self: PartitionedBinaryIndex, q_codes,  # `[Q, B]` +-1 codes or `[Q, 
            k: int = 10,  # results per query
            nprobe: int | None = None,  # cells scanned (default the index's)
            candidates: int | None = None,  # Hamming neighbours re-ranked (default the index's)
+           chunk: int = 16,  # queries re-ranked at once (one read of their rows, one product)
           ) -> tuple[np.ndarray, np.ndarray]:  # (`[Q, k]` cosine scores, `[Q, k]` gallery positions; -1 where fewer)
     "Hamming top-`candidates` among the items of the `nprobe` nearest cells, re-ranked by cosine on the memory-mapped floats"
     if not len(self): raise ValueError("PartitionedBinaryIndex.search: the index is empty; build it first")
     qc, q = _packed(q_codes, self.bits, 'PartitionedBinaryIndex.search'), _unit(q_emb)
     if len(qc) != len(q): raise ValueError(f"PartitionedBinaryIndex.search: {len(qc)} query codes for {len(q)} query embeddings")
     if q.shape[1] != self.floats.shape[1]: raise ValueError(f"PartitionedBinaryIndex.search: queries of width {q.shape[1]}, gallery of width {self.floats.shape[1]}")
-    C, cells = int(candidates or self.candidates), self.cells(q, nprobe)
+    cells = self.cells(q, nprobe)
     A, B = self.offsets[cells], self.offsets[cells + 1]
     E = np.cumsum(B - A, axis=1); Sh = A - (E - (B - A))  # item j of a query's concatenated cells = row j + Sh[its cell]
-    S, I = np.full((len(q), k), -np.inf, np.float32), np.full((len(q), k), -1, np.int64)
-    buf = np.empty((C, q.shape[1]), np.float32)
+    C = int(min(candidates or self.candidates, E[:, -1].max()))
+    P = np.full((len(q), C), -1, np.int64)  # each query's candidates, in file order; -1 = none
+    qw = qc if self._mask is None else np.pad(qc, ((0, 0), (0, 8 - qc.shape[1]))).view(np.uint64)[:, 0]
     for i in range(len(q)):
-        dist = self._hamming(qc[i], A[i].tolist(), B[i].tolist())
-        c = min(C, len(dist))
-        if c == 0: continue
-        J = np.argpartition(dist, c - 1)[:c] if c < len(dist) else np.arange(c)
-        pos = J + Sh[i][np.searchsorted(E[i], J, side='right')]
-        pos.sort()  # the rows in file order
-        s = np.take(self.floats, pos, axis=0, out=buf[:c]) @ q[i]
-        kk = min(k, c)
-        t = np.argpartition(-s, kk - 1)[:kk] if kk < c else np.arange(c)
-        t = t[np.argsort(-s[t], kind='stable')]
-        S[i, :kk], I[i, :kk] = s[t], pos[t]
+        J = self._top(self._hamming(qw[i], A[i].tolist(), B[i].tolist()), C)  # ascending, and so are their rows
+        P[i, :len(J)] = J + Sh[i][np.searchsorted(E[i], J, side='right')]
+    S, I = np.full((len(q), k), -np.inf, np.float32), np.full((len(q), k), -1, np.int64)
+    kk, D = min(k, C), q.shape[1]
+    buf = np.empty((chunk * C, D), np.float32)
+    for s in range(0, len(q), chunk):
+        p = P[s:s + chunk]
+        g = np.take(self.floats, np.maximum(p, 0).ravel(), axis=0, out=buf[:p.size]).reshape(len(p), C, D)
+        sc = np.matmul(g, q[s:s + chunk, :, None])[..., 0]  # unit rows: the cosine
+        sc[p < 0] = -np.inf
+        t = np.argpartition(-sc, kk - 1, axis=1)[:, :kk] if kk < C else np.broadcast_to(np.arange(C), sc.shape)
+        t = np.take_along_axis(t, np.argsort(-np.take_along_axis(sc, t, 1), axis=1, kind='stable'), 1)
+        S[s:s + chunk, :kk], I[s:s + chunk, :kk] = np.take_along_axis(sc, t, 1), np.take_along_axis(p, t, 1)
+    I[~np.isfinite(S)] = -1
     return S, np.where(I >= 0, np.asarray(self.ids)[np.maximum(I, 0)], -1)
