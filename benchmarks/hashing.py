@@ -18,7 +18,11 @@
    repetitions, medians; recall@10 of the exact float result. Also timed, to say where the time goes and what bounds
    the speed-up: faiss flat at faiss's own BLAS threshold (its per-query loop), the Hamming top-1,000 alone, a
    Hamming scan with a short top-k (the cost of reading every code once per query) and the gather of the candidates'
-   float rows alone (the floor of re-ranking).
+   float rows alone (the floor of re-ranking). The sub-linear variant, `cmrl.eval.index.PartitionedBinaryIndex`: its
+   own head at `--part-bits` (48: the cell table must fit in the 1/32 beside the codes), the gallery sorted by
+   `--nlist` spherical k-means cells, codes + offsets + float16 centroids in memory, floats and ids memory-mapped in
+   cell order; its `nprobe` is the fewest of `--nprobes` whose recall@k on `--q` TUNING queries (drawn after the
+   reported ones, from the same clusters) reaches `--tune-recall`; the reported queries are not used to choose it.
 
 Usage (repository root, the project's venv):
 
@@ -151,8 +155,9 @@ def spectrum_of(runs: dict, manifest: Path) -> np.ndarray | None:
     return np.cov(X, rowvar=False)
 
 def make_clusters(n: int, q: int, d: int, cov: np.ndarray | None, clusters: int, spread: float, path: Path,
-                  seed: int = 0):
-    "Gallery (a `.npy` memmap at `path`, written in chunks) and queries: centres ~ N(0, cov), items = centre + spread N(0, cov)"
+                  seed: int = 0, tune: int = 0):
+    """Gallery (a `.npy` memmap at `path`, written in chunks), queries and `tune` more queries drawn after them (to choose
+    parameters on; the gallery and the reported queries do not depend on `tune`): centres ~ N(0, cov), items = centre + spread N(0, cov)"""
     rng = np.random.default_rng(seed)
     if cov is None:  # no real run: a power-law spectrum in a random basis
         ev = 1 / np.arange(1, d + 1); Qb = np.linalg.qr(rng.standard_normal((d, d)))[0]; cov = (Qb * ev) @ Qb.T
@@ -163,7 +168,8 @@ def make_clusters(n: int, q: int, d: int, cov: np.ndarray | None, clusters: int,
     G = np.lib.format.open_memmap(path, mode='w+', dtype=np.float32, shape=(n, d))
     for s in range(0, n, 100_000): G[s:s + 100_000] = draw(min(100_000, n - s))
     G.flush(); del G
-    return np.load(path, mmap_mode='r'), draw(q), w[::-1].copy()
+    Q = draw(q)
+    return np.load(path, mmap_mode='r'), Q, draw(tune), w[::-1].copy()
 
 def timed(f):
     t = time.perf_counter(); r = f(); return time.perf_counter() - t, r
@@ -185,12 +191,15 @@ def scale(a, cov, path: Path) -> dict:
     "Hamming top-C + float re-ranking (floats memory-mapped) against exact float search, at `a.n` items"
     import faiss
     from cmrl.heads.hashing import fit_hash_head, lsh_codes, pack_codes
-    from cmrl.eval.index import EmbeddingIndex, BinaryIndex, knn_recall
+    from cmrl.eval.index import EmbeddingIndex, BinaryIndex, PartitionedBinaryIndex, knn_recall
     from cmrl.eval.hashing import hamming_rerank_search
+    from threadpoolctl import threadpool_limits
     faiss.omp_set_num_threads(a.threads); torch.set_num_threads(a.threads)
+    threadpool_limits(a.threads)  # numpy's BLAS too (the re-ranking's products)
     load0 = os.getloadavg()[0]
     d = cov.shape[0] if cov is not None else 64
-    t_data, (G, Q, eig) = timed(lambda: make_clusters(a.n, a.q, d, cov, max(1, a.n // a.per_cluster), a.spread, path))
+    t_data, (G, Q, Qt, eig) = timed(lambda: make_clusters(a.n, a.q, d, cov, max(1, a.n // a.per_cluster), a.spread, path,
+                                                           tune=a.q))
     print(f"scale: {a.n:,} x {d} float32 in {path.name} ({t_data:.1f} s), {a.q} queries", file=sys.stderr, flush=True)
     # the learned head: a sample of gallery items paired with their nearest neighbour in the sample (no modalities here)
     rng = np.random.default_rng(1)
@@ -212,6 +221,20 @@ def scale(a, cov, path: Path) -> dict:
     ivf.train(Gc[np.random.default_rng(2).choice(a.n, min(a.n, 50 * nlist), replace=False)])
     ivf.add(Gc); ivf.nprobe = a.nprobe
     del Gc
+    # the partitioned index: gallery sorted by float k-means cell, codes (+ offsets, float16 centroids) in memory, floats
+    # and ids memory-mapped in cell order; its own head at --part-bits (fewer bits leave room for the cell table in 1/32)
+    t_pfit, phead = timed(lambda: fit_hash_head({'query': S, 'gallery': S[nn_[:, 1]]}, bits=a.part_bits,
+                                                epochs=a.hash_epochs, seed=0, threads=a.threads))
+    penc = lambda X, m: phead.encode({m: torch.from_numpy(np.array(X, np.float32))})[m].numpy()
+    t_pbuild, pix = timed(lambda: PartitionedBinaryIndex(a.part_bits, a.nlist, candidates=a.candidates).build(
+        np.concatenate([pack_codes(penc(G[s:s + 100_000], 'gallery')) for s in range(0, a.n, 100_000)]), G,
+        path.parent / 'partitioned'))
+    # nprobe chosen on the tuning queries (drawn apart from the reported ones): the smallest reaching --tune-recall
+    exact_t = exact_ix.search(Qt, a.k)[1]
+    tune = {npb: knn_recall(pix.search(penc(Qt, 'query'), Qt, a.k, nprobe=npb)[1], exact_t)
+            for npb in [int(x) for x in a.nprobes.split(',')]}
+    nprobe = min([p_ for p_, r in tune.items() if r >= a.tune_recall], default=max(tune))
+    pix.nprobe = nprobe
     runs = {'faiss': lambda: exact_ix.search(Q, a.k), 'torch': lambda: torch_exact(Q, G, a.k),
             # faiss's own threshold: below it (a batch of fewer queries) faiss loops over the queries without BLAS
             'faiss per-query loop': lambda: exact_ix.search(Q, a.k, blas_from=10 ** 9)}
@@ -224,6 +247,14 @@ def scale(a, cov, path: Path) -> dict:
     runs['gather only'] = lambda: [np.take(G, cand[s:s + 16].ravel(), axis=0, out=gbuf[:cand[s:s + 16].size])  # re-ranking
                                    for s in range(0, len(cand), 16)]  # reads them: 16 queries at a time into one buffer
     runs['learned ivf'] = lambda: hamming_rerank_search(ivf, enc['learned'](Q, 'query'), Q, G, a.k, a.candidates)
+    runs['partitioned'] = lambda: pix.search(penc(Q, 'query'), Q, a.k)
+    # its parts: the coarse cells alone, and the read of its candidates' float rows alone (cell order, 16 queries a time)
+    runs['partitioned cells only'] = lambda: pix.cells(Q)
+    row_of = np.empty(a.n, np.int64); row_of[np.asarray(pix.ids)] = np.arange(a.n)
+    prow = np.sort(row_of[pix.search(penc(Q, 'query'), Q, a.candidates)[1]], axis=1)  # every candidate, as a row
+    pbuf = np.empty((16 * prow.shape[1], d), np.float32)
+    runs['partitioned gather only'] = lambda: [np.take(pix.floats, prow[s:s + 16].ravel(), axis=0, out=pbuf[:prow[s:s + 16].size])
+                                               for s in range(0, len(prow), 16)]
     times, res = {n: [] for n in runs}, {}
     for r in range(a.reps):  # interleaved, the order turned each repetition (load drifts on a shared machine)
         for n in (list(runs) if r % 2 == 0 else list(runs)[::-1]):
@@ -247,6 +278,18 @@ def scale(a, cov, path: Path) -> dict:
                   'hamming_only_recall@k': knn_recall(res[f'{w} hamming only'][1], exact)}
     out['ivf'].update({'recall@k': knn_recall(res['learned ivf'][1], exact), 'speedup': med[base] / med['learned ivf'],
                        'memory_ratio': out['float_bytes'] / out['ivf']['index_bytes']})
+    out['partitioned'] = {'bits': a.part_bits, 'nlist': a.nlist, 'nprobe': nprobe, 'fit_seconds': round(t_pfit, 1),
+                          'build_seconds': round(t_pbuild, 1), 'tune_queries': len(Qt), 'tune_recall_goal': a.tune_recall,
+                          'tune_recall@k': {str(p_): r for p_, r in tune.items()},
+                          'items_scanned_per_query': float(np.mean([(pix.offsets[c + 1] - pix.offsets[c]).sum()
+                                                                    for c in pix.cells(Q)])),
+                          'index_bytes': pix.memory_bytes, 'memory_ratio': out['float_bytes'] / pix.memory_bytes,
+                          'recall@k': knn_recall(res['partitioned'][1], exact), 'speedup': med[base] / med['partitioned'],
+                          'limits': {'cells_seconds': med['partitioned cells only'],
+                                     'gather_seconds': med['partitioned gather only'],
+                                     'scan_and_select_seconds': med['partitioned'] - med['partitioned cells only']
+                                                                - med['partitioned gather only'],
+                                     'speedup_bound_gather_only': med[base] / med['partitioned gather only']}}
     nq = a.n * a.q
     out['limits'] = {  # where the time goes, and the speed-ups that the costs measured here allow
         'ns_per_item_and_query': {'float exact': 1e9 * med[base] / nq, 'hamming scan': 1e9 * med['learned hamming only'] / nq},
@@ -258,13 +301,14 @@ def scale(a, cov, path: Path) -> dict:
         'faiss_blas_speedup': med['faiss per-query loop'] / med['faiss']}
     out['load_1min'] = {'start': load0, 'end': os.getloadavg()[0]}
     out['peak_rss_mb'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    del exact_ix, idx, ivf; gc.collect()
+    del exact_ix, idx, ivf, pix; gc.collect()
     return out
 
 def scale_goals(s: dict) -> dict:
     "Each scale goal for the flat codes (learned) and the IVF variant: value, goal, met"
     out = {}
-    for name, r, mem in (('flat', s['learned'], s['memory_ratio']), ('ivf', s['ivf'], s['ivf']['memory_ratio'])):
+    for name, r, mem in (('flat', s['learned'], s['memory_ratio']), ('ivf', s['ivf'], s['ivf']['memory_ratio']),
+                         ('partitioned', s['partitioned'], s['partitioned']['memory_ratio'])):
         out[name] = {'speedup': {'value': r['speedup'], 'goal': GOAL_SPEEDUP, 'met': bool(r['speedup'] >= GOAL_SPEEDUP)},
                      'memory_ratio': {'value': mem, 'goal': GOAL_MEMORY, 'met': bool(mem >= GOAL_MEMORY)},
                      'recall@10': {'value': r['recall@k'], 'goal': GOAL_RECALL, 'met': bool(r['recall@k'] >= GOAL_RECALL)}}
@@ -291,6 +335,11 @@ def main(argv=None):
     p.add_argument('--per-cluster', type=int, default=100, help='gallery items per cluster')
     p.add_argument('--spread', type=float, default=0.5, help='within-cluster spread (relative to the centres)')
     p.add_argument('--nprobe', type=int, default=32, help='inverted lists scanned by the IVF variant')
+    p.add_argument('--part-bits', type=int, default=48, help='code bits of the partitioned index')
+    p.add_argument('--nlist', type=int, default=8192, help='cells of the partitioned index')
+    p.add_argument('--nprobes', default='8,12,16,24,32', help='cells scanned per query, tried on the tuning queries')
+    p.add_argument('--tune-recall', type=float, default=0.95,
+                   help='the partitioned index scans the fewest cells whose recall on the tuning queries reaches this')
     p.add_argument('--hash-fit', type=int, default=20_000,
                    help='gallery items the head is fitted on (with their neighbours)')
     p.add_argument('--hash-epochs', type=int, default=30)
@@ -361,13 +410,20 @@ def main(argv=None):
         s = res['scale']
         lines.append(f"scale {s['n']:,}: flat codes {s['learned']['speedup']:.1f}x faster than {s['baseline']}, memory "
                      f"{s['memory_ratio']:.1f}x, recall@{s['k']} {s['learned']['recall@k']:.3f} (lsh {s['lsh']['recall@k']:.3f}); "
-                     f"ivf {s['ivf']['speedup']:.1f}x, {s['ivf']['memory_ratio']:.1f}x, {s['ivf']['recall@k']:.3f}")
+                     f"ivf {s['ivf']['speedup']:.1f}x, {s['ivf']['memory_ratio']:.1f}x, {s['ivf']['recall@k']:.3f}; "
+                     f"partitioned (nprobe {s['partitioned']['nprobe']}) {s['partitioned']['speedup']:.1f}x, "
+                     f"{s['partitioned']['memory_ratio']:.1f}x, {s['partitioned']['recall@k']:.3f}")
         L = s['limits']
         print(f"  time: exact float {L['ns_per_item_and_query']['float exact']:.2f} ns per item and query, Hamming scan "
               f"{L['ns_per_item_and_query']['hamming scan']:.2f}; Hamming top-{s['candidates']} {L['hamming_top_c_seconds']:.3f} s, "
               f"re-rank {L['rerank_seconds']:.3f} s (gather alone {L['gather_seconds']:.3f} s); speed-up bounds: "
               f"{L['speedup_bound_flat_scan']:.1f}x (one scan of the codes + gather), {L['speedup_bound_free_candidates']:.1f}x "
               f"(gather only)", file=sys.stderr)
+        if 'partitioned' in s:
+            P_ = s['partitioned']['limits']
+            print(f"  partitioned: cells {P_['cells_seconds']:.4f} s, Hamming scan + top-{s['candidates']} + re-rank compute "
+                  f"{P_['scan_and_select_seconds']:.4f} s, reading the candidates' rows (cell order) {P_['gather_seconds']:.4f} s: "
+                  f"bound {P_['speedup_bound_gather_only']:.1f}x", file=sys.stderr)
         for name, g in s['goals'].items():
             for k, v in g.items():
                 if not v['met']:

@@ -56,7 +56,7 @@ def test_score_part_uses_the_scorers_rules_and_goals_follow_the_means(H):
 def test_scale_quick_path_writes_every_number(H, tmp_path, capsys):
     out = tmp_path / 'h.json'
     rc = H.main(['--no-real', '--n', '3000', '--q', '20', '--hash-fit', '300', '--hash-epochs', '2', '--reps', '1',
-                 '--nprobe', '4', '--work', str(tmp_path), '--out', str(out)])
+                 '--nprobe', '4', '--nlist', '32', '--work', str(tmp_path), '--out', str(out)])
     assert rc == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert last.startswith('hashing: scale 3,000:')
@@ -66,7 +66,13 @@ def test_scale_quick_path_writes_every_number(H, tmp_path, capsys):
     for w in ('learned', 'lsh'):
         assert 0 <= s[w]['hamming_only_recall@k'] <= s[w]['recall@k'] + 1e-9 <= 1 + 1e-9  # re-ranking only helps
     assert s['torch_recall_vs_faiss'] == 1.0  # the two exact searches agree
-    assert set(s['goals']) == {'flat', 'ivf'} and s['goals']['flat']['memory_ratio']['met']
+    assert set(s['goals']) == {'flat', 'ivf', 'partitioned'} and s['goals']['flat']['memory_ratio']['met']
+    P = s['partitioned']  # in memory: 48-bit codes (+8 bytes), 33 offsets, 32 float16 centroids of 64 dims
+    assert P['index_bytes'] == 6 * 3000 + 8 + 33 * 8 + 32 * 64 * 2 and P['memory_ratio'] == pytest.approx(256 * 3000 / P['index_bytes'])
+    ok = [int(k) for k, r in P['tune_recall@k'].items() if r >= P['tune_recall_goal']]  # the fewest cells reaching the goal
+    assert P['nprobe'] == (min(ok) if ok else max(int(k) for k in P['tune_recall@k'])) and 0 <= P['recall@k'] <= 1
+    assert all(type(v['met']) is bool for v in s['goals']['partitioned'].values())
+    assert P['limits']['speedup_bound_gather_only'] == pytest.approx(s['median_seconds'][s['baseline']] / s['median_seconds']['partitioned gather only'])
     assert not list(tmp_path.glob('**/gallery.npy'))  # the memory-mapped floats were a temporary file
     med, L = s['median_seconds'], s['limits']
     assert s['baseline'] in ('faiss', 'torch') and med[s['baseline']] == min(med['faiss'], med['torch'])

@@ -7,7 +7,7 @@ Docs: https://cmrl-dev.github.io/cmrl/eval.index.html.md"""
 # %% ../../nbs/41_eval.index.ipynb #ac76660b
 from __future__ import annotations
 from fastcore.basics import store_attr
-import json, math, warnings
+import json, math, sys, warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Sequence
@@ -19,7 +19,8 @@ from ..heads.hashing import pack_codes
 from fastcore.basics import patch
 
 # %% auto #0
-__all__ = ['EmbeddingIndex', 'knn_recall', 'bag_of_codes', 'CodeIndex', 'BinaryIndex', 'hamming_distances', 'rerank']
+__all__ = ['EmbeddingIndex', 'knn_recall', 'bag_of_codes', 'CodeIndex', 'BinaryIndex', 'hamming_distances', 'rerank',
+           'PartitionedBinaryIndex']
 
 # %% ../../nbs/41_eval.index.ipynb #5a187322
 def _np32(x) -> np.ndarray:
@@ -306,3 +307,140 @@ def rerank(q,  # `[Q, D]` query embeddings
     s[c < 0] = -np.inf
     o = np.argsort(-s, axis=1, kind='stable')[:, :k]
     return np.take_along_axis(s, o, 1), np.where(np.take_along_axis(s, o, 1) == -np.inf, -1, np.take_along_axis(c, o, 1))
+
+# %% ../../nbs/41_eval.index.ipynb #f0900eac
+def _unit(x) -> np.ndarray:
+    "Rows of `x` as float32 with unit L2 norm (zero rows stay zero)"
+    x = _np32(x)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+_POP8 = np.array([bin(i).count('1') for i in range(256)], np.uint8)  # set bits of every byte value
+
+def _popcount(w: np.ndarray) -> np.ndarray:
+    "Set bits of every uint64 in `w` (numpy's `bitwise_count` where it exists, else a byte table)"
+    if hasattr(np, 'bitwise_count'): return np.bitwise_count(w)
+    return _POP8[w.view(np.uint8)].reshape(len(w), -1).sum(1, dtype=np.uint8)
+
+# %% ../../nbs/41_eval.index.ipynb #fd18bc9f
+class PartitionedBinaryIndex:
+    "Hamming candidates from the coarse cells nearest a query, re-ranked by cosine on float rows memory-mapped in cell order"
+    def __init__(self, bits: int = 56,  # code length B (a multiple of 8, at most 64)
+                 nlist: int = 4096,  # coarse cells (spherical k-means over the float rows)
+                 nprobe: int = 16,  # cells scanned per query
+                 candidates: int = 1000):  # Hamming neighbours re-ranked by float cosine
+        if bits <= 0 or bits % 8 or bits > 64: raise ValueError(f"PartitionedBinaryIndex: bits must be a multiple of 8 in [8, 64], got {bits}")
+        if nlist < 1 or not 1 <= nprobe <= nlist: raise ValueError(f"PartitionedBinaryIndex: need 1 <= nprobe <= nlist, got nprobe={nprobe}, nlist={nlist}")
+        if candidates < 1: raise ValueError(f"PartitionedBinaryIndex: candidates must be >= 1, got {candidates}")
+        self.bits, self.nlist, self.nprobe, self.candidates = bits, nlist, nprobe, candidates
+        self.codes = None
+
+    def __len__(self): return 0 if self.codes is None else len(self.codes)
+    def __repr__(self): return f"PartitionedBinaryIndex(bits={self.bits}, nlist={self.nlist}, nprobe={self.nprobe}, n={len(self)})"
+
+    @property
+    def memory_bytes(self) -> int:
+        "Bytes the index holds in memory: codes (+ 8 bytes of padding), cell offsets, float16 centroids (floats and ids are memory-mapped)"
+        return int(self._buf.nbytes + self.offsets.nbytes + self.centroids.nbytes)
+
+    def build(self, codes,  # `[N, B]` +-1 codes or `[N, B/8]` packed uint8, row i = gallery item i
+              floats,  # `[N, D]` float rows of the same items (an array or a memory-mapped `.npy`)
+              path,  # folder for `floats.npy` (unit rows in cell order) and `ids.npy` (gallery position of each row)
+              train_items: int | None = None,  # k-means sample (default 40 x nlist)
+              niter: int = 10,  # k-means iterations
+              seed: int = 0,  # seeds the sample and k-means
+              chunk: int = 65_536,  # rows assigned / written at a time
+             ) -> 'PartitionedBinaryIndex':
+        "Cluster the floats into `nlist` cells, sort the gallery by cell and write the float rows in that order"
+        faiss = _faiss()
+        c = _packed(codes, self.bits, 'PartitionedBinaryIndex.build')
+        if np.ndim(floats) != 2: raise ValueError(f"PartitionedBinaryIndex.build: floats must be [N, D], got shape {np.shape(floats)}")
+        n, d = floats.shape
+        if len(c) != n: raise ValueError(f"PartitionedBinaryIndex.build: {len(c)} codes for {n} float rows")
+        if n < self.nlist: raise ValueError(f"PartitionedBinaryIndex.build: {n} items for nlist={self.nlist} cells")
+        rng = np.random.default_rng(seed)
+        m = min(n, train_items or 40 * self.nlist)
+        km = faiss.Kmeans(d, self.nlist, niter=niter, seed=seed, spherical=True, max_points_per_centroid=10 ** 9)
+        km.train(_unit(floats[np.sort(rng.choice(n, m, replace=False))]))
+        self.centroids = km.centroids.astype(np.float16)
+        cen = faiss.IndexFlatIP(d); cen.add(self.centroids.astype(np.float32))
+        cell = np.concatenate([cen.search(_unit(floats[s:s + chunk]), 1)[1][:, 0] for s in range(0, n, chunk)])
+        perm = np.argsort(cell, kind='stable')
+        self.offsets = np.zeros(self.nlist + 1, np.int64)
+        np.cumsum(np.bincount(cell, minlength=self.nlist), out=self.offsets[1:])
+        p = Path(path); p.mkdir(parents=True, exist_ok=True)
+        F = np.lib.format.open_memmap(p / 'floats.npy', 'w+', np.float32, (n, d))
+        for s in range(0, n, chunk): F[s:s + chunk] = _unit(floats[perm[s:s + chunk]])
+        F.flush(); del F
+        np.save(p / 'ids.npy', perm.astype(np.int64))
+        nb = self.bits // 8
+        self._buf = np.zeros(n * nb + 8, np.uint8)  # 8 spare bytes: the last code can be read as a whole uint64
+        self._buf[:n * nb] = c[perm].ravel()
+        self.codes = self._buf[:n * nb].reshape(n, nb)
+        self._words = np.ndarray((n,), np.uint64, self._buf, 0, (nb,))  # code i = the low B bits of the 8 bytes at i * B/8
+        self._mask = np.uint64((1 << self.bits) - 1) if sys.byteorder == 'little' else None
+        self.floats, self.ids = np.load(p / 'floats.npy', mmap_mode='r'), np.load(p / 'ids.npy', mmap_mode='r')
+        return self
+
+# %% ../../nbs/41_eval.index.ipynb #87011b07
+@patch
+def cells(self: PartitionedBinaryIndex, q_emb,  # `[Q, D]` query embeddings
+          nprobe: int | None = None,  # cells per query (default the index's)
+         ) -> np.ndarray:  # `[Q, nprobe]` cell numbers, ascending
+    "The `nprobe` cells whose centroids are nearest each query (cosine)"
+    npb = int(nprobe or self.nprobe)
+    if not 1 <= npb <= self.nlist: raise ValueError(f"PartitionedBinaryIndex: nprobe must lie in [1, {self.nlist}], got {npb}")
+    _, I = _faiss().knn(_unit(q_emb), self.centroids.astype(np.float32), npb, _faiss().METRIC_INNER_PRODUCT)
+    return np.sort(I, axis=1)
+
+@patch
+def _hamming(self: PartitionedBinaryIndex, q, a: list, b: list) -> np.ndarray:
+    "Hamming distances of one query code (its uint64 word; packed bytes on a big-endian machine) to the codes of rows [a_j, b_j), concatenated"
+    if self._mask is None: return _POP8[np.concatenate([self.codes[x:y] for x, y in zip(a, b)]) ^ q].sum(1, dtype=np.uint8)
+    sub = np.concatenate([self._words[x:y] for x, y in zip(a, b)])
+    sub ^= q; sub &= self._mask
+    return _popcount(sub)
+
+@patch
+def _top(self: PartitionedBinaryIndex, dist: np.ndarray, c: int) -> np.ndarray:
+    "Positions of the `c` smallest distances, in ascending position (ties at the cut: the first ones), by counting"
+    if c >= len(dist): return np.arange(len(dist))
+    t = int(np.searchsorted(np.bincount(dist, minlength=self.bits + 1).cumsum(), c))  # the c-th smallest distance
+    keep = dist < t
+    keep[np.flatnonzero(dist == t)[:c - int(np.count_nonzero(keep))]] = True
+    return np.flatnonzero(keep)
+
+@patch
+def search(self: PartitionedBinaryIndex, q_codes,  # `[Q, B]` +-1 codes or `[Q, B/8]` packed uint8 of the queries
+           q_emb,  # `[Q, D]` float embeddings of the queries
+           k: int = 10,  # results per query
+           nprobe: int | None = None,  # cells scanned (default the index's)
+           candidates: int | None = None,  # Hamming neighbours re-ranked (default the index's)
+           chunk: int = 16,  # queries re-ranked at once (one read of their rows, one product)
+          ) -> tuple[np.ndarray, np.ndarray]:  # (`[Q, k]` cosine scores, `[Q, k]` gallery positions; -1 where fewer)
+    "Hamming top-`candidates` among the items of the `nprobe` nearest cells, re-ranked by cosine on the memory-mapped floats"
+    if not len(self): raise ValueError("PartitionedBinaryIndex.search: the index is empty; build it first")
+    qc, q = _packed(q_codes, self.bits, 'PartitionedBinaryIndex.search'), _unit(q_emb)
+    if len(qc) != len(q): raise ValueError(f"PartitionedBinaryIndex.search: {len(qc)} query codes for {len(q)} query embeddings")
+    if q.shape[1] != self.floats.shape[1]: raise ValueError(f"PartitionedBinaryIndex.search: queries of width {q.shape[1]}, gallery of width {self.floats.shape[1]}")
+    cells = self.cells(q, nprobe)
+    A, B = self.offsets[cells], self.offsets[cells + 1]
+    E = np.cumsum(B - A, axis=1); Sh = A - (E - (B - A))  # item j of a query's concatenated cells = row j + Sh[its cell]
+    C = int(min(candidates or self.candidates, E[:, -1].max()))
+    P = np.full((len(q), C), -1, np.int64)  # each query's candidates, in file order; -1 = none
+    qw = qc if self._mask is None else np.pad(qc, ((0, 0), (0, 8 - qc.shape[1]))).view(np.uint64)[:, 0]
+    for i in range(len(q)):
+        J = self._top(self._hamming(qw[i], A[i].tolist(), B[i].tolist()), C)  # ascending, and so are their rows
+        P[i, :len(J)] = J + Sh[i][np.searchsorted(E[i], J, side='right')]
+    S, I = np.full((len(q), k), -np.inf, np.float32), np.full((len(q), k), -1, np.int64)
+    kk, D = min(k, C), q.shape[1]
+    buf = np.empty((chunk * C, D), np.float32)
+    for s in range(0, len(q), chunk):
+        p = P[s:s + chunk]
+        g = np.take(self.floats, np.maximum(p, 0).ravel(), axis=0, out=buf[:p.size]).reshape(len(p), C, D)
+        sc = np.matmul(g, q[s:s + chunk, :, None])[..., 0]  # unit rows: the cosine
+        sc[p < 0] = -np.inf
+        t = np.argpartition(-sc, kk - 1, axis=1)[:, :kk] if kk < C else np.broadcast_to(np.arange(C), sc.shape)
+        t = np.take_along_axis(t, np.argsort(-np.take_along_axis(sc, t, 1), axis=1, kind='stable'), 1)
+        S[s:s + chunk, :kk], I[s:s + chunk, :kk] = np.take_along_axis(sc, t, 1), np.take_along_axis(p, t, 1)
+    I[~np.isfinite(S)] = -1
+    return S, np.where(I >= 0, np.asarray(self.ids)[np.maximum(I, 0)], -1)
