@@ -42,7 +42,7 @@ def generate(ckpt,  # checkpoint folder or file (trained with --decoders)
              out: str | None = None,  # --to image: folder for the PNG files (default CKPT/generated)
              top_k: int | None = None,  # top-k sampling: candidates per step (default: 10 for text, the image decoder's own for pictures)
              temperature: float = 1.,  # top-k sampling: tau
-             width: int | None = None,  # beam width (default max(k, 4))
+             width: int | None = None,  # beam width (default max(k, 4); mbr: a beam of this width joins the samples, default none: the greedy text)
              alpha: float = 1.,  # length normalisation of the text scores
              seed: int = 0,  # seed of the samples
              modality: str | None = None,  # force the query's modality
@@ -112,7 +112,7 @@ def generate_cmd(ckpt: Annotated[str, dict(opt=True, required=True)],  # folder 
                  out: str = None,  # --to image: folder for the PNG files (default CKPT/generated)
                  top_k: int = None,  # top-k sampling: candidates per step (default: 10 for text, the image decoder's own for pictures)
                  temperature: float = 1.,  # top-k sampling: temperature
-                 width: int = None,  # beam width (default max(k, 4))
+                 width: int = None,  # beam width (default max(k, 4); mbr: a beam of this width joins the samples, default none)
                  alpha: float = 1.,  # length normalisation exponent of the scores
                  seed: int = 0,  # seed of the samples (and of the shuffled-input control)
                  query_modality: str = None,  # force the modality of the query (e.g. speech or audio for a sound)
@@ -126,7 +126,8 @@ def generate_cmd(ckpt: Annotated[str, dict(opt=True, required=True)],  # folder 
     if evaluate:
         res = text_generation_eval(ckpt, split, method if method in ('beam', 'mbr') else 'greedy', width or 4, seed,
                                    device=device, weights=weights,
-                                   options={'k': 10 if top_k is None else top_k, 'temperature': temperature} if method == 'mbr' else None)
+                                   options={'k': 10 if top_k is None else top_k, 'temperature': temperature,
+                                            **({'width': width} if width else {})} if method == 'mbr' else None)
         return eval_table(res), res
     if query is None: raise ValueError("give --query (a picture or sound file, or a text), or --evaluate")
     res = generate(ckpt, query, to, k, method, out, top_k, temperature, width, alpha, seed, query_modality, device,

@@ -155,13 +155,13 @@ def source_sets(sources: Sequence[str]) -> list[tuple]:
 def text_generation_eval(ckpt,  # checkpoint folder or file (trained with --decoders text)
                          split: str | None = None,  # split to score; default the items not trained on
                          method: str = 'greedy',  # 'greedy', 'beam' (the best beam) or 'mbr' (minimum Bayes risk)
-                         width: int = 4,  # beam width
+                         width: int = 4,  # beam width (mbr: `options['width']`)
                          seed: int = 0,  # seed of the shuffled-input control and of the bootstrap
                          bs: int = 64, device=None, weights: str = 'best',
                          n_examples: int = 5,  # examples (reference, generated) per source set
                          iters: int = 1000,  # bootstrap resamples
                          items: bool = False,  # also return every item's texts (to pool seeds)
-                         options: dict | None = None,  # mbr: `TextDecoder.generate` settings (samples, k, temperature, bleu_weight, width)
+                         options: dict | None = None,  # mbr: `TextDecoder.generate` settings (samples, k, temperature, bleu_weight, width); default its own
                         ) -> dict:
     "CER / BLEU / chrF of captions written from each set of sources, beside the medoid, nearest and shuffled references"
     if method not in ('greedy', 'beam', 'mbr'): raise ValueError(f"--method {method!r}: scoring uses greedy, beam or mbr")
@@ -187,8 +187,8 @@ def text_generation_eval(ckpt,  # checkpoint folder or file (trained with --deco
     tr_rows = torch.tensor([bool(c) for c in train_caps]).nonzero().flatten()
     medoid, medoid_cer = medoid_caption([train_caps[i] for i in tr_rows])
     kw = (dict(width=width) if method == 'beam' else
-          {'width': width, **(options or {}), 'generator': torch.Generator().manual_seed(seed)} if method == 'mbr' else {})
-    res = {'method': method, **({'options': {'width': width, **(options or {})}} if method == 'mbr' else {}),
+          {**(options or {}), 'generator': torch.Generator().manual_seed(seed)} if method == 'mbr' else {})
+    res = {'method': method, **({'options': dict(options or {})} if method == 'mbr' else {}),
            'scored': parts['report']['scored']['n'], 'n_train_captions': len(tr_rows),
            'medoid': medoid, 'medoid_train_cer': round(medoid_cer, 4), 'sets': {}}
     for S in source_sets(srcs):

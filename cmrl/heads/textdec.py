@@ -380,13 +380,13 @@ def _generate(self: TextDecoder, memory: Tensor,  # `[B, S, d]`
               mem_mask: Tensor,  # `[B, S]` bool
               method: str = 'greedy',  # 'greedy', 'beam', 'topk' or 'mbr'
               n: int = 1,  # texts per item (beam: the n best of the beam; topk: n samples; mbr: the n best by expected utility; greedy: 1)
-              width: int | None = None,  # beam width; default max(n, 4) (mbr: the beam's W best join the candidates; 0: the greedy text instead)
+              width: int | None = None,  # beam width; default max(n, 4) (mbr: the beam's W best join the candidates; 0 or None: the greedy text)
               k: int = 10,  # top-k: candidates per step
               temperature: float = 1.,  # top-k: tau
               alpha: float = 1.,  # length normalisation exponent
               max_len: int | None = None,  # longest text; default the decoder's
               generator: torch.Generator | None = None,  # top-k, mbr: CPU generator for reproducible samples
-              samples: int = 16,  # mbr: top-k samples (k, temperature) among the candidates
+              samples: int = 32,  # mbr: top-k samples (k, temperature) among the candidates
               bleu_weight: float = 0.,  # mbr: lambda of the utility (1 - lambda) chrF + lambda BLEU
               decode: Callable | None = None,  # mbr: token ids -> text (the utility reads texts); default ids joined by spaces
              ) -> list[list[Hypothesis]]:  # per item, its texts best first
@@ -418,7 +418,7 @@ def _mbr(self, memory, mem_mask, bound, n, width, k, temperature, alpha, ml, gen
     "MBR: the beam's W best (or the greedy text) and `samples` top-k samples per item, ordered by `mbr_select`"
     B, dev = len(memory), memory.device
     decode = decode or (lambda ids: ' '.join(map(str, ids)))
-    W = 4 if width is None else width
+    W = width or 0
     if W: pools = [beam_search(bound(memory[i:i + 1], mem_mask[i:i + 1]), self.bos, self.eos, W, ml, alpha, W, dev)
                    for i in range(B)]
     else: pools = [[h] for h in greedy_decode(bound(memory, mem_mask), self.bos, self.eos, ml, B, alpha, dev)]
