@@ -30,8 +30,6 @@ METHODS = {  # name -> (text_generation_eval's method, its options); --methods p
     'greedy': ('greedy', {}), 'beam': ('beam', {}),
     # MBR (chrF utility) over the decoder's own candidates: 32 top-k samples (k = 10, tau = 1), plus the greedy text
     'mbr': ('mbr', {'width': 0, 'samples': 32, 'k': 10}),
-    # the same with samples from the whole vocabulary (k above any vocabulary: plain ancestral sampling)
-    'mbr-all': ('mbr', {'width': 0, 'samples': 32, 'k': 1_000_000}),
 }
 GOAL_SETS = {'image': 'from pictures', 'speech': 'from recordings'}
 
