@@ -7,8 +7,9 @@ Protocol (the goals of issue 29 are checked here and written beside the numbers)
   best weights by validation R@10). The text decoder is trained **after** the encoders on their frozen features
   (pooled embedding, codes, pre-quantisation steps; caption-word vocabulary; label smoothing, dropout, weight decay),
   its epoch kept by **validation** chrF.
-* Choices on the valid part only: the decoding method (greedy or beam search) with the best mean validation chrF
-  over seeds and source sets. The test part is scored once per seed with that method.
+* Choices on the valid part only: the decoding method (greedy, beam search, or minimum-Bayes-risk decoding over the
+  decoder's own candidates, `METHODS` names each setting tried) with the best mean validation chrF over seeds and
+  source sets. The test part is scored once per seed with that method.
 * One scorer, `cmrl.eval.textgen.text_generation_eval`: CER (jiwer), BLEU and chrF (sacrebleu) of the captions written
   from the picture, from the recording and from both, beside the medoid training caption, the nearest training caption
   (cross-modal retrieval on the same embeddings), the caption of the nearest training item of the same modality, and the
@@ -25,7 +26,11 @@ import numpy as np
 from cmrl.data.splits import write_manifests, read_split
 ROOT = Path(__file__).resolve().parent.parent
 SPLIT_FILE = ROOT / 'benchmarks' / 'splits' / 'tuxpaint_fr.json'
-METHODS = ('greedy', 'beam')
+METHODS = {  # name -> (text_generation_eval's method, its options); --methods picks some of these names
+    'greedy': ('greedy', {}), 'beam': ('beam', {}),
+    # MBR (chrF utility) over the decoder's own candidates: 32 top-k samples (k = 10, tau = 1), plus the greedy text
+    'mbr': ('mbr', {'width': 0, 'samples': 32, 'k': 10}),
+}
 GOAL_SETS = {'image': 'from pictures', 'speech': 'from recordings'}
 
 
@@ -44,8 +49,9 @@ def evaluate(work: Path, seed: int, split: str, method: str, iters: int, reuse: 
     from cmrl.eval.textgen import text_generation_eval
     f = work / f'eval-{split}-{method}-s{seed}.json'
     if reuse and f.exists(): return json.loads(f.read_text())
-    ev = text_generation_eval(work / f'run-s{seed}', split=split, method=method, device='cpu', seed=seed, iters=iters,
-                              items=True)
+    meth, opts = METHODS[method]
+    ev = text_generation_eval(work / f'run-s{seed}', split=split, method=meth, device='cpu', seed=seed, iters=iters,
+                              items=True, options=opts or None)
     f.write_text(json.dumps(ev, ensure_ascii=False))
     return ev
 
@@ -148,7 +154,7 @@ def main(argv=None):
     p.add_argument('--iters', type=int, default=1000, help='bootstrap resamples')
     p.add_argument('--reuse', action='store_true', help='keep finished runs in --work')
     p.add_argument('--no-transcripts', action='store_true')
-    p.add_argument('--methods', default=','.join(METHODS), help='decoding methods to choose from on valid')
+    p.add_argument('--methods', default=','.join(METHODS), help='decoding methods (names in METHODS) to choose from on valid')
     p.add_argument('--only-seed', type=int, help='train and score one seed into --work, then stop')
     p.add_argument('--out', default=str(ROOT / 'benchmarks' / 'generation.json'))
     a = p.parse_args(argv)
@@ -156,6 +162,7 @@ def main(argv=None):
     warnings.simplefilter('ignore')
     work, seeds, t0 = Path(a.work), [int(s) for s in a.seeds.split(',')], time.time()
     methods = [m for m in a.methods.split(',') if m]
+    if bad := [m for m in methods if m not in METHODS]: p.error(f"--methods: unknown {bad}; choose among {list(METHODS)}")
     work.mkdir(parents=True, exist_ok=True)
     manifest = work / 'cmrl.jsonl'  # kept when reusing: runs side by side read it
     if not (a.reuse and manifest.exists()): manifest = write_manifests(read_split(SPLIT_FILE), work)['paths']['cmrl']
@@ -179,11 +186,12 @@ def main(argv=None):
         print(f"seed {s}: trained ({m.get('fit_seconds')} s)", flush=True)
     for meth in methods:  # the choice: validation chrF only
         evs = [evaluate(work, s, 'valid', meth, 200, a.reuse) for s in seeds]  # the choice reads scores, not intervals
-        res['valid'][meth] = {'mean_chrf': float(np.mean([mean_chrf(e) for e in evs])),
+        res['valid'][meth] = {'decoding': METHODS[meth][0], 'options': METHODS[meth][1],
+                              'mean_chrf': float(np.mean([mean_chrf(e) for e in evs])),
                               'sets': {n: {w: float(np.mean([e['sets'][n][w]['chrf'] for e in evs]))
                                            for w in ('generated', 'nearest', 'nearest_item')} for n in evs[0]['sets']}}
     method = max(methods, key=lambda m: res['valid'][m]['mean_chrf'])
-    res['method'] = method
+    res['method'], res['method_options'] = method, METHODS[method][1]
     evs = []
     for s in seeds:
         ev = evaluate(work, s, 'test', method, a.iters, a.reuse)

@@ -38,11 +38,11 @@ def generate(ckpt,  # checkpoint folder or file (trained with --decoders)
              query: str,  # a picture or sound file, or a text
              to: str = 'text',  # 'text' or 'image'
              k: int = 5,  # texts or pictures to make
-             method: str = 'beam',  # text: 'greedy', 'beam' or 'topk' (pictures are always top-k samples)
+             method: str = 'beam',  # text: 'greedy', 'beam', 'topk' or 'mbr' (minimum Bayes risk; pictures are always top-k samples)
              out: str | None = None,  # --to image: folder for the PNG files (default CKPT/generated)
              top_k: int | None = None,  # top-k sampling: candidates per step (default: 10 for text, the image decoder's own for pictures)
              temperature: float = 1.,  # top-k sampling: tau
-             width: int | None = None,  # beam width (default max(k, 4))
+             width: int | None = None,  # beam width (default max(k, 4); mbr: a beam of this width joins the samples, default none: the greedy text)
              alpha: float = 1.,  # length normalisation of the text scores
              seed: int = 0,  # seed of the samples
              modality: str | None = None,  # force the query's modality
@@ -51,7 +51,7 @@ def generate(ckpt,  # checkpoint folder or file (trained with --decoders)
             ) -> dict:
     "Texts (with scores) or pictures (PNG files) generated from one query; the dict `cmrl generate` prints"
     if to not in ('text', 'image'): raise ValueError(f"--to {to!r}: choose text or image")
-    if method not in ('greedy', 'beam', 'topk'): raise ValueError(f"--method {method!r}: choose greedy, beam or topk")
+    if method not in ('greedy', 'beam', 'topk', 'mbr'): raise ValueError(f"--method {method!r}: choose greedy, beam, topk or mbr")
     if k < 1 or top_k is not None and top_k < 1: raise ValueError(f"--k {k}, --top-k {top_k}: give whole numbers of at least 1")
     if guidance is not None and not (math.isfinite(float(guidance)) and guidance >= 0): raise ValueError(f"--guidance {guidance}: give a number of at least 0")
     for name, v in (('--alpha', alpha), ('--temperature', temperature)):
@@ -108,11 +108,11 @@ def generate_cmd(ckpt: Annotated[str, dict(opt=True, required=True)],  # folder 
                  query: str = None,  # a picture or sound file, or a text
                  to: Annotated[str, dict(choices=('text', 'image'))] = 'text',  # what to generate
                  k: int = 5,  # texts or pictures to make
-                 method: Annotated[str, dict(choices=('greedy', 'beam', 'topk'))] = 'beam',  # text decoding (pictures: top-k)
+                 method: Annotated[str, dict(choices=('greedy', 'beam', 'topk', 'mbr'))] = 'beam',  # text decoding (pictures: top-k)
                  out: str = None,  # --to image: folder for the PNG files (default CKPT/generated)
                  top_k: int = None,  # top-k sampling: candidates per step (default: 10 for text, the image decoder's own for pictures)
                  temperature: float = 1.,  # top-k sampling: temperature
-                 width: int = None,  # beam width (default max(k, 4))
+                 width: int = None,  # beam width (default max(k, 4); mbr: a beam of this width joins the samples, default none)
                  alpha: float = 1.,  # length normalisation exponent of the scores
                  seed: int = 0,  # seed of the samples (and of the shuffled-input control)
                  query_modality: str = None,  # force the modality of the query (e.g. speech or audio for a sound)
@@ -124,8 +124,10 @@ def generate_cmd(ckpt: Annotated[str, dict(opt=True, required=True)],  # folder 
                 ):
     "Generate texts or pictures from a query (or, with --evaluate, score generated captions)."
     if evaluate:
-        res = text_generation_eval(ckpt, split, 'beam' if method == 'beam' else 'greedy', width or 4, seed, device=device,
-                                   weights=weights)
+        res = text_generation_eval(ckpt, split, method if method in ('beam', 'mbr') else 'greedy', width or 4, seed,
+                                   device=device, weights=weights,
+                                   options={'k': 10 if top_k is None else top_k, 'temperature': temperature,
+                                            **({'width': width} if width else {})} if method == 'mbr' else None)
         return eval_table(res), res
     if query is None: raise ValueError("give --query (a picture or sound file, or a text), or --evaluate")
     res = generate(ckpt, query, to, k, method, out, top_k, temperature, width, alpha, seed, query_modality, device,

@@ -140,6 +140,15 @@ def test_generate_prints_text(run, wav):
     assert rc == rc2 == 0 and json.loads(out)['results'] == json.loads(out2)['results']
 
 
+def test_generate_mbr_is_seeded(run, wav):
+    "--method mbr: the k candidates of highest mean chrF against the others, the same ones again under one seed"
+    outs = [run_cli(generate_cli, ['--ckpt', str(run[0]), '--query', str(wav), '--k', '2', '--method', 'mbr', '--seed', '5'])
+            for _ in range(2)]
+    assert all(o[0] == 0 for o in outs), outs[0][2]
+    a, b = (json.loads(o[1]) for o in outs)
+    assert a['method'] == 'mbr' and a['results'] == b['results'] and 1 <= len(a['results']) <= 2
+
+
 def test_generate_writes_pictures(run, wav, tmp_path):
     from PIL import Image
     rc, out, err = run_cli(generate_cli, ['--ckpt', str(run[0]), '--query', 'a red circle moves', '--to', 'image', '--k', '2', '--out', str(tmp_path)])

@@ -134,3 +134,25 @@ def test_benchmark_pools_seeds_and_names_missed_goals():
     assert any('30%' in s and 'pictures' in s for s in sent)
     ex = G.examples(evs[0])
     assert len(ex) == 10 and {e['query'] for e in ex} == {'image', 'speech'} and ex[0]['kind'] == 'good'
+
+
+def test_mbr_captions_are_seeded_and_pick_the_consensus(after):
+    "MBR over the decoder's own candidates: one seed gives the same captions; each is the pool's highest mean chrF"
+    from cmrl.models.decoders import loader_captions, write_captions, take_inputs
+    from cmrl.heads.textdec import mbr_select
+    model, dls, _ = after
+    inp, _ = loader_captions(model, dls.valid)
+    x = take_inputs(inp, torch.arange(4))
+    a = write_captions(model, x, method='mbr', samples=6, generator=torch.Generator().manual_seed(1))
+    b = write_captions(model, x, method='mbr', samples=6, generator=torch.Generator().manual_seed(1))
+    assert [c[0][0] for c in a] == [c[0][0] for c in b]
+    greedy = write_captions(model, x, method='mbr', width=0, samples=0)
+    assert [c[0][0] for c in greedy] == [c[0][0] for c in write_captions(model, x)]  # no samples, no beam: greedy
+    order, eu = mbr_select(['un chat', 'un chat noir', 'un chat noir', 'une pomme'])
+    assert order[0] == 1 and eu == sorted(eu, reverse=True)
+
+
+def test_benchmark_methods_are_known():
+    from benchmarks import generation as G
+    assert {'greedy', 'beam', 'mbr'} <= set(G.METHODS) and all(m in ('greedy', 'beam', 'mbr') for m, _ in G.METHODS.values())
+    with pytest.raises(SystemExit): G.main(['--work', '/nonexistent/never', '--methods', 'nucleus'])

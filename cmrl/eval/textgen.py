@@ -154,16 +154,17 @@ def source_sets(sources: Sequence[str]) -> list[tuple]:
 # %% ../../nbs/45a_eval.textgen.ipynb #5b2b869e
 def text_generation_eval(ckpt,  # checkpoint folder or file (trained with --decoders text)
                          split: str | None = None,  # split to score; default the items not trained on
-                         method: str = 'greedy',  # 'greedy' or 'beam' (the best beam)
-                         width: int = 4,  # beam width
+                         method: str = 'greedy',  # 'greedy', 'beam' (the best beam) or 'mbr' (minimum Bayes risk)
+                         width: int = 4,  # beam width (mbr: `options['width']`)
                          seed: int = 0,  # seed of the shuffled-input control and of the bootstrap
                          bs: int = 64, device=None, weights: str = 'best',
                          n_examples: int = 5,  # examples (reference, generated) per source set
                          iters: int = 1000,  # bootstrap resamples
                          items: bool = False,  # also return every item's texts (to pool seeds)
+                         options: dict | None = None,  # mbr: `TextDecoder.generate` settings (samples, k, temperature, bleu_weight, width); default its own
                         ) -> dict:
     "CER / BLEU / chrF of captions written from each set of sources, beside the medoid, nearest and shuffled references"
-    if method not in ('greedy', 'beam'): raise ValueError(f"--method {method!r}: scoring uses greedy or beam")
+    if method not in ('greedy', 'beam', 'mbr'): raise ValueError(f"--method {method!r}: scoring uses greedy, beam or mbr")
     model, ck = load_generator(ckpt, weights, eval_device(device) if not isinstance(device, torch.device) else device)
     if model.text is None:
         raise ValueError(f"the checkpoint has no text decoder (it was trained with --decoders {','.join(model.decoders)}); "
@@ -185,8 +186,10 @@ def text_generation_eval(ckpt,  # checkpoint folder or file (trained with --deco
     has_ref = torch.tensor([bool(c) for c in refs]) & fe.present[TEXT]
     tr_rows = torch.tensor([bool(c) for c in train_caps]).nonzero().flatten()
     medoid, medoid_cer = medoid_caption([train_caps[i] for i in tr_rows])
-    kw = dict(width=width) if method == 'beam' else {}
-    res = {'method': method, 'scored': parts['report']['scored']['n'], 'n_train_captions': len(tr_rows),
+    kw = (dict(width=width) if method == 'beam' else
+          {**(options or {}), 'generator': torch.Generator().manual_seed(seed)} if method == 'mbr' else {})
+    res = {'method': method, **({'options': dict(options or {})} if method == 'mbr' else {}),
+           'scored': parts['report']['scored']['n'], 'n_train_captions': len(tr_rows),
            'medoid': medoid, 'medoid_train_cer': round(medoid_cer, 4), 'sets': {}}
     for S in source_sets(srcs):
         rows = (has_ref & torch.stack([fe.present[m] for m in S]).all(0)).nonzero().flatten()

@@ -1,4 +1,4 @@
-"""OPT's text decoder: a Transformer that writes an item's text from the per-step quantised codes of its other modalities, trained with teacher forcing (denoising), decoded greedily, by beam search or by top-k sampling.
+"""OPT's text decoder: a Transformer that writes an item's text from the per-step quantised codes of its other modalities, trained with teacher forcing (denoising), decoded greedily, by beam search, by top-k sampling or by minimum Bayes risk over its own candidates.
 
 Docs: https://cmrl-dev.github.io/cmrl/heads.textdec.html.md"""
 
@@ -17,7 +17,7 @@ from fastcore.basics import store_attr
 # %% auto #0
 __all__ = ['MEMORY_PARTS', 'SPACE', 'sinusoid', 'keep_sources', 'CrossModalMemory', 'TextDecoder', 'teacher_forcing',
            'drop_tokens', 'text_nll', 'caption_tokens', 'caption_text', 'CaptionVocab', 'Hypothesis', 'beam_score',
-           'greedy_decode', 'beam_search', 'sample_topk']
+           'greedy_decode', 'beam_search', 'sample_topk', 'char_ngrams', 'chrf_pair', 'mbr_select']
 
 # %% ../../nbs/19a_heads.textdec.ipynb #e26a1826
 def sinusoid(n: int,  # positions 0..n-1
@@ -328,21 +328,71 @@ def sample_topk(step: Callable,  # prefixes `[N, t]` -> log-probabilities `[N, V
         seq = torch.cat([seq, pick.to(seq.device)[:, None]], 1)
     return [_hyp(t, float(p), eos, alpha) for t, p in zip(toks, lp)]
 
+# %% ../../nbs/19a_heads.textdec.ipynb #35c1999e
+def char_ngrams(s: str,  # a text
+                order: int = 6,  # longest n-gram
+               ) -> list[Counter]:  # per n = 1..order, the counts of its character n-grams
+    "Character n-gram counts of a text with its spaces removed (sacrebleu's chrF)"
+    s = ''.join(str(s).split())
+    return [Counter(s[i:i + n] for i in range(len(s) - n + 1)) for n in range(1, order + 1)]
+
+def chrf_pair(hyp: list[Counter], ref: list[Counter],  # `char_ngrams` of a hypothesis and of a reference
+              beta: float = 2.) -> float:  # sentence chrF in [0, 100]
+    "Sentence chrF from n-gram counts: mean precision and recall over the orders both texts have"
+    P = R = 0.; k = 0
+    for h, r in zip(hyp, ref):
+        nh, nr = sum(h.values()), sum(r.values())
+        if not (nh and nr): continue
+        m = sum((h & r).values())
+        P += m / nh; R += m / nr; k += 1
+    if not k or P + R == 0: return 0.
+    P, R, b2 = P / k, R / k, beta ** 2
+    return 100 * (1 + b2) * P * R / (b2 * P + R)
+
+# %% ../../nbs/19a_heads.textdec.ipynb #016f5bf6
+def mbr_select(texts: Sequence[str],  # the candidates c_1..c_N (repeats count as separate draws)
+               bleu_weight: float = 0.,  # lambda: u = (1 - lambda) chrF + lambda BLEU (sentence BLEU, effective order)
+              ) -> tuple[list[int], list[float]]:  # candidate indices, best first (one per distinct text); their mean utility
+    "Minimum-Bayes-risk order of candidates: mean utility of each against the other N - 1 slots"
+    texts = [str(t) for t in texts]
+    if not texts: raise ValueError("mbr_select: give at least one candidate")
+    first = {}
+    for i, t in enumerate(texts): first.setdefault(t, i)
+    uniq = list(first)
+    if len(texts) == 1: return [0], [0.]
+    cnt = Counter(texts)
+    ng = [char_ngrams(t) for t in uniq]
+    if bleu_weight:
+        from sacrebleu.metrics import BLEU
+        bleu = BLEU(effective_order=True)
+    def u(a, b):
+        v = chrf_pair(ng[a], ng[b])
+        if bleu_weight: v = (1 - bleu_weight) * v + bleu_weight * bleu.sentence_score(uniq[a], [uniq[b]]).score
+        return v
+    eu = [(sum(cnt[uniq[b]] * u(a, b) for b in range(len(uniq)) if b != a)
+           + (cnt[uniq[a]] - 1) * u(a, a)) / (len(texts) - 1) for a in range(len(uniq))]
+    order = sorted(range(len(uniq)), key=lambda a: (-eu[a], first[uniq[a]]))  # ties: the earlier candidate
+    return [first[uniq[a]] for a in order], [eu[a] for a in order]
+
 # %% ../../nbs/19a_heads.textdec.ipynb #df7d91b8
 @torch.no_grad()
 def _generate(self: TextDecoder, memory: Tensor,  # `[B, S, d]`
               mem_mask: Tensor,  # `[B, S]` bool
-              method: str = 'greedy',  # 'greedy', 'beam' or 'topk'
-              n: int = 1,  # texts per item (beam: the n best of the beam; topk: n samples; greedy: 1)
-              width: int | None = None,  # beam width; default max(n, 4)
+              method: str = 'greedy',  # 'greedy', 'beam', 'topk' or 'mbr'
+              n: int = 1,  # texts per item (beam: the n best of the beam; topk: n samples; mbr: the n best by expected utility; greedy: 1)
+              width: int | None = None,  # beam width; default max(n, 4) (mbr: the beam's W best join the candidates; 0 or None: the greedy text)
               k: int = 10,  # top-k: candidates per step
               temperature: float = 1.,  # top-k: tau
               alpha: float = 1.,  # length normalisation exponent
               max_len: int | None = None,  # longest text; default the decoder's
-              generator: torch.Generator | None = None,  # top-k: CPU generator for reproducible samples
+              generator: torch.Generator | None = None,  # top-k, mbr: CPU generator for reproducible samples
+              samples: int = 32,  # mbr: top-k samples (k, temperature) among the candidates
+              bleu_weight: float = 0.,  # mbr: lambda of the utility (1 - lambda) chrF + lambda BLEU
+              decode: Callable | None = None,  # mbr: token ids -> text (the utility reads texts); default ids joined by spaces
              ) -> list[list[Hypothesis]]:  # per item, its texts best first
-    "Texts for each item of a memory batch, greedily, by beam search or by top-k sampling"
-    if method not in ('greedy', 'beam', 'topk'): raise ValueError(f"method must be 'greedy', 'beam' or 'topk', got {method!r}")
+    "Texts for each item of a memory batch, greedily, by beam search, by top-k sampling or by minimum Bayes risk"
+    if method not in ('greedy', 'beam', 'topk', 'mbr'):
+        raise ValueError(f"method must be 'greedy', 'beam', 'topk' or 'mbr', got {method!r}")
     was = self.training; self.eval()
     ml, dev = min(max_len or self.max_len, self.max_len), memory.device
     def bound(mem, mk):
@@ -351,6 +401,8 @@ def _generate(self: TextDecoder, memory: Tensor,  # `[B, S, d]`
         if method == 'greedy':
             hs = greedy_decode(bound(memory, mem_mask), self.bos, self.eos, ml, len(memory), alpha, dev)
             return [[h] for h in hs]
+        if method == 'mbr': return _mbr(self, memory, mem_mask, bound, n, width, k, temperature, alpha, ml, generator,
+                                        samples, bleu_weight, decode)
         out = []
         for i in range(len(memory)):
             step = bound(memory[i:i + 1], mem_mask[i:i + 1])
@@ -361,3 +413,21 @@ def _generate(self: TextDecoder, memory: Tensor,  # `[B, S, d]`
         return out
     finally: self.train(was)
 TextDecoder.generate = _generate
+
+def _mbr(self, memory, mem_mask, bound, n, width, k, temperature, alpha, ml, generator, samples, bleu_weight, decode):
+    "MBR: the beam's W best (or the greedy text) and `samples` top-k samples per item, ordered by `mbr_select`"
+    B, dev = len(memory), memory.device
+    decode = decode or (lambda ids: ' '.join(map(str, ids)))
+    W = width or 0
+    if W: pools = [beam_search(bound(memory[i:i + 1], mem_mask[i:i + 1]), self.bos, self.eos, W, ml, alpha, W, dev)
+                   for i in range(B)]
+    else: pools = [[h] for h in greedy_decode(bound(memory, mem_mask), self.bos, self.eos, ml, B, alpha, dev)]
+    if samples > 0:  # all items' samples side by side: item i's rows are i*samples .. (i+1)*samples - 1
+        hs = sample_topk(bound(memory.repeat_interleave(samples, 0), mem_mask.repeat_interleave(samples, 0)),
+                         self.bos, self.eos, k, temperature, B * samples, ml, alpha, generator, dev)
+        for i in range(B): pools[i] = pools[i] + hs[i * samples:(i + 1) * samples]
+    out = []
+    for pool in pools:
+        order, _ = mbr_select([decode(h.tokens) for h in pool], bleu_weight)
+        out.append([pool[j] for j in order[:n]])
+    return out

@@ -484,6 +484,7 @@ def write_captions(model: WithDecoders, inp: dict,  # a `caption_inputs` dict
     try:
         mem, mk = model.text_memory(pick(inp['feats']), pick(inp['masks']), pick(inp['present']),
                                     extra={p: pick(d) for p, d in inp['extra'].items()})
+        if method == 'mbr': kw.setdefault('decode', model.out_vocab.decode)  # MBR's utility reads the texts
         hs = model.text.generate(mem, mk, method, n=n, **kw)
     finally: model.train(was)
     return [[(model.out_vocab.decode(h.tokens), h) for h in row] for row in hs]
