@@ -10,7 +10,7 @@ part's point is the `unicode` row of `benchmarks/results.json` (same protocol, s
 
 The fit: per model, the six-seed mean of image->speech and speech->image R@10 against log2(training pairs), least
 squares over the points; `pairs_for` gives the number of pairs at which the line reaches the goal (an extrapolation,
-reported as such). `--with-valid` adds a check of the line beyond the training part: Uni-Code trained on the training
+reported as such); the curve bends, so `pairs_for_last` gives the same from the slope of its last segment alone. `--with-valid` adds a check of the line beyond the training part: Uni-Code trained on the training
 and valid parts together (40 epochs, no validation, so the last weights: nothing left to choose them on), scored on the
 same test part, beside what the line predicts at that many pairs. Writes `benchmarks/learning_curve.json`; the Results
 page plots it.
@@ -63,6 +63,11 @@ def fit(points: list) -> dict:
     out = {'intercept': float(a), 'per_doubling': float(b), 'goal': GOAL}
     out['pairs_for'] = float(2 ** ((GOAL - a) / b)) if b > 0 else None
     out['times_the_training_part'] = out['pairs_for'] / points[-1]['n_train'] if out['pairs_for'] else None
+    # the curve bends: the slope of its last segment, and where that slope alone would reach the goal
+    (x0, y0), (x1, y1) = (x[-2], y[-2]), (x[-1], y[-1])
+    last = float((y1 - y0) / (x1 - x0))
+    out['last_per_doubling'] = last
+    out['pairs_for_last'] = float(2 ** (x1 + (GOAL - y1) / last)) if last > 0 and y1 < GOAL else None
     return out
 
 
@@ -145,6 +150,8 @@ def main(argv=None):
         check['predicted'] = float(pred)
         print(f"with-valid: n_train={check['n_train']} R@10 mean={check['mean']['mean']:.1f} (the line: {pred:.1f})")
         Path(a.out).write_text(json.dumps(out, indent=1).replace(str(work.resolve()), 'WORK') + '\n')
+    if ft['pairs_for_last']: print(f"last segment: {ft['last_per_doubling']:+.1f} per doubling; {GOAL:g} at about "
+                                   f"{ft['pairs_for_last']:.0f} pairs")
     print(f"fit: {ft['per_doubling']:+.1f} R@10 per doubling of the pairs; {GOAL:g} at about "
           f"{ft['pairs_for']:.0f} pairs ({ft['times_the_training_part']:.1f} x the training part)" if ft['pairs_for']
           else f"fit: {ft['per_doubling']:+.1f} R@10 per doubling: the line does not rise")
