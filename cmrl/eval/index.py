@@ -1,4 +1,4 @@
-"""Nearest-neighbour search for large galleries: a thin faiss wrapper over continuous embeddings (exact, IVF, HNSW), bag-of-codes tf-idf retrieval over discrete codes through an inverted index, and exact Hamming search over binary hash codes.
+"""Nearest-neighbour search for large galleries: a thin faiss wrapper over continuous embeddings (exact, IVF, HNSW), bag-of-codes tf-idf retrieval over discrete codes through an inverted index, exact Hamming search over binary hash codes, and a partitioned Hamming index whose candidates are re-ranked by float score from a memory-mapped file.
 
 Docs: https://cmrl-dev.github.io/cmrl/eval.index.html.md"""
 
@@ -409,6 +409,7 @@ def _top(self: PartitionedBinaryIndex, dist: np.ndarray, c: int) -> np.ndarray:
     keep[np.flatnonzero(dist == t)[:c - int(np.count_nonzero(keep))]] = True
     return np.flatnonzero(keep)
 
+# %% ../../nbs/41_eval.index.ipynb #b51041bc
 @patch
 def search(self: PartitionedBinaryIndex, q_codes,  # `[Q, B]` +-1 codes or `[Q, B/8]` packed uint8 of the queries
            q_emb,  # `[Q, D]` float embeddings of the queries
