@@ -25,6 +25,8 @@ ROOT = Path(__file__).resolve().parent.parent
 SPLIT_FILE = ROOT / 'benchmarks' / 'splits' / 'tuxpaint_fr.json'
 DIRS = ('image->speech', 'speech->image')
 GOAL = 45.0
+if __package__: from . import results  # python -m benchmarks.learning_curve
+else: import results  # python benchmarks/learning_curve.py (its folder is on the path)
 
 
 def subset_split(split: dict, frac: float, seed: int = 0) -> dict:
@@ -86,8 +88,6 @@ def main(argv=None):
     p.add_argument('--reuse', action='store_true', help='score runs already in --work')
     p.add_argument('--out', default=str(ROOT / 'benchmarks' / 'learning_curve.json'))
     a = p.parse_args(argv)
-    sys.path.insert(0, str(ROOT))
-    from benchmarks import results
     from cmrl.data.splits import read_split
     split, work = read_split(SPLIT_FILE), Path(a.work)
     work.mkdir(parents=True, exist_ok=True)

@@ -276,3 +276,26 @@ def test_merge_from_joins_a_row_seed_by_seed():
     q = queue([3], 30.); q['unicode']['failed'] = {'0': 'stopped', '3': 'an earlier try', '7': 'out of memory'}
     assert R.join_rows([queue([0, 1, 2], 30.), q])['unicode']['failed'] == {'7': 'out of memory'}  # seeds measured elsewhere are not failures
     assert 'failed' not in R.join_rows([queue([0], 30.)])['unicode']
+
+
+def test_learning_curve_cuts_fit_and_committed_file():
+    "benchmarks/learning_curve.py: nested group cuts of the training part only, the valid part moved into training, "
+    "the log-linear fit and its last segment, and the committed file's own points"
+    from benchmarks import learning_curve as LC
+    items = [{'id': f'{p}{g}-{v}', 'split': p, 'group': f'{p}{g}', 'category': 'c'}
+             for p, n in (('train', 20), ('valid', 4), ('test', 4)) for g in range(n) for v in range(2)]
+    split = {'lang': 'fr', 'items': items, 'counts': {}}
+    q, h = LC.subset_split(split, .25), LC.subset_split(split, .5)
+    tq, th = ({i['id'] for i in s['items'] if i['split'] == 'train'} for s in (q, h))
+    assert q['counts'] == {'train': 10, 'valid': 8, 'test': 8} and h['counts']['train'] == 20 and tq < th  # nested
+    assert all(len({i['group'] for i in s['items'] if i['id'] in t}) * 2 == len(t) for s, t in ((q, tq), (h, th)))
+    wv = LC.with_valid_split(split)
+    assert wv['counts'] == {'train': 48, 'valid': 0, 'test': 8}
+    pts = [{'n_train': n, 'mean': {'mean': m}} for n, m in ((100, 20.), (200, 30.), (400, 35.))]
+    f = LC.fit(pts)
+    b, a = np.polyfit(np.log2([100, 200, 400]), [20., 30., 35.], 1)
+    assert f['per_doubling'] == pytest.approx(b) and f['pairs_for'] == pytest.approx(2 ** ((45 - a) / b))
+    assert f['last_per_doubling'] == pytest.approx(5.) and f['pairs_for_last'] == pytest.approx(1600.)  # 35 + 5 per doubling: 2 doublings past 400
+    d = json.loads((ROOT / 'benchmarks' / 'learning_curve.json').read_text())
+    assert LC.fit(d['points'])['per_doubling'] == pytest.approx(d['fit']['per_doubling'])
+    assert [p['n_train'] for p in d['points']] == sorted(p['n_train'] for p in d['points'])
