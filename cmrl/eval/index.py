@@ -389,8 +389,8 @@ def cells(self: PartitionedBinaryIndex, q_emb,  # `[Q, D]` query embeddings
     "The `nprobe` cells whose centroids are nearest each query (cosine)"
     npb = int(nprobe or self.nprobe)
     if not 1 <= npb <= self.nlist: raise ValueError(f"PartitionedBinaryIndex: nprobe must lie in [1, {self.nlist}], got {npb}")
-    _, I = _faiss().knn(_unit(q_emb), self.centroids.astype(np.float32), npb, _faiss().METRIC_INNER_PRODUCT)
-    return np.sort(I, axis=1)
+    s = torch.from_numpy(_unit(q_emb) @ self.centroids.astype(np.float32).T)  # one product; torch's top-k selects
+    return np.sort(torch.topk(s, npb, dim=1, sorted=False).indices.numpy(), axis=1)  # faster than faiss's heaps here
 
 @patch
 def _hamming(self: PartitionedBinaryIndex, q, a: list, b: list) -> np.ndarray:
