@@ -119,37 +119,30 @@ def main(argv=None):
         results.main(['--split', 'test', '--seeds', a.seeds, '--models', 'unicode', '--split-file', str(sf),
                       '--work', str(wf), '--out', str(of), '--train-args', '--threads 1']
                      + (['--reuse'] if a.reuse else []))
-        check = {'what': 'trained on the training and valid parts (last weights)', 'epochs': 40,
-                 **point(json.loads(of.read_text())['rows'], 'unicode')}
+        uv = json.loads(of.read_text())['rows']
+        check = {'what': 'trained on the training and valid parts (last weights)', 'epochs': 40, **point(uv, 'unicode')}
         if a.reference:  # the reference on the same features, trained on the same pairs, beside its row at the full part
             rf = work / 'results-with-valid-ref.json'
             results.main(['--split', 'test', '--seeds', a.ref_seeds, '--models', '', '--reference', a.reference,
                           '--split-file', str(sf), '--work', str(wf), '--out', str(rf), '--ref-args', '--threads 1']
                          + (['--reuse'] if a.reuse else []))
-            ref = point(json.loads(rf.read_text())['rows'], 'reference')
-            seeds = [str(x) for x in ref['seeds']]
-            same = {'rows': {n: {'per_seed': {k: v for k, v in full['rows'][n]['per_seed'].items() if k in seeds}}
-                             for n in ('unicode', 'reference')}}
-            check['reference'] = ref
-            check['at_training_part_same_seeds'] = {n: point(same['rows'], n) for n in ('unicode', 'reference')}
-            uv = json.loads(of.read_text())['rows']
-            check['unicode_same_seeds'] = point({'unicode': {'per_seed': {k: v for k, v in uv['unicode']['per_seed'].items()
-                                                                          if k in seeds}}}, 'unicode')
+            check['reference'] = ref = point(json.loads(rf.read_text())['rows'], 'reference')
+            seeds = {str(x) for x in ref['seeds']}
+            def on_seeds(rows, n): return point({n: {'per_seed': {k: v for k, v in rows[n]['per_seed'].items() if k in seeds}}}, n)
+            check['at_training_part_same_seeds'] = {n: on_seeds(full['rows'], n) for n in ('unicode', 'reference')}
+            check['unicode_same_seeds'] = on_seeds(uv, 'unicode')
+    ft = fit(pts)
+    if check: check['predicted'] = float(ft['intercept'] + ft['per_doubling'] * np.log2(check['n_train']))
     cmd = 'python benchmarks/learning_curve.py ' + ' '.join(sys.argv[1:] if argv is None else argv)
     out = {'command': cmd, 'doc': __doc__.split('\n\n')[1:3], 'split_file': 'benchmarks/splits/tuxpaint_fr.json',
-           'scored_part': 'test', 'model': 'unicode', 'points': pts, 'fit': fit(pts),
+           'scored_part': 'test', 'model': 'unicode', 'points': pts, 'fit': ft,
            'with_valid': check,
            'machine': {'cpus': os.cpu_count()}, 'seconds': round(time.time() - t0, 1)}
-    text = json.dumps(out, indent=1)
-    Path(a.out).write_text(text.replace(str(work.resolve()), 'WORK') + '\n')
+    Path(a.out).write_text(json.dumps(out, indent=1).replace(str(work.resolve()), 'WORK') + '\n')
     for q in pts: print(f"learning-curve: n_train={q['n_train']} R@10 i>s={q['image->speech']['mean']:.1f} "
                         f"s>i={q['speech->image']['mean']:.1f} mean={q['mean']['mean']:.1f}")
-    ft = out['fit']
-    if check:
-        pred = ft['intercept'] + ft['per_doubling'] * np.log2(check['n_train'])
-        check['predicted'] = float(pred)
-        print(f"with-valid: n_train={check['n_train']} R@10 mean={check['mean']['mean']:.1f} (the line: {pred:.1f})")
-        Path(a.out).write_text(json.dumps(out, indent=1).replace(str(work.resolve()), 'WORK') + '\n')
+    if check: print(f"with-valid: n_train={check['n_train']} R@10 mean={check['mean']['mean']:.1f} "
+                    f"(the line: {check['predicted']:.1f})")
     if ft['pairs_for_last']: print(f"last segment: {ft['last_per_doubling']:+.1f} per doubling; {GOAL:g} at about "
                                    f"{ft['pairs_for_last']:.0f} pairs")
     print(f"fit: {ft['per_doubling']:+.1f} R@10 per doubling of the pairs; {GOAL:g} at about "
