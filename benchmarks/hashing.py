@@ -337,7 +337,7 @@ def main(argv=None):
     p.add_argument('--nprobe', type=int, default=32, help='inverted lists scanned by the IVF variant')
     p.add_argument('--part-bits', type=int, default=48, help='code bits of the partitioned index')
     p.add_argument('--nlist', type=int, default=8192, help='cells of the partitioned index')
-    p.add_argument('--nprobes', default='8,12,16,24,32', help='cells scanned per query, tried on the tuning queries')
+    p.add_argument('--nprobes', default='2,3,4,6,8,12,16,24,32', help='cells scanned per query, tried on the tuning queries')
     p.add_argument('--tune-recall', type=float, default=0.95,
                    help='the partitioned index scans the fewest cells whose recall on the tuning queries reaches this')
     p.add_argument('--hash-fit', type=int, default=20_000,
