@@ -20,7 +20,9 @@ Protocol (fixed once; the tutorial `nbs/tutorials/unicode_tuxpaint.ipynb` render
 * Codebook health on the scored part: chance-corrected agreement kappa = (p_o - p_e) / (1 - p_e) per modality pair
   (`cmrl.eval.report.code_kappa`; p_o: paired items whose most frequent codes coincide; p_e = sum_k p_a(k) p_b(k)
   from the items' most frequent codes; undefined, NaN, where p_e = 1), per-modality perplexity, and codes-only
-  retrieval (tf-idf bags of codes).
+  retrieval: the cosine of the items' code vectors (the codebook's vectors of each item's codes, the shared code and
+  any residual codes the model keeps; `CrossModalModel.code_vectors`), and beside it tf-idf bags of the shared codes.
+  LSH of the embeddings with as many bits as the codes carry (steps x codes per step x log2 K) is scored beside them.
 * Reference rows: chance (retrieval: a random ranking under the same mask; probes: 1 / classes), majority class
   (fit on train), and the no-learning length reference for speech <-> text (`cmrl.eval.report.length_reference`
   on seconds and characters: duration ~ a * characters + b).
@@ -91,7 +93,7 @@ def cmrl_parts(run: Path, manifest: Path, part: str, train: bool = True) -> tupl
         groups, labels = [meta[str(i)]['group'] for i in fe.ids], [meta[str(i)]['category'] for i in fe.ids]
         if fe.codes:  # codebook model: probe the quantised features; continuous = pre-quantisation semantic features
             sem = semantic_embeddings(model, src, [meta[str(i)] for i in fe.ids], mods, max_len=ml)
-            out.append(Part(fe.ids, groups, labels, fe.emb, fe.pooled('mean'), dict(fe.codes), sem))
+            out.append(Part(fe.ids, groups, labels, fe.emb, fe.pooled('mean'), dict(fe.codes), sem, fe.code_pooled()))
         else: out.append(Part(fe.ids, groups, labels, fe.emb))
     return out[0], out[1], K, ck.get('weights')
 
@@ -107,7 +109,7 @@ def run_cmrl(model: str, seed: int, manifest: Path, work: Path, part: str, train
     summ = json.loads((run / 'metrics.json').read_text())
     tr, te, K, weights = cmrl_parts(run, manifest, part)
     res = score(tr, te, K, seed, per_item=True)
-    if K and te.codes: res['lsh_same_bits'] = lsh_same_bits(te, K, seed)
+    if K and te.codes: res['lsh_same_bits'] = lsh_same_bits(te, K, seed, code_levels(run))
     res.update(weights=weights, train_seconds=summ.get('fit_seconds'), wall_seconds=round(wall, 1), n_params=summ.get('n_params'),
                command=' '.join(cmd[len(_cmrl_cmd()):]))
     return res
@@ -146,13 +148,18 @@ def run_cascade(seed: int, manifest: Path, work: Path, part: str, lang: str, mod
                command=f"transcripts of the {part} recordings (Whisper-base, 30 s window, greedy) through {run.name}'s text path")
     return res
 
-def lsh_same_bits(te: Part, n_codes: int, seed: int) -> dict:
-    "Random-hyperplane codes of the embeddings with as many bits as the items' codes carry (steps x log2 K), Hamming-ranked"
+def code_levels(run: Path) -> int:
+    "Codes per step that a trained model keeps (its `code_levels`; 1 for a model without residual codes)"
+    cfg = json.loads((run / 'config.json').read_text()) if (run / 'config.json').exists() else {}
+    return int((cfg.get('model_config') or {}).get('code_levels', 1))
+
+def lsh_same_bits(te: Part, n_codes: int, seed: int, levels: int = 1) -> dict:
+    "Random-hyperplane codes of the embeddings with as many bits as the items' codes carry (steps x levels x log2 K), Hamming-ranked"
     import math
     from cmrl.heads.hashing import lsh_codes
     from cmrl.metrics import cross_modal_retrieval
     steps = max(c.shape[-1] if torch.as_tensor(c).ndim == 2 else 1 for c in te.codes.values())
-    bits = steps * math.ceil(math.log2(n_codes))
+    bits = steps * levels * math.ceil(math.log2(n_codes))
     mods = [m for m in MODS if m in te.emb]
     codes = {m: lsh_codes(te.emb[m], bits, seed).float() for m in mods}  # +-1: the dot product is bits - 2 x Hamming
     r = cross_modal_retrieval(codes, ids=te.ids, groups=te.groups, metric='dot', chance=False)
@@ -238,6 +245,7 @@ COLUMNS = [  # (header, leaf key)
     ('R@10 s>t', 'retrieval/speech->text/R@10'), ('R@10 t>s', 'retrieval/text->speech/R@10'),
     ('sem R@10 i>s', 'retrieval_semantic/image->speech/R@10'), ('sem R@10 s>i', 'retrieval_semantic/speech->image/R@10'),
     ('codes R@10 i>s', 'codes_retrieval/image->speech/R@10'), ('codes R@10 s>i', 'codes_retrieval/speech->image/R@10'),
+    ('codes bag R@10 i>s', 'codes_bag_retrieval/image->speech/R@10'), ('codes bag R@10 s>i', 'codes_bag_retrieval/speech->image/R@10'),
     ('LSH same bits R@10 i>s', 'lsh_same_bits/image->speech/R@10'), ('LSH same bits R@10 s>i', 'lsh_same_bits/speech->image/R@10'),
     ('kappa i-s', 'kappa/image-speech/kappa'), ('kappa i-t', 'kappa/image-text/kappa'), ('kappa s-t', 'kappa/speech-text/kappa'),
     ('ppl image', 'perplexity/image'), ('ppl speech', 'perplexity/speech'), ('ppl text', 'perplexity/text'),
@@ -252,7 +260,7 @@ def reference_rows(res: dict) -> dict:
         first = next(iter(any_row['per_seed'].values()))
         ch = {f'probe/{k}/{s}': v['chance'] for k, v in first['probe'].items() for s in ('acc', 'bacc')}
         ch.update({f'retrieval/{k}/{r}': v[f'chance_{r}'] for k, v in first['retrieval'].items() for r in ('R@1', 'R@10')})
-        ch.update({f'codes_retrieval/{k}/R@10': v['chance_R@10'] for k, v in first['retrieval'].items()})
+        ch.update({f'{c}/{k}/R@10': v['chance_R@10'] for k, v in first['retrieval'].items() for c in ('codes_retrieval', 'codes_bag_retrieval')})
         ch.update({f'retrieval_semantic/{k}/R@10': v['chance_R@10'] for k, v in first['retrieval'].items()})
         ch.update({f'kappa/{p}/kappa': 0.0 for p in ('image-speech', 'image-text', 'speech-text')})
         rows['chance'] = ch

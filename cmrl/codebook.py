@@ -1,4 +1,4 @@
-"""One vector-quantised codebook shared by every modality: nearest-code assignment, straight-through gradients, (multi-modal) EMA updates, dead-code resets, usage statistics, padding/presence masks, mixed precision and DDP.
+"""One vector-quantised codebook shared by every modality: nearest-code assignment, straight-through gradients, (multi-modal) EMA updates, dead-code resets, usage statistics, padding/presence masks, mixed precision and DDP; residual codebooks for more than one code per step.
 
 Docs: https://cmrl-dev.github.io/cmrl/codebook.html.md"""
 
@@ -17,7 +17,7 @@ from .core import seeded_generator
 # %% auto #0
 __all__ = ['nearest_code', 'ema_update_', 'mm_ema_targets', 'cross_commit_errors', 'code_distributions', 'code_histogram',
            'perplexity', 'used_fraction', 'dead_codes', 'item_modes', 'code_agreement', 'usage_stats', 'CodeUsage',
-           'is_distributed', 'CodebookOutput', 'SharedCodebook']
+           'is_distributed', 'CodebookOutput', 'SharedCodebook', 'ResidualCodes']
 
 # %% ../nbs/10_codebook.ipynb #2ab86854
 def _argmax_rows(s: Tensor, out: Tensor | None = None) -> Tensor:
@@ -620,3 +620,39 @@ def lookup(self: SharedCodebook, indices: Tensor  # long code indices; negative 
     e = F.embedding(indices.clamp_min(0), self.embed)
     return e * (indices >= 0)[..., None].to(e.dtype)
 
+
+# %% ../nbs/10_codebook.ipynb #b1ad6956
+class ResidualCodes(nn.Module):
+    "Residual vector quantisation after a shared codebook: `levels` more EMA codebooks, each coding what the codes before it leave"
+    def __init__(self, levels: int = 3,  # codebooks after the shared one (codes per step: 1 + levels)
+                 n_codes: int = 64,  # K of every level
+                 dim: int = 64,  # D
+                 decay: float = 0.99,  # EMA decay of every level
+                 dead_after: int = 100,  # a level's code unused for this many training steps is re-seeded
+                 seed: int = 0):  # seeds the levels (each its own stream)
+        super().__init__()
+        if levels < 1: raise ValueError(f"ResidualCodes: levels must be >= 1 (codebooks after the shared one), got {levels}")
+        store_attr('levels,n_codes,dim')
+        self.books = nn.ModuleList([SharedCodebook(n_codes, dim, decay=decay, dead_after=dead_after, probs=False, seed=seed + 7919 * (l + 1))
+                                    for l in range(levels)])
+
+    @torch.no_grad()
+    def forward(self, r: dict,  # modality -> `[B, T, D]` what the shared code leaves, `z - e_{c_0}` (detached here)
+                mask: dict | None = None,  # modality -> `[B, T]` bool real steps
+                present: dict | None = None,  # modality -> `[B]` bool
+               ) -> dict:  # modality -> `[B, T, levels]` long codes, -1 where the step is not real
+        "Code the residuals level by level; in training each level also takes its EMA step"
+        r = {m: x.detach().float() for m, x in r.items()}
+        out = {m: [] for m in r}
+        for book in self.books:
+            o = book(r, mask, present, probs=False)
+            for m in r: out[m].append(o.indices[m])
+            r = {m: r[m] - o.quantized[m].float() for m in r}
+        return {m: torch.stack(v, -1) for m, v in out.items()}
+
+    def decode(self, codes: Tensor  # `[..., n]` long codes of the first n <= levels levels (negative: none)
+              ) -> Tensor:  # `[..., D]`: the sum of their code vectors
+        "What the residual codes give back, $\\sum_{1 \\le l \\le n} e^{(l)}_{c_l}$"
+        if not 1 <= codes.shape[-1] <= self.levels:
+            raise ValueError(f"ResidualCodes.decode: codes of {codes.shape[-1]} levels, the module has {self.levels}")
+        return sum(self.books[l].lookup(codes[..., l]) for l in range(codes.shape[-1]))

@@ -53,6 +53,7 @@ class TrainConfig:
     steps: int = 1  # T, time steps per item (1: item-level codes, right for pictures/names/descriptions; 10 for events in time)
     n_layers: int = 2  # semantic transformer layers
     n_codes: int = 64  # codebook size K (codebook models)
+    code_levels: int = 3  # Uni-Code: codes kept per step, the shared code and code_levels - 1 residual codes of what it leaves (they do not change training; codes-only retrieval ranks by their vectors; 3 chosen on the French valid part, benchmarks/code_levels.json)
     dropout: float = 0.  # dropout in the encoders' transformers
     cosine: bool = False  # cosine-similarity codebook
     tau: float = 1.  # temperature of the code distributions compared by code matching
@@ -99,12 +100,13 @@ class TrainConfig:
         none = lambda v: None if v in ('none', '', None) else v
         return dict(d=self.d, steps=self.steps, n_layers=self.n_layers, n_codes=self.n_codes, cosine=self.cosine, tau=self.tau,
                     mm_ema=none(self.mm_ema), cross_commit=none(self.cross_commit), w_club=self.w_club, w_cpc=self.w_cpc,
-                    w_cmcm=self.w_cmcm, w_nce=self.w_nce, dead_after=self.dead_after, dropout=self.dropout, seed=self.seed)
+                    w_cmcm=self.w_cmcm, w_nce=self.w_nce, dead_after=self.dead_after, dropout=self.dropout, code_levels=self.code_levels,
+                    seed=self.seed)
 
 # %% ../nbs/35_train.ipynb #330016e0
 def flag(name: str) -> str: return '--' + name.replace('_', '-')  # the `cmrl train` option of config field `name`
 
-_AT_LEAST = {'epochs': 1, 'audio_width': 0, 'text_ngram': 0, 'feature_hidden': 0, 'bs': 1, 'd': 1, 'steps': 1, 'n_layers': 1, 'n_codes': 2, 'image_size': 8, 'max_speech': 1,
+_AT_LEAST = {'epochs': 1, 'audio_width': 0, 'text_ngram': 0, 'feature_hidden': 0, 'bs': 1, 'd': 1, 'steps': 1, 'n_layers': 1, 'n_codes': 2, 'code_levels': 1, 'image_size': 8, 'max_speech': 1,
              'max_text': 1, 'n_train': 1, 'n_valid': 0, 'mi_steps': 0, 'dead_after': 0, 'num_workers': 0, 'threads': 0}
 _CHOICES = {'precision': ('fp32', 'fp16', 'bf16'), 'mm_ema': ('reference', 'paper', 'none'), 'cross_commit': ('reference', 'paper', 'none'),
             'monitor': ('valid_R@10', 'valid_loss', 'none'), 'image_frontend': ('pixels', 'efficientnet_lite0', 'efficientnet_lite1', 'efficientnet_lite2'),

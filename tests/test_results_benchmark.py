@@ -299,3 +299,35 @@ def test_learning_curve_cuts_fit_and_committed_file():
     d = json.loads((ROOT / 'benchmarks' / 'learning_curve.json').read_text())
     assert LC.fit(d['points'])['per_doubling'] == pytest.approx(d['fit']['per_doubling'])
     assert [p['n_train'] for p in d['points']] == sorted(p['n_train'] for p in d['points'])
+
+
+def test_code_levels_choice_and_committed_file():
+    "benchmarks/code_levels.py: the best valid mean of codes-only R@10 over the seeds, the fewest levels on a tie; "
+    "the committed file's choice is its own best and the default of `cmrl train`"
+    import dataclasses
+    from benchmarks import code_levels as CL
+    from cmrl.train import TrainConfig
+    lv = lambda a, b: {'codes': {'image->speech': a, 'speech->image': b}, 'lsh': {'image->speech': 0., 'speech->image': 0.}, 'bits': 6}
+    per = {'0': {'levels': {'1': lv(10, 20), '2': lv(30, 30), '3': lv(30, 30)}, 'embedding': {'image->speech': 40., 'speech->image': 40.}},
+           '1': {'levels': {'1': lv(20, 10), '2': lv(20, 40), '3': lv(40, 20)}, 'embedding': {'image->speech': 40., 'speech->image': 40.}}}
+    c = CL.choose(per)
+    assert c['codes_R@10'] == {'1': 15., '2': 30., '3': 30.} and c['best'] == 2  # 2 and 3 tie: the fewer bits
+    assert c['ratio_to_embedding']['2'] == pytest.approx(0.75)
+    d = json.loads((ROOT / 'benchmarks' / 'code_levels.json').read_text())
+    assert d['part'] == 'valid' and CL.choose(d['per_seed']) == d['choice']
+    assert {f.name: f.default for f in dataclasses.fields(TrainConfig)}['code_levels'] == d['choice']['best']
+
+
+def test_code_health_ranks_by_code_vectors_beside_tfidf_bags():
+    "Codes-only retrieval: by the cosine of the codes' vectors when given (items sharing a code still differ by their "
+    "residual codes), and by tf-idf bags of the shared codes beside it"
+    import torch
+    from cmrl.eval.benchmark import code_health
+    codes = {'image': torch.tensor([0, 0, 1, 1]), 'speech': torch.tensor([0, 0, 1, 1])}
+    vecs = {m: torch.tensor([[1., 0.1], [1., -0.1], [-1., 0.1], [-1., -0.1]]) for m in codes}
+    ids, groups = ['a', 'b', 'c', 'd'], ['a', 'b', 'c', 'd']
+    bag = code_health(codes, 2, ids, groups)
+    vec = code_health(codes, 2, ids, groups, vecs)
+    assert bag['codes_retrieval'] == bag['codes_bag_retrieval'] == vec['codes_bag_retrieval']  # no vectors: the bags
+    assert vec['codes_retrieval']['image->speech']['R@1'] == 100.  # the vectors tell the pairs sharing a code apart
+    assert bag['codes_retrieval']['image->speech']['R@1'] == 0.  # the bags tie them, and ties count against the query

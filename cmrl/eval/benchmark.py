@@ -28,12 +28,14 @@ class Part:
                  emb: dict,  # modality -> `[N, D]` retrieval embeddings
                  probe: dict | None = None,  # modality -> `[N, D]` features the probes read; default `emb`
                  codes: dict | None = None,  # modality -> `[N]` or `[N, T]` codes (codebook models)
-                 semantic: dict | None = None):  # modality -> `[N, D]` pre-quantisation features, probed beside
+                 semantic: dict | None = None,  # modality -> `[N, D]` pre-quantisation features, probed beside
+                 code_vecs: dict | None = None):  # modality -> `[N, D]` the codes' pooled vectors (`Features.code_pooled`)
         self.ids, self.groups, self.labels = list(ids), list(groups), list(labels)
         self.semantic = {m: torch.as_tensor(v).float() for m, v in (semantic or {}).items()}
         self.emb = {m: torch.as_tensor(v).float() for m, v in emb.items()}
         self.probe = {m: torch.as_tensor(v).float() for m, v in (probe or emb).items()}
         self.codes = codes or {}
+        self.code_vecs = {m: torch.as_tensor(v).float() for m, v in (code_vecs or {}).items()}
     def __repr__(self): return f"Part({len(self.ids)} items, {', '.join(self.emb)})"
 
 # %% ../../nbs/49_eval.benchmark.ipynb #2e43fc3f
@@ -68,7 +70,8 @@ def probe_pairs(train: dict,  # modality -> `[N, D]` training features
 def code_health(codes: dict,  # modality -> `[M]` or `[M, T]` long codes of the scored items (negative = none)
                 n_codes: int,  # K
                 ids, groups,  # the scored items' ids and groups (for codes-only retrieval)
-               ) -> dict:  # perplexity per modality, kappa per pair, codes-only retrieval per direction
+                code_vecs: dict | None = None,  # modality -> `[M, D]` the codes' pooled vectors; codes-only retrieval ranks by their cosine
+               ) -> dict:  # perplexity per modality, kappa per pair, codes-only retrieval per direction (and by tf-idf bags)
     "Perplexity, code agreement of the items' most frequent codes (`code_kappa`), codes-only R@1 and R@10"
     codes = {m: torch.as_tensor(c).long() for m, c in codes.items()}
     codes = {m: c if c.ndim == 2 else c[:, None] for m, c in codes.items()}
@@ -76,11 +79,13 @@ def code_health(codes: dict,  # modality -> `[M]` or `[M, T]` long codes of the 
     modes = {m: item_modes(c, n_codes) for m, c in codes.items()}
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
-        rc = cross_modal_retrieval(tfidf_embeddings(codes, n_codes), ids=ids, groups=groups, chance=False)
+        rb = cross_modal_retrieval(tfidf_embeddings(codes, n_codes), ids=ids, groups=groups, chance=False)
+        rc = cross_modal_retrieval({m: code_vecs[m] for m in codes}, ids=ids, groups=groups, chance=False) if code_vecs else rb
     return {'perplexity': {m: float(perplexity(code_histogram(codes[m], n_codes))) for m in mods},
             'kappa': {f'{a}-{b}': code_kappa(modes[a], modes[b], n_codes)
                       for i, a in enumerate(mods) for b in mods[i + 1:]},
-            'codes_retrieval': {k: {'R@1': v['R@1'], 'R@10': v['R@10']} for k, v in rc.items()}}
+            'codes_retrieval': {k: {'R@1': v['R@1'], 'R@10': v['R@10']} for k, v in rc.items()},
+            'codes_bag_retrieval': {k: {'R@1': v['R@1'], 'R@10': v['R@10']} for k, v in rb.items()}}
 
 # %% ../../nbs/49_eval.benchmark.ipynb #d1274e1b
 def score(train: Part,  # the training part (the probes fit on it)
@@ -106,7 +111,7 @@ def score(train: Part,  # the training part (the probes fit on it)
     out['retrieval'] = retr(test.emb)
     if test.semantic: out['retrieval_semantic'] = retr(test.semantic)
     if test.codes and n_codes:
-        out.update(code_health({m: c for m, c in test.codes.items() if m in mods}, n_codes, test.ids, test.groups))
+        out.update(code_health({m: c for m, c in test.codes.items() if m in mods}, n_codes, test.ids, test.groups, test.code_vecs))
     if per_item: out['per_item'] = {**items, **item_hits(test.emb, test.ids, test.groups, mods)}
     return out
 

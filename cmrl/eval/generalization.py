@@ -239,10 +239,15 @@ class Features(NamedTuple):
     present: dict  # modality -> `[N]` bool: the item has this modality
     extra: dict  # collated extra fields: tensors concatenated, other values as lists
     lengths: dict  # modality -> `[N]` long: real input positions of each item (frames, tokens, patches; 0 = absent)
+    code_feats: dict | None = None  # modality -> `[N, T, D]` what the codes alone give back (`code_vectors`; codebook models)
 
     def pooled(self, how: str = 'mean') -> dict:  # modality -> `[N, D]`
         "Step features pooled over the real steps"
         return {m: pool_steps(f, self.mask[m], how) for m, f in self.feats.items()}
+
+    def code_pooled(self, how: str = 'mean') -> dict:  # modality -> `[N, D]`; empty without codes
+        "The codes' vectors pooled over the real steps (codes-only retrieval ranks by them)"
+        return {m: pool_steps(f, self.mask[m], how) for m, f in (self.code_feats or {}).items()}
 
     @property
     def groups(self) -> list | None:  # the group id of every item (`extra['group']`, else `extra['stamp']`), for the false-negative mask
@@ -282,11 +287,12 @@ def extract_features(model,  # a cmrl model (`CrossModalModel`): `represent(batc
         batches = progress_bar(list(batches) if not hasattr(batches, '__len__') else batches, leave=False)
     dev = device or next(model.parameters()).device
     was = model.training; model.eval()
-    acc = dict(ids=[], y=[], emb={}, feats={}, mask={}, codes={}, present={}, extra={}, lengths={})
+    acc = dict(ids=[], y=[], emb={}, feats={}, mask={}, codes={}, present={}, extra={}, lengths={}, code_feats={})
     try:
         for b in batches:
             b = ModalityBatch.of(b).to(dev)
             out = model.represent(b)
+            cv = model.code_vectors(out) if out.codes and hasattr(model, 'code_vectors') else {}
             acc['ids'] += list(b.ids); acc['y'].append(b.y.cpu() if b.y is not None else torch.full((b.bs,), -1))
             for m in out.emb:
                 pres = (b.present[m] & out.mask[m].any(1)) if m in b.present else out.mask[m].any(1)
@@ -297,10 +303,12 @@ def extract_features(model,  # a cmrl model (`CrossModalModel`): `represent(batc
                 acc['lengths'].setdefault(m, []).append((b.mask[m] & b.present[m][:, None]).sum(1).cpu() if m in b.mask else torch.zeros(b.bs, dtype=torch.long))
                 if m in (out.codes or {}):
                     acc['codes'].setdefault(m, []).append(out.codes[m].long().cpu().masked_fill(~out.mask[m].cpu(), -1))
+                if m in cv: acc['code_feats'].setdefault(m, []).append(cv[m].float().cpu())
             for k, v in b.extra.items(): acc['extra'].setdefault(k, []).append(v.cpu() if isinstance(v, Tensor) else v)
     finally: model.train(was)
     if not acc['ids']: raise ValueError("extract_features: no items in the data")
     return Features(acc['ids'], torch.cat(acc['y']), {m: torch.cat(v) for m, v in acc['emb'].items()},
                     {m: _cat_steps(v, 0.) for m, v in acc['feats'].items()}, {m: _cat_steps(v, False) for m, v in acc['mask'].items()},
                     {m: _cat_steps(v, -1) for m, v in acc['codes'].items()}, {m: torch.cat(v) for m, v in acc['present'].items()},
-                    {k: _cat_extra(v) for k, v in acc['extra'].items()}, {m: torch.cat(v) for m, v in acc['lengths'].items()})
+                    {k: _cat_extra(v) for k, v in acc['extra'].items()}, {m: torch.cat(v) for m, v in acc['lengths'].items()},
+                    {m: _cat_steps(v, 0.) for m, v in acc['code_feats'].items()})

@@ -80,9 +80,12 @@ def retrieval_report(fe: Features,  # features of the scored items
     "Embedding retrieval (and code retrieval, and the length reference) in every direction, with chance levels"
     out = {'n_items': len(fe.ids), 'match': match, 'false_negative_mask': fe.groups is not None,
            'embedding': cross_modal_retrieval(fe.emb, fe.ids, fe.groups, fe.present, directions, match)}
-    if n_codes and fe.codes:
-        out['codes'] = cross_modal_retrieval(tfidf_embeddings(fe.codes, n_codes, fe.present), fe.ids, fe.groups, fe.present,
-                                             directions, match, chance=False)
+    if n_codes and fe.codes:  # codes only: the codes' vectors (cosine), and tf-idf bags of the shared codes
+        bags = cross_modal_retrieval(tfidf_embeddings(fe.codes, n_codes, fe.present), fe.ids, fe.groups, fe.present,
+                                     directions, match, chance=False)
+        out['codes'] = cross_modal_retrieval(fe.code_pooled(), fe.ids, fe.groups, fe.present, directions, match,
+                                             chance=False) if fe.code_feats else bags
+        out['codes_bag'] = bags
     if fit is not None and _aural_text(fe.emb): out['length_reference'] = length_reference(fit, fe, match=match)
     return out
 

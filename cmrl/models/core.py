@@ -86,6 +86,20 @@ class CrossModalModel(nn.Module):
     def codes(self, b) -> dict: return self._eval(b).codes  # modality -> `[B, T]` code indices (empty without a codebook)
     def quantised(self, b) -> dict: return self._eval(b).feats  # modality -> `[B, T, D]` step features
 
+    def code_vectors(self, out: ModelOutput,  # an output of this model (`represent` or `forward`)
+                     levels: int | None = None,  # codes per step to use: the shared one and `levels - 1` residual ones; default all kept
+                    ) -> dict:  # modality -> `[B, T, D]`, zeros where a step has no code; empty without a codebook
+        "What the codes of `out` alone give back: the codebook's vector of each code, plus the residual levels' where the model keeps them"
+        cb = getattr(self, 'codebook', None)
+        if cb is None or not out.codes: return {}
+        res, aux, vs = getattr(self, 'residual', None), out.aux or {}, {}
+        for m, c in out.codes.items():
+            vs[m] = cb.lookup(c.long())
+            rc = aux.get(f'residual_codes/{m}')
+            n = 0 if res is None or rc is None else rc.shape[-1] if levels is None else min(levels - 1, rc.shape[-1])
+            if n > 0: vs[m] = vs[m] + res.decode(rc[..., :n])
+        return vs
+
 # %% ../../nbs/21_models.core.ipynb #b79e1617
 def build_encoders(modalities: Sequence[str],  # modalities to encode
                    dims: dict,  # modality -> input settings (`input_dims(batch, vocab)`)

@@ -13,7 +13,7 @@ from torch import Tensor
 from ..core import *
 from ..encoders import *
 from .core import *
-from ..codebook import SharedCodebook
+from ..codebook import SharedCodebook, ResidualCodes
 from ..dcid import CLUB, CrossCPC
 from ..losses import cmcm_pairs_loss, InfoNCELoss
 from fastcore.basics import patch
@@ -37,8 +37,10 @@ class UniCode(CrossModalModel):
                  cpc_layers: int = 2,  # Cross-CPC LSTM layers (reference: 2)
                  club_on: str = 'semantic',  # CLUB's x: 'semantic' (pre-quantisation) or 'quantised'
                  w_nce: float = 0.,  # cmrl addition, not in the paper: InfoNCE between the pooled semantic features of each pair
-                 emb: str = 'semantic'):  # what `embed` (retrieval) returns: 'semantic' (pooled pre-quantisation features) or 'quantised' (pooled codes)
+                 emb: str = 'semantic',  # what `embed` (retrieval) returns: 'semantic' (pooled pre-quantisation features) or 'quantised' (pooled codes)
+                 residual: ResidualCodes | None = None):  # cmrl addition: residual levels coding what the shared code leaves (more codes per step)
         super().__init__(encoders)
+        self.residual = residual
         if emb not in ('semantic', 'quantised'): raise ValueError(f"emb must be 'semantic' or 'quantised', got {emb!r}")
         self.emb_from = emb
         if club_on not in ('semantic', 'quantised'): raise ValueError(f"club_on must be 'semantic' or 'quantised', got {club_on!r}")
@@ -77,8 +79,16 @@ def _quantise(self: UniCode, b: ModalityBatch):
     return enc, pres, q
 
 @patch
+def _residual_codes(self: UniCode, enc: dict, q) -> dict:  # modality -> `[B, T, levels]`
+    "The residual levels' codes of what the shared code leaves, $z - e_{c_0}$ (in training the levels also take their EMA step)"
+    cos = self.codebook.cosine  # a cosine codebook codes the unit vectors
+    left = {m: (F.normalize(e.sem, dim=-1) if cos else e.sem).detach().float() - q.quantized[m].detach().float() for m, e in enc.items()}
+    return self.residual(left, {m: e.mask for m, e in enc.items()}, {m: q.indices[m].ge(0).any(-1) for m in enc})
+
+@patch
 def _output(self: UniCode, enc, q, loss, losses, aux) -> ModelOutput:
     emb = {m: masked_mean(q.quantized[m] if self.emb_from == 'quantised' else e.sem, e.mask) for m, e in enc.items()}
+    if self.residual is not None: aux = {**aux, **{f'residual_codes/{m}': c for m, c in self._residual_codes(enc, q).items()}}
     return ModelOutput(loss, losses, emb, dict(q.quantized), dict(q.indices), {m: e.mask for m, e in enc.items()}, aux)
 
 @patch
@@ -133,13 +143,16 @@ def unicode_model(modalities: Sequence[str],  # any subset, e.g. ('video', 'audi
                   cpc_layers: int = 1,  # Cross-CPC LSTM layers (reference: 2; 1 is half the cost on a CPU)
                   dropout: float = 0.,  # transformer dropout
                   emb: str = 'semantic',  # retrieval embedding: 'semantic' (pooled pre-quantisation features) or 'quantised' (pooled codes)
+                  code_levels: int = 1,  # cmrl addition: codes per step, the shared code and `code_levels - 1` residual codes (`ResidualCodes`)
                   seed: int = 0,  # codebook seed
                  ) -> UniCode:
     "Uni-Code for `modalities` with a shared codebook of `n_codes` codes"
+    if code_levels < 1: raise ValueError(f"unicode_model: code_levels must be >= 1 (1: the shared code alone), got {code_levels}")
     if steps is None or steps < 1: raise ValueError("unicode_model: needs steps >= 1 (a common grid of T steps for MM-EMA, cross-commitment and Cross-CPC)")
     if steps < 2 + cpc_steps - 1: w_cpc = 0.  # Cross-CPC predicts steps ahead: with T = 1 (item-level codes) it is off
     encs = build_encoders(modalities, dims, d, steps, n_layers, spec_layers, n_heads, dropout)
     cb = SharedCodebook(n_codes, d, beta=beta, decay=decay, cosine=cosine, tau=tau, mm_ema=mm_ema if len(modalities) > 1 else None,
                         cross_commit=cross_commit if len(modalities) > 1 else None, dead_after=dead_after, seed=seed)
-    m = UniCode(encs, cb, d, w_recon, w_club, w_cpc, w_cmcm, cpc_steps=cpc_steps, cpc_layers=cpc_layers, w_nce=w_nce, emb=emb)
+    res = ResidualCodes(code_levels - 1, n_codes, d, decay=decay, dead_after=dead_after, seed=seed) if code_levels > 1 else None
+    m = UniCode(encs, cb, d, w_recon, w_club, w_cpc, w_cmcm, cpc_steps=cpc_steps, cpc_layers=cpc_layers, w_nce=w_nce, emb=emb, residual=res)
     return m
