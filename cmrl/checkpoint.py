@@ -26,7 +26,9 @@ __all__ = ['FORMAT', 'VERSION', 'OLDEST', 'CONFIG_DEFAULTS', 'CheckpointError', 
 FORMAT, VERSION, OLDEST = 'cmrl-checkpoint', 3, 2  # the checkpoint format's name, the version written, the oldest read
 # per format version: settings a run's config may lack, with what such a run trained with (version 2 began before
 # cmrl 0.3 added these); `read_checkpoint` fills them in
-CONFIG_DEFAULTS = {2: {'audio_width': 0, 'text_ngram': 0, 'text_frontend': 'bytes', 'feature_hidden': 0, 'feature_dropout': 0., 'feature_norm': 'layer'}}
+CONFIG_DEFAULTS = {2: {'audio_width': 0, 'text_ngram': 0, 'text_frontend': 'bytes', 'feature_hidden': 0, 'feature_dropout': 0., 'feature_norm': 'layer',
+                       'code_levels': 1},
+                   3: {'code_levels': 1}}  # runs from before `--code-levels` kept one code per step
 
 class CheckpointError(ValueError):
     "A file that is not a readable cmrl checkpoint, or a checkpoint that does not fit this run"

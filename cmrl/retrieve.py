@@ -94,9 +94,12 @@ def retrieve(ckpt,  # checkpoint folder or file
              modality: str | None = None,  # force the query's modality
              codes: bool = False,  # rank by bags of codes (tf-idf, inverted index) instead of embeddings
              n_test: int | None = None, langs: str | None = None,  # source settings (see `cmrl.eval.ckpt.ckpt_source`)
-             bs: int = 64, device=None, weights: str = 'best') -> dict:
+             bs: int = 64, device=None, weights: str = 'best',
+             code_vectors: bool = False,  # rank by the cosine of the codes' vectors (`code_vectors`: every code a model keeps per step)
+            ) -> dict:
     "Top-`k` items of a gallery for a query file or text; the dict `cmrl retrieve` prints"
     check_request(bs=bs, k=k)
+    if codes and code_vectors: raise ValueError("--codes and --code-vectors are two rankings by codes; choose one")
     kind, q = query_kind(query)  # before any loading
     dev = eval_device(device) if not isinstance(device, torch.device) else device
     model, ck = load_model(ckpt, weights=weights, device=dev)
@@ -108,8 +111,9 @@ def retrieve(ckpt,  # checkpoint folder or file
     if bad: raise ValueError(f"gallery modality {', '.join(bad)} not usable; choose from {', '.join(mods)}")
     if not targets: raise ValueError(f"no gallery modality besides the query's ({qm}); pass --to")
     K = getattr(getattr(model, 'codebook', None), 'n_codes', None)
-    if codes and K is None:
-        raise ValueError("--codes: the model has no codebook; rank by embeddings (leave out --codes)")
+    if (codes or code_vectors) and K is None:
+        flag = '--codes' if codes else '--code-vectors'
+        raise ValueError(f"{flag}: the model has no codebook; rank by embeddings (leave out {flag})")
     ml = max_lengths(ck, src) or {}
     qb = collate_items([item], modalities=[qm], shapes={m: v for m, v in src.shapes.items() if m == qm},
                        max_len={qm: ml[qm]} if qm in ml else None).to(next(model.parameters()).device)
@@ -119,13 +123,16 @@ def retrieve(ckpt,  # checkpoint folder or file
     recs = {str(r['id']): r for r in recs_all}
     res = {'query': str(query).strip(), 'modality': qm, 'gallery': str(gallery or ck['config'].get('data')),
            'split': split or 'all',
-           'k': k, 'by': 'codes' if codes else 'embedding', 'results': {}}
+           'k': k, 'by': 'codes' if codes else 'code vectors' if code_vectors else 'embedding', 'results': {}}
     for m in targets:
         rows = fe.present[m].nonzero().flatten()
         if not len(rows): res['results'][m] = []; continue
         if codes:
             qc = qout.codes[qm].cpu().masked_fill(~qout.mask[qm].cpu(), -1)
             s, i = CodeIndex(K).add(fe.codes[m][rows]).search(qc, k)
+        elif code_vectors:  # the query's and the gallery's codes turned back into vectors by the codebooks
+            qv = pool_steps(model.code_vectors(qout)[qm], qout.mask[qm], 'mean').float().cpu()
+            s, i = EmbeddingIndex(qv.shape[1]).add(fe.code_pooled()[m][rows]).search(qv, k)
         else: s, i = EmbeddingIndex(fe.emb[m].shape[1]).add(fe.emb[m][rows]).search(qout.emb[qm].float().cpu(), k)
         res['results'][m] = _hits(s[0], i[0], rows, fe, recs, src, m)
         if codes and not res['results'][m]:
@@ -160,10 +167,11 @@ def retrieve_cmd(ckpt: Annotated[str, dict(opt=True, required=True)],  # folder 
                  device: str = None,  # 'cpu', 'cuda', ... (default: the best available)
                  weights: Annotated[str, dict(choices=('best', 'last'))] = 'best',  # which weights of the checkpoint
                  json: bool = False,  # no table on stderr (stdout holds the JSON either way)
+                 code_vectors: bool = False,  # rank by the cosine of the codes' vectors (the shared code and any residual codes)
                 ):
     "Top-k gallery items for a query file (image or sound) or text."
     res = retrieve(ckpt, query, gallery, k, None if split == 'all' else split, to.split(',') if to else None, query_modality,
-                   codes, n_test, langs, bs, device, weights)
+                   codes, n_test, langs, bs, device, weights, code_vectors)
     return res if json else (results_table(res), res)
 
 retrieve_cli = command(retrieve_cmd, 'cmrl retrieve')  # the `cmrl retrieve` command: `f(argv) -> exit status`

@@ -60,6 +60,19 @@ def test_code_retrieval(synth_ckpt):
     assert r['by'] == 'codes' and 1 <= len(r['results']['text']) <= 4 and len(r['results']['video']) <= 4
 
 
+def test_code_vector_retrieval(synth_ckpt):
+    "--code-vectors ranks every item by the cosine of the codes' vectors (the shared and residual codes), never empty"
+    from cmrl.retrieve import retrieve_cli
+    rc, out, err = run(retrieve_cli, ['--ckpt', str(synth_ckpt), '--query', 'a red circle', '--code-vectors', '--to', 'text,video', '--k', '4', '--json'])
+    assert rc == 0, err
+    r = json.loads(out)
+    assert r['by'] == 'code vectors' and len(r['results']['text']) == 4 and len(r['results']['video']) == 4
+    sc = [h['score'] for h in r['results']['video']]
+    assert sc == sorted(sc, reverse=True) and all(-1.0001 <= x <= 1.0001 for x in sc)
+    rc, out, err = run(retrieve_cli, ['--ckpt', str(synth_ckpt), '--query', 'a red circle', '--codes', '--code-vectors'])
+    assert rc != 0 and 'choose one' in err
+
+
 @pytest.mark.parametrize('argv, msg', [
     (['--query', ''], '--query is empty'),
     (['--query', '   '], '--query is empty'),
