@@ -124,6 +124,7 @@ def retrieve(ckpt,  # checkpoint folder or file
     res = {'query': str(query).strip(), 'modality': qm, 'gallery': str(gallery or ck['config'].get('data')),
            'split': split or 'all',
            'k': k, 'by': 'codes' if codes else 'code vectors' if code_vectors else 'embedding', 'results': {}}
+    if code_vectors: qv, gv = pool_steps(model.code_vectors(qout)[qm], qout.mask[qm], 'mean').float().cpu(), fe.code_pooled()
     for m in targets:
         rows = fe.present[m].nonzero().flatten()
         if not len(rows): res['results'][m] = []; continue
@@ -131,8 +132,7 @@ def retrieve(ckpt,  # checkpoint folder or file
             qc = qout.codes[qm].cpu().masked_fill(~qout.mask[qm].cpu(), -1)
             s, i = CodeIndex(K).add(fe.codes[m][rows]).search(qc, k)
         elif code_vectors:  # the query's and the gallery's codes turned back into vectors by the codebooks
-            qv = pool_steps(model.code_vectors(qout)[qm], qout.mask[qm], 'mean').float().cpu()
-            s, i = EmbeddingIndex(qv.shape[1]).add(fe.code_pooled()[m][rows]).search(qv, k)
+            s, i = EmbeddingIndex(qv.shape[1]).add(gv[m][rows]).search(qv, k)
         else: s, i = EmbeddingIndex(fe.emb[m].shape[1]).add(fe.emb[m][rows]).search(qout.emb[qm].float().cpu(), k)
         res['results'][m] = _hits(s[0], i[0], rows, fe, recs, src, m)
         if codes and not res['results'][m]:

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 from ..core import tensor_of
 from ..heads.hashing import to_binary, lsh_codes, fit_hash_head, HashHead, pack_codes
-from .index import BinaryIndex, hamming_distances
+from .index import BinaryIndex, hamming_distances, _rerank_chunk
 from ..metrics import cross_modal_retrieval, direction, relevance
 
 # %% auto #0
@@ -99,20 +99,6 @@ def hash_report_table(rep: dict,  # from `hash_retrieval_report`
     return '\n'.join(lines + [f"bytes per item: float {b['float']}, hash {b['hash']}, lsh {b['lsh']}"])
 
 # %% ../../nbs/44_eval.hashing.ipynb #3d06a771
-def _rerank_chunk(q: np.ndarray, gallery, cand: np.ndarray, k: int, buf: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    "Cosine of the candidates' float rows (read in one gather, into `buf` when given), top-k per query; -1 candidates never win"
-    cand = np.sort(cand, axis=1)  # each query's rows in file order: the memory-mapped file is read forwards
-    c = np.maximum(cand, 0)
-    if buf is not None and isinstance(gallery, np.ndarray) and gallery.dtype == np.float32:
-        g = np.take(gallery, c.ravel(), axis=0, out=buf[:c.size]).reshape(*c.shape, -1)  # no fresh pages per chunk
-    else: g = np.asarray(gallery[c.ravel()], np.float32).reshape(*c.shape, -1)  # [Q, C, D], only these rows are read
-    s = np.matmul(g, q[:, :, None])[..., 0] / np.maximum(np.sqrt(np.einsum('qcd,qcd->qc', g, g)), 1e-12)
-    s[cand < 0] = -np.inf
-    kk = min(k, s.shape[1])
-    top = np.argpartition(-s, kk - 1, axis=1)[:, :kk] if kk < s.shape[1] else np.broadcast_to(np.arange(kk), s.shape).copy()
-    o = np.take_along_axis(top, np.argsort(-np.take_along_axis(s, top, 1), axis=1, kind='stable'), 1)
-    return np.take_along_axis(s, o, 1), np.take_along_axis(cand, o, 1)
-
 def hamming_rerank_search(index,  # the gallery's codes: a `BinaryIndex`, or a faiss binary index (e.g. `IndexBinaryIVF`)
                           q_codes,  # `[Q, B]` +-1 (or packed) codes of the queries
                           q_emb,  # `[Q, D]` float embeddings of the queries

@@ -321,6 +321,27 @@ def _popcount(w: np.ndarray) -> np.ndarray:
     if hasattr(np, 'bitwise_count'): return np.bitwise_count(w)
     return _POP8[w.view(np.uint8)].reshape(len(w), -1).sum(1, dtype=np.uint8)
 
+def _rerank_chunk(q: np.ndarray,  # `[Q, D]` unit query rows
+                  gallery,  # `[N, D]` float rows (an array or a memory-mapped `.npy`)
+                  cand: np.ndarray,  # `[Q, C]` candidate rows, -1 = none
+                  k: int,  # results per query
+                  buf: np.ndarray | None = None,  # reused `[>= Q * C, D]` float32 buffer for the gather
+                  unit: bool = False,  # the gallery rows have unit norm already (the dot product is the cosine)
+                 ) -> tuple[np.ndarray, np.ndarray]:  # (`[Q, min(k, C)]` scores, candidate rows; -inf / -1 where none)
+    "Cosine of the candidates' float rows (read in one gather, into `buf` when given), top-k per query; -1 candidates never win"
+    cand = np.sort(cand, axis=1)  # each query's rows in file order: the memory-mapped file is read forwards
+    c = np.maximum(cand, 0)
+    if buf is not None and isinstance(gallery, np.ndarray) and gallery.dtype == np.float32:
+        g = np.take(gallery, c.ravel(), axis=0, out=buf[:c.size]).reshape(*c.shape, -1)  # no fresh pages per chunk
+    else: g = np.asarray(gallery[c.ravel()], np.float32).reshape(*c.shape, -1)  # [Q, C, D], only these rows are read
+    s = np.matmul(g, q[:, :, None])[..., 0]
+    if not unit: s /= np.maximum(np.sqrt(np.einsum('qcd,qcd->qc', g, g)), 1e-12)
+    s[cand < 0] = -np.inf
+    kk = min(k, s.shape[1])
+    top = np.argpartition(-s, kk - 1, axis=1)[:, :kk] if kk < s.shape[1] else np.broadcast_to(np.arange(kk), s.shape).copy()
+    o = np.take_along_axis(top, np.argsort(-np.take_along_axis(s, top, 1), axis=1, kind='stable'), 1)
+    return np.take_along_axis(s, o, 1), np.take_along_axis(cand, o, 1)
+
 # %% ../../nbs/41_eval.index.ipynb #fd18bc9f
 class PartitionedBinaryIndex:
     "Hamming candidates from the coarse cells nearest a query, re-ranked by cosine on float rows memory-mapped in cell order"
@@ -433,15 +454,8 @@ def search(self: PartitionedBinaryIndex, q_codes,  # `[Q, B]` +-1 codes or `[Q, 
         J = self._top(self._hamming(qw[i], A[i].tolist(), B[i].tolist()), C)  # ascending, and so are their rows
         P[i, :len(J)] = J + Sh[i][np.searchsorted(E[i], J, side='right')]
     S, I = np.full((len(q), k), -np.inf, np.float32), np.full((len(q), k), -1, np.int64)
-    kk, D = min(k, C), q.shape[1]
-    buf = np.empty((chunk * C, D), np.float32)
-    for s in range(0, len(q), chunk):
-        p = P[s:s + chunk]
-        g = np.take(self.floats, np.maximum(p, 0).ravel(), axis=0, out=buf[:p.size]).reshape(len(p), C, D)
-        sc = np.matmul(g, q[s:s + chunk, :, None])[..., 0]  # unit rows: the cosine
-        sc[p < 0] = -np.inf
-        t = np.argpartition(-sc, kk - 1, axis=1)[:, :kk] if kk < C else np.broadcast_to(np.arange(C), sc.shape)
-        t = np.take_along_axis(t, np.argsort(-np.take_along_axis(sc, t, 1), axis=1, kind='stable'), 1)
-        S[s:s + chunk, :kk], I[s:s + chunk, :kk] = np.take_along_axis(sc, t, 1), np.take_along_axis(p, t, 1)
+    kk, buf = min(k, C), np.empty((chunk * C, q.shape[1]), np.float32)
+    for s in range(0, len(q), chunk):  # the floats are unit rows: their dot product is the cosine
+        S[s:s + chunk, :kk], I[s:s + chunk, :kk] = _rerank_chunk(q[s:s + chunk], self.floats, P[s:s + chunk], k, buf, unit=True)
     I[~np.isfinite(S)] = -1
     return S, np.where(I >= 0, np.asarray(self.ids)[np.maximum(I, 0)], -1)

@@ -96,7 +96,8 @@ class CrossModalModel(nn.Module):
         for m, c in out.codes.items():
             vs[m] = cb.lookup(c.long())
             rc = aux.get(f'residual_codes/{m}')
-            n = 0 if res is None or rc is None else rc.shape[-1] if levels is None else min(levels - 1, rc.shape[-1])
+            if res is None or rc is None: continue
+            n = rc.shape[-1] if levels is None else min(levels - 1, rc.shape[-1])
             if n > 0: vs[m] = vs[m] + res.decode(rc[..., :n])
         return vs
 

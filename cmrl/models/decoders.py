@@ -242,6 +242,7 @@ class WithDecoders(CrossModalModel):
     def mi_estimators(self) -> list: return self.base.mi_estimators() if hasattr(self.base, 'mi_estimators') else []
     def mi_learning_loss(self, aux: dict): return self.base.mi_learning_loss(aux)
     def represent(self, *args) -> ModelOutput: return self.base.represent(*args)
+    def code_vectors(self, out, levels=None) -> dict: return self.base.code_vectors(out, levels)  # the base's codes and residual levels
     def text_sources(self) -> list: return list(self.text_memory.sources) if self.text_memory is not None else []
     def image_sources(self) -> list: return list(self.image.memory.sources) if self.image is not None else []
 
