@@ -9,7 +9,17 @@ dense float32 matrix product of the shapes the model multiplies (`[B*T, d] @ [d,
 most a step made of such products could reach. The ceiling on items/s per core is that rate divided by the counted
 operations per item: no implementation of this model, at these settings, trains faster than it on this core.
 
-    python benchmarks/scale_ceiling.py [--n 20000] [--work /tmp/ceiling]   # writes benchmarks/scale_ceiling.json
+That ceiling counts arithmetic only. What the model's small matrices cost in practice is measured part by part: each
+encoder's frozen-feature stem and transformer stacks of the trained model, forward and backward on a batch of 256
+(training mode, CPU seconds of the thread), as PyTorch runs them and, with `--compile`, after `torch.compile` (its
+compile time left out). Their sum beside the step time the goal allows (256 / 2,000 s = 128 ms) says whether the
+model's own layers fit in it before anything else of a step (loss, MI estimators, optimiser) is counted.
+
+One fixed cost of every run is measured too: in a fresh process that has imported `cmrl.train`, the seconds the first
+`torch.optim` optimiser takes to build (the MI estimators' Adam, made when a fit starts), with whether it imported
+`torch._dynamo`; `scale.py`'s whole-fit rate carries it, the steady rate does not.
+
+    python benchmarks/scale_ceiling.py [--n 20000] [--work /tmp/ceiling] [--compile]   # writes benchmarks/scale_ceiling.json
 """
 import argparse, json, os, shutil, sys, tempfile, time, warnings
 from pathlib import Path
@@ -41,7 +51,7 @@ def step_profile(store: Path, out: Path, count_at: int = 3, timed: int = 20, pro
     torch.set_num_threads(1)
     class Probe(Callback):
         order = -1000
-        def before_fit(self): self.t, self.flops = [], None
+        def before_fit(self): self.t, self.flops, self.model = [], None, self.learn.model
         def before_batch(self):
             if not self.training: return
             if self.iter == count_at:
@@ -66,7 +76,61 @@ def step_profile(store: Path, out: Path, count_at: int = 3, timed: int = 20, pro
         warnings.simplefilter('ignore')
         train(data=str(store), bs=256, epochs=1, out=str(out), quiet=True, threads=1, cbs=[p], overwrite=True, **kw)
     return {'flops_per_step': int(p.flops), 'flops_by_op': p.by_op, 'step_cpu_s': float(np.median(p.t)),
-            'steps_timed': len(p.t), 'op_share': p.ops}
+            'steps_timed': len(p.t), 'op_share': p.ops}, p.model
+
+
+def thread_ms(fn, reps: int = 7, warm: int = 2) -> float:
+    "Median CPU milliseconds of this thread over `reps` calls of `fn` (after `warm` calls)"
+    for _ in range(warm): fn()
+    t = []
+    for _ in range(reps):
+        t0 = time.thread_time(); fn(); t.append(time.thread_time() - t0)
+    return 1e3 * float(np.median(t))
+
+
+def parts_ms(model, bs: int = 256, compiled: bool = False) -> dict:
+    "Forward + backward CPU ms of each encoder's stem and transformer stacks of `model` on a batch of `bs` planted items "
+    "(training mode); `compiled`: the same after `torch.compile` (None where it fails: see the 'error' entry)"
+    import torch
+    from cmrl.callbacks import unwrap
+    m, out = unwrap(model), {}
+    m.train()
+    for name, enc in m.encoders.items():
+        x, mask = torch.randn(bs, scale.T, scale.D), torch.ones(bs, scale.T, dtype=torch.bool)
+        h = torch.randn(bs, scale.T, enc.pos.shape[1], requires_grad=True); kpm = ~mask
+        runs = {'stem': (enc.stem, lambda f: f(x, mask)[0].sum().backward())}
+        for b in ('sem_tfm', 'spec_tfm'):
+            if isinstance(getattr(enc, b, None), torch.nn.TransformerEncoder):
+                runs[b] = (getattr(enc, b), lambda f: f(h, src_key_padding_mask=kpm).sum().backward())
+        for part, (mod, call) in runs.items():
+            f = mod
+            if compiled:
+                try: f = torch.compile(mod)
+                except Exception as e: out['error'] = f"{type(e).__name__}: {str(e)[:200]}"; return out
+            try: out[f'{name}/{part}'] = thread_ms(lambda: call(f))
+            except Exception as e: out['error'] = f"{type(e).__name__}: {str(e)[:200]}"; return out
+            mod.zero_grad(set_to_none=True)
+    return out
+
+
+def first_optimizer_s() -> dict:
+    "Seconds to build the first `torch.optim.Adam` in a fresh process that has imported `cmrl.train`, and whether that "
+    "imported `torch._dynamo`"
+    code = ("import sys, time, json, torch, cmrl.train\n"
+            "before = 'torch._dynamo' in sys.modules\n"
+            "t = time.perf_counter(); torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)\n"
+            "print(json.dumps({'seconds': time.perf_counter() - t, 'dynamo_before': before, 'dynamo_after': 'torch._dynamo' in sys.modules}))")
+    import subprocess
+    p = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True)
+    if p.returncode: raise RuntimeError(f"measuring the first optimiser failed:\n{p.stderr[-2000:]}")
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def summed(parts: dict) -> dict:
+    "Totals of `parts_ms` by kind: 'stem' and 'transformer' (the semantic and specific stacks), and 'all'"
+    v = {k: x for k, x in parts.items() if k != 'error'}
+    return {'stem': sum(x for k, x in v.items() if k.endswith('/stem')),
+            'transformer': sum(x for k, x in v.items() if k.endswith('_tfm')), 'all': sum(v.values())}
 
 
 def main(argv=None):
@@ -74,6 +138,7 @@ def main(argv=None):
     ap.add_argument('--n', type=int, default=20000, help='planted items (the step does not depend on it)')
     ap.add_argument('--timed', type=int, default=20, help='steps timed after the counted one')
     ap.add_argument('--profiled', type=int, default=3, help='steps profiled by operator after the timed ones')
+    ap.add_argument('--compile', action='store_true', help="also time the model's parts after torch.compile (minutes)")
     ap.add_argument('--work', default=None, help='folder for the store and the run (default: a temporary folder)')
     ap.add_argument('--json', default='benchmarks/scale_ceiling.json', help="where to write the numbers ('' for nowhere)")
     a = ap.parse_args(argv)
@@ -84,7 +149,14 @@ def main(argv=None):
     bs = 256
     need = 4 + a.timed + a.profiled
     if a.n - scale.HELD < need * bs: ap.error(f"--n {a.n}: one epoch must have {need} batches of {bs}; give --n {scale.HELD + need * bs} or more")
-    r = step_profile(store, out, timed=a.timed, profiled=a.profiled)
+    r, model = step_profile(store, out, timed=a.timed, profiled=a.profiled)
+    import torch
+    torch.set_num_threads(1)
+    parts = {'eager': parts_ms(model, bs)}
+    if a.compile:
+        import logging
+        logging.getLogger('torch').setLevel(logging.ERROR)
+        parts['compiled'] = parts_ms(model, bs, compiled=True)
     fl_item = r['flops_per_step'] / bs
     from cmrl.train import TrainConfig
     d = TrainConfig().d
@@ -97,11 +169,18 @@ def main(argv=None):
            'matmul_gflops': gf, 'achieved_gflops': r['flops_per_step'] / r['step_cpu_s'] / 1e9,
            'items_per_cpu_s': bs / r['step_cpu_s'], 'ceiling_items_per_s_per_core': peak * 1e9 / fl_item}
     res['efficiency'] = res['achieved_gflops'] / peak
+    budget = 1e3 * bs / GOAL
+    res |= {'first_optimizer': first_optimizer_s(), 'parts_ms': parts, 'parts_total_ms': {k: summed(v) for k, v in parts.items()}, 'budget_ms': budget,
+            'step_cpu_ms': 1e3 * r['step_cpu_s']}
+    tot = res['parts_total_ms']
+    parts_say = '; '.join(f"{how}, the model's stems and transformer stacks alone take {t['all']:.0f} ms per batch of {bs} "
+                          f"(transformers {t['transformer']:.0f}, stems {t['stem']:.0f})" for how, t in tot.items())
     res['goal'] = (f"goal: training >= {GOAL:,} items/s/core: the counted work is {fl_item / 1e6:.0f} MFLOP per item; "
                    f"at the best matrix-product rate of this core ({peak:.0f} GFLOP/s) no implementation exceeds "
                    f"{res['ceiling_items_per_s_per_core']:.0f} items/s/core "
                    f"({res['ceiling_items_per_s_per_core'] / GOAL:.2f} x the goal); cmrl's step runs at "
-                   f"{res['items_per_cpu_s']:.0f} items per CPU second, {100 * res['efficiency']:.0f} % of that rate")
+                   f"{res['items_per_cpu_s']:.0f} items per CPU second, {100 * res['efficiency']:.0f} % of that rate. "
+                   f"The goal leaves {budget:.0f} ms for a step of {bs}; {parts_say}; a whole step takes {res['step_cpu_ms']:.0f} ms")
     print(f"ceiling: flops_per_item={fl_item:.3g} step_cpu_s={r['step_cpu_s']:.3f} "
           f"items_per_cpu_s={res['items_per_cpu_s']:.0f} achieved_gflops={res['achieved_gflops']:.1f} "
           f"peak_gflops={peak:.1f} ceiling_items_per_s_per_core={res['ceiling_items_per_s_per_core']:.0f}")

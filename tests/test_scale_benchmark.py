@@ -76,6 +76,11 @@ def test_scale_ceiling_small(tmp_path):
     j = json.loads((tmp_path / 'c.json').read_text())
     assert j['flops_per_item'] > 1e6 and j['steps_timed'] == 3 and 0 < sum(j['op_share'].values()) <= 1
     assert j['items_per_cpu_s'] < j['ceiling_items_per_s_per_core'] and 0 < j['efficiency'] < 1
+    # the model's parts timed alone (no --compile: eager only): a stem and two stacks per modality, summed by kind
+    parts, tot = j['parts_ms']['eager'], j['parts_total_ms']
+    assert set(tot) == {'eager'} and j['budget_ms'] == 128 and len(parts) == 9 and min(parts.values()) > 0
+    assert abs(tot['eager']['all'] - tot['eager']['stem'] - tot['eager']['transformer']) < 1e-6
+    assert j['first_optimizer']['seconds'] > 0 and j['first_optimizer']['dynamo_before'] is False
     assert re.search(r"^goal: training >= 2,000 items/s/core: .+ no implementation exceeds \d+ items/s/core", r.stdout, re.M)
     bad = subprocess.run(cmd + ['--n', '2000'], capture_output=True, text=True, cwd=ROOT, timeout=600)
     assert bad.returncode == 2 and '--n 2000' in bad.stderr
