@@ -38,7 +38,7 @@ not redo. Training goes through the public CLI (`cmrl train --data MANIFEST ...`
 for every cmrl row: `--train-args "--epochs 40 --image-size 64"`.
 """
 from __future__ import annotations
-import argparse, json, os, shlex, subprocess, sys, tempfile, time
+import argparse, json, os, shlex, subprocess, sys, tempfile, time, warnings
 from pathlib import Path
 import torch
 from cmrl.data.splits import make_split, read_split, write_manifests
@@ -97,9 +97,30 @@ def cmrl_parts(run: Path, manifest: Path, part: str, train: bool = True) -> tupl
         else: out.append(Part(fe.ids, groups, labels, fe.emb))
     return out[0], out[1], K, ck.get('weights')
 
-def run_cmrl(model: str, seed: int, manifest: Path, work: Path, part: str, train_args: list, reuse: bool = False) -> dict:
+def extra_language_manifest(manifest: Path, langs: str, out: Path) -> dict:
+    "`manifest` (the split's rows) plus the pairs in `langs` of the stamps of its training part, marked `train` and in "
+    "their stamp's group: more recordings and texts of the same training pictures; valid and test stay as they were"
+    from collections import Counter
+    from cmrl.data.loaders import get_source
+    rows = [json.loads(l) for l in manifest.read_text(encoding='utf-8').splitlines()]
+    stamp = lambda i: i.rsplit(':', 1)[0]
+    train = {stamp(r['id']): r for r in rows if r['split'] == 'train'}
+    langs = [l for l in langs.split(',') if l.strip()]
+    if set(langs) & {r['lang'] for r in rows}: raise ValueError(f"--extra-langs {','.join(langs)}: give languages other than the split's")
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        recs = get_source('tuxpaint', langs=','.join(langs), modalities=('image', 'text', 'speech')).records
+    extra = [{'id': r['id'], 'image': r['image'], 'speech': r['speech'], 'text': r['text'], 'label': t['label'],
+              'lang': r['id'].rsplit(':', 1)[1], 'split': 'train', 'group': t['group']}
+             for r in recs if (t := train.get(stamp(r['id']))) and r.get('speech') and r.get('text') and r.get('image') == t['image']]
+    out.write_text(''.join(json.dumps(r, ensure_ascii=False) + '\n' for r in rows + extra), encoding='utf-8')
+    return {'path': str(out), 'split_rows': len(rows), 'extra_train_pairs': dict(Counter(r['lang'] for r in extra))}
+
+def run_cmrl(model: str, seed: int, manifest: Path, work: Path, part: str, train_args: list, reuse: bool = False,
+             train_manifest: Path | None = None) -> dict:
+    "Train one cmrl row (on `train_manifest` where given, else `manifest`) and score it on `manifest`'s parts"
     run = work / f'{model}-s{seed}'
-    cmd = _cmrl_cmd() + ['train', '--data', str(manifest), '--model', model, '--seed', str(seed), '--out', str(run), '--quiet', *train_args]
+    cmd = _cmrl_cmd() + ['train', '--data', str(train_manifest or manifest), '--model', model, '--seed', str(seed), '--out', str(run), '--quiet', *train_args]
     print('  $', ' '.join(shlex.quote(c) for c in cmd), file=sys.stderr, flush=True)
     t = time.time()
     if not (reuse and (run / 'metrics.json').exists()):
@@ -465,6 +486,8 @@ def main(argv=None):
     p.add_argument('--train-args', default='', help='extra `cmrl train` options for every cmrl row, e.g. "--epochs 40"')
     p.add_argument('--frozen-image', action='store_true',
                    help='cmrl rows train on frozen EfficientNet-Lite0 image features (cmrl.data.pretrained) instead of pixels')
+    p.add_argument('--extra-langs', default='', metavar='LANGS',
+                   help="cmrl rows also train on the training stamps' pairs in these other languages (e.g. ca,es,ro,bg); scoring unchanged")
     p.add_argument('--tag', default='', help='suffix of the row names (for lever experiments)')
     p.add_argument('--quick', action='store_true', help='smoke test: seed 0, 2 epochs, reference 50 steps')
     p.add_argument('--work', default=None, help='folder for manifests, runs and dumps (default: a temporary folder)')
@@ -491,6 +514,11 @@ def main(argv=None):
         fm = work / 'frozen_image' / 'cmrl.jsonl'
         print('frozen image features:', image_feature_manifest(man['paths']['cmrl'], fm), file=sys.stderr)
         man['paths']['cmrl'] = fm
+    extra = None
+    if a.extra_langs:
+        info = extra_language_manifest(man['paths']['cmrl'], a.extra_langs, work / 'cmrl_extra_langs.jsonl')
+        print('training manifest with other languages:', json.dumps(info), file=sys.stderr)
+        extra = Path(info['path'])
     outp = Path(a.out)
     res = json.loads(outp.read_text()) if a.merge and outp.exists() else {}
     res.update(protocol=__doc__.split('\n\n')[1:3], split_file=str(Path(a.split_file).resolve().relative_to(ROOT)) if Path(a.split_file).resolve().is_relative_to(ROOT) else a.split_file,
@@ -522,7 +550,7 @@ def main(argv=None):
                     man['paths'].update(reference_feature_manifests(work, man['paths']))
                 r = (run_reference(Path(a.reference), s, man['paths'], work, a.split, ref_args, a.reuse, kind) if kind in ('ref', 'feat')
                      else run_cascade(s, man['paths']['cmrl'], work, a.split, split['lang']) if kind == 'cascade'
-                     else run_cmrl(kind, s, man['paths']['cmrl'], work, a.split, train_args, a.reuse))
+                     else run_cmrl(kind, s, man['paths']['cmrl'], work, a.split, train_args, a.reuse, train_manifest=extra))
             except Exception as e:
                 print(f"  {name} seed {s} failed: {e}", file=sys.stderr); row.setdefault('failed', {})[str(s)] = str(e)[-500:]; continue
             row.setdefault('per_item', {})[str(s)] = r.pop('per_item')

@@ -331,3 +331,16 @@ def test_code_health_ranks_by_code_vectors_beside_tfidf_bags():
     assert bag['codes_retrieval'] == bag['codes_bag_retrieval'] == vec['codes_bag_retrieval']  # no vectors: the bags
     assert vec['codes_retrieval']['image->speech']['R@1'] == 100.  # the vectors tell the pairs sharing a code apart
     assert bag['codes_retrieval']['image->speech']['R@1'] == 0.  # the bags tie them, and ties count against the query
+
+
+def test_extra_language_manifest_adds_only_training_stamps(tmp_path):
+    "--extra-langs: other languages' pairs of the training part's stamps join it (same group, split train); valid and test unchanged"
+    man = write_manifests(read_split(ROOT / 'benchmarks' / 'splits' / 'tuxpaint_fr.json'), tmp_path)['paths']['cmrl']
+    info = R.extra_language_manifest(man, 'ca', tmp_path / 'x.jsonl')
+    rows = [json.loads(l) for l in (tmp_path / 'x.jsonl').read_text(encoding='utf-8').splitlines()]
+    fr, extra = rows[:info['split_rows']], rows[info['split_rows']:]
+    assert fr == [json.loads(l) for l in man.read_text(encoding='utf-8').splitlines()]  # the split's rows first, as they were
+    assert len(extra) == info['extra_train_pairs']['ca'] > 300 and {r['lang'] for r in extra} == {'ca'}
+    group = {r['id'].rsplit(':', 1)[0]: (r['split'], r['group']) for r in fr}
+    assert all(r['split'] == 'train' and group[r['id'].rsplit(':', 1)[0]] == ('train', r['group']) for r in extra)
+    with pytest.raises(ValueError, match='other than'): R.extra_language_manifest(man, 'fr', tmp_path / 'y.jsonl')
