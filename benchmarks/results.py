@@ -487,7 +487,7 @@ def main(argv=None):
     p.add_argument('--frozen-image', action='store_true',
                    help='cmrl rows train on frozen EfficientNet-Lite0 image features (cmrl.data.pretrained) instead of pixels')
     p.add_argument('--extra-langs', default='', metavar='LANGS',
-                   help="cmrl rows also train on the training stamps' pairs in these other languages (e.g. ca,es,ro,bg); scoring unchanged")
+                   help="cmrl rows also train on the training stamps' pairs in these other languages (e.g. ca,es,ro,bg); scoring unchanged; not with --reference")
     p.add_argument('--tag', default='', help='suffix of the row names (for lever experiments)')
     p.add_argument('--quick', action='store_true', help='smoke test: seed 0, 2 epochs, reference 50 steps')
     p.add_argument('--work', default=None, help='folder for manifests, runs and dumps (default: a temporary folder)')
@@ -514,11 +514,12 @@ def main(argv=None):
         fm = work / 'frozen_image' / 'cmrl.jsonl'
         print('frozen image features:', image_feature_manifest(man['paths']['cmrl'], fm), file=sys.stderr)
         man['paths']['cmrl'] = fm
-    extra = None
+    extra = extra_info = None
     if a.extra_langs:
-        info = extra_language_manifest(man['paths']['cmrl'], a.extra_langs, work / 'cmrl_extra_langs.jsonl')
-        print('training manifest with other languages:', json.dumps(info), file=sys.stderr)
-        extra = Path(info['path'])
+        if a.reference or a.cascade: p.error("--extra-langs trains cmrl rows only: leave out --reference and --cascade (their rows would train on less data)")
+        extra_info = extra_language_manifest(man['paths']['cmrl'], a.extra_langs, work / 'cmrl_extra_langs.jsonl')
+        print('training manifest with other languages:', json.dumps(extra_info), file=sys.stderr)
+        extra = Path(extra_info['path'])
     outp = Path(a.out)
     res = json.loads(outp.read_text()) if a.merge and outp.exists() else {}
     res.update(protocol=__doc__.split('\n\n')[1:3], split_file=str(Path(a.split_file).resolve().relative_to(ROOT)) if Path(a.split_file).resolve().is_relative_to(ROOT) else a.split_file,
@@ -543,6 +544,7 @@ def main(argv=None):
     for kind, name in jobs:
         row = res['rows'].get(name) if a.merge else None
         row = row if row and row.get('per_seed') else {'per_seed': {}, 'seeds': []}
+        if extra_info: row['extra_langs'] = {k: v for k, v in extra_info.items() if k != 'path'}  # what the row trained on besides the split
         for s in seeds:
             print(f"[{time.strftime('%H:%M:%S')}] {name} seed {s} ({a.split})", file=sys.stderr, flush=True)
             try:
