@@ -74,6 +74,9 @@ def pooled(evs: list, iters: int) -> dict:
                      'pooled': {w: text_scores([h for it in its for h in it[w]], refs)
                                 for w in ('generated',) + CONTROLS},
                      'distinct': float(np.mean([e['sets'][name]['distinct'] for e in evs])),
+                     # the share of texts that are training captions word for word: the decoder's, the test items' own
+                     **({'copied': {w: float(np.mean([e['sets'][name]['copied'][w] for e in evs])) for w in ('generated', 'true')}}
+                        if all('copied' in e['sets'][name] for e in evs) else {}),
                      'vs': {w: bootstrap_scores(stats['generated'], stats[w], groups=ids, iters=iters)
                             for w in CONTROLS}}
     return out

@@ -19,7 +19,8 @@ from ..models.decoders import caption_inputs, cat_inputs, take_inputs, write_cap
 
 # %% auto #0
 __all__ = ['SCORES', 'CONTROLS', 'text_scores', 'medoid_caption', 'derangement', 'char_edits', 'paired_bootstrap', 'item_stats',
-           'corpus_score', 'bootstrap_scores', 'records_inputs', 'source_sets', 'text_generation_eval', 'eval_table']
+           'corpus_score', 'bootstrap_scores', 'records_inputs', 'source_sets', 'verbatim_share',
+           'text_generation_eval', 'eval_table']
 
 # %% ../../nbs/45a_eval.textgen.ipynb #2cf088f6
 def text_scores(hyps: Sequence[str],  # generated texts
@@ -151,6 +152,14 @@ def source_sets(sources: Sequence[str]) -> list[tuple]:
     "Every non-empty set of memory sources, singles first (image, speech, image+speech)"
     return [c for r in range(1, len(sources) + 1) for c in itertools.combinations(sources, r)]
 
+# %% ../../nbs/45a_eval.textgen.ipynb #9dce0954
+def verbatim_share(texts: Sequence[str],  # texts, e.g. generated captions
+                   known,  # the training captions (any container)
+                  ) -> float:  # the fraction of `texts` that are in `known`
+    "The share of `texts` that are, word for word, one of the `known` texts (0 for no texts)"
+    known = set(known)
+    return sum(t in known for t in texts) / len(texts) if len(texts) else 0.
+
 # %% ../../nbs/45a_eval.textgen.ipynb #5b2b869e
 def text_generation_eval(ckpt,  # checkpoint folder or file (trained with --decoders text)
                          split: str | None = None,  # split to score; default the items not trained on
@@ -206,6 +215,8 @@ def text_generation_eval(ckpt,  # checkpoint folder or file (trained with --deco
         gen = outs['generated']
         res['sets']['+'.join(S)] = {
             'n': len(rows), 'distinct': len(set(gen)) / len(gen), **{w: text_scores(h, R) for w, h in outs.items()},
+            # how often a text is a training caption word for word: the decoder's, and the scored items' own captions
+            'copied': {'generated': verbatim_share(gen, train_caps), 'true': verbatim_share(R, train_caps)},
             'vs': {w: bootstrap_scores(stats['generated'], stats[w], iters=iters, seed=seed)
                    for w in outs if w != 'generated'},
             'examples': [{'id': str(fe.ids[int(rows[i])]), 'true': R[i], 'generated': gen[i],
