@@ -1554,6 +1554,7 @@ d = { 'settings': { 'branch': 'main',
                             'cmrl.train.train_cmd': ('train.html#train_cmd', 'cmrl/train.py'),
                             'cmrl.train.train_parser': ('train.html#train_parser', 'cmrl/train.py'),
                             'cmrl.train.trained_ids': ('train.html#trained_ids', 'cmrl/train.py'),
+                            'cmrl.train.tuxpaint_data': ('train.html#tuxpaint_data', 'cmrl/train.py'),
                             'cmrl.train.valid_retrieval': ('train.html#valid_retrieval', 'cmrl/train.py'),
                             'cmrl.train.without_validation': ('train.html#without_validation', 'cmrl/train.py'),
                             'cmrl.train.wordvec_coverage': ('train.html#wordvec_coverage', 'cmrl/train.py')}}}

@@ -18,6 +18,7 @@ from fastai.torch_core import rank_distrib, num_distrib
 from .core import *
 from .encoders import input_dims, ngram_problem, make_encoder, ModalityEncoder
 from .data.loaders import get_source, source_dls
+from .data.store import is_store, read_meta, StoreError
 from .data.text import word_vectors
 from .models.registry import MODELS, make_model
 from .models.decoders import with_decoders, decoder_errors, feed_pictures, fit_text_decoder, fit_image_decoder, parse_decoders
@@ -34,7 +35,8 @@ __all__ = ['RUN_FILES', 'RUNS', 'EVAL_OUTPUTS', 'STOP_SIGNALS', 'SPLIT_FIELDS', 
            'RunPlan', 'run_folder', 'check_pairs', 'crop_long_features', 'source_kwargs', 'check_modalities',
            'wordvec_coverage', 'make_dls', 'SkipValidation', 'without_validation', 'feature_stem', 'build_learner',
            'stop_signals', 'Interrupted', 'fit', 'fit_text_after', 'fit_image_after', 'ran_precision',
-           'valid_retrieval', 'check_same_split', 'trained_ids', 'train', 'train_parser', 'summary_text', 'train_cmd']
+           'valid_retrieval', 'check_same_split', 'trained_ids', 'tuxpaint_data', 'train', 'train_parser',
+           'summary_text', 'train_cmd']
 
 # %% ../nbs/35_train.ipynb #2606d7b0
 @dataclass
@@ -42,7 +44,7 @@ class TrainConfig:
     "Settings of a training run (the defaults are `cmrl train`'s main job: Uni-Code on Tux Paint, image + text + speech)"
     data: str = 'tuxpaint'  # 'tuxpaint', 'synth', or a JSON Lines manifest path
     model: str = 'unicode'  # a model of the registry (`cmrl.models.registry.MODELS`)
-    modalities: tuple | None = None  # modalities to train on, comma-separated; default: image, text, speech for tuxpaint, else all the source has
+    modalities: tuple | None = None  # modalities to train on, comma-separated; default: image, text, speech for tuxpaint (and a store packed from it), else all the source has
     epochs: int = 40  # epochs
     out: str = ''  # output folder; default: the next free runs/cmrl-train, runs/cmrl-train-2, ...
     bs: int = 32  # batch size
@@ -626,6 +628,14 @@ def _summary(learn, cfg: TrainConfig, info: dict, config: dict, dev, start: int,
     if getattr(learn, 'retrieval_history', None): s['retrieval_history'] = list(learn.retrieval_history)  # per epoch, with `seconds`
     return s
 
+# %% ../nbs/35_train.ipynb #d8ecc9c0
+def tuxpaint_data(data: str) -> bool:
+    "Whether `data` names Tux Paint: 'tuxpaint', or a store folder packed from it (`cmrl pack tuxpaint STORE`)"
+    if data == 'tuxpaint': return True
+    if not data or not is_store(data): return False
+    try: return str(read_meta(data).get('source', '')).startswith('tuxpaint:')
+    except StoreError: return False  # an unreadable store says so when it is opened
+
 # %% ../nbs/35_train.ipynb #5c3b3f97
 def train(cfg: TrainConfig | None = None,  # settings; default the main job (with `resume`: the run's own settings)
           quiet: bool = False,  # no progress bars and no per-epoch lines
@@ -644,7 +654,7 @@ def _train(cfg: TrainConfig, given: dict, plan: RunPlan, quiet, cbs, progress) -
     if plan.done is not None:
         check_same_split(plan.done['config'], given)
         cfg = check_config(_resumed_config(plan.done['config'], given))
-    if cfg.modalities is None and cfg.data == 'tuxpaint': cfg.modalities = (IMAGE, TEXT, SPEECH)
+    if cfg.modalities is None and tuxpaint_data(cfg.data): cfg.modalities = (IMAGE, TEXT, SPEECH)
     out, t0 = plan.out, time.time()
     _say(plan.note)
     set_seed(cfg.seed)
