@@ -42,7 +42,7 @@ __all__ = ['RUN_FILES', 'RUNS', 'EVAL_OUTPUTS', 'STOP_SIGNALS', 'SPLIT_FIELDS', 
 @dataclass
 class TrainConfig:
     "Settings of a training run (the defaults are `cmrl train`'s main job: Uni-Code on Tux Paint, image + text + speech)"
-    data: str = 'tuxpaint'  # 'tuxpaint', 'synth', or a JSON Lines manifest path
+    data: str = 'tuxpaint'  # 'tuxpaint', 'synth', a store folder (`cmrl pack`) or a JSON Lines manifest path
     model: str = 'unicode'  # a model of the registry (`cmrl.models.registry.MODELS`)
     modalities: tuple | None = None  # modalities to train on, comma-separated; default: image, text, speech for tuxpaint (and a store packed from it), else all the source has
     epochs: int = 40  # epochs
